@@ -1,0 +1,329 @@
+"""Events the client sessions hand to the application (frozen, slotted, comparable)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeAlias
+
+from ._messages import AudioFrame, Usage, WordTimestamp
+
+__all__ = [
+    "AudioChunk",
+    "ChunkComplete",
+    "ClientEvent",
+    "ConnectionTerminated",
+    "ContextClosed",
+    "ContextCreated",
+    "ContextTimeout",
+    "Diagnostic",
+    "ErrorCode",
+    "GenerationStarted",
+    "Interrupted",
+    "RequestFinal",
+    "ServerError",
+    "SessionClosed",
+    "SettingsUpdated",
+    "TurnAborted",
+    "TurnClosed",
+    "TurnFinal",
+    "TurnReplay",
+    "TurnStarted",
+    "Warning",
+    "WordTimestamps",
+]
+
+
+class ErrorCode(str, Enum):
+    """The wire's ``error_code`` values (REFERENCE §11.2); ``UNKNOWN`` for anything else."""
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    MISSING_VOICE_ID = "MISSING_VOICE_ID"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
+    NOT_FOUND = "NOT_FOUND"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_CONTEXTS = "TOO_MANY_CONTEXTS"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    EMPTY_AUDIO = "EMPTY_AUDIO"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, value: str | None) -> ErrorCode:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+#: Error codes after which the server closes the socket (REFERENCE §11.4).
+FATAL_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INSUFFICIENT_CREDITS,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.MODEL_UNAVAILABLE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    """A new turn (stream), request (tts) or context flush-cycle began on this side."""
+
+    turn: int
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStarted:
+    turn: int
+    chunk_id: int
+    text: str
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """One audio frame of a turn. ``offset_s`` is where it starts on the turn's timeline."""
+
+    turn: int
+    frame: AudioFrame
+    offset_s: float
+    context_id: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        """Raw bytes in :attr:`encoding` (base64-decoded lazily)."""
+        return self.frame.data
+
+    def pcm16(self) -> bytes:
+        return self.frame.pcm16()
+
+    @property
+    def encoding(self) -> str:
+        return self.frame.enc
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frame.sr
+
+    @property
+    def samples(self) -> int:
+        return self.frame.samples
+
+    @property
+    def idx(self) -> int:
+        return self.frame.idx
+
+    @property
+    def chunk_id(self) -> int | None:
+        return self.frame.chunk_id
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame.duration_s
+
+
+@dataclass(frozen=True, slots=True)
+class WordTimestamps:
+    """Word timings of one text chunk: wire times (chunk-relative) plus the chunk's turn offset."""
+
+    turn: int
+    chunk_id: int | None
+    words: tuple[WordTimestamp, ...]
+    offset_ms: float
+    context_id: str | None = None
+
+    @property
+    def turn_words(self) -> tuple[WordTimestamp, ...]:
+        """The same words with ``start_ms``/``end_ms`` relative to the start of the turn."""
+        off = self.offset_ms
+        return tuple(
+            WordTimestamp(
+                w.word, w.start_ms + off, w.end_ms + off, w.char_start, w.char_end, w.score
+            )
+            for w in self.words
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkComplete:
+    turn: int
+    chunk_id: int
+    audio_seconds: float
+    gen_ms: float
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFinal:
+    """``final``: no more audio for this turn (stream) or this flush (multi context)."""
+
+    turn: int
+    total_audio_seconds: float | None = None
+    total_text_chunks: int | None = None
+    total_audio_chunks: int | None = None
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnClosed:
+    """``session_closed``: the turn is over (terminal event of a graceful stream turn)."""
+
+    turn: int
+    usage: Usage | None
+    total_audio_seconds: float | None = None
+    total_text_chunks: int | None = None
+    total_audio_chunks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinal:
+    """``final`` of a one-shot ``/ws/tts`` request: statistics and usage (terminal)."""
+
+    turn: int
+    chunks: int | None
+    total_samples: int | None
+    dur_ms: float | None
+    gen_ms: float | None
+    rtf: float | None
+    usage: Usage | None
+    debug: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """Terminal event of a cancelled turn/request/context flush-cycle.
+
+    ``acknowledged`` is False when the server stayed quiet past the cancel timeout without
+    sending ``interrupted`` (the turn is abandoned all the same).
+    """
+
+    turn: int | None
+    context_id: str | None = None
+    acknowledged: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAborted:
+    """Terminal event of a turn whose connection ended before it finished."""
+
+    turn: int
+    code: int | None
+    audio_delivered: bool
+    unspoken_text: str
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Warning:
+    message: str
+    turn: int | None = None
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsUpdated:
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """An ``error`` frame. ``code`` is the typed ``error_code``; ``status`` the HTTP-like code."""
+
+    code: ErrorCode
+    message: str
+    status: int | None
+    raw_code: str | None = None
+    context_id: str | None = None
+    turn: int | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """A non-fatal hint from the client core (e.g. DECISIONS 20: spell without normalize)."""
+
+    message: str
+    turn: int | None = None
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextCreated:
+    context_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextClosed:
+    """``context_closed``: terminal event of a multi context."""
+
+    context_id: str
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextTimeout:
+    context_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """``session_closed`` on ``/ws/tts/multi``: answer to ``close_socket``."""
+
+    total_audio_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReplay:
+    """What to do with a turn the connection lost (restart closes 1012/1013).
+
+    ``replayable`` turns had no audio delivered: send ``text`` again on a new connection
+    (``ClientSession.replay``). Others report ``unspoken_text``: what was sent but not yet spoken
+    (never silently lost).
+    """
+
+    turn: int
+    text: str
+    flushed: bool
+    replayable: bool
+    unspoken_text: str
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The WebSocket closed (``code`` None: dropped without a close frame)."""
+
+    code: int | None
+    reason: str = ""
+    restarting: bool = False
+    replay: tuple[TurnReplay, ...] = ()
+
+
+ClientEvent: TypeAlias = (
+    TurnStarted
+    | GenerationStarted
+    | AudioChunk
+    | WordTimestamps
+    | ChunkComplete
+    | TurnFinal
+    | TurnClosed
+    | RequestFinal
+    | Interrupted
+    | TurnAborted
+    | Warning
+    | SettingsUpdated
+    | ServerError
+    | Diagnostic
+    | ContextCreated
+    | ContextClosed
+    | ContextTimeout
+    | SessionClosed
+    | ConnectionTerminated
+)

@@ -1,0 +1,798 @@
+"""The wire schema: every JSON message of ``/ws/tts``, ``/ws/tts/stream`` and ``/ws/tts/multi``.
+
+Messages carry no ``type`` field; the kind is the key that is present (REFERENCE §1.6). Parsing is
+strict about types and ranges (a :class:`RemoteProtocolError` naming the field, never a
+``KeyError`` or ``JSONDecodeError``) and tolerant of unknown fields. Audio stays a base64 string
+until first accessed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from base64 import b64decode, b64encode
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ._config import EMPTY_CONFIG, SETTINGS_KEYS, Config, SettingsUpdate, VoiceSettings
+from ._errors import RemoteProtocolError
+from ._validate import ErrT, bad, opt_bool, opt_float, opt_int, opt_str, req_str
+
+__all__ = [
+    "ENCODINGS",
+    "AudioFrame",
+    "ChunkCompleteFrame",
+    "ClientMessage",
+    "ContextClosedFrame",
+    "ContextCreatedFrame",
+    "ContextTimeoutFrame",
+    "ErrorFrame",
+    "FinalFrame",
+    "GenerationStartedFrame",
+    "InterruptedFrame",
+    "IsFinalFrame",
+    "ServerMessage",
+    "SessionClosedFrame",
+    "SessionStartedFrame",
+    "SettingsUpdatedFrame",
+    "UnknownFrame",
+    "Usage",
+    "WarningFrame",
+    "WordTimestamp",
+    "WordTimestampsFrame",
+    "dumps",
+    "loads_object",
+    "parse_client_message",
+    "parse_server_message",
+]
+
+ENCODINGS = frozenset({"pcm_s16le", "mulaw", "alaw"})
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dumps(obj: Mapping[str, Any]) -> str:
+    """Compact JSON (ASCII-safe, so lone surrogates from a peer can never break UTF-8 framing)."""
+    return _dumps(obj)
+
+
+def loads_object(text: str | bytes, err: ErrT = RemoteProtocolError) -> dict[str, Any]:
+    """``json.loads`` that only accepts a JSON object and raises ``err`` on anything else."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+        raise err(f"Invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise err(f"Invalid message: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _opt_context_id(obj: Mapping[str, Any], err: ErrT) -> str | None:
+    value = obj.get("context_id")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad(err, "context_id", "a string", value)
+    if not value or len(value) > 256:
+        raise err("context_id: must be 1-256 characters", field="context_id")
+    return value
+
+
+def _truthy_flag(obj: Mapping[str, Any], key: str, err: ErrT) -> bool:
+    """Boolean command keys (``flush``, ``cancel``...): absent/false/null -> False."""
+    value = obj.get(key)
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    raise bad(err, key, "a boolean", value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """One client frame. A frame may combine config fields, ``text`` and ``flush`` (§1.6)."""
+
+    text: str | None = None
+    flush: bool = False
+    context_id: str | None = None
+    config: Config = EMPTY_CONFIG
+    voice_settings: VoiceSettings | None = None
+    update_settings: SettingsUpdate | None = None
+    cancel: bool = False
+    close: bool = False  # ``close`` or its alias ``end_session``
+    close_socket: bool = False
+    close_context: bool = False
+    immediate: bool = False
+    keep_alive: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.update_settings is not None:
+            out["update_settings"] = self.update_settings.to_dict()
+        if self.text is not None:
+            out["text"] = self.text
+        if self.context_id is not None:
+            out["context_id"] = self.context_id
+        out.update(self.config.to_dict())
+        if self.voice_settings is not None:
+            out["voice_settings"] = self.voice_settings.to_dict()
+        for key in (
+            "flush",
+            "cancel",
+            "close",
+            "close_socket",
+            "close_context",
+            "immediate",
+            "keep_alive",
+        ):
+            if getattr(self, key):
+                out[key] = True
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+def parse_client_message(text: str | bytes, err: ErrT = RemoteProtocolError) -> ClientMessage:
+    """Parse and validate one client frame (server role)."""
+    obj = loads_object(text, err)
+    context_id = _opt_context_id(obj, err)
+    try:
+        upd = obj.get("update_settings")
+        update = None if upd is None else SettingsUpdate.from_dict(upd, err)
+        vs = obj.get("voice_settings")
+        text_value = obj.get("text")
+        if text_value is not None and not isinstance(text_value, str):
+            raise bad(err, "text", "a string", text_value)
+        return ClientMessage(
+            text=text_value,
+            flush=_truthy_flag(obj, "flush", err),
+            context_id=context_id,
+            config=Config.from_dict(obj, err),
+            voice_settings=None if vs is None else VoiceSettings.from_dict(vs, err),
+            update_settings=update,
+            cancel=_truthy_flag(obj, "cancel", err),
+            close=_truthy_flag(obj, "close", err) or _truthy_flag(obj, "end_session", err),
+            close_socket=_truthy_flag(obj, "close_socket", err),
+            close_context=_truthy_flag(obj, "close_context", err),
+            immediate=_truthy_flag(obj, "immediate", err),
+            keep_alive=_truthy_flag(obj, "keep_alive", err),
+        )
+    except RemoteProtocolError as exc:
+        exc.context_id = context_id
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Billing object (REFERENCE §3.5). ``cost_cents`` is ``None`` when undeterminable."""
+
+    audio_seconds: float
+    characters: int | None = None
+    cost_cents: float | None = None
+    currency: str | None = None
+    cost_unavailable: bool = False
+    model_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, obj: object, err: ErrT = RemoteProtocolError) -> Usage:
+        if not isinstance(obj, dict):
+            raise bad(err, "usage", "an object", obj)
+        p = "usage."
+        return cls(
+            audio_seconds=opt_float(obj, "audio_seconds", err, lo=0, prefix=p) or 0.0,
+            characters=opt_int(obj, "characters", err, lo=0, prefix=p),
+            cost_cents=opt_float(obj, "cost_cents", err, prefix=p),
+            currency=opt_str(obj, "currency", err, p),
+            cost_unavailable=bool(opt_bool(obj, "cost_unavailable", err, p)),
+            model_id=opt_str(obj, "model_id", err, p),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"audio_seconds": self.audio_seconds}
+        if self.characters is not None:
+            out["characters"] = self.characters
+        out["cost_cents"] = self.cost_cents
+        if self.cost_cents is not None:
+            out["currency"] = self.currency or "eur"
+        else:
+            out["cost_unavailable"] = True
+        if self.model_id is not None:
+            out["model_id"] = self.model_id
+        return out
+
+
+def _b64(data: bytes) -> str:
+    return b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.
+
+    ``audio`` is kept as the base64 text; :attr:`data` decodes it on first access (and caches).
+    :meth:`pcm16` returns PCM16LE whatever ``enc`` is (G.711 is expanded).
+    """
+
+    audio: str
+    enc: str = "pcm_s16le"
+    idx: int = 0
+    sr: int = 24000
+    samples: int = 0
+    chunk_id: int | None = None
+    context_id: str | None = None
+    _data: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        enc: str = "pcm_s16le",
+        idx: int,
+        sr: int,
+        chunk_id: int | None = None,
+        context_id: str | None = None,
+    ) -> AudioFrame:
+        samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
+        return cls(_b64(data), enc, idx, sr, samples, chunk_id, context_id, [data])
+
+    @property
+    def data(self) -> bytes:
+        """The raw audio bytes in :attr:`enc` (decoded lazily from base64)."""
+        cache = self._data
+        if not cache:
+            try:
+                cache.append(b64decode(self.audio, validate=True))
+            except (binascii.Error, ValueError):
+                raise RemoteProtocolError("audio: invalid base64", field="audio") from None
+        return cache[0]
+
+    def pcm16(self) -> bytes:
+        """The audio as signed 16-bit little-endian PCM."""
+        if self.enc == "pcm_s16le":
+            return self.data
+        from ._g711 import alaw_decode, ulaw_decode
+
+        return ulaw_decode(self.data) if self.enc == "mulaw" else alaw_decode(self.data)
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sr if self.sr else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "audio": self.audio,
+            "enc": self.enc,
+            "idx": self.idx,
+            "sr": self.sr,
+            "samples": self.samples,
+        }
+        if self.chunk_id is not None:
+            out["chunk_id"] = self.chunk_id
+        if self.context_id is not None:
+            out["context_id"] = self.context_id
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class WordTimestamp:
+    word: str
+    start_ms: float
+    end_ms: float
+    char_start: int
+    char_end: int
+    score: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "word": self.word,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "char_start": self.char_start,
+            "char_end": self.char_end,
+            "score": self.score,
+        }
+
+
+def _ms(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+@dataclass(frozen=True, slots=True)
+class WordTimestampsFrame:
+    words: tuple[WordTimestamp, ...]
+    chunk_id: int | None = None
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "word_timestamps": [
+                {**w.to_dict(), "start_ms": _ms(w.start_ms), "end_ms": _ms(w.end_ms)}
+                for w in self.words
+            ]
+        }
+        if self.chunk_id is not None:
+            out["chunk_id"] = self.chunk_id
+        if self.context_id is not None:
+            out["context_id"] = self.context_id
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+def _with_ctx(out: dict[str, Any], context_id: str | None) -> dict[str, Any]:
+    if context_id is not None:
+        out["context_id"] = context_id
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStartedFrame:
+    chunk_id: int
+    text: str = ""
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_ctx(
+            {"generation_started": True, "chunk_id": self.chunk_id, "text": self.text},
+            self.context_id,
+        )
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkCompleteFrame:
+    chunk_id: int
+    audio_seconds: float = 0.0
+    gen_ms: float = 0.0
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_ctx(
+            {
+                "chunk_complete": True,
+                "chunk_id": self.chunk_id,
+                "audio_seconds": self.audio_seconds,
+                "gen_ms": _ms(self.gen_ms),
+            },
+            self.context_id,
+        )
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class FinalFrame:
+    """``final``: end of audio. Stream fields (``total_*``), ``/ws/tts`` stats, or multi."""
+
+    context_id: str | None = None
+    total_audio_seconds: float | None = None
+    total_text_chunks: int | None = None
+    total_audio_chunks: int | None = None
+    # /ws/tts request statistics
+    chunks: int | None = None
+    total_samples: int | None = None
+    dur_ms: float | None = None
+    gen_ms: float | None = None
+    rtf: float | None = None
+    debug: Mapping[str, Any] | None = None
+    usage: Usage | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"final": True}
+        for key in (
+            "total_audio_seconds",
+            "total_text_chunks",
+            "total_audio_chunks",
+            "chunks",
+            "total_samples",
+            "dur_ms",
+            "gen_ms",
+            "rtf",
+        ):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.debug is not None:
+            out["debug"] = dict(self.debug)
+        if self.usage is not None:
+            out["usage"] = self.usage.to_dict()
+        return _with_ctx(out, self.context_id)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosedFrame:
+    total_audio_seconds: float | None = None
+    total_text_chunks: int | None = None
+    total_audio_chunks: int | None = None
+    usage: Usage | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"session_closed": True}
+        for key in ("total_audio_seconds", "total_text_chunks", "total_audio_chunks"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.usage is not None:
+            out["usage"] = self.usage.to_dict()
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptedFrame:
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_ctx({"interrupted": True}, self.context_id)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsUpdatedFrame:
+    """``settings_updated``: the full effective set of the six keys, ``None`` for unset."""
+
+    settings: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings_updated": True,
+            "settings": {k: self.settings.get(k) for k in SETTINGS_KEYS},
+        }
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    error: str
+    error_code: str | None = None
+    code: int | None = None
+    context_id: str | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.error}
+        if self.error_code is not None:
+            out["error_code"] = self.error_code
+        if self.code is not None:
+            out["code"] = self.code
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        return _with_ctx(out, self.context_id)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class WarningFrame:
+    warning: str
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_ctx({"warning": self.warning}, self.context_id)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ContextCreatedFrame:
+    context_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"context_created": True, "context_id": self.context_id}
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ContextClosedFrame:
+    context_id: str
+    usage: Usage | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"context_closed": True, "context_id": self.context_id}
+        if self.usage is not None:
+            out["usage"] = self.usage.to_dict()
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ContextTimeoutFrame:
+    context_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"context_timeout": True, "context_id": self.context_id}
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStartedFrame:
+    """Legacy multi greeting; tolerated, never sent by our server (DECISIONS 24)."""
+
+    session_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"session_started": True}
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class IsFinalFrame:
+    """Legacy multi ``is_final``; tolerated, never sent by our server."""
+
+    context_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_ctx({"is_final": True}, self.context_id)
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownFrame:
+    """A JSON object with none of the known keys (forward compatibility: ignored, counted)."""
+
+    keys: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> str:
+        return "{}"
+
+
+ServerMessage: TypeAlias = (
+    AudioFrame
+    | WordTimestampsFrame
+    | GenerationStartedFrame
+    | ChunkCompleteFrame
+    | FinalFrame
+    | SessionClosedFrame
+    | InterruptedFrame
+    | SettingsUpdatedFrame
+    | ErrorFrame
+    | WarningFrame
+    | ContextCreatedFrame
+    | ContextClosedFrame
+    | ContextTimeoutFrame
+    | SessionStartedFrame
+    | IsFinalFrame
+    | UnknownFrame
+)
+
+_E = RemoteProtocolError
+_MAX_INT = 2**53
+
+
+def _uint(obj: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    value = opt_int(obj, key, _E, lo=0, hi=_MAX_INT)
+    return default if value is None else value
+
+
+def _nnfloat(obj: Mapping[str, Any], key: str) -> float | None:
+    return opt_float(obj, key, _E, lo=0.0)
+
+
+def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
+    audio = obj["audio"]
+    if not isinstance(audio, str):
+        raise bad(_E, "audio", "a base64 string", audio)
+    enc = obj.get("enc")
+    if enc is None:
+        enc = "pcm_s16le"
+    elif enc not in ENCODINGS:
+        if not isinstance(enc, str):
+            raise bad(_E, "enc", "a string", enc)
+        raise _E(f"enc: unknown encoding {enc!r} (pcm_s16le, mulaw, alaw)", field="enc")
+    sr = _uint(obj, "sr", 24000)
+    if not sr:
+        raise _E("sr: must be positive", field="sr")
+    samples = _uint(obj, "samples")
+    if samples is None:  # derive from the payload length without decoding
+        n = (len(audio) * 3) // 4 - audio[-2:].count("=")
+        samples = n // 2 if enc == "pcm_s16le" else n
+    return AudioFrame(
+        audio,
+        enc,
+        _uint(obj, "idx", 0) or 0,
+        sr,
+        samples,
+        _uint(obj, "chunk_id"),
+        _opt_context_id(obj, _E),
+    )
+
+
+def _parse_words(obj: dict[str, Any]) -> WordTimestampsFrame:
+    raw = obj["word_timestamps"]
+    if not isinstance(raw, list):
+        raise bad(_E, "word_timestamps", "an array", raw)
+    words = []
+    for i, w in enumerate(raw):
+        p = f"word_timestamps[{i}]."
+        if not isinstance(w, dict):
+            raise bad(_E, f"word_timestamps[{i}]", "an object", w)
+        start = opt_float(w, "start_ms", _E, lo=0, prefix=p) or 0.0
+        end = opt_float(w, "end_ms", _E, lo=0, prefix=p)
+        end = start if end is None else end
+        if end < start:
+            raise _E(f"{p}end_ms: before start_ms", field=p + "end_ms")
+        cs = opt_int(w, "char_start", _E, lo=0, prefix=p) or 0
+        ce = opt_int(w, "char_end", _E, lo=0, prefix=p)
+        score = opt_float(w, "score", _E, prefix=p)
+        words.append(
+            WordTimestamp(
+                req_str(w, "word", _E, p),
+                start,
+                end,
+                cs,
+                cs if ce is None else ce,
+                1.0 if score is None else score,
+            )
+        )
+    return WordTimestampsFrame(tuple(words), _uint(obj, "chunk_id"), _opt_context_id(obj, _E))
+
+
+def _parse_usage(obj: dict[str, Any]) -> Usage | None:
+    raw = obj.get("usage")
+    return None if raw is None else Usage.from_dict(raw)
+
+
+def _parse_final(obj: dict[str, Any]) -> FinalFrame:
+    debug = obj.get("debug")
+    if debug is not None and not isinstance(debug, dict):
+        raise bad(_E, "debug", "an object", debug)
+    return FinalFrame(
+        context_id=_opt_context_id(obj, _E),
+        total_audio_seconds=_nnfloat(obj, "total_audio_seconds"),
+        total_text_chunks=_uint(obj, "total_text_chunks"),
+        total_audio_chunks=_uint(obj, "total_audio_chunks"),
+        chunks=_uint(obj, "chunks"),
+        total_samples=_uint(obj, "total_samples"),
+        dur_ms=_nnfloat(obj, "dur_ms"),
+        gen_ms=_nnfloat(obj, "gen_ms"),
+        rtf=_nnfloat(obj, "rtf"),
+        debug=debug,
+        usage=_parse_usage(obj),
+    )
+
+
+def _parse_error(obj: dict[str, Any]) -> ErrorFrame:
+    message = obj["error"]
+    if isinstance(message, dict):  # legacy nested envelope {"error": {"code", "message"}}
+        code_value = message.get("code")
+        text = message.get("message")
+        return ErrorFrame(
+            text if isinstance(text, str) else "error",
+            code_value if isinstance(code_value, str) else None,
+            None,
+            _opt_context_id(obj, _E),
+        )
+    if not isinstance(message, str):
+        message = str(message)
+    request_id = obj.get("request_id")
+    retry = opt_float(obj, "retry_after", _E, lo=0)
+    return ErrorFrame(
+        message,
+        opt_str(obj, "error_code", _E),
+        opt_int(obj, "code", _E, lo=0, hi=_MAX_INT),
+        _opt_context_id(obj, _E),
+        None if request_id is None else str(request_id),
+        retry,
+    )
+
+
+def _req_ctx(obj: dict[str, Any], key: str) -> str:
+    ctx = _opt_context_id(obj, _E)
+    if ctx is None:
+        raise _E(f"{key}: context_id is required", field="context_id")
+    return ctx
+
+
+def _parse_settings(obj: dict[str, Any]) -> SettingsUpdatedFrame:
+    settings = obj.get("settings")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise bad(_E, "settings", "an object", settings)
+    return SettingsUpdatedFrame(settings)
+
+
+def _truthy(obj: dict[str, Any], key: str) -> bool:
+    value = obj.get(key)
+    return value is not None and value is not False and value != 0 and value != ""
+
+
+def parse_server_message(text: str | bytes) -> ServerMessage:
+    """Parse one server frame (client role), dispatching by the key present (Appendix B order)."""
+    obj = loads_object(text)
+    if "audio" in obj and "error" not in obj:
+        return _parse_audio(obj)  # the hot path
+    if _truthy(obj, "error"):
+        return _parse_error(obj)
+    if _truthy(obj, "generation_started"):
+        return GenerationStartedFrame(
+            _uint(obj, "chunk_id", 0) or 0,
+            opt_str(obj, "text", _E) or "",
+            _opt_context_id(obj, _E),
+        )
+    if "word_timestamps" in obj:
+        return _parse_words(obj)
+    if _truthy(obj, "final"):
+        return _parse_final(obj)
+    if _truthy(obj, "session_closed"):
+        return SessionClosedFrame(
+            _nnfloat(obj, "total_audio_seconds"),
+            _uint(obj, "total_text_chunks"),
+            _uint(obj, "total_audio_chunks"),
+            _parse_usage(obj),
+        )
+    if _truthy(obj, "chunk_complete"):
+        return ChunkCompleteFrame(
+            _uint(obj, "chunk_id", 0) or 0,
+            _nnfloat(obj, "audio_seconds") or 0.0,
+            _nnfloat(obj, "gen_ms") or 0.0,
+            _opt_context_id(obj, _E),
+        )
+    if _truthy(obj, "interrupted"):
+        return InterruptedFrame(_opt_context_id(obj, _E))
+    if _truthy(obj, "settings_updated"):
+        return _parse_settings(obj)
+    if _truthy(obj, "context_created"):
+        return ContextCreatedFrame(_req_ctx(obj, "context_created"))
+    if _truthy(obj, "context_closed"):
+        return ContextClosedFrame(_req_ctx(obj, "context_closed"), _parse_usage(obj))
+    if _truthy(obj, "context_timeout"):
+        return ContextTimeoutFrame(_req_ctx(obj, "context_timeout"))
+    if "warning" in obj:
+        warning = obj["warning"]
+        return WarningFrame(
+            warning if isinstance(warning, str) else str(warning), _opt_context_id(obj, _E)
+        )
+    if _truthy(obj, "session_started"):
+        sid = obj.get("session_id")
+        return SessionStartedFrame(None if sid is None else str(sid))
+    if _truthy(obj, "is_final"):
+        return IsFinalFrame(_opt_context_id(obj, _E))
+    return UnknownFrame(tuple(obj))
