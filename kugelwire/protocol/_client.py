@@ -168,8 +168,10 @@ class _PendingCancel:
     """A cancel waiting for ``interrupted``; output before the ack belongs to cancelled work."""
 
     sent_at: float
-    turns: list[Any]  # _Turn / _Request / _Context
+    turns: list[Any]  # _Turn / _Request / (_Context, cycle number)
     context_ids: frozenset[str] | None = None  # multi: which contexts; None = all
+    sent_before: int = 0  # tts: requests numbered below this were sent before the cancel
+    reported: bool = False  # tts: an Interrupted was already emitted for this cancel
 
 
 class _ClientSession:
@@ -313,8 +315,10 @@ class _ClientSession:
         )
 
     def _is_settings_error(self, msg: ErrorFrame) -> bool:
+        """A rejected ``update_settings``: surfaced, but it ends no turn or request."""
         if self._settings_pending and msg.error.startswith("Invalid settings update"):
             self._settings_pending -= 1
+            self._events.append(self._server_error(msg, None))
             return True
         return False
 
@@ -639,7 +643,8 @@ class _Context:
     cycle: _Cycle
     state: ClientContextState = ClientContextState.CREATING
     last_sent_at: float = -_INF
-    flushes_pending: int = 0
+    flush_marks: list[int] = field(default_factory=list)  # len(cycle.parts) at each flush
+    announced: bool = True  # TurnStarted emitted for the current cycle
 
     @property
     def number(self) -> int:
@@ -749,12 +754,13 @@ class MultiClientSession(_ClientSession):
         if not isinstance(text, str):
             raise LocalProtocolError(f"text must be a str, got {type(text).__name__}")
         ctx = self._usable_context(context_id, "send text to")
+        self._announce(ctx)
         ctx.cycle.parts.append(text)
         self._spell_check(ctx.cycle, text, self._config, context_id)
         msg: dict[str, Any] = {"text": text, "context_id": context_id}
         if flush:
             msg["flush"] = True
-            ctx.flushes_pending += 1
+            ctx.flush_marks.append(len(ctx.cycle.parts))
         ctx.last_sent_at = now
         self._send(msg)
         return ctx.number
@@ -762,7 +768,8 @@ class MultiClientSession(_ClientSession):
     def flush(self, context_id: str, now: float) -> int:
         self._check_usable()
         ctx = self._usable_context(context_id, "flush")
-        ctx.flushes_pending += 1
+        self._announce(ctx)
+        ctx.flush_marks.append(len(ctx.cycle.parts))
         ctx.last_sent_at = now
         self._send({"flush": True, "context_id": context_id})
         return ctx.number
@@ -780,7 +787,14 @@ class MultiClientSession(_ClientSession):
         if ctx is None:
             raise LocalProtocolError(f"no context {context_id!r}")
         event = ContextInput.CLOSE_IMMEDIATE if immediate else ContextInput.CLOSE
+        graceful_from_open = not immediate and ctx.state in (
+            ClientContextState.CREATING,
+            ClientContextState.OPEN,
+        )
         self._advance_local(ctx, event)
+        if graceful_from_open:  # a graceful close flushes: the server sends a final first
+            self._announce(ctx)
+            ctx.flush_marks.append(len(ctx.cycle.parts))
         msg: dict[str, Any] = {"close_context": True, "context_id": context_id}
         if immediate:
             msg["immediate"] = True
@@ -798,7 +812,12 @@ class MultiClientSession(_ClientSession):
                 if c.state in (ClientContextState.CREATING, ClientContextState.OPEN)
             ]
         ids = frozenset(c.context_id for c in targets)
-        self._pending_cancels.append(_PendingCancel(now, targets, ids))
+        # The cancelled cycles end at the ack; text sent from now on is the next cycle's.
+        self._pending_cancels.append(_PendingCancel(now, [(c, c.number) for c in targets], ids))
+        for ctx in targets:
+            ctx.flush_marks.clear()
+            ctx.cycle = _Cycle(ctx.cycle.number + 1)
+            ctx.announced = False
         msg: dict[str, Any] = {"cancel": True}
         if context_id is not None:
             msg["context_id"] = context_id
@@ -918,7 +937,8 @@ class MultiClientSession(_ClientSession):
                 self._events.append(ContextClosed(cid, msg.usage))
             return
         if isinstance(msg, ContextTimeoutFrame):
-            if self._advance(ctx, ContextInput.TIMEOUT):
+            immediate = ctx.state is ClientContextState.CLOSING_IMMEDIATE
+            if self._advance(ctx, ContextInput.TIMEOUT) and not immediate:
                 self._events.append(ContextTimeout(cid))
             return
         if self._cancelling(cid) or ctx.state is ClientContextState.CLOSING_IMMEDIATE:
@@ -946,13 +966,24 @@ class MultiClientSession(_ClientSession):
                     n, msg.total_audio_seconds, msg.total_text_chunks, msg.total_audio_chunks, cid
                 )
             )
-            ctx.flushes_pending = max(0, ctx.flushes_pending - 1)
             self._new_cycle(ctx)
         else:
             self.unknown_frames += 1
 
+    def _announce(self, ctx: _Context) -> None:
+        if not ctx.announced:
+            ctx.announced = True
+            self._events.append(TurnStarted(ctx.number, ctx.context_id))
+
     def _new_cycle(self, ctx: _Context) -> None:
-        ctx.cycle = _Cycle(ctx.cycle.number + 1)
+        """A ``final`` ended the oldest flush: text sent after that flush carries over."""
+        parts = ctx.cycle.parts
+        mark = ctx.flush_marks.pop(0) if ctx.flush_marks else len(parts)
+        ctx.flush_marks = [m - mark for m in ctx.flush_marks]
+        ctx.cycle = _Cycle(ctx.cycle.number + 1, parts=parts[mark:])
+        ctx.announced = False
+        if ctx.cycle.parts or ctx.flush_marks:
+            self._announce(ctx)
 
     def _on_error(self, msg: ErrorFrame) -> None:
         if self._is_settings_error(msg):
@@ -966,12 +997,8 @@ class MultiClientSession(_ClientSession):
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
-        for ctx in pending.turns:
-            self._events.append(Interrupted(ctx.number, ctx.context_id, acknowledged))
-            live = self._contexts.get(ctx.context_id)
-            if live is not None and live is ctx:
-                live.flushes_pending = 0
-                self._new_cycle(live)
+        for ctx, number in pending.turns:
+            self._events.append(Interrupted(number, ctx.context_id, acknowledged))
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
         for ctx in list(self._contexts.values()):
@@ -980,7 +1007,7 @@ class MultiClientSession(_ClientSession):
                 ClientContextState.OPEN,
                 ClientContextState.CLOSING,
             )
-            flushed = ctx.flushes_pending > 0
+            flushed = bool(ctx.flush_marks)
             replay = ctx.cycle.replay(flushed, ctx.context_id)
             self._advance(ctx, ContextInput.CONNECTION_LOST)
             if live:
@@ -1003,6 +1030,7 @@ class MultiClientSession(_ClientSession):
 @dataclass(slots=True)
 class _Request:
     cycle: _Cycle
+    cancelled: bool = False
 
     @property
     def number(self) -> int:
@@ -1015,6 +1043,10 @@ class TTSClientSession(_ClientSession):
     Each request ends with exactly one of :class:`RequestFinal` (stats + usage),
     :class:`Interrupted` (after ``cancel()``), a :class:`ServerError` naming it, or
     :class:`TurnAborted` (connection lost).
+
+    ``cancel()`` abandons the request the server is working on. If that request ends on the
+    server before the cancel reaches it, the server cancels the next queued request instead;
+    the client follows it (so a cancel may end two requests, each with :class:`Interrupted`).
     """
 
     endpoint = "/ws/tts"
@@ -1030,7 +1062,7 @@ class TTSClientSession(_ClientSession):
 
     @property
     def pending_requests(self) -> tuple[int, ...]:
-        return tuple(r.number for r in self._requests)
+        return tuple(r.number for r in self._requests if not r.cancelled)
 
     def request(self, text: str, now: float, **params: Any) -> int:
         """Queue one request; ``params`` override the session's default config for it."""
@@ -1050,10 +1082,14 @@ class TTSClientSession(_ClientSession):
     def cancel(self, now: float) -> int | None:
         """Abandon the request currently generating (the oldest unfinished one)."""
         self._check_usable()
-        targets = [self._requests.popleft()] if self._requests else []
-        self._pending_cancels.append(_PendingCancel(now, targets))
+        target = next((r for r in self._requests if not r.cancelled), None)
+        if target is not None:
+            target.cancelled = True
+        self._pending_cancels.append(
+            _PendingCancel(now, [] if target is None else [target], sent_before=self._next)
+        )
         self._send({"cancel": True})
-        return targets[0].number if targets else None
+        return None if target is None else target.number
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         if isinstance(msg, InterruptedFrame):
@@ -1064,13 +1100,19 @@ class TTSClientSession(_ClientSession):
             return
         if isinstance(msg, ErrorFrame) and self._is_settings_error(msg):
             return
-        if self._pending_cancels or not self._requests:
+        if not self._requests:
             if isinstance(msg, ErrorFrame):
                 self._events.append(self._server_error(msg, None))
             else:
                 self.dropped_frames += 1
             return
         head = self._requests[0]
+        if head.cancelled:
+            if isinstance(msg, FinalFrame | ErrorFrame):
+                self._retarget_cancel(head)
+            else:
+                self.dropped_frames += 1
+            return
         cycle = head.cycle
         n = cycle.number
         if isinstance(msg, AudioFrame):
@@ -1107,10 +1149,27 @@ class TTSClientSession(_ClientSession):
         else:
             self.unknown_frames += 1
 
+    def _retarget_cancel(self, head: _Request) -> None:
+        """The cancelled request ended before the cancel reached the server: the server will
+        cancel the next request sent before the cancel instead."""
+        self._requests.popleft()
+        pending = next((p for p in self._pending_cancels if head in p.turns), None)
+        self._events.append(Interrupted(head.number))
+        if pending is None:
+            return
+        pending.turns.remove(head)
+        pending.reported = True
+        nxt = self._requests[0] if self._requests else None
+        if nxt is not None and not nxt.cancelled and nxt.number < pending.sent_before:
+            nxt.cancelled = True
+            pending.turns.append(nxt)
+
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
-        if not pending.turns:
+        if not pending.turns and not pending.reported:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
         for req in pending.turns:
+            if req in self._requests:
+                self._requests.remove(req)
             self._events.append(Interrupted(req.number, acknowledged=acknowledged))
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:

@@ -622,9 +622,9 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
     enc = obj.get("enc")
     if enc is None:
         enc = "pcm_s16le"
+    elif not isinstance(enc, str):
+        raise bad(_E, "enc", "a string", enc)
     elif enc not in ENCODINGS:
-        if not isinstance(enc, str):
-            raise bad(_E, "enc", "a string", enc)
         raise _E(f"enc: unknown encoding {enc!r} (pcm_s16le, mulaw, alaw)", field="enc")
     sr = _uint(obj, "sr", 24000)
     if not sr:

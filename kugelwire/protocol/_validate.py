@@ -90,7 +90,10 @@ def opt_float(
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(err, prefix + key, "a number", value)
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # a JSON integer beyond float range
+        f = math.inf
     if not math.isfinite(f):
         raise err(f"{prefix}{key}: expected a finite number", field=prefix + key)
     check_range(f, prefix + key, err, lo, hi)
@@ -101,7 +104,12 @@ def check_range(value: float, field: str, err: ErrT, lo: float | None, hi: float
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
-        raise err(f"{field}: out of range ({value:g} not in [{lo_s}, {hi_s}])", field=field)
+        shown = f"{value:g}" if isinstance(value, float) else _short_int(value)
+        raise err(f"{field}: out of range ({shown} not in [{lo_s}, {hi_s}])", field=field)
+
+
+def _short_int(value: int) -> str:
+    return str(value) if value.bit_length() < 100 else f"an integer of {value.bit_length()} bits"
 
 
 def opt_str(obj: Mapping[str, Any], key: str, err: ErrT, prefix: str = "") -> str | None:
