@@ -15,9 +15,12 @@ from enum import Enum
 __all__ = [
     "CLIENT_CONTEXT_TRANSITIONS",
     "CLIENT_TURN_TRANSITIONS",
+    "SERVER_TURN_TRANSITIONS",
     "ClientContextState",
     "ClientTurnState",
     "ContextInput",
+    "ServerTurnInput",
+    "ServerTurnState",
     "TurnInput",
 ]
 
@@ -136,4 +139,37 @@ CLIENT_CONTEXT_TRANSITIONS: Mapping[tuple[ClientContextState, ContextInput], Cli
     (_C.CLOSING_IMMEDIATE, _X.CONNECTION_LOST): _C.CLOSED,
     (_C.TIMED_OUT, _X.CLOSED): _C.CLOSED,
     (_C.TIMED_OUT, _X.CONNECTION_LOST): _C.CLOSED,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Server role
+
+
+class ServerTurnState(Enum):
+    """A ``/ws/tts/stream`` server turn (REFERENCE §4.6, DECISIONS 5-9)."""
+
+    IDLE = "idle"  # no turn: the next non-empty text starts one
+    ACTIVE = "active"  # text accumulates; chunks are cut at boundaries
+    DRAINING = "draining"  # flushed: remaining chunks are spoken, then final + session_closed
+
+
+class ServerTurnInput(Enum):
+    TEXT = "text"  # non-empty text
+    FLUSH = "flush"  # flush, close/end_session, or the idle auto-flush
+    CANCEL = "cancel"
+    DRAINED = "drained"  # last chunk complete after a flush: final + session_closed sent
+
+
+_S, _SI = ServerTurnState, ServerTurnInput
+SERVER_TURN_TRANSITIONS: Mapping[tuple[ServerTurnState, ServerTurnInput], ServerTurnState] = {
+    (_S.IDLE, _SI.TEXT): _S.ACTIVE,
+    (_S.IDLE, _SI.FLUSH): _S.IDLE,  # flush with no turn is ignored (DECISIONS 7)
+    (_S.IDLE, _SI.CANCEL): _S.IDLE,  # acknowledged with interrupted anyway (DECISIONS 9)
+    (_S.ACTIVE, _SI.TEXT): _S.ACTIVE,
+    (_S.ACTIVE, _SI.FLUSH): _S.DRAINING,
+    (_S.ACTIVE, _SI.CANCEL): _S.IDLE,
+    # text/flush while DRAINING belong to the next turn: they are queued, not inputs here
+    (_S.DRAINING, _SI.CANCEL): _S.IDLE,
+    (_S.DRAINING, _SI.DRAINED): _S.IDLE,
 }

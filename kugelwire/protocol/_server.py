@@ -1,0 +1,954 @@
+"""Server sessions (message level) for ``/ws/tts/stream``, ``/ws/tts/multi`` and ``/ws/tts``.
+
+A server session turns client frames into :class:`SynthesisRequested` events for a speech engine
+and turns what the engine hands back (:meth:`send_audio`, :meth:`send_word_timestamps`,
+:meth:`complete_chunk`) into the wire's frames: ``generation_started``, ``audio`` (bounded
+frames, G.711-encoded when ``output_format`` asks), ``word_timestamps``, ``chunk_complete``,
+``final``, ``session_closed`` / ``context_closed`` with totals and usage.
+
+Pure and deterministic: time comes in as ``now``; ``next_deadline()`` / ``handle_timeout(now)``
+drive the chunker's confirm/stale timers, the 5 s idle auto-flush and context inactivity.
+One chunk per turn (per context) is with the engine at a time, so a turn's frames are in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._chunker import Chunker, TextChunk
+from ._config import SETTINGS_KEYS, Config, resolve_audio_format
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._markup import MarkupError
+from ._messages import (
+    AudioFrame,
+    ChunkCompleteFrame,
+    ClientMessage,
+    ContextClosedFrame,
+    ContextCreatedFrame,
+    ContextTimeoutFrame,
+    ErrorFrame,
+    FinalFrame,
+    GenerationStartedFrame,
+    InterruptedFrame,
+    SessionClosedFrame,
+    SettingsUpdatedFrame,
+    Usage,
+    WarningFrame,
+    WordTimestamp,
+    WordTimestampsFrame,
+    parse_client_message,
+)
+from ._state import SERVER_TURN_TRANSITIONS, ServerTurnInput, ServerTurnState
+
+_MAX_TOMBSTONES = 1024
+
+__all__ = [
+    "IDLE_WARNING",
+    "ChunkRef",
+    "MultiServerSession",
+    "ServerLimits",
+    "StreamServerSession",
+    "SynthesisCancelled",
+    "SynthesisParams",
+    "SynthesisRequested",
+    "TTSServerSession",
+]
+
+IDLE_WARNING = (
+    'Turn ended after 5s of inactivity. Send {"flush": true} to end a turn explicitly — it '
+    "lowers latency and avoids this auto-flush."
+)
+_INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Server-side settings and limits (DECISIONS "Limits"; all configurable)."""
+
+    idle_flush_s: float = 5.0
+    max_text_chars: int = 100_000  # per turn / context / request
+    max_contexts: int = 20
+    context_timeout_s: float = 20.0
+    max_context_timeout_s: float = 180.0
+    max_buffer_length: int = 10_000
+    confirm_delay_s: float = 0.05
+    frame_ms: int = 200  # audio frames carry at most this much audio
+    max_request_chars: int = 10_000  # /ws/tts request text
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """Handle of one text chunk handed to the engine; pass it back with its audio."""
+
+    serial: int  # unique within the session
+    turn: int  # stream turn / tts request / multi flush-cycle
+    chunk_id: int
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisParams:
+    """What the engine needs besides the text; PCM16 is expected at ``sample_rate``."""
+
+    voice_id: int | str | None
+    model_id: str
+    language: str
+    speed: float
+    sample_rate: int
+    encoding: str  # what the wire will carry (the session encodes G.711 itself)
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    normalize: bool = True
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequested:
+    """Speak ``chunk`` (its ``text`` is markup-free; spelled spans and breaks are attached)."""
+
+    ref: ChunkRef
+    chunk: TextChunk
+    params: SynthesisParams
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisCancelled:
+    """Stop working on ``ref``: its audio would be dropped (barge-in, close, disconnect)."""
+
+    ref: ChunkRef
+
+
+ServerEvent = SynthesisRequested | SynthesisCancelled
+
+
+def _params(
+    config: Config, enc: str, sr: int, temperature_default: float | None
+) -> SynthesisParams:
+    return SynthesisParams(
+        voice_id=config.voice_id,
+        model_id=config.model_id or "kugel-3",
+        language=config.language or "en",  # DECISIONS 19: no detection
+        speed=config.speed if config.speed is not None else 1.0,
+        sample_rate=sr,
+        encoding=enc,
+        cfg_scale=config.cfg_scale,
+        temperature=config.temperature if config.temperature is not None else temperature_default,
+        normalize=config.normalize is not False,
+        word_timestamps=bool(config.word_timestamps),
+    )
+
+
+@dataclass(slots=True)
+class _Job:
+    ref: ChunkRef
+    work: _Work
+    chunk: TextChunk
+    started_at: float
+    samples: int = 0
+    words: list[WordTimestamp] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Work:
+    """One stream turn, multi context, or tts request: its text pipeline and output counters."""
+
+    number: int
+    config: Config
+    params: SynthesisParams
+    chunker: Chunker
+    context_id: str | None = None
+    queue: deque[TextChunk] = field(default_factory=deque)
+    job: _Job | None = None
+    next_chunk_id: int = 0
+    idx: int = 0  # audio frame index within the current cycle
+    flushed: bool = False  # the chunker has been flushed; nothing more is coming this cycle
+    characters: int = 0
+    total_samples: int = 0  # whole turn/context (usage)
+    cycle_samples: int = 0
+    text_chunks: int = 0
+    audio_frames: int = 0
+    gen_ms: float = 0.0
+    first_audio_at: float | None = None
+    started_at: float = 0.0
+    original_text: str = ""
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None or bool(self.queue) or self.chunker.has_content
+
+    def audio_seconds(self, samples: int | None = None) -> float:
+        n = self.total_samples if samples is None else samples
+        return round(n / self.params.sample_rate, 6)
+
+    def usage(self) -> Usage:
+        return Usage(
+            audio_seconds=self.audio_seconds(),
+            characters=self.characters,
+            cost_cents=None,
+            model_id=self.params.model_id,
+        )
+
+
+class _ServerSession:
+    """Outbox, events, engine hand-off and audio framing shared by all endpoints."""
+
+    endpoint = ""
+    temperature_default: float | None = 0.4
+
+    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
+        self.limits = limits or ServerLimits()
+        self._config = config or Config()  # sticky connection config
+        self._outbox: list[str] = []
+        self._events: deque[ServerEvent] = deque()
+        self._jobs: dict[int, _Job] = {}
+        self._serial = 0
+        self._close_code: int | None = None
+        self._closed = False  # connection lost or close sent: everything else is ignored
+        #: Audio handed in for cancelled/unknown chunks (barge-in races), in calls.
+        self.dropped_audio = 0
+
+    # -- the MessageSession protocol -------------------------------------------------------
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def messages_to_send(self) -> list[str]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> ServerEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> Iterator[ServerEvent]:
+        while self._events:
+            yield self._events.popleft()
+
+    def receive_message(self, text: str, now: float) -> None:
+        """One client text frame. Bad input becomes an error frame; the socket stays open."""
+        if self._closed or self._close_code is not None:
+            return
+        try:
+            msg = parse_client_message(text)
+            self._handle(msg, now)
+        except RemoteProtocolError as exc:
+            self._error(exc.message, exc.error_code, exc.code, exc.context_id)
+
+    def connection_lost(self, code: int | None, reason: str, now: float) -> None:
+        """Disconnect: every chunk in flight is cancelled; nothing else is sent."""
+        if self._closed:
+            return
+        self._closed = True
+        for job in list(self._jobs.values()):
+            self._cancel_job(job)
+        self._outbox.clear()
+
+    def next_deadline(self) -> float | None:
+        best = _INF
+        for d in self._deadlines():
+            if d is not None and d < best:
+                best = d
+        return None if best == _INF else best
+
+    def handle_timeout(self, now: float) -> None:
+        if self._closed:
+            return
+        self._timeout(now)
+
+    # -- input from the engine ------------------------------------------------------------
+    def send_audio(self, ref: ChunkRef, pcm: bytes, now: float) -> bool:
+        """PCM16LE at the session's rate for ``ref``. False if the chunk was cancelled."""
+        job = self._jobs.get(ref.serial)
+        if job is None or self._closed:
+            self.dropped_audio += 1
+            return False
+        if len(pcm) % 2:
+            raise LocalProtocolError("PCM16 audio must have an even number of bytes")
+        data = pcm
+        work = job.work
+        sr = work.params.sample_rate
+        step = max(1, sr * self.limits.frame_ms // 1000) * 2
+        for start in range(0, len(data), step):
+            self._emit_audio(job, data[start : start + step], now)
+        return True
+
+    def send_word_timestamps(
+        self, ref: ChunkRef, words: Iterable[WordTimestamp], now: float
+    ) -> bool:
+        """Word timings of ``ref`` (chunk-relative ms); sent after the chunk's audio."""
+        job = self._jobs.get(ref.serial)
+        if job is None or self._closed:
+            return False
+        job.words.extend(words)
+        return True
+
+    def complete_chunk(self, ref: ChunkRef, gen_ms: float, now: float) -> bool:
+        """All audio of ``ref`` has been handed in: ``word_timestamps``, ``chunk_complete``."""
+        job = self._jobs.pop(ref.serial, None)
+        if job is None or self._closed:
+            return False
+        work = job.work
+        work.job = None
+        work.gen_ms += gen_ms
+        self._chunk_done(job, gen_ms, now)
+        self._pump(work, now)
+        return True
+
+    def fail_chunk(self, ref: ChunkRef, message: str, now: float) -> bool:
+        """The engine failed on ``ref``: ``INTERNAL_ERROR`` frame, then carry on as completed."""
+        if ref.serial not in self._jobs or self._closed:
+            return False
+        self._error(message or "Audio generation failed", "INTERNAL_ERROR", 500, ref.context_id)
+        return self.complete_chunk(ref, 0.0, now)
+
+    # -- server-initiated close -------------------------------------------------------------
+    def shutdown(self, now: float, code: int = 1012) -> None:
+        """Graceful restart: close idle sockets at once, busy ones after their current work."""
+        self._shutdown_code = code
+        self._maybe_shutdown(now)
+
+    _shutdown_code: int | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _send(self, frame: Any) -> None:
+        self._outbox.append(frame.to_json())
+
+    def _error(
+        self, message: str, error_code: str, code: int, context_id: str | None = None
+    ) -> None:
+        self._send(ErrorFrame(message, error_code, code, context_id))
+
+    def _new_work(
+        self, number: int, config: Config, now: float, context_id: str | None = None
+    ) -> _Work:
+        enc, sr = resolve_audio_format(config)
+        limits = self.limits
+        chunker = Chunker(
+            chunk_length_schedule=config.chunk_length_schedule or (5, 80, 150, 250),
+            auto_mode=bool(config.auto_mode),
+            flush_timeout_ms=500 if config.flush_timeout_ms is None else config.flush_timeout_ms,
+            max_buffer_length=config.max_buffer_length or limits.max_buffer_length,
+            confirm_delay_s=limits.confirm_delay_s,
+        )
+        return _Work(
+            number,
+            config,
+            _params(config, enc, sr, self.temperature_default),
+            chunker,
+            context_id,
+            started_at=now,
+        )
+
+    def _accept_text(self, work: _Work, text: str, now: float) -> None:
+        """Feed text (validated by the chunker; on MarkupError nothing is accepted)."""
+        if work.characters + len(text) > self.limits.max_text_chars:
+            raise RemoteProtocolError(
+                f"text: more than {self.limits.max_text_chars} characters in this "
+                f"{'context' if work.context_id else 'turn'}",
+                field="text",
+                context_id=work.context_id,
+            )
+        try:
+            chunks = work.chunker.feed(text, now)
+        except MarkupError as exc:
+            raise RemoteProtocolError(str(exc), field="text", context_id=work.context_id) from None
+        work.characters += len(text)
+        work.original_text += text
+        self._enqueue(work, chunks, now)
+
+    def _enqueue(self, work: _Work, chunks: Sequence[TextChunk], now: float) -> None:
+        if chunks:
+            work.queue.extend(chunks)
+            self._pump(work, now)
+
+    def _flush_work(self, work: _Work, now: float) -> None:
+        work.flushed = True
+        work.queue.extend(work.chunker.flush(now))
+        self._pump(work, now)
+
+    def _pump(self, work: _Work, now: float) -> None:
+        """Hand the next chunk to the engine, or finish the cycle when all is spoken."""
+        if work.job is not None or self._closed:
+            return
+        while work.queue:
+            chunk = work.queue.popleft()
+            if not chunk.text.strip() and not chunk.spells and not chunk.breaks:
+                continue  # nothing to speak (whitespace between sentences)
+            self._start_job(work, chunk, now)
+            return
+        if work.flushed and work.chunker.buffered_chars == 0:
+            self._cycle_done(work, now)
+
+    def _start_job(self, work: _Work, chunk: TextChunk, now: float) -> None:
+        chunk_id = work.next_chunk_id
+        work.next_chunk_id += 1
+        work.text_chunks += 1
+        ref = ChunkRef(self._serial, work.number, chunk_id, work.context_id)
+        self._serial += 1
+        job = _Job(ref, work, chunk, now)
+        work.job = job
+        self._jobs[ref.serial] = job
+        if self.endpoint != "/ws/tts":
+            self._send(GenerationStartedFrame(chunk_id, chunk.source, work.context_id))
+        self._events.append(SynthesisRequested(ref, chunk, work.params))
+
+    def _emit_audio(self, job: _Job, pcm: bytes, now: float) -> None:
+        work = job.work
+        enc = work.params.encoding
+        if enc == "pcm_s16le":
+            data = pcm
+        else:
+            from ._g711 import alaw_encode, ulaw_encode
+
+            data = ulaw_encode(pcm) if enc == "mulaw" else alaw_encode(pcm)
+        samples = len(pcm) // 2
+        frame = AudioFrame.from_bytes(
+            data,
+            enc=enc,
+            idx=work.idx,
+            sr=work.params.sample_rate,
+            chunk_id=job.ref.chunk_id,
+            context_id=work.context_id,
+        )
+        work.idx += 1
+        job.samples += samples
+        work.total_samples += samples
+        work.cycle_samples += samples
+        work.audio_frames += 1
+        if work.first_audio_at is None:
+            work.first_audio_at = now
+        self._send(frame)
+
+    def _chunk_done(self, job: _Job, gen_ms: float, now: float) -> None:
+        work = job.work
+        if work.params.word_timestamps:
+            self._send(WordTimestampsFrame(tuple(job.words), job.ref.chunk_id, work.context_id))
+        if self.endpoint != "/ws/tts":
+            self._send(
+                ChunkCompleteFrame(
+                    job.ref.chunk_id,
+                    work.audio_seconds(job.samples),
+                    round(gen_ms, 3),
+                    work.context_id,
+                )
+            )
+
+    def _cancel_job(self, job: _Job) -> None:
+        self._jobs.pop(job.ref.serial, None)
+        job.work.job = None
+        self._events.append(SynthesisCancelled(job.ref))
+
+    def _drop_work(self, work: _Work) -> None:
+        """Barge-in: stop the engine, drop buffered and queued text."""
+        if work.job is not None:
+            self._cancel_job(work.job)
+        work.queue.clear()
+        work.chunker.clear()
+
+    def _update_settings(self, msg: ClientMessage) -> None:
+        assert msg.update_settings is not None
+        self._config = self._config.merged(msg.update_settings.as_config())
+        self._send(SettingsUpdatedFrame({k: getattr(self._config, k) for k in SETTINGS_KEYS}))
+
+    def _finish_close(self) -> None:
+        self._close_code = 1000
+
+    def _maybe_shutdown(self, now: float) -> None:
+        if self._shutdown_code is not None and not self._busy() and self._close_code is None:
+            self._close_code = self._shutdown_code
+
+    # -- endpoint specifics -------------------------------------------------------------------
+    def _handle(self, msg: ClientMessage, now: float) -> None:
+        raise NotImplementedError
+
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        raise NotImplementedError
+
+    def _deadlines(self) -> Iterator[float | None]:
+        raise NotImplementedError
+
+    def _timeout(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _busy(self) -> bool:
+        raise NotImplementedError
+
+
+# =============================================================================================
+# /ws/tts/stream
+
+
+class StreamServerSession(_ServerSession):
+    """Server role of ``/ws/tts/stream`` (REFERENCE §4, DECISIONS 1-11)."""
+
+    endpoint = "/ws/tts/stream"
+    temperature_default = None  # unset on /ws/tts/stream (DECISIONS 19)
+
+    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
+        super().__init__(limits=limits, config=config)
+        self.state = ServerTurnState.IDLE
+        self._turn: _Work | None = None
+        self._turns = 0
+        self._last_text_at = -_INF
+        self._deferred: deque[ClientMessage] = deque()  # next turn's frames while draining
+        self._closing = False
+
+    @property
+    def turns_started(self) -> int:
+        return self._turns
+
+    def _advance(self, event: ServerTurnInput) -> None:
+        new = SERVER_TURN_TRANSITIONS.get((self.state, event))
+        if new is None:  # pragma: no cover - guarded by the callers
+            raise LocalProtocolError(f"turn state {self.state.value} does not take {event.value}")
+        self.state = new
+
+    def _handle(self, msg: ClientMessage, now: float) -> None:
+        # Appendix B order: close_socket -> cancel -> update_settings -> close -> config/text ->
+        # flush.
+        if msg.cancel:
+            self._cancel(now)
+            return
+        if msg.update_settings is not None:
+            self._update_settings(msg)
+            return
+        if (
+            msg.close_socket
+            and not msg.text
+            and not self._deferred
+            and self.state is ServerTurnState.DRAINING
+        ):
+            self._closing = True  # closes once the draining turn is over
+            return
+        if self.state is ServerTurnState.DRAINING or self._deferred:
+            if msg.text or msg.flush or msg.close or msg.close_socket or not msg.config.is_empty():
+                self._deferred.append(msg)
+            return
+        self._apply(msg, now)
+
+    def _apply(self, msg: ClientMessage, now: float) -> None:
+        if msg.close_socket:
+            self._closing = True
+            if msg.text:
+                self._text(msg, now)
+            if self.state is ServerTurnState.ACTIVE:
+                self._flush(now)
+            elif self.state is ServerTurnState.IDLE:
+                self._send(SessionClosedFrame(0.0, 0, 0))
+                self._finish_close()
+            return
+        if msg.text:
+            self._text(msg, now)
+        elif not msg.config.is_empty():
+            self._config = self._config.merged(msg.config)
+        if msg.flush or msg.close:
+            self._flush(now)
+
+    def _text(self, msg: ClientMessage, now: float) -> None:
+        assert msg.text is not None
+        if self.state is ServerTurnState.IDLE:
+            if self._shutdown_code is not None:
+                return  # a restarting server starts nothing new; the client replays it
+            config = self._config.merged(msg.config)
+            turn = self._new_work(self._turns, config, now)
+            self._accept_text(turn, msg.text, now)  # raises before anything is applied
+            self._config = config
+            self._turns += 1
+            self._turn = turn
+            self._advance(ServerTurnInput.TEXT)
+        else:
+            assert self._turn is not None
+            self._accept_text(self._turn, msg.text, now)
+            # Identity/format changes mid-turn apply from the next turn (DECISIONS 10).
+            self._config = self._config.merged(msg.config)
+            self._advance(ServerTurnInput.TEXT)
+        self._last_text_at = now
+
+    def _flush(self, now: float) -> None:
+        if self.state is not ServerTurnState.ACTIVE:
+            return  # no turn: ignored (DECISIONS 7)
+        assert self._turn is not None
+        self._advance(ServerTurnInput.FLUSH)
+        self._flush_work(self._turn, now)
+
+    def _cancel(self, now: float) -> None:
+        if self._turn is not None:
+            self._drop_work(self._turn)
+        self._deferred.clear()
+        self._turn = None
+        self._advance(ServerTurnInput.CANCEL)
+        self._send(InterruptedFrame())
+        if self._closing:
+            self._send(SessionClosedFrame(0.0, 0, 0))
+            self._finish_close()
+        self._maybe_shutdown(now)
+
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        secs = work.audio_seconds()
+        self._send(
+            FinalFrame(
+                total_audio_seconds=secs,
+                total_text_chunks=work.text_chunks,
+                total_audio_chunks=work.audio_frames,
+            )
+        )
+        self._send(SessionClosedFrame(secs, work.text_chunks, work.audio_frames, work.usage()))
+        self._turn = None
+        self._advance(ServerTurnInput.DRAINED)
+        if self._closing:
+            self._finish_close()
+            return
+        while self._deferred and self.state is not ServerTurnState.DRAINING:
+            if self._close_code is not None:
+                break
+            msg = self._deferred.popleft()
+            try:
+                self._apply(msg, now)
+            except RemoteProtocolError as exc:
+                self._error(exc.message, exc.error_code, exc.code, exc.context_id)
+        self._maybe_shutdown(now)
+
+    def _busy(self) -> bool:
+        return self.state is not ServerTurnState.IDLE or bool(self._deferred)
+
+    def _deadlines(self) -> Iterator[float | None]:
+        turn = self._turn
+        if turn is None:
+            return
+        yield turn.chunker.next_deadline()
+        if self.state is ServerTurnState.ACTIVE:
+            yield self._last_text_at + self.limits.idle_flush_s
+
+    def _timeout(self, now: float) -> None:
+        turn = self._turn
+        if turn is None:
+            return
+        self._enqueue(turn, turn.chunker.handle_timeout(now), now)
+        if (
+            self.state is ServerTurnState.ACTIVE
+            and now >= self._last_text_at + self.limits.idle_flush_s
+        ):
+            self._send(WarningFrame(IDLE_WARNING))
+            self._flush(now)
+
+
+# =============================================================================================
+# /ws/tts/multi
+
+
+@dataclass(slots=True)
+class _Context:
+    work: _Work
+    last_activity: float
+    timeout_s: float
+    closing: bool = False  # graceful close requested: context_closed after the final
+    pending_finals: int = 0  # flushes whose final is still owed
+
+
+class MultiServerSession(_ServerSession):
+    """Server role of ``/ws/tts/multi`` (REFERENCE §8, DECISIONS 12-17)."""
+
+    endpoint = "/ws/tts/multi"
+
+    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
+        super().__init__(limits=limits, config=config)
+        self._contexts: dict[str, _Context] = {}
+        # Tombstones: ids of contexts closed on this socket (most recent last, bounded), so a
+        # close or cancel that crossed the context_closed on the wire is dropped, not an error.
+        self._closed_ids: dict[str, None] = {}
+        self._closing = False
+        self._total_samples_s = 0.0
+        #: Client frames ignored because they named a context already closed (tombstoned).
+        self.late_frames = 0
+
+    @property
+    def contexts(self) -> tuple[str, ...]:
+        return tuple(self._contexts)
+
+    def _handle(self, msg: ClientMessage, now: float) -> None:
+        if msg.close_socket:
+            self._close_socket(now)
+            return
+        if self._closing:
+            raise RemoteProtocolError("close_socket was received; no more input is accepted")
+        if msg.cancel:
+            self._cancel(msg.context_id, now)
+            return
+        if msg.update_settings is not None:
+            self._update_settings(msg)
+            return
+        cid = msg.context_id
+        if cid is None:
+            # The LiveKit config-only frame (no context) only updates session config.
+            if not msg.config.is_empty():
+                self._config = self._config.merged(msg.config)
+            if msg.text or msg.flush or msg.close_context:
+                raise RemoteProtocolError(
+                    "context_id is required on /ws/tts/multi", field="context_id"
+                )
+            return
+        ctx = self._contexts.get(cid)
+        if not msg.config.is_empty() and ctx is not None:
+            self._config = self._config.merged(msg.config)  # session-wide, for later contexts
+        if msg.close_context:
+            if ctx is None and cid in self._closed_ids:
+                self.late_frames += 1
+                return
+            if ctx is None:
+                raise RemoteProtocolError(
+                    f"unknown context {cid!r}", field="context_id", context_id=cid
+                )
+            self._close_context(ctx, now, immediate=msg.immediate)
+            return
+        if ctx is None:
+            if msg.keep_alive and not msg.text and not msg.flush:
+                return  # a keep-alive for a context that is gone creates nothing
+            if cid in self._closed_ids and not msg.text:
+                self.late_frames += 1  # a flush/keep-alive that crossed context_closed
+                return
+            self._closed_ids.pop(cid, None)  # text reuses the id: a new context
+            ctx = self._create(msg, now)
+        elif ctx.closing:
+            raise RemoteProtocolError(
+                f"context {cid!r} is closing", field="context_id", context_id=cid
+            )
+        ctx.last_activity = now
+        if msg.text:
+            self._accept_text(ctx.work, msg.text, now)
+        if msg.flush:
+            ctx.pending_finals += 1
+            self._flush_work(ctx.work, now)
+
+    def _create(self, msg: ClientMessage, now: float) -> _Context:
+        cid = msg.context_id
+        assert cid is not None
+        if len(self._contexts) >= self.limits.max_contexts:
+            raise RemoteProtocolError(
+                "Too many concurrent contexts",
+                error_code="TOO_MANY_CONTEXTS",
+                code=429,
+                context_id=cid,
+            )
+        self._config = self._config.merged(msg.config)
+        config = self._config
+        vs = msg.voice_settings
+        # The voice is bound only from voice_settings; per-context overrides win (§2.4).
+        config = dataclasses.replace(
+            config,
+            voice_id=None if vs is None else vs.voice_id,
+            cfg_scale=(vs and vs.cfg_scale) or config.cfg_scale,
+            max_new_tokens=(vs and vs.max_new_tokens) or config.max_new_tokens,
+        )
+        timeout = config.inactivity_timeout or self.limits.context_timeout_s
+        timeout = min(timeout, self.limits.max_context_timeout_s)
+        ctx = _Context(self._new_work(0, config, now, cid), now, timeout)
+        self._contexts[cid] = ctx
+        self._send(ContextCreatedFrame(cid))
+        return ctx
+
+    def _cancel(self, context_id: str | None, now: float) -> None:
+        if context_id is not None:
+            ctx = self._contexts.get(context_id)
+            if ctx is not None and not ctx.closing:
+                self._abandon_cycle(ctx)
+        else:
+            for ctx in self._contexts.values():
+                if not ctx.closing:
+                    self._abandon_cycle(ctx)
+        self._send(InterruptedFrame(context_id))
+
+    def _abandon_cycle(self, ctx: _Context) -> None:
+        work = ctx.work
+        self._drop_work(work)
+        ctx.pending_finals = 0
+        self._new_cycle(work)
+
+    def _new_cycle(self, work: _Work) -> None:
+        work.number += 1
+        work.idx = 0
+        work.cycle_samples = 0
+        work.flushed = False
+
+    def _close_context(self, ctx: _Context, now: float, *, immediate: bool) -> None:
+        work = ctx.work
+        if immediate:
+            self._drop_work(work)
+            self._closed_context(ctx)
+            return
+        if ctx.closing:
+            return
+        ctx.closing = True
+        ctx.pending_finals += 1
+        self._flush_work(work, now)
+
+    def _closed_context(self, ctx: _Context) -> None:
+        work = ctx.work
+        cid = work.context_id
+        assert cid is not None
+        self._contexts.pop(cid, None)
+        self._closed_ids[cid] = None
+        if len(self._closed_ids) > _MAX_TOMBSTONES:
+            del self._closed_ids[next(iter(self._closed_ids))]
+        self._total_samples_s += work.audio_seconds()
+        self._send(ContextClosedFrame(cid, work.usage() if work.total_samples else None))
+        if self._closing and not self._contexts:
+            self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
+            self._finish_close()
+
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        cid = work.context_id
+        assert cid is not None
+        ctx = self._contexts.get(cid)
+        if ctx is None or ctx.work is not work:
+            return
+        while ctx.pending_finals:
+            ctx.pending_finals -= 1
+            self._send(FinalFrame(context_id=cid))
+        self._new_cycle(work)
+        ctx.last_activity = now
+        if ctx.closing:
+            self._closed_context(ctx)
+        self._maybe_shutdown(now)
+
+    def _close_socket(self, now: float) -> None:
+        self._closing = True
+        if not self._contexts:
+            self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
+            self._finish_close()
+            return
+        for ctx in list(self._contexts.values()):
+            self._close_context(ctx, now, immediate=False)
+
+    def _busy(self) -> bool:
+        return any(c.work.busy or c.pending_finals for c in self._contexts.values())
+
+    def _maybe_shutdown(self, now: float) -> None:
+        if self._shutdown_code is not None and not self._busy() and self._close_code is None:
+            # session_closed precedes a server-initiated graceful close (DECISIONS 17).
+            self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
+            self._close_code = self._shutdown_code
+
+    def _deadlines(self) -> Iterator[float | None]:
+        for ctx in self._contexts.values():
+            yield ctx.work.chunker.next_deadline()
+            if not ctx.work.busy:
+                yield ctx.last_activity + ctx.timeout_s
+
+    def _timeout(self, now: float) -> None:
+        for ctx in list(self._contexts.values()):
+            work = ctx.work
+            self._enqueue(work, work.chunker.handle_timeout(now), now)
+            if not work.busy and now >= ctx.last_activity + ctx.timeout_s:
+                cid = work.context_id
+                assert cid is not None
+                self._send(ContextTimeoutFrame(cid))
+                self._drop_work(work)
+                self._closed_context(ctx)
+
+    def _pump(self, work: _Work, now: float) -> None:
+        if work.context_id is not None and work.context_id in self._contexts:
+            self._contexts[work.context_id].last_activity = now
+        super()._pump(work, now)
+
+
+# =============================================================================================
+# /ws/tts
+
+
+class TTSServerSession(_ServerSession):
+    """Server role of ``/ws/tts``: one request at a time, the rest queued in order (DECISIONS 21).
+
+    A request ends with ``final`` (stats + usage), ``interrupted`` (cancel) or one error frame.
+    """
+
+    endpoint = "/ws/tts"
+
+    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
+        super().__init__(limits=limits, config=config)
+        self._queue: deque[tuple[str, Config]] = deque()
+        self._current: _Work | None = None
+        self._requests = 0
+
+    def _handle(self, msg: ClientMessage, now: float) -> None:
+        if msg.cancel:
+            if self._current is not None:
+                self._drop_work(self._current)
+                self._current = None
+            self._send(InterruptedFrame())
+            self._start_next(now)
+            return
+        if msg.update_settings is not None:
+            self._update_settings(msg)
+            return
+        if msg.text is None:
+            if msg.close_socket:
+                self._finish_close()
+            return
+        self._queue.append((msg.text, msg.config))
+        self._start_next(now)
+
+    def _start_next(self, now: float) -> None:
+        while self._current is None and self._queue and self._shutdown_code is None:
+            text, overrides = self._queue.popleft()
+            try:
+                if not text.strip():
+                    raise RemoteProtocolError("text required", field="text")
+                if len(text) > self.limits.max_request_chars:
+                    raise RemoteProtocolError(
+                        f"text: at most {self.limits.max_request_chars} characters", field="text"
+                    )
+                config = self._config.merged(overrides)
+                work = self._new_work(self._requests, config, now)
+                self._accept_text(work, text, now)
+            except ProtocolError as exc:
+                self._error(exc.message, exc.error_code, exc.code)
+                continue
+            self._requests += 1
+            self._current = work
+            self._flush_work(work, now)
+        self._maybe_shutdown(now)
+
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        if work is not self._current:
+            return
+        dur_ms = round(work.total_samples * 1000 / work.params.sample_rate, 3)
+        gen_ms = round(work.gen_ms, 3)
+        ttfa = (
+            None
+            if work.first_audio_at is None
+            else round((work.first_audio_at - work.started_at) * 1000, 3)
+        )
+        self._send(
+            FinalFrame(
+                chunks=work.audio_frames,
+                total_samples=work.total_samples,
+                dur_ms=dur_ms,
+                gen_ms=gen_ms,
+                rtf=round(gen_ms / dur_ms, 4) if dur_ms else 0.0,
+                debug={
+                    "original_text": work.original_text,
+                    "ttfa_ms": ttfa,
+                    "speed": work.params.speed,
+                },
+                usage=work.usage(),
+            )
+        )
+        self._current = None
+        self._start_next(now)
+
+    def _busy(self) -> bool:
+        return self._current is not None or bool(self._queue)
+
+    def _deadlines(self) -> Iterator[float | None]:
+        return iter(())
+
+    def _timeout(self, now: float) -> None:
+        return None

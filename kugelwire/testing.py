@@ -1,0 +1,285 @@
+"""Test helpers: a client session and a server session joined in memory with a fake clock.
+
+Modelled on h11's ``ConnectionPair``: nothing here does I/O or reads a clock. A
+:class:`SessionPair` moves JSON messages between a client session and a server session (in
+order, as TCP would), answers the server's :class:`SynthesisRequested` events with a
+deterministic :class:`PairEngine`, and advances a :class:`FakeClock` on request, firing every
+deadline that falls due on the way.
+
+    pair = SessionPair.stream(voice_id=1)
+    pair.client.send_text("Hello there. ", pair.now)
+    pair.client.flush(pair.now)
+    pair.pump()
+    events = pair.client_events()
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .protocol._client import (
+    MultiClientSession,
+    StreamClientSession,
+    TTSClientSession,
+    _ClientSession,
+)
+from .protocol._events import ClientEvent
+from .protocol._messages import WordTimestamp
+from .protocol._server import (
+    ChunkRef,
+    MultiServerSession,
+    ServerLimits,
+    StreamServerSession,
+    SynthesisCancelled,
+    SynthesisRequested,
+    TTSServerSession,
+    _ServerSession,
+)
+
+__all__ = ["FakeClock", "PairEngine", "SessionPair"]
+
+_WORD = re.compile(r"\S+")
+C = TypeVar("C", bound=_ClientSession)
+
+
+@dataclass
+class FakeClock:
+    """Monotonic seconds that only move when told to."""
+
+    now: float = 0.0
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class _EngineJob:
+    request: SynthesisRequested
+    pieces: deque[bytes]
+    words: list[WordTimestamp]
+
+
+@dataclass
+class PairEngine:
+    """A deterministic engine: ``ms_per_char`` of audio per character of chunk text.
+
+    Each chunk's audio is cut into ``pieces`` calls of ``send_audio`` (so tests can barge in
+    mid-chunk), followed by its word timestamps (one per whitespace-separated word, timed by
+    character offsets) and ``complete_chunk``. With ``auto=True`` the pair runs jobs to the end
+    inside :meth:`SessionPair.pump`; otherwise call :meth:`SessionPair.step_engine`.
+    """
+
+    ms_per_char: float = 10.0
+    pieces: int = 2
+    auto: bool = True
+    requested: list[SynthesisRequested] = field(default_factory=list)
+    cancelled: list[ChunkRef] = field(default_factory=list)
+    jobs: deque[_EngineJob] = field(default_factory=deque)
+    dropped_calls: int = 0
+
+    def accept(self, event: SynthesisRequested | SynthesisCancelled) -> None:
+        if isinstance(event, SynthesisCancelled):
+            self.cancelled.append(event.ref)
+            self.jobs = deque(j for j in self.jobs if j.request.ref != event.ref)
+            return
+        self.requested.append(event)
+        text = event.chunk.text
+        sr = event.params.sample_rate
+        per_char = self.ms_per_char / 1000.0
+        total = max(1, round(len(text) * per_char * sr)) if text.strip() else round(0.05 * sr)
+        pcm = _tone(total)
+        n = max(1, self.pieces)
+        step = -(-total // n)
+        pieces = deque(pcm[i * 2 * step : (i + 1) * 2 * step] for i in range(n))
+        words = [
+            WordTimestamp(
+                m.group(),
+                m.start() * self.ms_per_char,
+                m.end() * self.ms_per_char,
+                m.start(),
+                m.end(),
+            )
+            for m in _WORD.finditer(text)
+        ]
+        self.jobs.append(_EngineJob(event, deque(p for p in pieces if p), words))
+
+    def step(self, server: _ServerSession, now: float) -> bool:
+        """Deliver one piece (or the completion) of the oldest job. False when idle."""
+        if not self.jobs:
+            return False
+        job = self.jobs[0]
+        ref = job.request.ref
+        if job.pieces:
+            if not server.send_audio(ref, job.pieces.popleft(), now):
+                self.dropped_calls += 1
+                self.jobs.popleft()
+            return True
+        self.jobs.popleft()
+        server.send_word_timestamps(ref, job.words, now)
+        if not server.complete_chunk(ref, 1.0, now):
+            self.dropped_calls += 1
+        return True
+
+
+def _tone(samples: int) -> bytes:
+    # A square wave at a quarter of full scale: deterministic and non-silent.
+    hi = (8192).to_bytes(2, "little", signed=True)
+    lo = (-8192).to_bytes(2, "little", signed=True)
+    return b"".join(hi if (i // 20) % 2 == 0 else lo for i in range(samples))
+
+
+class SessionPair(Generic[C]):
+    """A client session and a server session joined in memory, with a fake clock."""
+
+    def __init__(
+        self,
+        client: C,
+        server: _ServerSession,
+        *,
+        engine: PairEngine | None = None,
+        clock: FakeClock | None = None,
+    ) -> None:
+        self.client = client
+        self.server = server
+        self.engine = engine or PairEngine()
+        self.clock = clock or FakeClock()
+        self.to_server: deque[str] = deque()
+        self.to_client: deque[str] = deque()
+        self.sent: list[str] = []  # every client message, in order
+        self.received: list[str] = []  # every server message, in order
+        self.events: list[ClientEvent] = []
+        self.close_code: int | None = None
+
+    # -- constructors --------------------------------------------------------------------------
+    @classmethod
+    def stream(
+        cls,
+        *,
+        limits: ServerLimits | None = None,
+        engine: PairEngine | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> SessionPair[StreamClientSession]:
+        client = StreamClientSession(**(client_kwargs or {}), **config)
+        return SessionPair(client, StreamServerSession(limits=limits), engine=engine)
+
+    @classmethod
+    def multi(
+        cls,
+        *,
+        limits: ServerLimits | None = None,
+        engine: PairEngine | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> SessionPair[MultiClientSession]:
+        client = MultiClientSession(**(client_kwargs or {}), **config)
+        return SessionPair(client, MultiServerSession(limits=limits), engine=engine)
+
+    @classmethod
+    def tts(
+        cls,
+        *,
+        limits: ServerLimits | None = None,
+        engine: PairEngine | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> SessionPair[TTSClientSession]:
+        client = TTSClientSession(**(client_kwargs or {}), **config)
+        return SessionPair(client, TTSServerSession(limits=limits), engine=engine)
+
+    # -- moving things ---------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def transfer(self) -> None:
+        """Move both outboxes onto the wire queues (nothing is delivered yet)."""
+        for msg in self.client.messages_to_send():
+            self.sent.append(msg)
+            self.to_server.append(msg)
+        for msg in self.server.messages_to_send():
+            self.received.append(msg)
+            self.to_client.append(msg)
+        for ev in self.server.events():
+            self.engine.accept(ev)
+        if self.server.close_code is not None and self.close_code is None and not self.to_client:
+            self.close_code = self.server.close_code
+
+    def deliver_to_server(self, n: int | None = None) -> int:
+        self.transfer()
+        count = 0
+        while self.to_server and (n is None or count < n):
+            self.server.receive_message(self.to_server.popleft(), self.now)
+            count += 1
+            self.transfer()
+        return count
+
+    def deliver_to_client(self, n: int | None = None) -> int:
+        self.transfer()
+        count = 0
+        while self.to_client and (n is None or count < n):
+            self.client.receive_message(self.to_client.popleft(), self.now)
+            count += 1
+            self._collect()
+        self.transfer()
+        if self.close_code is not None and not self.to_client and not self.client.terminated:
+            self.client.connection_lost(self.close_code, "", self.now)
+            self._collect()
+        return count
+
+    def step_engine(self) -> bool:
+        self.transfer()
+        progressed = self.engine.step(self.server, self.now)
+        self.transfer()
+        return progressed
+
+    def pump(self, *, engine: bool | None = None, limit: int = 100_000) -> None:
+        """Deliver everything both ways and (if the engine is auto) run it, until quiet."""
+        run_engine = self.engine.auto if engine is None else engine
+        for _ in range(limit):
+            moved = self.deliver_to_server() + self.deliver_to_client()
+            if run_engine and self.step_engine():
+                continue
+            if not moved:
+                return
+        raise RuntimeError("pump did not settle")
+
+    def advance(self, seconds: float, *, pump: bool = True) -> None:
+        """Move the clock, firing every deadline of either side that falls due on the way."""
+        target = self.clock.now + seconds
+        while True:
+            deadlines = [
+                d
+                for d in (self.client.next_deadline(), self.server.next_deadline())
+                if d is not None and d <= target
+            ]
+            if not deadlines:
+                break
+            due = max(self.clock.now, min(deadlines))
+            self.clock.now = due
+            self.client.handle_timeout(due)
+            self.server.handle_timeout(due)
+            if pump:
+                self.pump()
+            else:
+                self.transfer()
+        self.clock.now = target
+        if pump:
+            self.pump()
+
+    def _collect(self) -> None:
+        self.events.extend(self.client.events())
+
+    def client_events(self) -> list[ClientEvent]:
+        """Every client event so far (kept; call repeatedly)."""
+        self._collect()
+        return list(self.events)
+
+    def events_of(self, kind: type[Any] | tuple[type[Any], ...]) -> list[Any]:
+        return [e for e in self.client_events() if isinstance(e, kind)]
