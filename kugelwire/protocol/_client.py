@@ -172,6 +172,10 @@ class _PendingCancel:
     context_ids: frozenset[str] | None = None  # multi: which contexts; None = all
     sent_before: int = 0  # tts: requests numbered below this were sent before the cancel
     reported: bool = False  # tts: an Interrupted was already emitted for this cancel
+    #: No ``interrupted`` came within the quiet timeout: the application was told
+    #: (``Interrupted(acknowledged=False)``), but output is still dropped until the late ack,
+    #: so no frame of cancelled work is ever attributed to later work.
+    timed_out: bool = False
 
 
 class _ClientSession:
@@ -185,7 +189,6 @@ class _ClientSession:
         self._outbox: list[str] = []
         self._events: deque[ClientEvent] = deque()
         self._pending_cancels: deque[_PendingCancel] = deque()
-        self._late_acks = 0
         self._cancel_timeout = cancel_timeout
         self._last_rx = -_INF
         self._settings_pending = 0
@@ -229,20 +232,25 @@ class _ClientSession:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
-        while self._pending_cancels:
-            deadline = self._cancel_deadline()
-            if deadline is None or now < deadline:
-                break
-            pending = self._pending_cancels.popleft()
-            self._late_acks += 1
+        while (deadline := self._cancel_deadline()) is not None and now >= deadline:
+            pending = next(p for p in self._pending_cancels if not p.timed_out)
+            pending.timed_out = True
             self._finish_cancel(pending, acknowledged=False)
+            self._events.append(
+                Diagnostic(
+                    f"no 'interrupted' within {self._cancel_timeout:g} s of a cancel; output "
+                    "is dropped until it arrives"
+                )
+            )
         self._other_timeout(now)
 
     def connection_lost(self, code: int | None, reason: str, now: float) -> None:
         if self._terminated is not None:
             return
         while self._pending_cancels:
-            self._finish_cancel(self._pending_cancels.popleft(), acknowledged=False)
+            pending = self._pending_cancels.popleft()
+            if not pending.timed_out:
+                self._finish_cancel(pending, acknowledged=False)
         replay = tuple(self._abort_all(code))
         self._terminated = ConnectionTerminated(code, reason, code in RESTART_CODES, replay)
         self._events.append(self._terminated)
@@ -270,10 +278,11 @@ class _ClientSession:
             raise LocalProtocolError("close_socket() was sent; the session takes no more input")
 
     def _cancel_deadline(self) -> float | None:
-        if not self._pending_cancels:
+        pending = next((p for p in self._pending_cancels if not p.timed_out), None)
+        if pending is None:
             return None
         # A quiet timer: it restarts on every frame received (REFERENCE §7.1).
-        return max(self._pending_cancels[0].sent_at, self._last_rx) + self._cancel_timeout
+        return max(pending.sent_at, self._last_rx) + self._cancel_timeout
 
     def _other_deadline(self) -> float | None:
         return None
@@ -290,11 +299,15 @@ class _ClientSession:
                         pending = p
                         break
             self._pending_cancels.remove(pending)
-            self._finish_cancel(pending, acknowledged=True)
-        elif self._late_acks:
-            self._late_acks -= 1
+            if pending.timed_out:
+                self._late_ack(pending)
+            else:
+                self._finish_cancel(pending, acknowledged=True)
         else:
             self.dropped_frames += 1
+
+    def _late_ack(self, pending: _PendingCancel) -> None:
+        """The ``interrupted`` of a cancel already reported as timed out: nothing to tell."""
 
     def _on_settings(self, msg: SettingsUpdatedFrame) -> None:
         self._settings_pending = max(0, self._settings_pending - 1)
@@ -1031,6 +1044,7 @@ class MultiClientSession(_ClientSession):
 class _Request:
     cycle: _Cycle
     cancelled: bool = False
+    announced: bool = False  # its Interrupted was emitted (cancel timed out); not again
 
     @property
     def number(self) -> int:
@@ -1154,7 +1168,8 @@ class TTSClientSession(_ClientSession):
         cancel the next request sent before the cancel instead."""
         self._requests.popleft()
         pending = next((p for p in self._pending_cancels if head in p.turns), None)
-        self._events.append(Interrupted(head.number))
+        if not head.announced:
+            self._events.append(Interrupted(head.number))
         if pending is None:
             return
         pending.turns.remove(head)
@@ -1168,9 +1183,20 @@ class TTSClientSession(_ClientSession):
         if not pending.turns and not pending.reported:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
         for req in pending.turns:
+            if not req.announced:
+                self._events.append(Interrupted(req.number, acknowledged=acknowledged))
+            if pending.timed_out:
+                # Keep it queued: its late output must still be matched to it and dropped.
+                req.announced = True
+            elif req in self._requests:
+                self._requests.remove(req)
+        if pending.timed_out:
+            pending.reported = True
+
+    def _late_ack(self, pending: _PendingCancel) -> None:
+        for req in pending.turns:
             if req in self._requests:
                 self._requests.remove(req)
-            self._events.append(Interrupted(req.number, acknowledged=acknowledged))
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
         while self._requests:

@@ -397,7 +397,15 @@ def test_cancel_ack_timeout_multi() -> None:
     assert h.s.next_deadline() == 3.0
     h.events()
     h.s.handle_timeout(3.0)
-    assert h.events() == [Interrupted(0, "a", acknowledged=False)]
+    evs = h.events()
+    assert evs[0] == Interrupted(0, "a", acknowledged=False)
+    assert [type(e).__name__ for e in evs[1:]] == ["Diagnostic"]
+    # late output of the cancelled cycle is still dropped until the late ack
+    h.feed(audio("a", 0))
+    assert h.events() == []
+    h.feed({"interrupted": True, "context_id": "a"})
+    assert h.events() == []
+    assert h.s.next_deadline() is None
 
 
 def test_context_timeout_then_context_closed() -> None:

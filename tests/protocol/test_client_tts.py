@@ -181,10 +181,17 @@ def test_cancel_ack_timeout() -> None:
     h.events()
     assert h.s.next_deadline() == 1.5
     h.s.handle_timeout(1.5)
-    assert h.events() == [Interrupted(0, acknowledged=False)]
+    evs = h.events()
+    assert evs[0] == Interrupted(0, acknowledged=False)
+    assert [type(e).__name__ for e in evs[1:]] == ["Diagnostic"]
+    h.s.request("y", 2.0)
+    h.feed(audio(0))  # late output of the cancelled request: dropped, not given to "y"
     h.feed({"interrupted": True})  # late ack absorbed
-    assert h.events() == []
-    assert h.s.dropped_frames == 0
+    assert h.events() == [TurnStarted(1)]
+    assert h.s.dropped_frames == 1
+    assert h.s.pending_requests == (1,)
+    h.feed(audio(0), {"final": True})
+    assert [e.turn for e in h.events()] == [1, 1]
 
 
 def test_error_is_terminal_for_the_head_request() -> None:
