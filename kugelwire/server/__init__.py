@@ -1,0 +1,215 @@
+"""Run a KugelAudio-compatible TTS server on a TCP port (``/ws/tts``, ``/ws/tts/stream``,
+``/ws/tts/multi``).
+
+The runners only move bytes, drive timers and run the engine in worker threads; every protocol
+decision is made by the sans-IO core (:mod:`kugelwire.protocol`)::
+
+    async with serve("127.0.0.1", 0, engine=ToneEngine(), api_key="secret") as server:
+        print(server.url)            # ws://127.0.0.1:PORT
+        await server.shutdown(1012)  # graceful rolling restart
+
+    with run_in_thread(api_key="secret") as handle:   # for sync code / pytest fixtures
+        print(handle.url)
+
+    async with trio_serve(...) as server: ...       # the same under trio (needs ``trio``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..protocol._server import ServerLimits
+from ..protocol._ws import HttpHandler
+from ..synth import Engine, ToneEngine
+from . import _runner
+from ._common import ServerOptions
+from ._runner import ServerHandle
+
+if TYPE_CHECKING:
+    from ._trio import TrioServerHandle
+
+__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "run_in_thread", "serve",
+           "trio_serve"]
+
+
+def _options(
+    *,
+    engine: Engine | None = None,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    max_connections: int = 10_000,
+    max_message_size: int = 2**20,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 5.0,
+    write_buffer_limit: int = 2**20,
+    auth_failure: Literal["http", "close"] = "http",
+    shutdown_timeout: float = 10.0,
+    http_handler: HttpHandler | None = None,
+) -> ServerOptions:
+    return ServerOptions(
+        engine=engine if engine is not None else ToneEngine(),
+        api_key=api_key,
+        limits=limits,
+        max_connections=max_connections,
+        max_message_size=max_message_size,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        write_buffer_limit=write_buffer_limit,
+        auth_failure=auth_failure,
+        shutdown_timeout=shutdown_timeout,
+        http_handler=http_handler,
+    )
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    engine: Engine | None = None,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    max_connections: int = 10_000,
+    max_message_size: int = 2**20,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 5.0,
+    write_buffer_limit: int = 2**20,
+    auth_failure: Literal["http", "close"] = "http",
+    shutdown_timeout: float = 10.0,
+    http_handler: HttpHandler | None = None,
+) -> AbstractAsyncContextManager[ServerHandle]:
+    """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
+
+    ``engine`` defaults to :class:`~kugelwire.synth.ToneEngine`. ``api_key=None`` accepts any key.
+    ``limits`` are the core's :class:`ServerLimits`. ``write_buffer_limit`` bounds each
+    connection's unsent bytes: above it that connection's synthesis pauses until the socket
+    drains. Leaving the block shuts down gracefully (1012), aborting what is still open after
+    ``shutdown_timeout`` seconds.
+    """
+    return _runner.serve(
+        host,
+        port,
+        _options(
+            engine=engine,
+            api_key=api_key,
+            limits=limits,
+            max_connections=max_connections,
+            max_message_size=max_message_size,
+            handshake_timeout=handshake_timeout,
+            close_timeout=close_timeout,
+            write_buffer_limit=write_buffer_limit,
+            auth_failure=auth_failure,
+            shutdown_timeout=shutdown_timeout,
+            http_handler=http_handler,
+        ),
+    )
+
+
+def trio_serve(
+    host: str = "127.0.0.1", port: int = 0, **kwargs: Any
+) -> AbstractAsyncContextManager[TrioServerHandle]:
+    """:func:`serve` for trio (same keyword arguments and handle attributes; needs ``trio``)."""
+    from . import _trio
+
+    return _trio.serve(host, port, _options(**kwargs))
+
+
+class ThreadedServer:
+    """An asyncio server running on its own event loop in a background thread.
+
+    Use as a context manager (or :meth:`start` / :meth:`stop`); attributes mirror
+    :class:`ServerHandle` (``url``, ``port``, ``connections``).
+    """
+
+    def __init__(self, host: str, port: int, options: ServerOptions) -> None:
+        self._host, self._port, self._options = host, port, options
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._handle: ServerHandle | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def server(self) -> ServerHandle:
+        """The asyncio handle (use its methods only from the server's loop)."""
+        if self._handle is None:
+            raise RuntimeError("the server is not running")
+        return self._handle
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def connections(self) -> int:
+        return self.server.connections
+
+    @property
+    def peak_buffered(self) -> int:
+        return self.server.peak_buffered
+
+    def start(self) -> ThreadedServer:
+        """Start the thread and wait until the server listens (re-raises startup errors)."""
+        self._thread = threading.Thread(target=self._main, name="kugelwire-server", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def shutdown(self, code: int = 1012, timeout: float | None = None) -> None:
+        """Graceful shutdown (see :meth:`ServerHandle.shutdown`), blocking until done."""
+        if self._loop is None or self._handle is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._handle.shutdown(code, timeout), self._loop)
+        fut.result()
+
+    def stop(self) -> None:
+        """Shut down (1012) and join the thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._amain())
+        except BaseException as exc:  # pragma: no cover - reported through start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _amain(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with _runner.serve(self._host, self._port, self._options) as handle:
+            self._handle = handle
+            self._ready.set()
+            await self._stop.wait()
+
+
+def run_in_thread(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ThreadedServer:
+    """An asyncio server in a background thread (a context manager); keyword arguments as
+    for :func:`serve`."""
+    return ThreadedServer(host, port, _options(**kwargs))

@@ -1,0 +1,183 @@
+"""The official KugelAudio Python SDK (``kugelaudio==2.7.0``), unmodified, against our server.
+
+The SDK is pointed at a loopback server with ``api_url`` (OFFICIAL-SDK.md §6). Our server runs in
+a background thread (``run_in_thread``) so the SDK owns its event loop, as in an application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+os.environ["KUGELAUDIO_TELEMETRY"] = "0"
+import kugelaudio
+
+from kugelwire.server import ThreadedServer, run_in_thread
+from kugelwire.synth import ToneEngine
+
+KEY = "local-test-key"
+pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    with run_in_thread(api_key=KEY) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def slow_engine() -> ToneEngine:
+    return ToneEngine(piece_ms=20, realtime_factor=1.0)  # generates at real time
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_engine: ToneEngine) -> Iterator[ThreadedServer]:
+    with run_in_thread(api_key=KEY, engine=slow_engine) as handle:
+        yield handle
+
+
+def run(handle: ThreadedServer, body: Callable[[Any], Awaitable[None]]) -> None:
+    """Run ``body(client)`` with an SDK client pointed at ``handle``; bounded at 18 s."""
+
+    async def main() -> None:
+        client = kugelaudio.KugelAudio(
+            api_key=KEY, api_url=f"http://127.0.0.1:{handle.port}", telemetry=False
+        )
+        try:
+            await asyncio.wait_for(body(client), 18)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_streaming_session_several_turns(server: ThreadedServer) -> None:
+    tokens = ["Hello", " world,", " this is", " turn", " one"]
+
+    async def body(client: Any) -> None:
+        async with client.tts.streaming_session(
+            voice_id=1, model_id="kugel-3", language="en", word_timestamps=True
+        ) as s:
+            samples_per_turn = []
+            for turn in range(3):
+                if turn == 2:
+                    effective = await s.update_settings(speed=1.2, temperature=0.3)
+                    assert effective["speed"] == 1.2 and effective["temperature"] == 0.3
+                chunks = []
+                for tok in tokens:  # LLM-style tokens; no sentence end, so no audio yet
+                    chunks += [c async for c in s.send(tok)]
+                chunks += [c async for c in s.flush()]
+                assert chunks and all(c.sample_rate == 24000 for c in chunks)
+                assert [c.index for c in chunks] == list(range(len(chunks)))
+                total = sum(c.samples for c in chunks)
+                assert sum(len(c.audio) for c in chunks) == 2 * total
+                final = s.last_final
+                assert final is not None and final["final"] is True
+                assert final["total_audio_seconds"] == pytest.approx(total / 24000, abs=1e-5)
+                usage = s.last_usage
+                assert usage is not None
+                assert usage.audio_seconds == pytest.approx(total / 24000, abs=1e-5)
+                words = [w.word for w in s.last_word_timestamps]
+                assert words == "".join(tokens).split()
+                stamps = s.last_word_timestamps
+                assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(stamps))
+                samples_per_turn.append(total)
+            assert samples_per_turn[0] == samples_per_turn[1]
+            assert samples_per_turn[2] < samples_per_turn[0]  # speed 1.2 from the update
+
+    run(server, body)
+
+
+def test_cancel_current_barge_in(slow_server: ThreadedServer, slow_engine: ToneEngine) -> None:
+    long_text = " ".join(f"word{i}" for i in range(40)) + "."
+
+    async def body(client: Any) -> None:
+        async with client.tts.streaming_session(voice_id=1, language="en") as s:
+            it = s.send(long_text, flush=True).__aiter__()
+            first = [await it.__anext__(), await it.__anext__()]
+            assert first[0].index == 0
+            await it.aclose()
+            runs_before = len(slow_engine.runs)
+            await s.cancel_current()  # returns on the server's ``interrupted``
+            await asyncio.sleep(0.2)
+            cancelled = slow_engine.runs[runs_before - 1]
+            assert not cancelled.finished and cancelled.pieces_yielded < cancelled.pieces_planned
+            after = [c async for c in s.send("After the barge in.", flush=True)]
+            assert after and after[0].index == 0  # nothing of the cancelled turn leaks
+            assert s.last_final is not None
+            assert s.last_final["total_audio_seconds"] == pytest.approx(
+                sum(c.samples for c in after) / 24000, abs=1e-5
+            )
+
+    run(slow_server, body)
+
+
+def test_multi_context_session(server: ThreadedServer) -> None:
+    async def body(client: Any) -> None:
+        async with client.tts.multi_context_session(
+            default_voice_id=1, model_id="kugel-3", language="en", word_timestamps=True
+        ) as m:
+            for i, cid in enumerate(("a", "b", "c")):
+                await m.create_context(cid, voice_id=i + 1)
+            assert m.active_contexts == {"a", "b", "c"}
+            got: dict[str, int] = {}
+            for cid in ("a", "b"):
+                chunks = [c async for c in m.send(cid, f"Context {cid} speaks.", flush=True)]
+                assert chunks
+                got[cid] = sum(c.samples for c in chunks)
+                assert [w.word for w in m.get_word_timestamps(cid)][-1] == "speaks."
+            # A plain send waits up to 30 s for audio (OFFICIAL-SDK §9.2); a complete sentence
+            # gets audio at once, and chunk_complete_idle_timeout=0 skips the 2 s linger.
+            chunks = [
+                c async for c in m.send("c", "Context c speaks.", chunk_complete_idle_timeout=0)
+            ]
+            assert chunks
+            rest = [c async for c in m.flush("c")]  # nothing buffered: ends on ``final``
+            got["c"] = sum(c.samples for c in chunks + rest)
+            tail = [c async for c in m.close_context("a")]
+            assert tail == []
+            usage_a = m.usage_for("a")
+            assert usage_a is not None
+            assert usage_a.audio_seconds == pytest.approx(got["a"] / 24000, abs=1e-5)
+            assert [c async for c in m.close_context("b", immediate=True)] == []
+            assert m.active_contexts == {"c"}
+            stats = await m.close()
+            assert stats.get("session_closed") is True
+            usage_c = m.usage_for("c")
+            assert usage_c is not None
+            assert usage_c.audio_seconds == pytest.approx(got["c"] / 24000, abs=1e-5)
+
+    run(server, body)
+
+
+def test_tts_stream_async(server: ThreadedServer) -> None:
+    async def body(client: Any) -> None:
+        for rate in (22050, 8000):  # the pooled /ws/tts socket is reused for the second
+            items = [
+                x
+                async for x in client.tts.stream_async(
+                    "A one-shot request. It has two sentences.",
+                    voice_id=1,
+                    model_id="kugel-3",
+                    language="en",
+                    sample_rate=rate,
+                    word_timestamps=True,
+                )
+            ]
+            audio = [x for x in items if isinstance(x, kugelaudio.AudioChunk)]
+            words = [w.word for x in items if isinstance(x, list) for w in x]
+            final = items[-1]
+            assert isinstance(final, dict) and final["final"] is True
+            assert final["total_samples"] == sum(a.samples for a in audio) > 0
+            assert all(a.sample_rate == rate for a in audio)
+            assert words == ["A", "one-shot", "request.", "It", "has", "two", "sentences."]
+            assert final["usage"]["audio_seconds"] == pytest.approx(
+                final["total_samples"] / rate, abs=1e-5
+            )
+
+    run(server, body)
