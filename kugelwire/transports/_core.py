@@ -1,0 +1,1002 @@
+"""The I/O-free half of every client transport (asyncio, trio, blocking sockets).
+
+:class:`ClientCore` owns a :class:`~kugelwire.protocol._ws.ClientConnection` and its client
+session and does everything that is not moving bytes or waiting:
+
+* **Routing.** Session events go to one bounded :class:`EventBuffer` per turn (stream), per
+  request (tts) or per context (multi); events that belong to none (``SettingsUpdated``,
+  ``SessionClosed``, connection-level errors...) go to :attr:`ClientCore.log` (bounded, oldest
+  dropped; it never holds audio).
+* **Backpressure.** :attr:`ClientCore.reading_paused` is true while the buffered events hold more
+  than ``max_buffered_bytes`` of audio or ``max_buffered_events`` events. The adapter then stops
+  reading the socket, so the kernel buffers fill and TCP flow control slows the server: memory
+  stays bounded and no audio is dropped. Reading resumes as soon as the application consumes
+  events (:meth:`ClientCore.pop`). Timers are suspended while paused (a keepalive pong may be
+  sitting unread in the socket) and get a short grace period after resuming. While ``close()``
+  drains the connection the bound is lifted (the server only finishes work already flushed).
+  Events of a turn whose handle the application dropped (after its last flush) are discarded.
+* **Barge-in.** ``cancel`` removes the cancelled work's buffered output at once, so no audio of
+  it is handed out after ``cancel()`` returns; its terminal event is :class:`Interrupted`.
+* **Outcomes → exceptions.** Rejections and close codes become the typed exceptions of
+  :mod:`kugelwire.errors`; each unfinished turn gets its own instance carrying its unspoken text.
+* **Restart policy.** Close 1012/1013 (or HTTP 503 at the upgrade): the core builds a fresh
+  session and connection at once, replays every turn/request/context that had no audio yet
+  (``replay``), re-applies ``update_settings``, and asks the adapter to open a new socket at
+  :attr:`ClientCore.reconnect_at`. Work that had audio already fails with
+  :class:`~kugelwire.errors.ServerRestarting` carrying its unspoken text. One attempt per
+  incident (``max_restarts``); the counter resets once the new connection produced output.
+
+Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`,
+:meth:`next_deadline` and the command methods, always with a monotonic ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from ..errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    ConnectionFailed,
+    KugelwireError,
+    LocalProtocolError,
+    ProtocolViolation,
+    RateLimitError,
+    ServerErrorResponse,
+    ServerRestarting,
+)
+from ..protocol._client import MultiClientSession, StreamClientSession, TTSClientSession
+from ..protocol._events import (
+    AudioChunk,
+    ChunkComplete,
+    ClientEvent,
+    ConnectionTerminated,
+    ContextClosed,
+    ErrorCode,
+    GenerationStarted,
+    Interrupted,
+    RequestFinal,
+    ServerError,
+    SettingsUpdated,
+    TurnAborted,
+    TurnClosed,
+    TurnFinal,
+    TurnReplay,
+    TurnStarted,
+    WordTimestamps,
+)
+from ..protocol._ws import (
+    ENDPOINTS,
+    ClientConnection,
+    Connected,
+    ConnectionClosed,
+    ConnectionState,
+    HandshakeRejected,
+    build_url,
+)
+
+__all__ = [
+    "ENDPOINT",
+    "AsyncContext",
+    "AsyncDriver",
+    "AsyncEvents",
+    "AsyncMulti",
+    "AsyncRequest",
+    "AsyncStream",
+    "AsyncTTS",
+    "AsyncTurn",
+    "ClientCore",
+    "EventBuffer",
+    "Kind",
+]
+
+Kind = Literal["stream", "multi", "tts"]
+ENDPOINT: dict[str, str] = {"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}
+Session = StreamClientSession | MultiClientSession | TTSClientSession
+_OUTPUT = (AudioChunk, GenerationStarted, WordTimestamps, ChunkComplete, TurnFinal)
+_RESTART = frozenset({1012, 1013})
+State = Literal["connecting", "open", "reconnecting", "closing", "closed"]
+
+
+def resolve_url(url: str, endpoint: str) -> str:
+    """``url`` as given when its path already names an endpoint, else ``endpoint`` appended."""
+    try:
+        path = urlsplit(url).path.rstrip("/")
+        if any(path.endswith(e) for e in ENDPOINTS):
+            if not path.endswith(endpoint):
+                raise ValueError(f"URL {url!r} names another endpoint than {endpoint}")
+            return url
+        return build_url(url, endpoint)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+
+
+def _audio_size(event: ClientEvent) -> int:
+    return len(event.frame.audio) * 3 // 4 if isinstance(event, AudioChunk) else 0
+
+
+class EventBuffer:
+    """Bounded-by-the-core queue of one turn's / request's / context's events."""
+
+    __slots__ = (
+        "closing",
+        "context_id",
+        "done",
+        "dropped",
+        "error",
+        "events",
+        "exhausted",
+        "flushed",
+        "nbytes",
+        "number",
+    )
+
+    def __init__(self, number: int | None, context_id: str | None = None) -> None:
+        self.number = number  # turn/request number on the connection that started it
+        self.context_id = context_id
+        self.events: deque[ClientEvent] = deque()
+        self.nbytes = 0
+        self.done = False  # the terminal event (or error) is queued: nothing more comes
+        self.error: KugelwireError | None = None  # raised once the queued events are consumed
+        self.exhausted = False  # the terminal was handed out
+        self.flushed = False  # stream: no more text can be sent to it
+        self.dropped = False  # the application dropped its handle
+        self.closing = False  # multi: close_context() was called
+
+    def __repr__(self) -> str:
+        return f"<EventBuffer {self.context_id or self.number} events={len(self.events)}>"
+
+
+class ClientCore:
+    """Connection + session + routing + backpressure + restart policy, with no I/O."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        url: str,
+        *,
+        now: float,
+        api_key: str | None = None,
+        auth: Literal["query", "bearer"] = "query",
+        max_buffered_bytes: int = 4 * 2**20,
+        max_buffered_events: int = 10_000,
+        restart_delay: float = 1.0,
+        max_restarts: int = 1,
+        ping_interval: float | None = 15.0,
+        ping_timeout: float = 15.0,
+        max_message_size: int = 16 * 2**20,
+        log_size: int = 256,
+        resume_grace: float = 0.5,
+        **session_options: Any,
+    ) -> None:
+        if kind not in ENDPOINT:
+            raise LocalProtocolError(f"unknown endpoint kind {kind!r}")
+        if max_buffered_bytes <= 0 or max_buffered_events <= 0:
+            raise LocalProtocolError("buffer bounds must be positive")
+        self.kind: Kind = kind
+        self.url = resolve_url(url, ENDPOINT[kind])
+        self._conn_options: dict[str, Any] = {
+            "api_key": api_key,
+            "auth": auth,
+            "keepalive_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "max_message_size": max_message_size,
+        }
+        self._session_options = session_options
+        self.max_buffered_bytes = max_buffered_bytes
+        self.max_buffered_events = max_buffered_events
+        self.restart_delay = restart_delay
+        self.max_restarts = max_restarts
+        self._resume_grace = resume_grace
+        self.buffered_bytes = 0
+        self.buffered_events = 0
+        self.log: deque[ClientEvent] = deque(maxlen=log_size)
+        self.settings: dict[str, Any] | None = None
+        self.state: State = "connecting"
+        self.error: KugelwireError | None = None
+        self.reconnect_at: float | None = None
+        self.restarts = 0
+        self._restarts_in_row = 0
+        self._user_closing = False
+        self._resumed = False
+        self._hold_until = -math.inf
+        self._gc_pending = False
+        self._settings_applied: dict[str, Any] = {}
+        self._live: list[EventBuffer] = []
+        self._by_number: dict[int, EventBuffer] = {}
+        self._by_context: dict[str, EventBuffer] = {}
+        self._ctx_options: dict[str, dict[str, Any]] = {}
+        self._req_params: dict[int, dict[str, Any]] = {}
+        self._rejection: HandshakeRejected | None = None
+        self._closed: ConnectionClosed | None = None
+        self._fatal: ServerError | None = None
+        self._connect_exc: BaseException | None = None
+        #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
+        #: opened for this generation (adapters must not write them to an older socket).
+        self.generation = 0
+        self._stale = b""
+        self.session: Session = self._new_session()
+        self.conn = self._new_connection(now)
+
+    # -- construction ----------------------------------------------------------------------
+    def _new_session(self) -> Session:
+        opts = self._session_options
+        if self.kind == "stream":
+            return StreamClientSession(**opts)
+        if self.kind == "multi":
+            return MultiClientSession(**opts)
+        return TTSClientSession(**opts)
+
+    def _new_connection(self, now: float) -> ClientConnection:
+        try:
+            return ClientConnection(self.session, self.url, now=now, **self._conn_options)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.conn.address
+
+    @property
+    def secure(self) -> bool:
+        return self.conn.secure
+
+    # -- state the adapter looks at ------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """No socket is needed any more (closed for good)."""
+        return self.state == "closed"
+
+    @property
+    def wants_socket(self) -> bool:
+        """A reconnect is due: close the old socket, open a new one at :attr:`reconnect_at`."""
+        return self.state == "reconnecting" and self.reconnect_at is not None
+
+    @property
+    def reading_paused(self) -> bool:
+        """Stop reading the socket (too much is buffered); resume when this turns false."""
+        if self._gc_pending:
+            self._collect_dropped()
+        return not self._user_closing and (
+            self.buffered_bytes >= self.max_buffered_bytes
+            or self.buffered_events >= self.max_buffered_events
+        )
+
+    def next_deadline(self) -> float | None:
+        """When to call :meth:`handle_timeout` (None while paused or waiting for a socket)."""
+        if self.state == "closed" or self.wants_socket or self.reading_paused:
+            return None
+        deadline = self.conn.next_deadline()
+        if deadline is None:
+            return None
+        return max(deadline, self._hold_until)
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def take_stale_data(self) -> bytes:
+        """Last bytes for the *previous* socket (write them before closing it on reconnect)."""
+        data, self._stale = self._stale, b""
+        return data
+
+    # -- I/O results -----------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes read from the socket (``b""``: EOF or a read error)."""
+        if self.state == "closed" or self.wants_socket:
+            return
+        self._resumed = False
+        self._hold_until = -math.inf
+        self.conn.receive_data(data, now)
+        self._process(now)
+
+    def handle_timeout(self, now: float) -> None:
+        if self.state == "closed" or self.wants_socket or now < self._hold_until:
+            return
+        if self.reading_paused:
+            return
+        if self._resumed:  # give the reader a moment to take what waited in the socket
+            self._resumed = False
+            self._hold_until = now + self._resume_grace
+            return
+        self.conn.handle_timeout(now)
+        self._process(now)
+
+    def socket_opened(self, now: float) -> None:
+        """The adapter opened the socket for a reconnect; the handshake bytes are queued."""
+        self.reconnect_at = None
+
+    def connect_failed(self, exc: BaseException, now: float) -> None:
+        """Opening the socket failed (``OSError``, ``TimeoutError``, ``ssl.SSLError``...)."""
+        self._connect_exc = exc
+        self.reconnect_at = None
+        if self.conn.state is not ConnectionState.CLOSED:
+            self.conn.close()
+        self._process(now)
+        if not self.finished:  # no session to report through: close for good
+            self._terminate()
+
+    def abort(self, now: float, reason: str = "connection aborted") -> None:
+        """Give up on the connection now (close timeout, adapter shutdown)."""
+        if self.state == "closed":
+            return
+        if self.conn.state is not ConnectionState.CLOSED:
+            self.conn.receive_data(b"", now)
+        self._process(now)
+        if not self.finished:
+            self._terminate()
+
+    # -- commands ------------------------------------------------------------------------------
+    def check_usable(self) -> None:
+        if self.state == "closed":
+            raise self.error or ConnectionClosedError("the connection is closed")
+        if self._user_closing:
+            raise ConnectionClosedError("close() was called; the connection takes no more input")
+
+    def stream_send_text(self, text: str, now: float, *, flush: bool = False) -> EventBuffer | None:
+        session = self._session(StreamClientSession)
+        number = session.send_text(text, now, flush=flush)
+        return self._stream_buffer(number, flush, now)
+
+    def stream_flush(self, now: float) -> EventBuffer:
+        session = self._session(StreamClientSession)
+        buf = self._stream_buffer(session.flush(now), True, now)
+        assert buf is not None
+        return buf
+
+    def stream_cancel(self, now: float) -> None:
+        session = self._session(StreamClientSession)
+        for number in session.cancel(now):
+            buf = self._by_number.get(number)
+            if buf is not None:
+                buf.flushed = True
+                self._purge(buf)
+        self._process(now)
+
+    def update_settings(self, now: float, **settings: Any) -> None:
+        session = self._session(StreamClientSession, MultiClientSession, TTSClientSession)
+        session.update_settings(now, **settings)
+        self._settings_applied.update(settings)
+        self._process(now)
+
+    def multi_create(self, context_id: str, now: float, **options: Any) -> EventBuffer:
+        session = self._session(MultiClientSession)
+        old = self._by_context.get(context_id)
+        if old is not None and not old.done:
+            raise LocalProtocolError(f"context {context_id!r} already exists")
+        session.create_context(context_id, now, **options)
+        buf = EventBuffer(0, context_id)
+        self._by_context[context_id] = buf
+        self._ctx_options[context_id] = options
+        self._live.append(buf)
+        self._process(now)
+        return buf
+
+    def multi_send_text(
+        self, buf: EventBuffer, text: str, now: float, *, flush: bool = False
+    ) -> None:
+        self._session(MultiClientSession).send_text(self._cid(buf), text, now, flush=flush)
+        self._process(now)
+
+    def multi_flush(self, buf: EventBuffer, now: float) -> None:
+        self._session(MultiClientSession).flush(self._cid(buf), now)
+        self._process(now)
+
+    def multi_cancel(self, buf: EventBuffer | None, now: float) -> None:
+        session = self._session(MultiClientSession)
+        ids = session.cancel(now, None if buf is None else self._cid(buf))
+        for cid in ids:
+            target = self._by_context.get(cid)
+            if target is not None:
+                self._purge_cycle(target)
+        self._process(now)
+
+    def multi_close(self, buf: EventBuffer, now: float, *, immediate: bool = False) -> None:
+        self._session(MultiClientSession).close_context(self._cid(buf), now, immediate=immediate)
+        buf.closing = True
+        if immediate:
+            self._purge_cycle(buf)
+        self._process(now)
+
+    def tts_request(self, text: str, now: float, **params: Any) -> EventBuffer:
+        session = self._session(TTSClientSession)
+        number = session.request(text, now, **params)
+        buf = EventBuffer(number)
+        buf.flushed = True
+        self._by_number[number] = buf
+        self._req_params[number] = params
+        self._live.append(buf)
+        self._process(now)
+        return buf
+
+    def tts_cancel(self, now: float) -> None:
+        number = self._session(TTSClientSession).cancel(now)
+        buf = None if number is None else self._by_number.get(number)
+        if buf is not None:
+            self._purge(buf)
+        self._process(now)
+
+    def close_socket(self, now: float) -> None:
+        """Graceful close: ``close_socket`` (stream/multi) or close once requests drained (tts)."""
+        if self.state == "closed" or self._user_closing:
+            return
+        self._user_closing = True
+        session = self.session
+        if self.state in ("connecting", "reconnecting"):
+            self.conn.close()
+        elif isinstance(session, TTSClientSession):
+            self._maybe_close_tts()
+        elif not session.terminated:
+            self.state = "closing"
+            session.close_socket(now)
+        self._process(now)
+
+    # -- consuming -----------------------------------------------------------------------------
+    def pop(self, buf: EventBuffer) -> ClientEvent | None:
+        """The next event of ``buf``, or None when none is buffered yet.
+
+        Raises the buffer's error once its events are consumed; check :attr:`EventBuffer.exhausted`
+        before calling (then the stream of events is over).
+        """
+        if buf.events:
+            paused = self.reading_paused
+            event = buf.events.popleft()
+            size = _audio_size(event)
+            buf.nbytes -= size
+            self.buffered_bytes -= size
+            self.buffered_events -= 1
+            if buf.done and not buf.events and buf.error is None:
+                buf.exhausted = True
+            if paused and not self.reading_paused:
+                self._resumed = True
+            return event
+        if buf.done:
+            buf.exhausted = True
+            error, buf.error = buf.error, None
+            if error is not None:
+                raise error
+        return None
+
+    def handle_dropped(self, buf: EventBuffer) -> None:
+        """The application dropped ``buf``'s handle (a finaliser: only sets flags)."""
+        buf.dropped = True
+        self._gc_pending = True
+
+    def reclaim(self, buf: EventBuffer) -> None:
+        """A new handle was made for ``buf`` (stream: more text for a dropped turn)."""
+        buf.dropped = False
+
+    # -- internals -----------------------------------------------------------------------------
+    def _session(self, *types: type[Any]) -> Any:
+        self.check_usable()
+        if not isinstance(self.session, types):
+            raise LocalProtocolError(f"not available on {ENDPOINT[self.kind]}")
+        return self.session
+
+    def _cid(self, buf: EventBuffer) -> str:
+        assert buf.context_id is not None
+        if self._by_context.get(buf.context_id) is not buf or buf.done:
+            raise LocalProtocolError(f"context {buf.context_id!r} is closed")
+        return buf.context_id
+
+    def _stream_buffer(self, number: int | None, flush: bool, now: float) -> EventBuffer | None:
+        buf = None
+        if number is not None:
+            buf = self._by_number.get(number)
+            if buf is None:
+                buf = EventBuffer(number)
+                self._by_number[number] = buf
+                self._live.append(buf)
+            buf.flushed = buf.flushed or flush
+        self._process(now)
+        return buf
+
+    def _purge(self, buf: EventBuffer, keep: Callable[[ClientEvent], bool] | None = None) -> None:
+        kept: deque[ClientEvent] = deque()
+        for event in buf.events:
+            if isinstance(event, _OUTPUT) and (keep is None or not keep(event)):
+                self.buffered_events -= 1
+                size = _audio_size(event)
+                self.buffered_bytes -= size
+                buf.nbytes -= size
+            else:
+                kept.append(event)
+        buf.events = kept
+
+    def _purge_cycle(self, buf: EventBuffer) -> None:
+        """Drop the buffered output of the context's current cycle (after its last final)."""
+        events = list(buf.events)
+        ends = [i for i, e in enumerate(events) if isinstance(e, TurnFinal | Interrupted)]
+        before = {id(e) for e in events[: ends[-1] + 1]} if ends else set()
+        self._purge(buf, keep=lambda e: id(e) in before)
+
+    def _collect_dropped(self) -> None:
+        self._gc_pending = False
+        for buf in self._live:
+            if buf.dropped and buf.flushed and buf.events:
+                self._discard(buf)
+
+    def _discard(self, buf: EventBuffer) -> None:
+        self.buffered_events -= len(buf.events)
+        self.buffered_bytes -= buf.nbytes
+        buf.events.clear()
+        buf.nbytes = 0
+
+    def _push(self, buf: EventBuffer, event: ClientEvent, *, terminal: bool = False) -> None:
+        if buf.done:
+            return
+        if not (buf.dropped and buf.flushed):
+            buf.events.append(event)
+            size = _audio_size(event)
+            buf.nbytes += size
+            self.buffered_bytes += size
+            self.buffered_events += 1
+        if terminal:
+            self._end(buf)
+
+    def _fail(self, buf: EventBuffer, error: KugelwireError) -> None:
+        if buf.done:
+            return
+        error.turn = buf.number if error.turn is None else error.turn
+        error.context_id = buf.context_id
+        buf.error = error
+        self._end(buf)
+
+    def _end(self, buf: EventBuffer) -> None:
+        buf.done = True
+        if buf in self._live:
+            self._live.remove(buf)
+        if buf.context_id is not None:
+            if self._by_context.get(buf.context_id) is buf:
+                del self._by_context[buf.context_id]
+        elif buf.number is not None:
+            for key, value in list(self._by_number.items()):
+                if value is buf:
+                    del self._by_number[key]
+
+    def _process(self, now: float) -> None:
+        """Take the connection's and the session's events and route them."""
+        for cev in self.conn.events():
+            if isinstance(cev, Connected):
+                if self.state in ("connecting", "reconnecting"):
+                    self.state = "closing" if self._user_closing else "open"
+            elif isinstance(cev, HandshakeRejected):
+                self._rejection = cev
+            else:
+                self._closed = cev
+        events = list(self.session.events())
+        term = next((e for e in events if isinstance(e, ConnectionTerminated)), None)
+        restart = term is not None and self._should_restart()
+        for event in events:
+            self._route(event, restart)
+        if term is not None:
+            if restart:
+                self._restart([r for r in term.replay if r.replayable], now)
+            else:
+                self._terminate()
+        elif self.kind == "tts" and self._user_closing:
+            self._maybe_close_tts()
+        closed = self.conn.state is ConnectionState.CLOSED and term is None
+        if closed and not self.finished and not self.wants_socket:
+            self._terminate()  # a connection without session events ended
+
+    def _should_restart(self) -> bool:
+        if self._user_closing or self._restarts_in_row >= self.max_restarts:
+            return False
+        closed, rejection = self._closed, self._rejection
+        if rejection is not None:
+            return rejection.kind == "restarting"
+        return closed is not None and closed.code in _RESTART
+
+    def _route(self, event: ClientEvent, restart: bool) -> None:
+        if isinstance(event, SettingsUpdated):
+            self.settings = dict(event.settings)
+        if isinstance(event, ServerError) and event.fatal:
+            self._fatal = event
+        if isinstance(event, ConnectionTerminated):
+            self.log.append(event)
+            return
+        buf = self._target(event)
+        if buf is None:
+            self.log.append(event)
+            return
+        if isinstance(event, AudioChunk | TurnClosed | RequestFinal | TurnFinal):
+            self._restarts_in_row = 0
+        if isinstance(event, TurnAborted):
+            buf.flushed = True
+            if not (restart and not event.audio_delivered):
+                self._fail(buf, self._error(event.unspoken_text))
+            return
+        if isinstance(event, ServerError):
+            ends = self.kind == "tts" or event.code is ErrorCode.TOO_MANY_CONTEXTS
+            if ends:
+                self._fail(buf, ServerErrorResponse(event))
+            else:
+                self._push(buf, event)
+            return
+        terminal = isinstance(event, TurnClosed | RequestFinal | ContextClosed) or (
+            isinstance(event, Interrupted) and self.kind != "multi"
+        )
+        self._push(buf, event, terminal=terminal)
+
+    def _target(self, event: ClientEvent) -> EventBuffer | None:
+        cid = getattr(event, "context_id", None)
+        if self.kind == "multi":
+            return None if cid is None else self._by_context.get(cid)
+        number = getattr(event, "turn", None)
+        return None if number is None else self._by_number.get(number)
+
+    def _maybe_close_tts(self) -> None:
+        session = self.session
+        if (
+            isinstance(session, TTSClientSession)
+            and not session.pending_requests
+            and self.conn.state is ConnectionState.OPEN
+        ):
+            self.conn.close(1000)
+
+    def _terminate(self) -> None:
+        """The connection is over for good: fail everything still waiting."""
+        self.error = None if self._clean_end() else self._error("")
+        for buf in list(self._live):
+            if buf.closing and self.kind == "multi":
+                self._end(buf)
+            else:
+                self._fail(buf, self._error(""))
+        self.state = "closed"
+
+    def _clean_end(self) -> bool:
+        closed = self._closed
+        return (
+            self._user_closing
+            and self._connect_exc is None
+            and self._rejection is None
+            and closed is not None
+            and closed.error is None
+            and closed.code in (1000, 1001)
+        )
+
+    def _restart(self, replays: list[TurnReplay], now: float) -> None:
+        retry = self._rejection.retry_after if self._rejection is not None else None
+        replayed = {r.context_id if r.context_id is not None else r.turn for r in replays}
+        for buf in list(self._live):  # everything not replayed is over
+            key = buf.context_id if buf.context_id is not None else buf.number
+            if key not in replayed:
+                if buf.closing:
+                    self._end(buf)
+                else:
+                    self._fail(buf, self._error(""))
+        self._restarts_in_row += 1
+        self.restarts += 1
+        old_numbers = dict(self._by_number)
+        old_contexts = dict(self._by_context)
+        self._by_number = {}
+        self._by_context = {}
+        self._rejection = self._closed = self._fatal = None
+        self._connect_exc = None
+        self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
+        self.session = self._new_session()
+        self.conn = self._new_connection(now)
+        self.generation += 1
+        self.state = "reconnecting"
+        self.reconnect_at = now + (self.restart_delay if retry is None else retry)
+        session = self.session
+        if self._settings_applied:
+            session.update_settings(now, **self._settings_applied)
+        for r in replays:
+            if isinstance(session, StreamClientSession):
+                turn = old_numbers.get(r.turn)
+                number = session.replay(r, now)
+                if turn is not None and number is not None:
+                    turn.number = number
+                    self._by_number[number] = turn
+            elif isinstance(session, TTSClientSession):
+                req = old_numbers.get(r.turn)
+                params = self._req_params.pop(r.turn, {})
+                number = session.request(r.text, now, **params)
+                self._req_params[number] = params
+                if req is not None:
+                    req.number = number
+                    self._by_number[number] = req
+            elif r.context_id is not None:
+                ctx = old_contexts.get(r.context_id)
+                session.create_context(r.context_id, now, **self._ctx_options[r.context_id])
+                if r.text.strip():
+                    session.send_text(r.context_id, r.text, now, flush=r.flushed)
+                elif r.flushed:
+                    session.flush(r.context_id, now)
+                if ctx is not None:
+                    self._by_context[r.context_id] = ctx
+        for event in session.events():
+            if not isinstance(event, TurnStarted):  # the replayed work announced itself already
+                self._route(event, False)
+
+    def _error(self, unspoken: str) -> KugelwireError:
+        """The exception for how the connection ended (a fresh instance each call)."""
+        rejection, closed, fatal = self._rejection, self._closed, self._fatal
+        exc = self._connect_exc
+        error: KugelwireError
+        if exc is not None:
+            error = ConnectionFailed(f"cannot connect to {self.url}: {exc}")
+            error.__cause__ = exc
+        elif rejection is not None:
+            msg = f"HTTP {rejection.status_code} at the upgrade: {rejection.message}"
+            if rejection.kind == "auth":
+                error = AuthenticationError(msg, status_code=rejection.status_code)
+            elif rejection.kind == "rate_limited":
+                error = RateLimitError(
+                    msg, retry_after=rejection.retry_after, status_code=rejection.status_code
+                )
+            elif rejection.kind == "restarting":
+                error = ServerRestarting(msg, unspoken_text=unspoken)
+            else:
+                error = ConnectionFailed(msg, status_code=rejection.status_code)
+        elif closed is None:
+            error = ConnectionClosedError("the connection is closed", unspoken_text=unspoken)
+        elif closed.error is not None:
+            error = ProtocolViolation(f"the server broke the protocol: {closed.error.message}",
+                                      error=closed.error)
+            error.__cause__ = closed.error
+        else:
+            code, reason = closed.code, closed.reason
+            msg = f"connection closed (code {code}{': ' + reason if reason else ''})"
+            if code == 4001 or (fatal is not None and fatal.code is ErrorCode.UNAUTHORIZED):
+                error = AuthenticationError(msg, close_code=code)
+            elif code == 4029 or (fatal is not None and fatal.code is ErrorCode.RATE_LIMITED):
+                error = RateLimitError(
+                    msg, retry_after=fatal.retry_after if fatal else None, close_code=code
+                )
+            elif code in _RESTART:
+                error = ServerRestarting(msg, code=code, reason=reason, unspoken_text=unspoken)
+            elif fatal is not None:
+                error = ServerErrorResponse(fatal)
+            elif self.state == "connecting" and code is None:
+                error = ConnectionFailed(f"cannot connect to {self.url}: {reason}")
+            else:
+                error = ConnectionClosedError(
+                    msg, code=code, reason=reason, unspoken_text=unspoken
+                )
+        if self.state == "reconnecting" and not isinstance(
+            error, AuthenticationError | RateLimitError | ServerRestarting
+        ):
+            restarting = ServerRestarting(
+                f"server restarting and the reconnect failed: {error.message}",
+                unspoken_text=unspoken,
+            )
+            restarting.__cause__ = error
+            error = restarting
+        error.unspoken_text = unspoken
+        return error
+
+
+# =============================================================================================
+# The async API shared by the asyncio and trio adapters (they differ only in their driver).
+
+
+class AsyncDriver(Protocol):
+    """What the async API needs from an adapter: a clock, writes, waits and closing."""
+
+    core: ClientCore
+
+    def now(self) -> float: ...
+
+    async def send(self) -> None:
+        """Write what the core queued (returns once the socket took it)."""
+
+    def kick(self) -> None:
+        """Write what the core queued soon, without waiting (for non-async callers)."""
+
+    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
+        """The next event of ``buf`` (waiting for it), or None once its stream is over."""
+
+    async def close(self, *, abort: bool = False) -> None: ...
+
+
+class AsyncEvents:
+    """Async iterator over the events of one turn / request / context, up to its terminal."""
+
+    def __init__(self, driver: AsyncDriver, buf: EventBuffer) -> None:
+        self._driver = driver
+        self._buf = buf
+        weakref.finalize(self, driver.core.handle_dropped, buf)
+
+    @property
+    def number(self) -> int | None:
+        """The turn / request number (on the connection that carries it now)."""
+        return self._buf.number
+
+    @property
+    def done(self) -> bool:
+        """True once every event (including the terminal one) was handed out."""
+        return self._buf.exhausted
+
+    def __aiter__(self) -> AsyncEvents:
+        return self
+
+    async def __anext__(self) -> ClientEvent:
+        event = await self._driver.next_event(self._buf)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def collect(self) -> list[ClientEvent]:
+        """Every remaining event, up to and including the terminal one."""
+        return [event async for event in self]
+
+
+class AsyncTurn(AsyncEvents):
+    """One turn of ``/ws/tts/stream``: iterate it for its events; ends with ``TurnClosed``
+    (or ``Interrupted`` after a cancel); a lost connection raises a typed error instead."""
+
+
+class AsyncRequest(AsyncEvents):
+    """One ``/ws/tts`` request: its events, ending with ``RequestFinal`` or ``Interrupted``;
+    an error frame for it raises :class:`~kugelwire.errors.ServerErrorResponse`."""
+
+
+class _AsyncClient:
+    def __init__(self, driver: AsyncDriver) -> None:
+        self._driver = driver
+        self._core = driver.core
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The effective settings of the server's last ``update_settings`` reply."""
+        return self._core.settings
+
+    @property
+    def log(self) -> deque[ClientEvent]:
+        """Recent events that belong to no turn (settings replies, turn-less errors...)."""
+        return self._core.log
+
+    @property
+    def closed(self) -> bool:
+        return self._core.finished
+
+    @property
+    def restarts(self) -> int:
+        """How many times the connection was transparently re-established (1012/1013)."""
+        return self._core.restarts
+
+    async def update_settings(self, **settings: Any) -> None:
+        """Send ``update_settings`` (the reply lands in :attr:`settings`); never waits."""
+        self._core.update_settings(self._driver.now(), **settings)
+        await self._driver.send()
+
+    async def close(self) -> None:
+        """Graceful close: ``close_socket``, let the server drain, close the socket."""
+        await self._driver.close()
+
+    async def aclose(self) -> None:
+        """Abort at once (no draining)."""
+        await self._driver.close(abort=True)
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        await self._driver.close(abort=exc_type is not None)
+
+
+_C = TypeVar("_C", bound=_AsyncClient)
+
+
+class AsyncStream(_AsyncClient):
+    """``/ws/tts/stream``: text in, turns of audio out (full duplex)."""
+
+    def __init__(self, driver: AsyncDriver) -> None:
+        super().__init__(driver)
+        self._handles: weakref.WeakValueDictionary[EventBuffer, AsyncTurn] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _handle(self, buf: EventBuffer) -> AsyncTurn:
+        turn = self._handles.get(buf)
+        if turn is None:
+            self._core.reclaim(buf)
+            turn = self._handles[buf] = AsyncTurn(self._driver, buf)
+        return turn
+
+    async def send_text(self, text: str, *, flush: bool = False) -> AsyncTurn | None:
+        """Send a text fragment now; returns its turn (None for empty text). Never waits for
+        audio."""
+        buf = self._core.stream_send_text(text, self._driver.now(), flush=flush)
+        await self._driver.send()
+        return None if buf is None else self._handle(buf)
+
+    async def flush(self) -> AsyncTurn:
+        """End the open turn (exactly once per turn)."""
+        buf = self._core.stream_flush(self._driver.now())
+        await self._driver.send()
+        return self._handle(buf)
+
+    async def cancel(self) -> None:
+        """Barge-in: no audio of the cancelled turns is handed out after this returns."""
+        self._core.stream_cancel(self._driver.now())
+        await self._driver.send()
+
+
+class AsyncContext(AsyncEvents):
+    """One context of ``/ws/tts/multi``. Iterating it yields all its events until
+    ``ContextClosed``; :meth:`until_final` stops at the end of the current flush-cycle."""
+
+    @property
+    def context_id(self) -> str:
+        assert self._buf.context_id is not None
+        return self._buf.context_id
+
+    async def send_text(self, text: str, *, flush: bool = False) -> None:
+        self._driver.core.multi_send_text(self._buf, text, self._driver.now(), flush=flush)
+        await self._driver.send()
+
+    async def flush(self) -> None:
+        self._driver.core.multi_flush(self._buf, self._driver.now())
+        await self._driver.send()
+
+    async def cancel(self) -> None:
+        """Barge-in on this context: its current cycle's audio is dropped from now on."""
+        self._driver.core.multi_cancel(self._buf, self._driver.now())
+        await self._driver.send()
+
+    async def close(self, *, immediate: bool = False) -> None:
+        """Graceful close (``final`` then ``context_closed``) or immediate (no more audio)."""
+        self._driver.core.multi_close(self._buf, self._driver.now(), immediate=immediate)
+        await self._driver.send()
+
+    async def until_final(self) -> AsyncIterator[ClientEvent]:
+        """Events up to and including the next ``TurnFinal`` / ``Interrupted`` /
+        ``ContextClosed``."""
+        async for event in self:
+            yield event
+            if isinstance(event, TurnFinal | Interrupted | ContextClosed):
+                return
+
+
+class AsyncMulti(_AsyncClient):
+    """``/ws/tts/multi``: up to 20 contexts over one socket, one event stream each."""
+
+    async def create_context(
+        self,
+        context_id: str,
+        *,
+        voice_id: int | str | None = None,
+        cfg_scale: float | None = None,
+        max_new_tokens: int | None = None,
+    ) -> AsyncContext:
+        options = {
+            k: v
+            for k, v in (
+                ("voice_id", voice_id),
+                ("cfg_scale", cfg_scale),
+                ("max_new_tokens", max_new_tokens),
+            )
+            if v is not None
+        }
+        buf = self._core.multi_create(context_id, self._driver.now(), **options)
+        await self._driver.send()
+        return AsyncContext(self._driver, buf)
+
+    async def cancel(self) -> None:
+        """Cancel every context still taking input."""
+        self._core.multi_cancel(None, self._driver.now())
+        await self._driver.send()
+
+
+class AsyncTTS(_AsyncClient):
+    """``/ws/tts``: one-shot requests, queued in order on one socket."""
+
+    def synthesize(self, text: str, **params: Any) -> AsyncRequest:
+        """Queue a request now (``params`` override the connection config for it) and return
+        its event stream: ``async for ev in tts.synthesize("Hi.", voice_id=1)``."""
+        buf = self._core.tts_request(text, self._driver.now(), **params)
+        self._driver.kick()
+        return AsyncRequest(self._driver, buf)
+
+    async def cancel(self) -> None:
+        """Abandon the request being generated."""
+        self._core.tts_cancel(self._driver.now())
+        await self._driver.send()

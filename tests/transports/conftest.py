@@ -1,0 +1,274 @@
+"""Fixtures for the transport scenario suite.
+
+* ``h``: one harness per adapter (asyncio, trio, sync). Scenarios are written once as async
+  functions; for the blocking adapter a thin shim wraps the sync API in coroutines that never
+  suspend, and the scenario coroutine is stepped without any event loop.
+* ``server`` / ``slow_server`` / ``auth_server``: :mod:`kugelwire.server` in a background thread.
+* :class:`RestartServer`: a minimal loopback server built on the sans-IO core
+  (``ServerConnection`` + server sessions + an instant engine) whose N-th connection closes with
+  1012 at a chosen moment, for the restart policy tests (the real server's graceful shutdown
+  also stops listening, so a reconnect could not land).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from kugelwire.protocol._server import (
+    MultiServerSession,
+    StreamServerSession,
+    SynthesisRequested,
+    TTSServerSession,
+    _ServerSession,
+)
+from kugelwire.protocol._ws import ConnectionState, ServerConnection
+from kugelwire.server import ThreadedServer, run_in_thread
+from kugelwire.synth import ToneEngine
+from kugelwire.transports import asyncio as kw_asyncio
+from kugelwire.transports import sync as kw_sync
+from kugelwire.transports import trio as kw_trio
+
+AUTH_KEY = "s3cr&t key+/=?%"
+SCENARIO_TIMEOUT = 20.0
+
+
+# -- harnesses ---------------------------------------------------------------------------------
+class _Shim:
+    """Async face of a sync API object (methods become never-suspending coroutines)."""
+
+    _PLAIN = frozenset({"synthesize", "until_final"})
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+        self._it: Iterator[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+        if name in self._PLAIN:
+            return lambda *a, **k: _Shim(attr(*a, **k))
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return _wrap(attr(*args, **kwargs))
+
+        return call
+
+    def __aiter__(self) -> _Shim:
+        self._it = iter(self._obj)
+        return self
+
+    async def __anext__(self) -> Any:
+        assert self._it is not None
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _Shim:
+        self._obj.__enter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._obj.__exit__(*exc)
+
+
+def _wrap(value: Any) -> Any:
+    return _Shim(value) if isinstance(value, kw_sync._Client | kw_sync.Events) else value
+
+
+class Harness:
+    """Runs one scenario on one adapter; ``connect_*`` and ``sleep`` are awaitable in all."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._mod: Any = {"asyncio": kw_asyncio, "trio": kw_trio, "sync": kw_sync}[name]
+
+    def __repr__(self) -> str:
+        return self.name
+
+    async def connect_stream(self, url: str, **kw: Any) -> Any:
+        return await self._connect("connect_stream", url, kw)
+
+    async def connect_multi(self, url: str, **kw: Any) -> Any:
+        return await self._connect("connect_multi", url, kw)
+
+    async def connect_tts(self, url: str, **kw: Any) -> Any:
+        return await self._connect("connect_tts", url, kw)
+
+    async def _connect(self, fn: str, url: str, kw: dict[str, Any]) -> Any:
+        result = getattr(self._mod, fn)(url, **kw)
+        if self.name == "sync":
+            return _Shim(result)
+        return await result
+
+    async def sleep(self, seconds: float) -> None:
+        if self.name == "asyncio":
+            await asyncio.sleep(seconds)
+        elif self.name == "trio":
+            await trio.sleep(seconds)
+        else:
+            time.sleep(seconds)
+
+    def run(self, scenario: Callable[[], Awaitable[Any]], timeout: float = SCENARIO_TIMEOUT) -> Any:
+        if self.name == "asyncio":
+            return asyncio.run(asyncio.wait_for(_coro(scenario), timeout))
+        if self.name == "trio":
+
+            async def main() -> Any:
+                with trio.fail_after(timeout):
+                    return await scenario()
+
+            return trio.run(main)
+        coro = _coro(scenario)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        coro.close()
+        raise AssertionError("a sync scenario suspended (used a real awaitable)")
+
+
+async def _coro(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return await scenario()
+
+
+@pytest.fixture(params=["asyncio", "trio", "sync"])
+def h(request: pytest.FixtureRequest) -> Harness:
+    return Harness(request.param)
+
+
+# -- servers -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def server() -> Iterator[ThreadedServer]:
+    with run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def slow_server() -> Iterator[ThreadedServer]:
+    with run_in_thread(engine=ToneEngine(realtime_factor=0.5)) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def auth_server() -> Iterator[ThreadedServer]:
+    with run_in_thread(api_key=AUTH_KEY) as handle:
+        yield handle
+
+
+class RestartServer:
+    """Loopback server on the sans-IO core. ``plan[i]`` says what connection ``i`` does:
+    ``"normal"``; ``"restart_before_audio"`` (close 1012 when the first chunk reaches the
+    engine); ``"restart_after_first_chunk"`` (speak chunk 0, close 1012 at chunk 1)."""
+
+    def __init__(self, plan: list[str]) -> None:
+        self.plan = plan
+        self.connections = 0
+        self.texts: list[list[str]] = []  # chunk texts the engine saw, per connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RestartServer:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+    def _main(self) -> None:
+        asyncio.run(self._amain())
+
+    async def _amain(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._server = await self._loop.create_server(lambda: _RestartProto(self), "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        self._server.close()
+
+
+class _RestartProto(asyncio.Protocol):
+    def __init__(self, server: RestartServer) -> None:
+        self.server = server
+        self.index = server.connections
+        server.connections += 1
+        server.texts.append([])
+        self.mode = server.plan[self.index] if self.index < len(server.plan) else "normal"
+        self.session: _ServerSession | None = None
+        self.conn = ServerConnection(self._route, now=time.monotonic())
+        self.timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def _route(self, path: str) -> _ServerSession | None:
+        cls = {"/ws/tts/stream": StreamServerSession, "/ws/tts/multi": MultiServerSession,
+               "/ws/tts": TTSServerSession}.get(path)
+        self.session = None if cls is None else cls()
+        return self.session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data, time.monotonic())
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"", time.monotonic())
+        self._pump()
+        return False
+
+    def _on_timer(self) -> None:
+        self.conn.handle_timeout(time.monotonic())
+        self._pump()
+
+    def _pump(self) -> None:
+        for _ in self.conn.events():
+            pass
+        session, now = self.session, time.monotonic()
+        while session is not None and self.conn.state is ConnectionState.OPEN:
+            requests = [e for e in session.events() if isinstance(e, SynthesisRequested)]
+            if not requests:
+                break
+            for req in requests:
+                seen = self.server.texts[self.index]
+                seen.append(req.chunk.text)
+                if (self.mode == "restart_before_audio" or
+                        (self.mode == "restart_after_first_chunk" and len(seen) > 1)):
+                    self.conn.close(1012, "restarting")
+                    break
+                sr = req.params.sample_rate
+                session.send_audio(req.ref, bytes(2 * max(1, sr * len(req.chunk.text) // 100)), now)
+                session.complete_chunk(req.ref, 1.0, now)
+        assert self.transport is not None
+        out = self.conn.data_to_send()
+        if out:
+            self.transport.write(out)
+        if self.conn.state is ConnectionState.CLOSED:
+            self.transport.close()
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        deadline = self.conn.next_deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
