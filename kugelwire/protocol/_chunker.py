@@ -145,6 +145,7 @@ class Chunker:
             raise ValueError("confirm_delay_s must be >= 0")
         self._confirm_s = float(confirm_delay_s)
         self._emitted = 0
+        self._cycle_base = 0  # chunks emitted before the current flush-cycle (schedule origin)
         self._last_feed: float | None = None
         self._out: list[TextChunk] = []
         self._reset()
@@ -181,6 +182,11 @@ class Chunker:
         """Drop everything buffered (barge-in).  ``chunks_emitted`` keeps counting."""
         self._reset()
         self._last_feed = None
+
+    def new_cycle(self) -> None:
+        """Start the schedule over: the next chunk is a cycle's first (``/ws/tts/multi``: each
+        flush-cycle of a context is spoken like a new turn, so its first chunk is short)."""
+        self._cycle_base = self._emitted
 
     def reconfigure(
         self,
@@ -489,8 +495,9 @@ class Chunker:
         """A sentence boundary at (raw, text): cut there if the schedule allows."""
         if self._content is None or self._content >= text:
             return
-        if not (self._auto and self._emitted == 0):
-            minimum = self._schedule[min(self._emitted, len(self._schedule) - 1)]
+        pos = self._emitted - self._cycle_base
+        if not (self._auto and pos == 0):
+            minimum = self._schedule[min(pos, len(self._schedule) - 1)]
             if text < minimum:
                 return
         self._emit(raw, text, "boundary")

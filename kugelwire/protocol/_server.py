@@ -776,6 +776,7 @@ class MultiServerSession(_ServerSession):
         work.idx = 0
         work.cycle_samples = 0
         work.flushed = False
+        work.chunker.new_cycle()
 
     def _close_context(self, ctx: _Context, now: float, *, immediate: bool) -> None:
         work = ctx.work

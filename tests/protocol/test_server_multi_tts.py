@@ -301,3 +301,17 @@ def test_close_that_crossed_context_closed_is_dropped_not_an_error() -> None:
     # an id never seen is still an error
     assert d.send({"close_context": True, "context_id": "zz"})[0]["error_code"] == (
         "VALIDATION_ERROR")
+
+
+def test_each_flush_cycle_starts_the_chunk_schedule_over() -> None:
+    """A context's flush-cycle is spoken like a new turn: its first chunk is short again (the
+    schedule's first entry), not held to the later, longer minimums."""
+    d = multi()
+    texts = []
+    for _ in range(3):
+        d.out.clear()
+        d.send({"text": "Hello. World is big. Again here.", "context_id": "a", "flush": True})
+        d.advance(d.now + 1.0)
+        texts.append([m["text"] for m in d.out if "generation_started" in m])
+    assert texts[0] == ["Hello.", " World is big. Again here."]
+    assert texts[1] == texts[0] and texts[2] == texts[0]
