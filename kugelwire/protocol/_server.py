@@ -75,7 +75,7 @@ class ServerLimits:
     max_contexts: int = 20
     context_timeout_s: float = 20.0
     max_context_timeout_s: float = 180.0
-    max_buffer_length: int = 10_000
+    max_buffer_length: int = 10_000  # default and maximum of a client's max_buffer_length
     confirm_delay_s: float = 0.05
     frame_ms: int = 200  # audio frames carry at most this much audio
     max_request_chars: int = 10_000  # /ws/tts request text
@@ -162,7 +162,9 @@ class _Work:
     params: SynthesisParams
     chunker: Chunker
     context_id: str | None = None
-    queue: deque[TextChunk] = field(default_factory=deque)
+    #: Chunks to speak, in order; ``None`` is a flush mark (multi: that flush's ``final`` is due
+    #: once everything before it is spoken).
+    queue: deque[TextChunk | None] = field(default_factory=deque)
     job: _Job | None = None
     next_chunk_id: int = 0
     idx: int = 0  # audio frame index within the current cycle
@@ -335,7 +337,10 @@ class _ServerSession:
             chunk_length_schedule=config.chunk_length_schedule or (5, 80, 150, 250),
             auto_mode=bool(config.auto_mode),
             flush_timeout_ms=500 if config.flush_timeout_ms is None else config.flush_timeout_ms,
-            max_buffer_length=config.max_buffer_length or limits.max_buffer_length,
+            # the client may ask for a smaller buffer, never a larger one than the server's
+            max_buffer_length=min(
+                config.max_buffer_length or limits.max_buffer_length, limits.max_buffer_length
+            ),
             confirm_delay_s=limits.confirm_delay_s,
         )
         return _Work(
@@ -380,6 +385,11 @@ class _ServerSession:
             return
         while work.queue:
             chunk = work.queue.popleft()
+            if chunk is None:
+                self._flush_mark_reached(work, now)
+                if self._closed or work.job is not None:
+                    return
+                continue
             if not chunk.text.strip() and not chunk.spells and not chunk.breaks:
                 continue  # nothing to speak (whitespace between sentences)
             self._start_job(work, chunk, now)
@@ -471,6 +481,9 @@ class _ServerSession:
 
     def _cycle_done(self, work: _Work, now: float) -> None:
         raise NotImplementedError
+
+    def _flush_mark_reached(self, work: _Work, now: float) -> None:
+        raise NotImplementedError  # only /ws/tts/multi queues flush marks
 
     def _deadlines(self) -> Iterator[float | None]:
         raise NotImplementedError
@@ -770,13 +783,21 @@ class MultiServerSession(_ServerSession):
         self._drop_work(work)
         ctx.pending_finals = 0
         self._new_cycle(work)
+        work.chunker.new_cycle()
 
     def _new_cycle(self, work: _Work) -> None:
         work.number += 1
         work.idx = 0
         work.cycle_samples = 0
-        work.flushed = False
-        work.chunker.new_cycle()
+
+    def _flush_work(self, work: _Work, now: float) -> None:
+        """A context's flush: what is buffered becomes chunks, then a flush mark. The ``final``
+        is sent when the mark is reached, i.e. right after this flush's own audio, even when
+        later text of the context is already queued behind it (REFERENCE §8.3)."""
+        work.queue.extend(work.chunker.flush(now))
+        work.queue.append(None)
+        work.chunker.new_cycle()  # text from now on is the next cycle's: the schedule restarts
+        self._pump(work, now)
 
     def _close_context(self, ctx: _Context, now: float, *, immediate: bool) -> None:
         work = ctx.work
@@ -805,17 +826,20 @@ class MultiServerSession(_ServerSession):
             self._finish_close()
 
     def _cycle_done(self, work: _Work, now: float) -> None:
+        raise AssertionError("multi cycles end at flush marks")  # pragma: no cover
+
+    def _flush_mark_reached(self, work: _Work, now: float) -> None:
         cid = work.context_id
         assert cid is not None
         ctx = self._contexts.get(cid)
         if ctx is None or ctx.work is not work:
             return
-        while ctx.pending_finals:
+        if ctx.pending_finals:
             ctx.pending_finals -= 1
             self._send(FinalFrame(context_id=cid))
         self._new_cycle(work)
         ctx.last_activity = now
-        if ctx.closing:
+        if ctx.closing and not work.queue and work.job is None:
             self._closed_context(ctx)
         self._maybe_shutdown(now)
 

@@ -315,3 +315,40 @@ def test_each_flush_cycle_starts_the_chunk_schedule_over() -> None:
         texts.append([m["text"] for m in d.out if "generation_started" in m])
     assert texts[0] == ["Hello.", " World is big. Again here."]
     assert texts[1] == texts[0] and texts[2] == texts[0]
+
+
+def test_each_flush_gets_its_final_right_after_its_own_audio() -> None:
+    """REFERENCE §8.3: ``final`` comes once everything admitted before *that* flush is
+    delivered, even with the context's next flush already queued behind it."""
+    d = multi(engine=False)
+    d.send({"text": "First line.", "context_id": "a", "flush": True})
+    d.send({"text": "Second line.", "context_id": "a", "flush": True})
+    while d.requests:
+        ev = d.requests.pop(0)
+        d.finish(ev)
+        d.collect()
+    kinds = [next(k for k in ("generation_started", "audio", "chunk_complete", "final",
+                              "context_created") if k in m) for m in d.out]
+    assert kinds == ["context_created",
+                     "generation_started", "audio", "chunk_complete", "final",
+                     "generation_started", "audio", "chunk_complete", "final"]
+    audio = [m for m in d.out if "audio" in m]
+    assert [m["idx"] for m in audio] == [0, 0]  # idx restarts with each flush-cycle
+
+
+def test_pair_multi_two_flushes_map_audio_to_the_right_cycle() -> None:
+    from kugelwire.protocol._events import AudioChunk, TurnFinal
+
+    pair = SessionPair.multi()
+    pair.client.create_context("a", pair.now, voice_id=1)
+    pair.client.send_text("a", "One two three.", pair.now, flush=True)
+    pair.client.send_text("a", "Four five.", pair.now, flush=True)
+    for _ in range(10):
+        pair.pump(engine=True)
+        pair.advance(0.1)
+    events = pair.client_events()
+    finals = [e.turn for e in events if isinstance(e, TurnFinal)]
+    assert finals == [0, 1]
+    per_cycle = {t: sum(e.samples for e in events if isinstance(e, AudioChunk) and e.turn == t)
+                 for t in finals}
+    assert per_cycle[0] > per_cycle[1] > 0  # three words vs two: audio went to its own cycle
