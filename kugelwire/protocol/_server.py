@@ -79,6 +79,10 @@ class ServerLimits:
     confirm_delay_s: float = 0.05
     frame_ms: int = 200  # audio frames carry at most this much audio
     max_request_chars: int = 10_000  # /ws/tts request text
+    #: Frames waiting behind a draining turn (stream) / requests waiting behind the current one
+    #: (/ws/tts), and the characters of text they carry; a frame over either is refused.
+    max_queued_messages: int = 10_000
+    max_queued_chars: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +332,18 @@ class _ServerSession:
     ) -> None:
         self._send(ErrorFrame(message, error_code, code, context_id))
 
+    def _check_queue(self, messages: int, chars: int, text: str | None) -> None:
+        """Refuse a frame that would overfill the queue waiting behind the current work."""
+        limits = self.limits
+        if messages >= limits.max_queued_messages or (
+            chars + len(text or "") > limits.max_queued_chars
+        ):
+            raise RemoteProtocolError(
+                f"queue full: at most {limits.max_queued_messages} messages and "
+                f"{limits.max_queued_chars} characters may wait for the current "
+                f"{'request' if self.endpoint == '/ws/tts' else 'turn'} to finish"
+            )
+
     def _new_work(
         self, number: int, config: Config, now: float, context_id: str | None = None
     ) -> _Work:
@@ -512,6 +528,7 @@ class StreamServerSession(_ServerSession):
         self._turns = 0
         self._last_text_at = -_INF
         self._deferred: deque[ClientMessage] = deque()  # next turn's frames while draining
+        self._deferred_chars = 0
         self._closing = False
 
     @property
@@ -543,7 +560,9 @@ class StreamServerSession(_ServerSession):
             return
         if self.state is ServerTurnState.DRAINING or self._deferred:
             if msg.text or msg.flush or msg.close or msg.close_socket or not msg.config.is_empty():
+                self._check_queue(len(self._deferred), self._deferred_chars, msg.text)
                 self._deferred.append(msg)
+                self._deferred_chars += len(msg.text or "")
             return
         self._apply(msg, now)
 
@@ -596,6 +615,7 @@ class StreamServerSession(_ServerSession):
         if self._turn is not None:
             self._drop_work(self._turn)
         self._deferred.clear()
+        self._deferred_chars = 0
         self._turn = None
         self._advance(ServerTurnInput.CANCEL)
         self._send(InterruptedFrame())
@@ -623,6 +643,7 @@ class StreamServerSession(_ServerSession):
             if self._close_code is not None:
                 break
             msg = self._deferred.popleft()
+            self._deferred_chars -= len(msg.text or "")
             try:
                 self._apply(msg, now)
             except RemoteProtocolError as exc:
@@ -899,6 +920,7 @@ class TTSServerSession(_ServerSession):
     def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
         super().__init__(limits=limits, config=config)
         self._queue: deque[tuple[str, Config]] = deque()
+        self._queued_chars = 0
         self._current: _Work | None = None
         self._requests = 0
 
@@ -917,12 +939,16 @@ class TTSServerSession(_ServerSession):
             if msg.close_socket:
                 self._finish_close()
             return
+        if self._current is not None or self._queue:
+            self._check_queue(len(self._queue), self._queued_chars, msg.text)
         self._queue.append((msg.text, msg.config))
+        self._queued_chars += len(msg.text)
         self._start_next(now)
 
     def _start_next(self, now: float) -> None:
         while self._current is None and self._queue and self._shutdown_code is None:
             text, overrides = self._queue.popleft()
+            self._queued_chars -= len(text)
             try:
                 if not text.strip():
                     raise RemoteProtocolError("text required", field="text")

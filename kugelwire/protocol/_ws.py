@@ -316,11 +316,29 @@ class _Connection:
 
     _ws: WSConnection
 
-    def __init__(self, *, now: float, max_message_size: int, close_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        now: float,
+        max_message_size: int,
+        close_timeout: float,
+        keepalive_interval: float | None = None,
+        ping_timeout: float = 20.0,
+    ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         if close_timeout <= 0:
             raise ValueError("close_timeout must be positive")
+        if keepalive_interval is not None and keepalive_interval <= 0:
+            raise ValueError("keepalive_interval must be positive or None")
+        if ping_timeout <= 0:
+            raise ValueError("ping_timeout must be positive")
+        self._keepalive = keepalive_interval
+        self._ping_timeout = ping_timeout
+        self._ping_at: float | None = None
+        self._pong_payload: bytes | None = None
+        self._pong_deadline: float | None = None
+        self._pings_sent = 0
         self._now = now
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
@@ -416,7 +434,38 @@ class _Connection:
         raise NotImplementedError
 
     def _on_pong(self, payload: bytes) -> None:
-        """A pong arrived."""
+        """A pong arrived: it answers our keepalive ping when the payload matches."""
+        if self._pong_payload is not None and payload == self._pong_payload:
+            self._pong_payload = None
+            self._pong_deadline = None
+            if self._keepalive is not None:
+                self._ping_at = self._now + self._keepalive
+
+    # -- keepalive (both roles) ------------------------------------------------------------
+    def _keepalive_traffic(self, data: bytes, now: float) -> None:
+        """Bytes arrived: the connection is not idle, postpone the next ping."""
+        if data and self._pong_payload is None and self._keepalive is not None:
+            self._ping_at = now + self._keepalive
+
+    def _keepalive_start(self) -> None:
+        """The connection just opened: schedule the first ping."""
+        if self._keepalive is not None:
+            self._ping_at = self._now + self._keepalive
+
+    def _keepalive_deadline(self) -> float | None:
+        return self._pong_deadline if self._pong_payload is not None else self._ping_at
+
+    def _keepalive_timeout(self, now: float) -> None:
+        """Send the next ping, or fail with 1011 when the last one went unanswered."""
+        if self._pong_payload is not None:
+            if self._pong_deadline is not None and now >= self._pong_deadline:
+                self._fail(1011, "keepalive ping timeout")
+        elif self._ping_at is not None and now >= self._ping_at:
+            self._pings_sent += 1
+            self._pong_payload = self._pings_sent.to_bytes(4, "big")
+            self._pong_deadline = now + self._ping_timeout
+            self._ping_at = None
+            self._send(Ping(payload=self._pong_payload))
 
     def _on_handshake_event(self, event: Event) -> None:
         """Client only: AcceptConnection / RejectConnection / RejectData."""
@@ -568,13 +617,15 @@ class ClientConnection(_Connection):
         max_message_size: int = 16 * 2**20,
         subprotocols: Iterable[str] = (),
     ) -> None:
-        super().__init__(now=now, max_message_size=max_message_size, close_timeout=close_timeout)
+        super().__init__(
+            now=now,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            keepalive_interval=keepalive_interval,
+            ping_timeout=ping_timeout,
+        )
         if auth not in ("query", "bearer"):
             raise ValueError(f"auth must be 'query' or 'bearer', not {auth!r}")
-        if keepalive_interval is not None and keepalive_interval <= 0:
-            raise ValueError("keepalive_interval must be positive or None")
-        if ping_timeout <= 0:
-            raise ValueError("ping_timeout must be positive")
         parts = urlsplit(url)
         scheme = _ws_scheme(parts.scheme)
         host = parts.hostname
@@ -602,16 +653,11 @@ class ClientConnection(_Connection):
             target += "?" + quote(query, safe="/?%:@!$&'()*+,;=~-._")
         self._path = parts.path or "/"
         self._session = session
-        self._keepalive = keepalive_interval
-        self._ping_timeout = ping_timeout
-        self._ping_at: float | None = None
-        self._pong_payload: bytes | None = None
-        self._pong_deadline: float | None = None
-        self._pings_sent = 0
         self._handshake_deadline = None if handshake_timeout is None else now + handshake_timeout
         self._reject: tuple[int, Headers] | None = None
         self._reject_body = bytearray()
         self._ws = WSConnection(ConnectionType.CLIENT)
+        self._rx = bytearray()  # fast path: bytes of an incomplete text frame (see _fast_text)
         self._send(
             Request(
                 host=host_header,
@@ -655,8 +701,7 @@ class ClientConnection(_Connection):
         self._now = now
         if self._state is ConnectionState.CLOSED:
             return
-        if data and self._pong_payload is None and self._keepalive is not None:
-            self._ping_at = now + self._keepalive  # traffic: the connection is not idle
+        self._keepalive_traffic(data, now)
         if self._state is not ConnectionState.CONNECTING:
             self._receive_frames(data)
             return
@@ -672,13 +717,89 @@ class ClientConnection(_Connection):
             else:
                 self._finish(None, "connection closed during the handshake", True)
 
+    # -- the receive fast path ---------------------------------------------------------------
+    def _receive_frames(self, data: bytes) -> None:
+        """Single-frame text messages (the server's JSON) skip wsproto; anything else (control
+        frames, fragments, bad frames) goes to wsproto, which then sits at a frame boundary."""
+        rx = self._rx
+        if not data:
+            rx.clear()
+        elif rx:  # the rest of a text frame: continue it
+            rx += data
+            pos, fast = self._fast_text(rx)
+            del rx[:pos]
+            if fast:
+                return
+            data = bytes(rx)
+            rx.clear()
+        elif self._wsproto_idle():
+            pos, fast = self._fast_text(data)
+            if fast:
+                rx += data[pos:]  # the start of a text frame (usually nothing)
+                return
+            data = data[pos:]
+        super()._receive_frames(data)
+
+    def _wsproto_idle(self) -> bool:
+        """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
+        if self._state is not ConnectionState.OPEN or self._parts:
+            return False
+        try:
+            proto: Any = getattr(self._ws.connection, "_proto")  # noqa: B009
+            frames, messages = proto._frame_decoder, proto._message_decoder
+            return frames.header is None and not frames.buffer.buffer and messages.opcode is None
+        except AttributeError:  # another wsproto version: always use wsproto
+            return False
+
+    def _fast_text(self, rx: bytes | bytearray) -> tuple[int, bool]:
+        """Deliver the complete unmasked ``FIN`` text frames at the head of ``rx``; return how
+        many bytes they took and whether the rest is for the fast path too (nothing, or the
+        start of such a frame) rather than for wsproto (any other frame, or one wsproto must
+        reject: non-minimal length, too big, bad UTF-8)."""
+        end = len(rx)
+        pos = 0
+        fast = True
+        with memoryview(rx) as view:
+            while pos < end:
+                if rx[pos] != 0x81 or self._state is not ConnectionState.OPEN:
+                    fast = False  # not FIN+text with clear RSV bits, or no longer OPEN
+                    break
+                if pos + 2 > end:
+                    break
+                size, start = rx[pos + 1], pos + 2
+                if size == 126:
+                    if start + 2 > end:
+                        break
+                    size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
+                    fast = size >= 126
+                elif size == 127:
+                    if start + 8 > end:
+                        break
+                    size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
+                    fast = 65536 <= size <= self._max_message_size
+                else:
+                    fast = size <= 125  # else masked: wsproto fails the connection
+                if not fast or size > self._max_message_size:
+                    fast = False
+                    break
+                stop = start + size
+                if stop > end:
+                    break
+                try:
+                    text = str(view[start:stop], "utf-8")
+                except UnicodeDecodeError:
+                    fast = False  # wsproto closes with 1007
+                    break
+                pos = stop
+                self._deliver(text)
+        return pos, fast
+
     # -- hooks -----------------------------------------------------------------------------
     def _on_handshake_event(self, event: Event) -> None:
         if isinstance(event, AcceptConnection):
             self._state = ConnectionState.OPEN
             self._handshake_deadline = None
-            if self._keepalive is not None:
-                self._ping_at = self._now + self._keepalive
+            self._keepalive_start()
             self._events.append(Connected(tuple(event.extra_headers), event.subprotocol))
             self._flush_session()
         elif isinstance(event, RejectConnection):
@@ -712,19 +833,12 @@ class ClientConnection(_Connection):
     def _on_binary(self, event: BytesMessage) -> None:
         self._fail(1003, "binary frames are not supported")
 
-    def _on_pong(self, payload: bytes) -> None:
-        if self._pong_payload is not None and payload == self._pong_payload:
-            self._pong_payload = None
-            self._pong_deadline = None
-            if self._keepalive is not None:
-                self._ping_at = self._now + self._keepalive
-
     def _deadlines(self) -> list[float | None]:
         out = super()._deadlines()
         if self._state is ConnectionState.CONNECTING:
             out.append(self._handshake_deadline)
         elif self._state is ConnectionState.OPEN:
-            out.append(self._pong_deadline if self._pong_payload is not None else self._ping_at)
+            out.append(self._keepalive_deadline())
         return out
 
     def _timeouts(self, now: float) -> None:
@@ -732,17 +846,8 @@ class ClientConnection(_Connection):
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
                 self._finish(None, "handshake timeout", False)
             return
-        if self._state is not ConnectionState.OPEN:
-            return
-        if self._pong_payload is not None:
-            if self._pong_deadline is not None and now >= self._pong_deadline:
-                self._fail(1011, "keepalive ping timeout")
-        elif self._ping_at is not None and now >= self._ping_at:
-            self._pings_sent += 1
-            self._pong_payload = self._pings_sent.to_bytes(4, "big")
-            self._pong_deadline = now + self._ping_timeout
-            self._ping_at = None
-            self._send(Ping(payload=self._pong_payload))
+        if self._state is ConnectionState.OPEN:
+            self._keepalive_timeout(now)
 
 
 # -- server ----------------------------------------------------------------------------------------
@@ -755,6 +860,8 @@ class ServerConnection(_Connection):
     (``auth_failure="http"``) or is accepted, sent an ``UNAUTHORIZED`` error frame and closed
     with 4001 (``auth_failure="close"``).  ``api_key=None`` accepts any key.  A plain
     (non-upgrade) GET is passed to ``http_handler`` (404 when it is None or returns None).
+    With ``keepalive_interval`` set, an open connection that was silent that long is pinged and
+    failed with 1011 when the pong does not come within ``ping_timeout`` (a dead peer).
     """
 
     def __init__(
@@ -770,8 +877,16 @@ class ServerConnection(_Connection):
         extra_response_headers: HeaderInput = (),
         http_handler: HttpHandler | None = None,
         max_request_size: int = 16 * 1024,
+        keepalive_interval: float | None = None,
+        ping_timeout: float = 20.0,
     ) -> None:
-        super().__init__(now=now, max_message_size=max_message_size, close_timeout=close_timeout)
+        super().__init__(
+            now=now,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            keepalive_interval=keepalive_interval,
+            ping_timeout=ping_timeout,
+        )
         if api_key == "":
             raise ValueError("api_key must be a non-empty string or None")
         if auth_failure not in ("http", "close"):
@@ -808,6 +923,7 @@ class ServerConnection(_Connection):
         self._now = now
         if self._state is ConnectionState.CLOSED:
             return
+        self._keepalive_traffic(data, now)
         if self._state is not ConnectionState.CONNECTING:
             self._receive_frames(data)
             return
@@ -835,6 +951,11 @@ class ServerConnection(_Connection):
         upgrade = _header(headers, b"upgrade")
         if upgrade is None or b"websocket" not in upgrade.lower():
             self._on_http_request(request.method, path)
+            return
+        if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
+            self._out += _http_response(405, [(b"allow", b"GET")], b"")
+            self._events.append(Rejected(405, path, "method"))
+            self._finish(None, "rejected: HTTP 405", False)
             return
         try:
             self._ws.initiate_upgrade_connection(headers, request.target)
@@ -897,6 +1018,7 @@ class ServerConnection(_Connection):
     def _accept(self, session: MessageSession | None, initial_message: str) -> None:
         self._send(AcceptConnection(extra_headers=list(self._response_headers)))
         self._state = ConnectionState.OPEN
+        self._keepalive_start()
         self._session = session
         if session is not None:
             self._events.append(Accepted(self._path, session))
@@ -941,15 +1063,16 @@ class ServerConnection(_Connection):
         out = super()._deadlines()
         if self._state is ConnectionState.CONNECTING:
             out.append(self._handshake_deadline)
+        elif self._state is ConnectionState.OPEN:
+            out.append(self._keepalive_deadline())
         return out
 
     def _timeouts(self, now: float) -> None:
-        if (
-            self._state is ConnectionState.CONNECTING
-            and self._handshake_deadline is not None
-            and now >= self._handshake_deadline
-        ):
-            self._finish(None, "handshake timeout", False)
+        if self._state is ConnectionState.CONNECTING:
+            if self._handshake_deadline is not None and now >= self._handshake_deadline:
+                self._finish(None, "handshake timeout", False)
+        elif self._state is ConnectionState.OPEN:
+            self._keepalive_timeout(now)
 
     def _on_session_error(self, exc: RemoteProtocolError) -> None:
         self._queue_error(exc.message, exc.error_code, exc.code, exc.context_id)

@@ -12,6 +12,9 @@ decision is made by the sans-IO core (:mod:`kugelwire.protocol`)::
         print(handle.url)
 
     async with trio_serve(...) as server: ...       # the same under trio (needs ``trio``)
+
+A plain HTTP ``GET /`` answers the browser playground (:func:`playground_handler`); pass your own
+``http_handler`` to replace it (``http_handler=lambda path: None`` answers 404 everywhere).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from ..protocol._ws import HttpHandler
 from ..synth import Engine, ToneEngine
 from . import _runner
 from ._common import ServerOptions
+from ._playground import playground_handler
 from ._runner import ServerHandle
 
 if TYPE_CHECKING:
     from ._trio import TrioServerHandle
 
-__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "run_in_thread", "serve",
-           "trio_serve"]
+__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "playground_handler",
+           "run_in_thread", "serve", "trio_serve"]
 
 
 def _options(
@@ -49,6 +53,8 @@ def _options(
     auth_failure: Literal["http", "close"] = "http",
     shutdown_timeout: float = 10.0,
     http_handler: HttpHandler | None = None,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float = 20.0,
 ) -> ServerOptions:
     return ServerOptions(
         engine=engine if engine is not None else ToneEngine(),
@@ -61,7 +67,9 @@ def _options(
         write_buffer_limit=write_buffer_limit,
         auth_failure=auth_failure,
         shutdown_timeout=shutdown_timeout,
-        http_handler=http_handler,
+        http_handler=http_handler if http_handler is not None else playground_handler,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
 
 
@@ -80,14 +88,19 @@ def serve(
     auth_failure: Literal["http", "close"] = "http",
     shutdown_timeout: float = 10.0,
     http_handler: HttpHandler | None = None,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float = 20.0,
 ) -> AbstractAsyncContextManager[ServerHandle]:
     """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
 
     ``engine`` defaults to :class:`~kugelwire.synth.ToneEngine`. ``api_key=None`` accepts any key.
     ``limits`` are the core's :class:`ServerLimits`. ``write_buffer_limit`` bounds each
     connection's unsent bytes: above it that connection's synthesis pauses until the socket
-    drains. Leaving the block shuts down gracefully (1012), aborting what is still open after
-    ``shutdown_timeout`` seconds.
+    drains. A connection silent for ``ping_interval`` seconds is pinged and closed (1011) when
+    the pong does not come within ``ping_timeout`` (``ping_interval=None``: never). Leaving the
+    block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
+    seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
+    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere).
     """
     return _runner.serve(
         host,
@@ -104,6 +117,8 @@ def serve(
             auth_failure=auth_failure,
             shutdown_timeout=shutdown_timeout,
             http_handler=http_handler,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         ),
     )
 

@@ -58,12 +58,20 @@ class ServerOptions:
     auth_failure: Literal["http", "close"] = "http"
     shutdown_timeout: float = 10.0
     http_handler: HttpHandler | None = None
+    #: Ping a connection silent this long (seconds, None: never); a peer that does not answer
+    #: within ``ping_timeout`` is closed with 1011 (a dead or half-open peer).
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if self.write_buffer_limit <= 0:
             raise ValueError("write_buffer_limit must be positive")
         if self.max_connections <= 0:
             raise ValueError("max_connections must be positive")
+        if self.ping_interval is not None and self.ping_interval <= 0:
+            raise ValueError("ping_interval must be positive or None")
+        if self.ping_timeout <= 0:
+            raise ValueError("ping_timeout must be positive")
         if int(getattr(self.engine, "max_concurrency", 0)) < 1:
             raise ValueError("engine.max_concurrency must be at least 1")
 

@@ -56,6 +56,17 @@ class ServerHandle:
     def draining(self) -> bool:
         return self._draining is not None
 
+    def stats(self) -> dict[str, int]:
+        """Live counters (call on the server's loop): open TCP ``connections``, accepted
+        WebSocket ``sessions`` among them, engine ``jobs`` in flight (active syntheses) and
+        engine ``tasks`` still running. All are 0 on an idle server."""
+        return {
+            "connections": len(self._conns),
+            "sessions": sum(1 for c in self._conns if c._session is not None),
+            "jobs": sum(len(c._jobs) for c in self._conns),
+            "tasks": len(self._tasks),
+        }
+
     async def _start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
@@ -138,6 +149,8 @@ class _Connection(asyncio.Protocol):
             close_timeout=self._options.close_timeout,
             auth_failure=self._options.auth_failure,
             http_handler=self._options.http_handler,
+            keepalive_interval=self._options.ping_interval,
+            ping_timeout=self._options.ping_timeout,
         )
         self._process()
 
@@ -208,6 +221,10 @@ class _Connection(asyncio.Protocol):
             self._jobs.cancel_all()
             self._writable.set()
             transport.close()
+            if transport.get_write_buffer_size():
+                # close() waits for the buffer to drain: a peer that stopped reading (half-open)
+                # would hold the socket forever, so it gets close_timeout seconds at most.
+                self._loop.call_later(self._options.close_timeout, transport.abort)
             return
         deadline = conn.next_deadline()
         if deadline is not None:

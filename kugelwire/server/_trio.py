@@ -130,6 +130,8 @@ class _Connection:
                 close_timeout=self._options.close_timeout,
                 auth_failure=self._options.auth_failure,
                 http_handler=self._options.http_handler,
+                keepalive_interval=self._options.ping_interval,
+                ping_timeout=self._options.ping_timeout,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -140,6 +142,7 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            self._nursery = None  # closed: _process must not start tasks in it any more
             self._jobs.cancel_all()
             server._conns.discard(self)
             server._notify()
@@ -174,7 +177,15 @@ class _Connection:
             self._jobs.cancel_all()
             self._has_data.set()
             self._set_drained()
+            nursery.start_soon(self._reap)
         self._wake.set()
+
+    async def _reap(self) -> None:
+        """The writer may be stuck on a peer that stopped reading (half-open): once closed,
+        the connection gets ``close_timeout`` seconds to flush before it is dropped."""
+        await trio.sleep(self._options.close_timeout)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _set_drained(self) -> None:
         self._drained.set()

@@ -1,0 +1,80 @@
+"""The browser playground: one self-contained HTML page served at ``GET /``.
+
+:func:`playground_handler` is an :data:`~kugelwire.protocol._ws.HttpHandler`: the core
+(:class:`~kugelwire.protocol._ws.ServerConnection`) hands it the path of every plain
+(non-upgrade) ``GET``/``HEAD`` and answers 405 to other methods and 404 when the handler returns
+None. The page is answered for ``/`` only: no other file, no directory listing. It never contains
+the server's API key (the handler does not know it); the user types the key into the page, which
+sends it as the ``api_key`` query parameter of the WebSocket upgrade.
+
+The page's inline ``<script>`` and ``<style>`` are allowed by their SHA-256 hashes in a strict
+Content-Security-Policy (nothing external, WebSocket connections to the page's own origin only).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["PLAYGROUND_PATH", "playground_handler", "playground_headers", "playground_page"]
+
+#: The only path the playground answers.
+PLAYGROUND_PATH = "/"
+
+_RESOURCE = "playground.html"
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+@lru_cache(maxsize=1)
+def playground_page() -> bytes:
+    """The page's bytes (UTF-8), loaded once from the package data."""
+    return resources.files("kugelwire.server").joinpath("static").joinpath(_RESOURCE).read_bytes()
+
+
+def _hashes(page: bytes, tag: bytes) -> str:
+    """CSP source expressions for every inline ``<tag>`` element of ``page``."""
+    out = []
+    for name, body in _INLINE.findall(page):
+        if name == tag:
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+            out.append(f"'sha256-{digest}'")
+    return " ".join(out) or "'none'"
+
+
+def _csp(page: bytes) -> str:
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {_hashes(page, b'script')}",
+            f"style-src {_hashes(page, b'style')}",
+            # CSP Level 3: 'self' covers ws:/wss: to the page's own host and port
+            "connect-src 'self'",
+            "img-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+@lru_cache(maxsize=1)
+def playground_headers() -> tuple[tuple[bytes, bytes], ...]:
+    """Response headers of the page (the core adds ``content-length`` and ``connection``)."""
+    return (
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-security-policy", _csp(playground_page()).encode("ascii")),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    )
+
+
+def playground_handler(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """``(200, headers, page)`` for ``/``; None (404) for every other path."""
+    if path != PLAYGROUND_PATH:
+        return None
+    return 200, list(playground_headers()), playground_page()
