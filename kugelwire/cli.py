@@ -356,6 +356,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         print(f"kugelwire: serving {server.url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) "
               f"with the {type(engine).__name__}; Ctrl-C stops", flush=True)
+        print(f"kugelwire: browser playground at http{server.url[2:]}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
