@@ -1052,7 +1052,8 @@ class ServerConnection(_Connection):
             return
         status, headers, body = response
         if method == b"HEAD":
-            headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
+            if not any(name.lower() == b"content-length" for name, _ in headers):
+                headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
             body = b""
         self._out += _http_response(status, headers, body)
         self._events.append(Rejected(status, path, "http"))

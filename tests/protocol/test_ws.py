@@ -391,6 +391,17 @@ def test_plain_http_get() -> None:
     assert b"content-length: 2\r\n" in out
 
 
+def test_head_keeps_a_handlers_content_length_once() -> None:
+    def handler(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        return 200, [(b"Content-Length", b"2")], b"hi"
+
+    server = ServerConnection(Router(), now=0.0, http_handler=handler)
+    server.receive_data(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", 0.0)
+    out = server.data_to_send()
+    assert out.lower().count(b"content-length") == 1
+    assert out.endswith(b"\r\n\r\n")  # no body
+
+
 def test_malformed_upgrade_is_400() -> None:
     server = ServerConnection(Router(), now=0.0)
     server.receive_data(RAW_REQUEST.replace(b"Sec-WebSocket-Version: 13", b"X: y"), 0.0)
