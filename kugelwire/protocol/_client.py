@@ -517,7 +517,8 @@ class StreamClientSession(_ClientSession):
 
     # -- timers -------------------------------------------------------------------------------
     def _other_deadline(self) -> float | None:
-        if self._idle_guard is None:
+        # Same conditions as _other_timeout: a deadline it would not act on is never reported.
+        if self._idle_guard is None or self._terminated is not None or self._closing:
             return None
         turn = self._open_turn()
         return None if turn is None else turn.last_text_at + self._idle_guard
@@ -555,6 +556,13 @@ class StreamClientSession(_ClientSession):
         return True
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
+        if type(msg) is AudioFrame and self._turns and not self._pending_cancels:
+            # The hot path: audio of the turn being spoken (OUTPUT keeps OPEN / FLUSHED).
+            first = self._turns[0]
+            if first.state is ClientTurnState.OPEN or first.state is ClientTurnState.FLUSHED:
+                cycle = first.cycle
+                self._events.append(AudioChunk(cycle.number, msg, cycle.on_audio(msg)))
+                return
         if isinstance(msg, InterruptedFrame):
             self._on_interrupted(msg)
             return
@@ -853,7 +861,8 @@ class MultiClientSession(_ClientSession):
 
     # -- timers -------------------------------------------------------------------------------
     def _other_deadline(self) -> float | None:
-        if self._keepalive is None:
+        # Same conditions as _other_timeout: a deadline it would not act on is never reported.
+        if self._keepalive is None or self._terminated is not None or self._closing:
             return None
         times = [
             c.last_sent_at

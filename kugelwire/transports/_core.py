@@ -33,10 +33,9 @@ Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`
 from __future__ import annotations
 
 import math
-import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -80,20 +79,7 @@ from ..protocol._ws import (
     build_url,
 )
 
-__all__ = [
-    "ENDPOINT",
-    "AsyncContext",
-    "AsyncDriver",
-    "AsyncEvents",
-    "AsyncMulti",
-    "AsyncRequest",
-    "AsyncStream",
-    "AsyncTTS",
-    "AsyncTurn",
-    "ClientCore",
-    "EventBuffer",
-    "Kind",
-]
+__all__ = ["ENDPOINT", "ClientCore", "EventBuffer", "Kind"]
 
 Kind = Literal["stream", "multi", "tts"]
 ENDPOINT: dict[str, str] = {"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}
@@ -204,6 +190,7 @@ class ClientCore:
         self._restarts_in_row = 0
         self._user_closing = False
         self._resumed = False
+        self._wake_reader = False
         self._hold_until = -math.inf
         self._gc_pending = False
         self._settings_applied: dict[str, Any] = {}
@@ -251,6 +238,11 @@ class ClientCore:
     def finished(self) -> bool:
         """No socket is needed any more (closed for good)."""
         return self.state == "closed"
+
+    @property
+    def connecting(self) -> bool:
+        """The upgrade (or a reconnect's upgrade) is still pending."""
+        return self.state in ("connecting", "reconnecting")
 
     @property
     def wants_socket(self) -> bool:
@@ -452,7 +444,7 @@ class ClientCore:
             if buf.done and not buf.events and buf.error is None:
                 buf.exhausted = True
             if paused and not self.reading_paused:
-                self._resumed = True
+                self._resumed = self._wake_reader = True
             return event
         if buf.done:
             buf.exhausted = True
@@ -460,6 +452,11 @@ class ClientCore:
             if error is not None:
                 raise error
         return None
+
+    def take_resumed(self) -> bool:
+        """True once after :meth:`pop` made room again: wake the reader (it may read again)."""
+        woke, self._wake_reader = self._wake_reader, False
+        return woke
 
     def handle_dropped(self, buf: EventBuffer) -> None:
         """The application dropped ``buf``'s handle (a finaliser: only sets flags)."""
@@ -593,6 +590,16 @@ class ClientCore:
         return closed is not None and closed.code in _RESTART
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
+        if type(event) is AudioChunk:  # the hot path
+            buf = (
+                self._by_context.get(event.context_id or "")
+                if self.kind == "multi"
+                else self._by_number.get(event.turn)
+            )
+            if buf is not None:
+                self._restarts_in_row = 0
+                self._push(buf, event)
+                return
         if isinstance(event, SettingsUpdated):
             self.settings = dict(event.settings)
         if isinstance(event, ServerError) and event.fatal:
@@ -771,232 +778,3 @@ class ClientCore:
             error = restarting
         error.unspoken_text = unspoken
         return error
-
-
-# =============================================================================================
-# The async API shared by the asyncio and trio adapters (they differ only in their driver).
-
-
-class AsyncDriver(Protocol):
-    """What the async API needs from an adapter: a clock, writes, waits and closing."""
-
-    core: ClientCore
-
-    def now(self) -> float: ...
-
-    async def send(self) -> None:
-        """Write what the core queued (returns once the socket took it)."""
-
-    def kick(self) -> None:
-        """Write what the core queued soon, without waiting (for non-async callers)."""
-
-    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
-        """The next event of ``buf`` (waiting for it), or None once its stream is over."""
-
-    async def close(self, *, abort: bool = False) -> None: ...
-
-
-class AsyncEvents:
-    """Async iterator over the events of one turn / request / context, up to its terminal."""
-
-    def __init__(self, driver: AsyncDriver, buf: EventBuffer) -> None:
-        self._driver = driver
-        self._buf = buf
-        weakref.finalize(self, driver.core.handle_dropped, buf)
-
-    @property
-    def number(self) -> int | None:
-        """The turn / request number (on the connection that carries it now)."""
-        return self._buf.number
-
-    @property
-    def done(self) -> bool:
-        """True once every event (including the terminal one) was handed out."""
-        return self._buf.exhausted
-
-    def __aiter__(self) -> AsyncEvents:
-        return self
-
-    async def __anext__(self) -> ClientEvent:
-        event = await self._driver.next_event(self._buf)
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def collect(self) -> list[ClientEvent]:
-        """Every remaining event, up to and including the terminal one."""
-        return [event async for event in self]
-
-
-class AsyncTurn(AsyncEvents):
-    """One turn of ``/ws/tts/stream``: iterate it for its events; ends with ``TurnClosed``
-    (or ``Interrupted`` after a cancel); a lost connection raises a typed error instead."""
-
-
-class AsyncRequest(AsyncEvents):
-    """One ``/ws/tts`` request: its events, ending with ``RequestFinal`` or ``Interrupted``;
-    an error frame for it raises :class:`~kugelwire.errors.ServerErrorResponse`."""
-
-
-class _AsyncClient:
-    def __init__(self, driver: AsyncDriver) -> None:
-        self._driver = driver
-        self._core = driver.core
-
-    @property
-    def settings(self) -> dict[str, Any] | None:
-        """The effective settings of the server's last ``update_settings`` reply."""
-        return self._core.settings
-
-    @property
-    def log(self) -> deque[ClientEvent]:
-        """Recent events that belong to no turn (settings replies, turn-less errors...)."""
-        return self._core.log
-
-    @property
-    def closed(self) -> bool:
-        return self._core.finished
-
-    @property
-    def restarts(self) -> int:
-        """How many times the connection was transparently re-established (1012/1013)."""
-        return self._core.restarts
-
-    async def update_settings(self, **settings: Any) -> None:
-        """Send ``update_settings`` (the reply lands in :attr:`settings`); never waits."""
-        self._core.update_settings(self._driver.now(), **settings)
-        await self._driver.send()
-
-    async def close(self) -> None:
-        """Graceful close: ``close_socket``, let the server drain, close the socket."""
-        await self._driver.close()
-
-    async def aclose(self) -> None:
-        """Abort at once (no draining)."""
-        await self._driver.close(abort=True)
-
-    async def __aenter__(self: _C) -> _C:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        await self._driver.close(abort=exc_type is not None)
-
-
-_C = TypeVar("_C", bound=_AsyncClient)
-
-
-class AsyncStream(_AsyncClient):
-    """``/ws/tts/stream``: text in, turns of audio out (full duplex)."""
-
-    def __init__(self, driver: AsyncDriver) -> None:
-        super().__init__(driver)
-        self._handles: weakref.WeakValueDictionary[EventBuffer, AsyncTurn] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def _handle(self, buf: EventBuffer) -> AsyncTurn:
-        turn = self._handles.get(buf)
-        if turn is None:
-            self._core.reclaim(buf)
-            turn = self._handles[buf] = AsyncTurn(self._driver, buf)
-        return turn
-
-    async def send_text(self, text: str, *, flush: bool = False) -> AsyncTurn | None:
-        """Send a text fragment now; returns its turn (None for empty text). Never waits for
-        audio."""
-        buf = self._core.stream_send_text(text, self._driver.now(), flush=flush)
-        await self._driver.send()
-        return None if buf is None else self._handle(buf)
-
-    async def flush(self) -> AsyncTurn:
-        """End the open turn (exactly once per turn)."""
-        buf = self._core.stream_flush(self._driver.now())
-        await self._driver.send()
-        return self._handle(buf)
-
-    async def cancel(self) -> None:
-        """Barge-in: no audio of the cancelled turns is handed out after this returns."""
-        self._core.stream_cancel(self._driver.now())
-        await self._driver.send()
-
-
-class AsyncContext(AsyncEvents):
-    """One context of ``/ws/tts/multi``. Iterating it yields all its events until
-    ``ContextClosed``; :meth:`until_final` stops at the end of the current flush-cycle."""
-
-    @property
-    def context_id(self) -> str:
-        assert self._buf.context_id is not None
-        return self._buf.context_id
-
-    async def send_text(self, text: str, *, flush: bool = False) -> None:
-        self._driver.core.multi_send_text(self._buf, text, self._driver.now(), flush=flush)
-        await self._driver.send()
-
-    async def flush(self) -> None:
-        self._driver.core.multi_flush(self._buf, self._driver.now())
-        await self._driver.send()
-
-    async def cancel(self) -> None:
-        """Barge-in on this context: its current cycle's audio is dropped from now on."""
-        self._driver.core.multi_cancel(self._buf, self._driver.now())
-        await self._driver.send()
-
-    async def close(self, *, immediate: bool = False) -> None:
-        """Graceful close (``final`` then ``context_closed``) or immediate (no more audio)."""
-        self._driver.core.multi_close(self._buf, self._driver.now(), immediate=immediate)
-        await self._driver.send()
-
-    async def until_final(self) -> AsyncIterator[ClientEvent]:
-        """Events up to and including the next ``TurnFinal`` / ``Interrupted`` /
-        ``ContextClosed``."""
-        async for event in self:
-            yield event
-            if isinstance(event, TurnFinal | Interrupted | ContextClosed):
-                return
-
-
-class AsyncMulti(_AsyncClient):
-    """``/ws/tts/multi``: up to 20 contexts over one socket, one event stream each."""
-
-    async def create_context(
-        self,
-        context_id: str,
-        *,
-        voice_id: int | str | None = None,
-        cfg_scale: float | None = None,
-        max_new_tokens: int | None = None,
-    ) -> AsyncContext:
-        options = {
-            k: v
-            for k, v in (
-                ("voice_id", voice_id),
-                ("cfg_scale", cfg_scale),
-                ("max_new_tokens", max_new_tokens),
-            )
-            if v is not None
-        }
-        buf = self._core.multi_create(context_id, self._driver.now(), **options)
-        await self._driver.send()
-        return AsyncContext(self._driver, buf)
-
-    async def cancel(self) -> None:
-        """Cancel every context still taking input."""
-        self._core.multi_cancel(None, self._driver.now())
-        await self._driver.send()
-
-
-class AsyncTTS(_AsyncClient):
-    """``/ws/tts``: one-shot requests, queued in order on one socket."""
-
-    def synthesize(self, text: str, **params: Any) -> AsyncRequest:
-        """Queue a request now (``params`` override the connection config for it) and return
-        its event stream: ``async for ev in tts.synthesize("Hi.", voice_id=1)``."""
-        buf = self._core.tts_request(text, self._driver.now(), **params)
-        self._driver.kick()
-        return AsyncRequest(self._driver, buf)
-
-    async def cancel(self) -> None:
-        """Abandon the request being generated."""
-        self._core.tts_cancel(self._driver.now())
-        await self._driver.send()

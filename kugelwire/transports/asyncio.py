@@ -2,7 +2,8 @@
 ``/ws/tts``).
 
 This module only moves bytes and drives timers; every decision is made by the sans-IO
-:class:`~kugelwire.transports._core.ClientCore`::
+:class:`~kugelwire.transports._core.ClientCore` and the API objects live in
+:mod:`kugelwire.transports._api`::
 
     async with await connect_stream(url, api_key=key, voice_id=1) as stream:
         turn = await stream.send_text("Hello ")   # never waits for audio
@@ -11,8 +12,9 @@ This module only moves bytes and drives timers; every decision is made by the sa
         async for event in turn:                    # ends with TurnClosed / Interrupted
             ...
 
-Full duplex: a background reader task feeds the core and a timer task fires its deadlines
-(keepalive pings, cancel and idle timers); sends are written at once.
+Full duplex: an :class:`asyncio.Protocol` feeds socket bytes to the core as they arrive (no
+reader task, no stream buffer), one loop timer fires the core's deadlines (keepalive pings,
+cancel and idle timers), and sends are written at once.
 
 Backpressure policy: events wait in per-turn / per-request / per-context buffers until the
 application iterates them. When they hold more than ``max_buffered_bytes`` of audio (or
@@ -28,87 +30,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
-from typing import Any, Literal, TypeVar
+from typing import cast
 
-from ..errors import ConnectionFailed, KugelwireError
-from ..protocol._events import ClientEvent
-from ._core import (
-    AsyncContext,
-    AsyncMulti,
-    AsyncRequest,
-    AsyncStream,
-    AsyncTTS,
-    AsyncTurn,
-    ClientCore,
-    EventBuffer,
-    Kind,
-)
+from ..errors import KugelwireError
+from . import _api
+from ._api import AsyncContext, AsyncMulti, AsyncRequest, AsyncStream, AsyncTTS, AsyncTurn
+from ._core import ClientCore
 
-__all__ = [
-    "AsyncContext",
-    "AsyncMulti",
-    "AsyncRequest",
-    "AsyncStream",
-    "AsyncTTS",
-    "AsyncTurn",
-    "connect_multi",
-    "connect_stream",
-    "connect_tts",
-]
-
-_READ_SIZE = 65536
-_T = TypeVar("_T", AsyncStream, AsyncMulti, AsyncTTS)
+__all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTTS", "AsyncTurn",
+           "connect_multi", "connect_stream", "connect_tts"]
 
 
-class _Driver:
-    """One socket (at a time), a reader task and a timer task for a :class:`ClientCore`."""
+class _Pipe(asyncio.Protocol):
+    """One socket's callbacks, handed to the driver (late ones of an old socket are ignored)."""
 
-    def __init__(
-        self,
-        core: ClientCore,
-        ssl: _ssl.SSLContext | None,
-        connect_timeout: float,
-        close_timeout: float,
-    ) -> None:
-        self.core = core
+    def __init__(self, driver: _Driver) -> None:
+        self.driver = driver
+        self.transport: asyncio.Transport | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.driver.received(self, data)
+
+    def eof_received(self) -> bool:
+        self.driver.received(self, b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()
+        self.driver.received(self, b"")
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class _Driver(_api.SignalDriver):
+    """One socket (at a time) and one loop timer for a :class:`ClientCore`."""
+
+    def __init__(self, core: ClientCore, options: _api.ConnectOptions) -> None:
+        super().__init__(core, asyncio.Event)
         self._loop = asyncio.get_running_loop()
-        self._ssl = ssl
-        self._connect_timeout = connect_timeout
-        self._close_timeout = close_timeout
-        self._signal = asyncio.Event()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._options = options
+        self._pipe: _Pipe | None = None
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0.0
         self._generation = -1
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reconnect: asyncio.Task[None] | None = None
 
-    # -- AsyncDriver ---------------------------------------------------------------------------
     def now(self) -> float:
         return self._loop.time()
 
     def kick(self) -> None:
         self._write()
-        self._changed()
+        self.changed()
 
     async def send(self) -> None:
         self.kick()
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                await writer.drain()  # errors show up on the reader side as EOF
-
-    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
-        while not buf.exhausted:
-            signal = self._signal
-            paused = self.core.reading_paused
-            event = self.core.pop(buf)
-            if event is not None:
-                if paused:
-                    self._changed()
-                return event
-            if buf.exhausted:
-                break
-            await signal.wait()
-        return None
+        pipe = self._pipe
+        if pipe is not None and not pipe.writable.is_set():
+            await pipe.writable.wait()  # errors show up as EOF (connection_lost)
 
     async def close(self, *, abort: bool = False) -> None:
         core = self.core
@@ -116,205 +105,149 @@ class _Driver:
             core.close_socket(self.now())
             await self.send()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._until(lambda: core.finished), self._close_timeout)
+                await asyncio.wait_for(
+                    self.until(lambda: core.finished), self._options.close_timeout
+                )
         core.abort(self.now(), "closed")
-        self._changed()
-        for task in self._tasks:
+        self.changed()
+        task, self._reconnect = self._reconnect, None
+        if task is not None:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._close_socket()
 
-    # -- internals -----------------------------------------------------------------------------
-    def _changed(self) -> None:
-        self._signal.set()
-        self._signal = asyncio.Event()
+    def changed(self) -> None:
+        """Wake waiters, then follow the core: pause/resume reading, re-arm the timer."""
+        super().changed()
+        core = self.core
+        pipe = self._pipe
+        if core.finished:
+            self._close_socket()
+        elif core.wants_socket:
+            if self._reconnect is None:
+                self._reconnect = self._loop.create_task(self._reopen())
+        elif pipe is not None and pipe.transport is not None:
+            paused = core.reading_paused
+            if paused != self._paused:
+                self._paused = paused
+                if paused:
+                    pipe.transport.pause_reading()
+                else:
+                    pipe.transport.resume_reading()
+        self._rearm()
 
-    async def _until(self, ready: Any) -> None:
-        while not ready():
-            await self._signal.wait()
+    # -- internals -----------------------------------------------------------------------------
+    def received(self, pipe: _Pipe, data: bytes) -> None:
+        """Bytes (``b""``: EOF or a lost connection) from ``pipe``'s socket."""
+        if pipe is not self._pipe or pipe.eof:
+            return
+        pipe.eof = not data
+        core = self.core
+        try:
+            core.receive_data(data, self._loop.time())
+        except KugelwireError:
+            core.abort(self._loop.time())
+        self._write()
+        self.changed()
+
+    def _rearm(self) -> None:
+        """Keep one loop timer at the core's next deadline (a later deadline lets it fire early
+        and re-arm, so incoming traffic does not re-create the timer for every read)."""
+        core = self.core
+        deadline = None if core.finished else core.next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if deadline is not None and deadline >= self._armed:
+                return
+            timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._armed = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        core = self.core
+        deadline = core.next_deadline()
+        now = self._loop.time()
+        if deadline is not None and now >= deadline:
+            try:
+                core.handle_timeout(now)
+            except KugelwireError:
+                core.abort(now)
+            self._write()
+            self.changed()
+        else:
+            self._rearm()
 
     def _write(self) -> None:
-        writer = self._writer
-        if writer is None or self._generation != self.core.generation:
+        pipe = self._pipe
+        if pipe is None or pipe.transport is None or self._generation != self.core.generation:
             return
         data = self.core.data_to_send()
-        if data and not writer.is_closing():
-            writer.write(data)
+        if data and not pipe.transport.is_closing():
+            pipe.transport.write(data)
 
     def _close_socket(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None and pipe.transport is not None:
+            pipe.transport.close()
+        if self.core.finished and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _open(self) -> None:
         host, port = self.core.address
         context = None
         if self.core.secure:
-            context = self._ssl if self._ssl is not None else _ssl.create_default_context()
+            context = self._options.ssl or _ssl.create_default_context()
+        pipe = _Pipe(self)
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if context else None,
-                    limit=_READ_SIZE,
+            await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: pipe, host, port, ssl=context,
+                    server_hostname=host if context else None,
                 ),
-                self._connect_timeout,
+                self._options.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             self.core.connect_failed(exc, self.now())
-            self._changed()
+            self.changed()
             return
+        self._pipe, self._paused = pipe, False
         self._generation = self.core.generation
         self.core.socket_opened(self.now())
-        self._write()
+        self.kick()
+
+    async def _reopen(self) -> None:
+        """Reconnect (1012/1013): last bytes to the old socket, wait, open a new one."""
+        core = self.core
+        stale, pipe = core.take_stale_data(), self._pipe
+        if stale and pipe is not None and pipe.transport is not None:
+            pipe.transport.write(stale)
+        self._close_socket()
+        assert core.reconnect_at is not None
+        await asyncio.sleep(max(0.0, core.reconnect_at - self.now()))
+        await self._open()
+        self._reconnect = None
+        self.changed()  # another restart may be due already
 
     async def start(self) -> None:
-        """Open the socket, start the tasks, wait for the upgrade (all within the timeout)."""
-        core = self.core
+        """Open the socket and wait for the upgrade (all within the timeout)."""
+        core, timeout = self.core, self._options.connect_timeout
         try:
-            await asyncio.wait_for(self._open(), self._connect_timeout)
+            await asyncio.wait_for(self._open(), timeout)
             if not core.finished:
-                self._tasks = [
-                    asyncio.ensure_future(self._read_loop()),
-                    asyncio.ensure_future(self._timer_loop()),
-                ]
-                await asyncio.wait_for(
-                    self._until(lambda: core.state not in ("connecting", "reconnecting")),
-                    self._connect_timeout,
-                )
+                await asyncio.wait_for(self.until(lambda: not core.connecting), timeout)
         except asyncio.TimeoutError:
             await self.close(abort=True)
-            raise ConnectionFailed(f"timed out connecting to {core.url}") from None
+            raise _api.connect_error(core, timed_out=True) from None
         if core.finished:
             await self.close(abort=True)
-            raise core.error or ConnectionFailed(f"cannot connect to {core.url}")
-
-    async def _read_loop(self) -> None:
-        core = self.core
-        try:
-            while not core.finished:
-                if core.wants_socket:
-                    stale = core.take_stale_data()
-                    if stale and self._writer is not None and not self._writer.is_closing():
-                        self._writer.write(stale)
-                    self._close_socket()
-                    assert core.reconnect_at is not None
-                    await asyncio.sleep(max(0.0, core.reconnect_at - self.now()))
-                    await self._open()
-                    continue
-                reader = self._reader
-                if reader is None or core.reading_paused:
-                    await self._signal.wait()
-                    continue
-                try:
-                    data = await reader.read(_READ_SIZE)
-                except OSError:
-                    data = b""
-                core.receive_data(data, self.now())
-                self._write()
-                self._changed()
-        except KugelwireError:
-            core.abort(self.now())
-        finally:
-            self._changed()
-            self._close_socket()
-
-    async def _timer_loop(self) -> None:
-        core = self.core
-        while not core.finished:
-            deadline = core.next_deadline()
-            signal = self._signal
-            delay = None if deadline is None else deadline - self.now()
-            if delay is None or delay > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(signal.wait(), delay)
-                    continue
-            core.handle_timeout(self.now())
-            self._write()
-            self._changed()
+            raise _api.connect_error(core)
 
 
-async def _connect(
-    kind: Kind,
-    cls: type[_T],
-    url: str,
-    *,
-    api_key: str | None,
-    auth: Literal["query", "bearer"],
-    connect_timeout: float,
-    ssl: _ssl.SSLContext | None,
-    max_buffered_bytes: int,
-    close_timeout: float,
-    config: dict[str, Any],
-) -> _T:
-    loop = asyncio.get_running_loop()
-    core = ClientCore(
-        kind, url, now=loop.time(), api_key=api_key, auth=auth,
-        max_buffered_bytes=max_buffered_bytes, **config,
-    )
-    driver = _Driver(core, ssl, connect_timeout, close_timeout)
-    await driver.start()
-    return cls(driver)
-
-
-async def connect_stream(
-    url: str,
-    *,
-    api_key: str | None = None,
-    auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0,
-    ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20,
-    close_timeout: float = 10.0,
-    **config: Any,
-) -> AsyncStream:
-    """Connect to ``/ws/tts/stream`` (``url``: the server's base URL or the endpoint's URL).
-
-    ``config``: sticky config fields (``voice_id``, ``sample_rate``...), session options
-    (``cancel_timeout``, ``idle_flush_guard``) and core options (``restart_delay``,
-    ``max_restarts``, ``ping_interval``, ``ping_timeout``, ``max_buffered_events``...).
-    """
-    return await _connect(
-        "stream", AsyncStream, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
-
-
-async def connect_multi(
-    url: str,
-    *,
-    api_key: str | None = None,
-    auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0,
-    ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20,
-    close_timeout: float = 10.0,
-    **config: Any,
-) -> AsyncMulti:
-    """Connect to ``/ws/tts/multi``; see :func:`connect_stream` for the options."""
-    return await _connect(
-        "multi", AsyncMulti, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
-
-
-async def connect_tts(
-    url: str,
-    *,
-    api_key: str | None = None,
-    auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0,
-    ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20,
-    close_timeout: float = 10.0,
-    **config: Any,
-) -> AsyncTTS:
-    """Connect to ``/ws/tts`` (one-shot requests); see :func:`connect_stream`."""
-    return await _connect(
-        "tts", AsyncTTS, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
+connect_stream, connect_multi, connect_tts = _api.async_connectors(
+    _Driver, lambda: asyncio.get_running_loop().time(), "asyncio"
+)

@@ -23,12 +23,23 @@ import socket
 import ssl as _ssl
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from ..errors import ConnectionFailed
-from ..protocol._events import ClientEvent, ContextClosed, Interrupted, TurnFinal
+from ..protocol._events import ClientEvent
+from ._api import (
+    TTS,
+    Connect,
+    ConnectOptions,
+    Context,
+    Events,
+    Multi,
+    Request,
+    Stream,
+    Turn,
+    connect_error,
+    connector,
+)
 from ._core import ClientCore, EventBuffer, Kind
 
 __all__ = [
@@ -51,11 +62,11 @@ _R = TypeVar("_R")
 class _Driver:
     """The socket, the I/O thread and the lock (a Condition) guarding the core."""
 
-    def __init__(self, core: ClientCore, ssl: _ssl.SSLContext | None, connect_timeout: float,
-                 close_timeout: float) -> None:
+    def __init__(self, core: ClientCore, options: ConnectOptions) -> None:
         self.core = core
         self.cond = threading.Condition(threading.RLock())
-        self._ssl, self._connect_timeout, self._close_timeout = ssl, connect_timeout, close_timeout
+        self._ssl, self._connect_timeout = options.ssl, options.connect_timeout
+        self._close_timeout = options.close_timeout
         self._sock: socket.socket | None = None
         self._generation = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -78,15 +89,13 @@ class _Driver:
     def next_event(self, buf: EventBuffer) -> ClientEvent | None:
         with self.cond:
             while not buf.exhausted:
-                paused = self.core.reading_paused
                 event = self.core.pop(buf)
+                if self.core.take_resumed():
+                    self.kick()  # the I/O thread may read again
                 if event is not None:
-                    if paused:
-                        self.kick()
                     return event
-                if buf.exhausted:
-                    break
-                self.cond.wait()
+                if not buf.exhausted:
+                    self.cond.wait()
         return None
 
     def close(self, *, abort: bool = False) -> None:
@@ -158,24 +167,27 @@ class _Driver:
             self._thread.start()
             with self.cond:
                 ready = self.cond.wait_for(
-                    lambda: core.finished or core.state not in ("connecting", "reconnecting"),
-                    self._connect_timeout,
+                    lambda: core.finished or not core.connecting, self._connect_timeout
                 )
             if not ready:
                 self.close(abort=True)
-                raise ConnectionFailed(f"timed out connecting to {core.url}")
+                raise connect_error(core, timed_out=True)
         if core.finished:
             self.close(abort=True)
-            raise core.error or ConnectionFailed(f"cannot connect to {core.url}")
+            raise connect_error(core)
 
     def _run(self) -> None:
         core = self.core
         try:
             while not self._stop:
-                with self.cond:
+                with self.cond:  # one look at the core per round
                     if core.finished:
                         break
                     reconnect_at = core.reconnect_at if core.wants_socket else None
+                    sock = self._sock
+                    current = sock is not None and self._generation == core.generation
+                    out = core.data_to_send() if current and reconnect_at is None else b""
+                    paused, deadline = core.reading_paused, core.next_deadline()
                 if reconnect_at is not None:
                     with self.cond:
                         stale = core.take_stale_data()
@@ -186,10 +198,12 @@ class _Driver:
                     time.sleep(max(0.0, reconnect_at - time.monotonic()))
                     self._open()
                     continue
-                self._write()
-                with self.cond:
-                    paused, deadline = core.reading_paused, core.next_deadline()
-                sock = self._sock
+                if out and sock is not None:
+                    try:
+                        sock.sendall(out)
+                    except OSError:
+                        self._feed(b"")
+                        continue
                 watch: list[Any] = [self._wake_r]
                 if not paused and sock is not None:
                     watch.append(sock)
@@ -218,193 +232,12 @@ class _Driver:
                 self.cond.notify_all()
 
 
-class Events:
-    """Iterator over the events of one turn / request / context, up to its terminal."""
-
-    def __init__(self, driver: _Driver, buf: EventBuffer) -> None:
-        self._driver, self._buf = driver, buf
-        weakref.finalize(self, driver.core.handle_dropped, buf)
-
-    @property
-    def number(self) -> int | None:
-        return self._buf.number
-
-    @property
-    def done(self) -> bool:
-        return self._buf.exhausted
-
-    def __iter__(self) -> Iterator[ClientEvent]:
-        return self
-
-    def __next__(self) -> ClientEvent:
-        event = self._driver.next_event(self._buf)
-        if event is None:
-            raise StopIteration
-        return event
-
-    def collect(self) -> list[ClientEvent]:
-        return list(self)
-
-
-class Turn(Events):
-    """One turn of ``/ws/tts/stream`` (ends with TurnClosed / Interrupted)."""
-
-
-class Request(Events):
-    """One ``/ws/tts`` request (ends with RequestFinal / Interrupted)."""
-
-
-class Context(Events):
-    """One ``/ws/tts/multi`` context (ends with ContextClosed)."""
-
-    @property
-    def context_id(self) -> str:
-        assert self._buf.context_id is not None
-        return self._buf.context_id
-
-    def send_text(self, text: str, *, flush: bool = False) -> None:
-        core = self._driver.core
-        self._driver.call(core.multi_send_text, self._buf, text, flush=flush)
-
-    def flush(self) -> None:
-        self._driver.call(self._driver.core.multi_flush, self._buf)
-
-    def cancel(self) -> None:
-        self._driver.call(self._driver.core.multi_cancel, self._buf)
-
-    def close(self, *, immediate: bool = False) -> None:
-        self._driver.call(self._driver.core.multi_close, self._buf, immediate=immediate)
-
-    def until_final(self) -> Iterator[ClientEvent]:
-        """Events up to and including the next TurnFinal / Interrupted / ContextClosed."""
-        for event in self:
-            yield event
-            if isinstance(event, TurnFinal | Interrupted | ContextClosed):
-                return
-
-
-class _Client:
-    def __init__(self, driver: _Driver) -> None:
-        self._driver, self._core = driver, driver.core
-
-    @property
-    def settings(self) -> dict[str, Any] | None:
-        return self._core.settings
-
-    @property
-    def log(self) -> Any:
-        return self._core.log
-
-    @property
-    def closed(self) -> bool:
-        return self._core.finished
-
-    @property
-    def restarts(self) -> int:
-        return self._core.restarts
-
-    def update_settings(self, **settings: Any) -> None:
-        self._driver.call(self._core.update_settings, **settings)
-
-    def close(self) -> None:
-        self._driver.close()
-
-    def __enter__(self: _C) -> _C:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._driver.close(abort=exc_type is not None)
-
-
-_C = TypeVar("_C", bound=_Client)
-
-
-class Stream(_Client):
-    """``/ws/tts/stream``: text in, turns of audio out."""
-
-    def __init__(self, driver: _Driver) -> None:
-        super().__init__(driver)
-        self._handles: weakref.WeakValueDictionary[EventBuffer, Turn] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def _handle(self, buf: EventBuffer) -> Turn:
-        with self._driver.cond:
-            turn = self._handles.get(buf)
-            if turn is None:
-                self._core.reclaim(buf)
-                turn = self._handles[buf] = Turn(self._driver, buf)
-        return turn
-
-    def send_text(self, text: str, *, flush: bool = False) -> Turn | None:
-        buf = self._driver.call(self._core.stream_send_text, text, flush=flush)
-        return None if buf is None else self._handle(buf)
-
-    def flush(self) -> Turn:
-        return self._handle(self._driver.call(self._core.stream_flush))
-
-    def cancel(self) -> None:
-        self._driver.call(self._core.stream_cancel)
-
-
-class Multi(_Client):
-    """``/ws/tts/multi``: up to 20 contexts, one event stream each."""
-
-    def create_context(self, context_id: str, **options: Any) -> Context:
-        buf = self._driver.call(self._core.multi_create, context_id, **options)
-        return Context(self._driver, buf)
-
-    def cancel(self) -> None:
-        self._driver.call(self._core.multi_cancel, None)
-
-
-class TTS(_Client):
-    """``/ws/tts``: one-shot requests queued in order on one socket."""
-
-    def synthesize(self, text: str, **params: Any) -> Request:
-        return Request(self._driver, self._driver.call(self._core.tts_request, text, **params))
-
-    def cancel(self) -> None:
-        self._driver.call(self._core.tts_cancel)
-
-
-def _connect(kind: Kind, url: str, *, api_key: str | None, auth: Literal["query", "bearer"],
-             connect_timeout: float, ssl: _ssl.SSLContext | None, max_buffered_bytes: int,
-             close_timeout: float, config: dict[str, Any]) -> _Driver:
-    core = ClientCore(kind, url, now=time.monotonic(), api_key=api_key, auth=auth,
-                      max_buffered_bytes=max_buffered_bytes, **config)
-    driver = _Driver(core, ssl, connect_timeout, close_timeout)
+def _open(kind: Kind, url: str, options: ConnectOptions) -> Any:
+    driver = _Driver(options.core(kind, url, time.monotonic()), options)
     driver.start()
-    return driver
+    return {"stream": Stream, "multi": Multi, "tts": TTS}[kind](driver)
 
 
-def connect_stream(url: str, *, api_key: str | None = None,
-                   auth: Literal["query", "bearer"] = "query", connect_timeout: float = 10.0,
-                   ssl: _ssl.SSLContext | None = None, max_buffered_bytes: int = 4 * 2**20,
-                   close_timeout: float = 10.0, **config: Any) -> Stream:
-    """Connect to ``/ws/tts/stream`` (blocking); options as in the asyncio adapter."""
-    return Stream(_connect("stream", url, api_key=api_key, auth=auth,
-                           connect_timeout=connect_timeout, ssl=ssl,
-                           max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-                           config=config))
-
-
-def connect_multi(url: str, *, api_key: str | None = None,
-                  auth: Literal["query", "bearer"] = "query", connect_timeout: float = 10.0,
-                  ssl: _ssl.SSLContext | None = None, max_buffered_bytes: int = 4 * 2**20,
-                  close_timeout: float = 10.0, **config: Any) -> Multi:
-    """Connect to ``/ws/tts/multi`` (blocking)."""
-    return Multi(_connect("multi", url, api_key=api_key, auth=auth,
-                          connect_timeout=connect_timeout, ssl=ssl,
-                          max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-                          config=config))
-
-
-def connect_tts(url: str, *, api_key: str | None = None,
-                auth: Literal["query", "bearer"] = "query", connect_timeout: float = 10.0,
-                ssl: _ssl.SSLContext | None = None, max_buffered_bytes: int = 4 * 2**20,
-                close_timeout: float = 10.0, **config: Any) -> TTS:
-    """Connect to ``/ws/tts`` (blocking)."""
-    return TTS(_connect("tts", url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-                        ssl=ssl, max_buffered_bytes=max_buffered_bytes,
-                        close_timeout=close_timeout, config=config))
+connect_stream: Connect[Stream] = connector("stream", _open, "blocking")
+connect_multi: Connect[Multi] = connector("multi", _open, "blocking")
+connect_tts: Connect[TTS] = connector("tts", _open, "blocking")

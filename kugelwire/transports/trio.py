@@ -20,104 +20,64 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl as _ssl
-from typing import Any, Literal, TypeVar
 
 import trio
 
-from ..errors import ConnectionFailed
-from ..protocol._events import ClientEvent
-from ._core import (
-    AsyncContext,
-    AsyncMulti,
-    AsyncRequest,
-    AsyncStream,
-    AsyncTTS,
-    AsyncTurn,
-    ClientCore,
-    EventBuffer,
-    Kind,
-)
+from . import _api
+from ._api import AsyncContext, AsyncMulti, AsyncRequest, AsyncStream, AsyncTTS, AsyncTurn
+from ._core import ClientCore
 
-__all__ = [
-    "AsyncContext",
-    "AsyncMulti",
-    "AsyncRequest",
-    "AsyncStream",
-    "AsyncTTS",
-    "AsyncTurn",
-    "connect_multi",
-    "connect_stream",
-    "connect_tts",
-]
+__all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTTS", "AsyncTurn",
+           "connect_multi", "connect_stream", "connect_tts"]
 
 _READ_SIZE = 65536
-_T = TypeVar("_T", AsyncStream, AsyncMulti, AsyncTTS)
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, _ssl.SSLError)
 
 
-class _Driver:
+class _Driver(_api.SignalDriver):
     """One stream (at a time), a reader task and a timer/writer task for a ClientCore."""
 
-    def __init__(
-        self,
-        core: ClientCore,
-        ssl: _ssl.SSLContext | None,
-        connect_timeout: float,
-        close_timeout: float,
-    ) -> None:
-        self.core = core
-        self._ssl = ssl
-        self._connect_timeout = connect_timeout
-        self._close_timeout = close_timeout
-        self._signal = trio.Event()
+    def __init__(self, core: ClientCore, options: _api.ConnectOptions) -> None:
+        super().__init__(core, trio.Event)
+        self._options = options
         self._stream: trio.abc.Stream | None = None
         self._generation = -1
         self._send_lock = trio.Lock()
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._started = False
+        self._wake = trio.Event()  # wakes the timer/writer task
+        self._armed = math.inf  # the deadline the timer task sleeps until
+        self._kicked = False  # bytes queued by a plain function: the timer task writes them
 
-    # -- AsyncDriver ---------------------------------------------------------------------------
     def now(self) -> float:
         return trio.current_time()
 
     def kick(self) -> None:
-        self._changed()  # the timer task writes
+        self._kicked = True  # the timer task writes
+        self.changed()
 
     async def send(self) -> None:
-        async with self._send_lock:  # look at the stream under the lock: it may change
-            stream = self._stream
-            current = stream is not None and self._generation == self.core.generation
-            data = self.core.data_to_send() if current else b""
-            if data and stream is not None:
-                with contextlib.suppress(*_IO_ERRORS):  # the reader sees it as EOF
-                    await stream.send_all(data)
-        self._changed()
+        await self._flush()
+        self.changed()
 
-    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
-        while not buf.exhausted:
-            signal = self._signal
-            paused = self.core.reading_paused
-            event = self.core.pop(buf)
-            if event is not None:
-                if paused:
-                    self._changed()
-                return event
-            if buf.exhausted:
-                break
-            await signal.wait()
-        return None
+    def changed(self) -> None:
+        """Wake waiters; wake the timer task only for a kick or an earlier deadline."""
+        super().changed()
+        core = self.core
+        deadline = None if core.finished else core.next_deadline()
+        if self._kicked or core.finished or (deadline is not None and deadline < self._armed):
+            self._wake.set()
 
     async def close(self, *, abort: bool = False) -> None:
         core = self.core
         if not abort and not core.finished:
             core.close_socket(self.now())
             await self.send()
-            with trio.move_on_after(self._close_timeout):
-                while not core.finished:
-                    await self._signal.wait()
+            with trio.move_on_after(self._options.close_timeout):
+                await self.until(lambda: core.finished)
         core.abort(self.now(), "closed")
-        self._changed()
+        self.changed()
         self._scope.cancel()
         if self._started:
             await self._stopped.wait()
@@ -125,9 +85,22 @@ class _Driver:
             await self._close_stream()
 
     # -- internals -----------------------------------------------------------------------------
-    def _changed(self) -> None:
-        self._signal.set()
-        self._signal = trio.Event()
+    async def _flush(self) -> None:
+        """Write what the core queued (under the lock: the stream may change meanwhile)."""
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # no scheduling round when the lock is free (the usual case)
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            stream = self._stream
+            current = stream is not None and self._generation == self.core.generation
+            data = self.core.data_to_send() if current else b""
+            if data and stream is not None:
+                with contextlib.suppress(*_IO_ERRORS):  # the reader sees it as EOF
+                    await stream.send_all(data)
+        finally:
+            lock.release()
 
     async def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -140,16 +113,16 @@ class _Driver:
     async def _open(self) -> None:
         host, port = self.core.address
         try:
-            with trio.fail_after(self._connect_timeout):
+            with trio.fail_after(self._options.connect_timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
                 if self.core.secure:
-                    ctx = self._ssl if self._ssl is not None else _ssl.create_default_context()
+                    ctx = self._options.ssl or _ssl.create_default_context()
                     ssl_stream = trio.SSLStream(stream, ctx, server_hostname=host)
                     await ssl_stream.do_handshake()
                     stream = ssl_stream
         except (*_IO_ERRORS, trio.TooSlowError, ValueError) as exc:
             self.core.connect_failed(exc, self.now())
-            self._changed()
+            self.changed()
             return
         self._stream = stream
         self._generation = self.core.generation
@@ -158,19 +131,15 @@ class _Driver:
 
     async def start(self) -> None:
         core = self.core
-        with trio.move_on_after(self._connect_timeout) as scope:
+        with trio.move_on_after(self._options.connect_timeout) as scope:
             await self._open()
             if not core.finished:
                 trio.lowlevel.spawn_system_task(self._run)
                 self._started = True
-                while core.state in ("connecting", "reconnecting") and not core.finished:
-                    await self._signal.wait()
-        if scope.cancelled_caught:
+                await self.until(lambda: not core.connecting or core.finished)
+        if scope.cancelled_caught or core.finished:
             await self.close(abort=True)
-            raise ConnectionFailed(f"timed out connecting to {core.url}")
-        if core.finished:
-            await self.close(abort=True)
-            raise core.error or ConnectionFailed(f"cannot connect to {core.url}")
+            raise _api.connect_error(core, timed_out=scope.cancelled_caught)
 
     async def _run(self) -> None:
         try:
@@ -182,7 +151,7 @@ class _Driver:
         except Exception:  # never let a system task crash the run
             self.core.abort(self.now())
         finally:
-            self._changed()
+            self.changed()
             await self._close_stream()
             self._stopped.set()
 
@@ -209,70 +178,27 @@ class _Driver:
             except _IO_ERRORS:
                 data = b""
             core.receive_data(bytes(data), self.now())
-            await self.send()
+            self.changed()  # wake the consumers first, then write replies (pongs, close)
+            await self._flush()
 
     async def _timer_loop(self) -> None:
         core = self.core
         while not core.finished:
-            await self.send()
+            if self._kicked:
+                self._kicked = False
+                await self._flush()
             deadline = core.next_deadline()
-            signal = self._signal
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await signal.wait()
+            self._armed = math.inf if deadline is None else deadline
+            self._wake = wake = trio.Event()
+            with trio.move_on_at(self._armed):
+                await wake.wait()
                 continue
+            self._armed = math.inf
             core.handle_timeout(self.now())
-            self._changed()
+            self._kicked = True  # write what the timeout queued (a ping, a close frame...)
+            self.changed()
 
 
-async def _connect(
-    kind: Kind, cls: type[_T], url: str, *, api_key: str | None,
-    auth: Literal["query", "bearer"], connect_timeout: float, ssl: _ssl.SSLContext | None,
-    max_buffered_bytes: int, close_timeout: float, config: dict[str, Any],
-) -> _T:
-    core = ClientCore(
-        kind, url, now=trio.current_time(), api_key=api_key, auth=auth,
-        max_buffered_bytes=max_buffered_bytes, **config,
-    )
-    driver = _Driver(core, ssl, connect_timeout, close_timeout)
-    await driver.start()
-    return cls(driver)
-
-
-async def connect_stream(
-    url: str, *, api_key: str | None = None, auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0, ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20, close_timeout: float = 10.0, **config: Any,
-) -> AsyncStream:
-    """Connect to ``/ws/tts/stream``; options as in :func:`kugelwire.transports.asyncio.
-    connect_stream`."""
-    return await _connect(
-        "stream", AsyncStream, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
-
-
-async def connect_multi(
-    url: str, *, api_key: str | None = None, auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0, ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20, close_timeout: float = 10.0, **config: Any,
-) -> AsyncMulti:
-    """Connect to ``/ws/tts/multi``."""
-    return await _connect(
-        "multi", AsyncMulti, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
-
-
-async def connect_tts(
-    url: str, *, api_key: str | None = None, auth: Literal["query", "bearer"] = "query",
-    connect_timeout: float = 10.0, ssl: _ssl.SSLContext | None = None,
-    max_buffered_bytes: int = 4 * 2**20, close_timeout: float = 10.0, **config: Any,
-) -> AsyncTTS:
-    """Connect to ``/ws/tts`` (one-shot requests)."""
-    return await _connect(
-        "tts", AsyncTTS, url, api_key=api_key, auth=auth, connect_timeout=connect_timeout,
-        ssl=ssl, max_buffered_bytes=max_buffered_bytes, close_timeout=close_timeout,
-        config=config,
-    )
+connect_stream, connect_multi, connect_tts = _api.async_connectors(
+    _Driver, trio.current_time, "trio"
+)

@@ -81,7 +81,8 @@ class _Shim:
 
 
 def _wrap(value: Any) -> Any:
-    return _Shim(value) if isinstance(value, kw_sync._Client | kw_sync.Events) else value
+    api = (kw_sync.Stream, kw_sync.Multi, kw_sync.TTS, kw_sync.Events)
+    return _Shim(value) if isinstance(value, api) else value
 
 
 class Harness:

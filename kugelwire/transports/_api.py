@@ -1,0 +1,584 @@
+"""The application-facing objects of every client adapter, written once.
+
+The adapters (:mod:`~kugelwire.transports.asyncio`, :mod:`~kugelwire.transports.trio`,
+:mod:`~kugelwire.transports.sync`) only provide a *driver*: a clock, a socket, a reader, a timer
+and a way to wait. Everything the application touches is defined here on top of a driver and the
+sans-IO :class:`~kugelwire.transports._core.ClientCore`:
+
+* the ``connect_*`` functions (:func:`connector`: one signature for every adapter and endpoint);
+* the async API (:class:`AsyncStream`, :class:`AsyncMulti`, :class:`AsyncTTS` and their turn /
+  request / context handles), shared by asyncio and trio;
+* the blocking API (:class:`Stream`, :class:`Multi`, :class:`TTS`...), the same without ``await``;
+* :class:`SignalDriver`: the waiting logic both async drivers share (one "something changed"
+  event, replaced each time it fires).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import ssl as _ssl
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from ..errors import ConnectionFailed, KugelwireError
+from ..protocol._events import ClientEvent, ContextClosed, Interrupted, TurnFinal
+from ._core import ClientCore, EventBuffer, Kind
+
+__all__ = [
+    "TTS",
+    "AsyncContext",
+    "AsyncMulti",
+    "AsyncRequest",
+    "AsyncStream",
+    "AsyncTTS",
+    "AsyncTurn",
+    "Connect",
+    "ConnectOptions",
+    "Context",
+    "Events",
+    "Multi",
+    "Request",
+    "SignalDriver",
+    "Stream",
+    "SyncClient",
+    "Turn",
+    "async_connectors",
+    "connect_error",
+    "connector",
+]
+
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+_H = TypeVar("_H")
+_AC = TypeVar("_AC", bound="_AsyncClient")
+_SC = TypeVar("_SC", bound="SyncClient")
+_FINAL = (TurnFinal, Interrupted, ContextClosed)
+
+
+# -- connecting --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConnectOptions:
+    """The transport options of a ``connect_*`` call (everything else is ``config``)."""
+
+    api_key: str | None = None
+    auth: Literal["query", "bearer"] = "query"
+    connect_timeout: float = 10.0
+    ssl: _ssl.SSLContext | None = None
+    max_buffered_bytes: int = 4 * 2**20
+    close_timeout: float = 10.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def core(self, kind: Kind, url: str, now: float) -> ClientCore:
+        """A fresh :class:`ClientCore` for ``kind`` at ``url`` with these options."""
+        return ClientCore(
+            kind, url, now=now, api_key=self.api_key, auth=self.auth,
+            max_buffered_bytes=self.max_buffered_bytes, **self.config,
+        )
+
+
+class Connect(Protocol[_R_co]):
+    """The signature of every ``connect_stream`` / ``connect_multi`` / ``connect_tts``."""
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        auth: Literal["query", "bearer"] = "query",
+        connect_timeout: float = 10.0,
+        ssl: _ssl.SSLContext | None = None,
+        max_buffered_bytes: int = 4 * 2**20,
+        close_timeout: float = 10.0,
+        **config: Any,
+    ) -> _R_co: ...
+
+
+_OPTIONS = tuple(f.name for f in fields(ConnectOptions) if f.name != "config")
+_SIGNATURE = inspect.signature(Connect.__call__)
+_SIGNATURE = _SIGNATURE.replace(  # without ``self`` and the generic return type
+    parameters=list(_SIGNATURE.parameters.values())[1:], return_annotation=inspect.Signature.empty
+)
+
+
+_CONNECT_DOC = """Connect to ``{endpoint}`` ({what}).
+
+``url``: the server's base URL (``ws://host:port``) or the endpoint's URL. ``api_key`` is sent as
+a query parameter (``auth="query"``) or an ``Authorization: Bearer`` header (``auth="bearer"``).
+``connect_timeout`` bounds the TCP/TLS connect and the upgrade; ``ssl`` overrides the default TLS
+context for ``wss://``; ``max_buffered_bytes`` bounds the audio waiting to be consumed (reading
+pauses above it); ``close_timeout`` bounds the graceful ``close()``.
+
+``config``: sticky config fields (``voice_id``, ``sample_rate``...), session options
+(``cancel_timeout``, ``idle_flush_guard``) and core options (``restart_delay``, ``max_restarts``,
+``ping_interval``, ``ping_timeout``, ``max_buffered_events``...).
+"""
+_WHAT = {
+    "stream": "text in, turns of audio out",
+    "multi": "up to 20 contexts over one socket",
+    "tts": "one-shot requests",
+}
+
+
+def connector(
+    kind: Kind, open_: Callable[[Kind, str, ConnectOptions], _R], flavour: str
+) -> Connect[_R]:
+    """A ``connect_<kind>`` function (the signature of :class:`Connect`) that hands its URL and
+    options to ``open_(kind, url, options)``, which builds one adapter's core and driver (an
+    async adapter returns a coroutine, so the core is built inside the running event loop)."""
+
+    def connect(url: str, **kwargs: Any) -> _R:
+        options = {name: kwargs.pop(name) for name in _OPTIONS if name in kwargs}
+        return open_(kind, url, ConnectOptions(**options, config=kwargs))
+
+    connect.__name__ = connect.__qualname__ = f"connect_{kind}"
+    connect.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+    endpoint = {"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}[kind]
+    connect.__doc__ = _CONNECT_DOC.format(endpoint=endpoint, what=f"{_WHAT[kind]}; {flavour}")
+    return connect
+
+
+def connect_error(core: ClientCore, timed_out: bool = False) -> KugelwireError:
+    """What a failed ``connect_*`` raises."""
+    if timed_out:
+        return ConnectionFailed(f"timed out connecting to {core.url}")
+    return core.error or ConnectionFailed(f"cannot connect to {core.url}")
+
+
+# -- the async drivers' shared half ----------------------------------------------------------
+class _Signal(Protocol):
+    def set(self) -> None: ...
+    def wait(self) -> Awaitable[object]: ...
+
+
+class SignalDriver:
+    """Waiting logic shared by the asyncio and trio drivers.
+
+    One signal (an asyncio / trio ``Event``) fires whenever the core may have changed and is then
+    replaced, so every waiter re-checks the core. Subclasses provide :meth:`now`, :meth:`send`,
+    :meth:`kick` and :meth:`close`.
+    """
+
+    core: ClientCore
+
+    def __init__(self, core: ClientCore, new_signal: Callable[[], _Signal]) -> None:
+        self.core = core
+        self._new_signal = new_signal
+        self._signal = new_signal()
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def kick(self) -> None:
+        """Write what the core queued soon, without waiting (for non-async callers)."""
+        raise NotImplementedError
+
+    async def send(self) -> None:
+        """Write what the core queued (returns once the socket took it)."""
+        raise NotImplementedError
+
+    async def close(self, *, abort: bool = False) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Open the socket, start the background tasks, wait for the upgrade."""
+        raise NotImplementedError
+
+    async def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """Run a core command now, then write what it queued."""
+        result = fn(*args, now=self.now(), **kwargs)
+        await self.send()
+        return result
+
+    def call_soon(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """Run a core command now; its bytes are written soon (for plain functions)."""
+        result = fn(*args, now=self.now(), **kwargs)
+        self.kick()
+        return result
+
+    def changed(self) -> None:
+        """Wake every waiter (the core may have changed)."""
+        self._signal.set()
+        self._signal = self._new_signal()
+
+    async def until(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` (re-checked whenever the core changed)."""
+        while not ready():
+            await self._signal.wait()
+
+    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
+        """The next event of ``buf`` (waiting for it), or None once its stream is over."""
+        core = self.core
+        while not buf.exhausted:
+            signal = self._signal
+            event = core.pop(buf)
+            if core.take_resumed():
+                self.changed()  # the reader may read again
+            if event is not None:
+                return event
+            if not buf.exhausted:
+                await signal.wait()
+        return None
+
+
+# -- pieces shared by the async and the blocking API -------------------------------------------
+class _Handle:
+    """Common face of a turn / request / context handle."""
+
+    def __init__(self, driver: Any, buf: EventBuffer) -> None:
+        self._driver = driver
+        self._buf = buf
+        weakref.finalize(self, driver.core.handle_dropped, buf)
+
+    @property
+    def number(self) -> int | None:
+        """The turn / request number (on the connection that carries it now)."""
+        return self._buf.number
+
+    @property
+    def done(self) -> bool:
+        """True once every event (including the terminal one) was handed out."""
+        return self._buf.exhausted
+
+
+class _ContextHandle(_Handle):
+    @property
+    def context_id(self) -> str:
+        """The context's id."""
+        assert self._buf.context_id is not None
+        return self._buf.context_id
+
+
+class _ClientBase:
+    """Common face of every connection object."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+        self._core: ClientCore = driver.core
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The effective settings of the server's last ``update_settings`` reply."""
+        return self._core.settings
+
+    @property
+    def log(self) -> deque[ClientEvent]:
+        """Recent events that belong to no turn (settings replies, turn-less errors...)."""
+        return self._core.log
+
+    @property
+    def closed(self) -> bool:
+        return self._core.finished
+
+    @property
+    def restarts(self) -> int:
+        """How many times the connection was transparently re-established (1012/1013)."""
+        return self._core.restarts
+
+
+class _Handles(Generic[_H]):
+    """One handle per turn buffer; a dropped turn gets a new handle when more text comes."""
+
+    def __init__(
+        self, core: ClientCore, make: Callable[[EventBuffer], _H],
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        self._core, self._make = core, make
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._handles: weakref.WeakValueDictionary[EventBuffer, Any] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def get(self, buf: EventBuffer) -> _H:
+        with self._lock:
+            handle: _H | None = self._handles.get(buf)
+            if handle is None:
+                self._core.reclaim(buf)
+                handle = self._handles[buf] = self._make(buf)
+        return handle
+
+
+# -- the async API -------------------------------------------------------------------------------
+class AsyncEvents(_Handle):
+    """Async iterator over the events of one turn / request / context, up to its terminal."""
+
+    _driver: SignalDriver
+
+    def __aiter__(self) -> AsyncEvents:
+        return self
+
+    async def __anext__(self) -> ClientEvent:
+        event = await self._driver.next_event(self._buf)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def collect(self) -> list[ClientEvent]:
+        """Every remaining event, up to and including the terminal one."""
+        return [event async for event in self]
+
+
+class AsyncTurn(AsyncEvents):
+    """One turn of ``/ws/tts/stream``: iterate it for its events; ends with ``TurnClosed``
+    (or ``Interrupted`` after a cancel); a lost connection raises a typed error instead."""
+
+
+class AsyncRequest(AsyncEvents):
+    """One ``/ws/tts`` request: its events, ending with ``RequestFinal`` or ``Interrupted``;
+    an error frame for it raises :class:`~kugelwire.errors.ServerErrorResponse`."""
+
+
+class AsyncContext(AsyncEvents, _ContextHandle):
+    """One context of ``/ws/tts/multi``. Iterating it yields all its events until
+    ``ContextClosed``; :meth:`until_final` stops at the end of the current flush-cycle."""
+
+    async def send_text(self, text: str, *, flush: bool = False) -> None:
+        await self._driver.call(self._driver.core.multi_send_text, self._buf, text, flush=flush)
+
+    async def flush(self) -> None:
+        await self._driver.call(self._driver.core.multi_flush, self._buf)
+
+    async def cancel(self) -> None:
+        """Barge-in on this context: its current cycle's audio is dropped from now on."""
+        await self._driver.call(self._driver.core.multi_cancel, self._buf)
+
+    async def close(self, *, immediate: bool = False) -> None:
+        """Graceful close (``final`` then ``context_closed``) or immediate (no more audio)."""
+        await self._driver.call(self._driver.core.multi_close, self._buf, immediate=immediate)
+
+    async def until_final(self) -> AsyncIterator[ClientEvent]:
+        """Events up to and including the next ``TurnFinal`` / ``Interrupted`` /
+        ``ContextClosed``."""
+        async for event in self:
+            yield event
+            if isinstance(event, _FINAL):
+                return
+
+
+class _AsyncClient(_ClientBase):
+    _driver: SignalDriver
+
+    async def update_settings(self, **settings: Any) -> None:
+        """Send ``update_settings`` (the reply lands in :attr:`settings`); never waits."""
+        await self._driver.call(self._core.update_settings, **settings)
+
+    async def close(self) -> None:
+        """Graceful close: ``close_socket``, let the server drain, close the socket."""
+        await self._driver.close()
+
+    async def aclose(self) -> None:
+        """Abort at once (no draining)."""
+        await self._driver.close(abort=True)
+
+    async def __aenter__(self: _AC) -> _AC:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        await self._driver.close(abort=exc_type is not None)
+
+
+class AsyncStream(_AsyncClient):
+    """``/ws/tts/stream``: text in, turns of audio out (full duplex)."""
+
+    def __init__(self, driver: SignalDriver) -> None:
+        super().__init__(driver)
+        self._turns = _Handles(self._core, lambda buf: AsyncTurn(driver, buf))
+
+    async def send_text(self, text: str, *, flush: bool = False) -> AsyncTurn | None:
+        """Send a text fragment now; returns its turn (None for empty text). Never waits for
+        audio."""
+        buf = await self._driver.call(self._core.stream_send_text, text, flush=flush)
+        return None if buf is None else self._turns.get(buf)
+
+    async def flush(self) -> AsyncTurn:
+        """End the open turn (exactly once per turn)."""
+        return self._turns.get(await self._driver.call(self._core.stream_flush))
+
+    async def cancel(self) -> None:
+        """Barge-in: no audio of the cancelled turns is handed out after this returns."""
+        await self._driver.call(self._core.stream_cancel)
+
+
+class AsyncMulti(_AsyncClient):
+    """``/ws/tts/multi``: up to 20 contexts over one socket, one event stream each."""
+
+    async def create_context(
+        self, context_id: str, *, voice_id: int | str | None = None,
+        cfg_scale: float | None = None, max_new_tokens: int | None = None,
+    ) -> AsyncContext:
+        given = {"voice_id": voice_id, "cfg_scale": cfg_scale, "max_new_tokens": max_new_tokens}
+        options = {k: v for k, v in given.items() if v is not None}
+        buf = await self._driver.call(self._core.multi_create, context_id, **options)
+        return AsyncContext(self._driver, buf)
+
+    async def cancel(self) -> None:
+        """Cancel every context still taking input."""
+        await self._driver.call(self._core.multi_cancel, None)
+
+
+class AsyncTTS(_AsyncClient):
+    """``/ws/tts``: one-shot requests, queued in order on one socket."""
+
+    def synthesize(self, text: str, **params: Any) -> AsyncRequest:
+        """Queue a request now (``params`` override the connection config for it) and return
+        its event stream: ``async for ev in tts.synthesize("Hi.", voice_id=1)``."""
+        buf = self._driver.call_soon(self._core.tts_request, text, **params)
+        return AsyncRequest(self._driver, buf)
+
+    async def cancel(self) -> None:
+        """Abandon the request being generated."""
+        await self._driver.call(self._core.tts_cancel)
+
+
+_ASYNC_CLIENTS: dict[str, type[_AsyncClient]] = {
+    "stream": AsyncStream, "multi": AsyncMulti, "tts": AsyncTTS,
+}
+
+
+def async_connectors(
+    new_driver: Callable[[ClientCore, ConnectOptions], SignalDriver],
+    clock: Callable[[], float],
+    flavour: str,
+) -> tuple[
+    Connect[Coroutine[Any, Any, AsyncStream]],
+    Connect[Coroutine[Any, Any, AsyncMulti]],
+    Connect[Coroutine[Any, Any, AsyncTTS]],
+]:
+    """``connect_stream``, ``connect_multi`` and ``connect_tts`` of an async adapter."""
+
+    async def open_(kind: Kind, url: str, options: ConnectOptions) -> Any:
+        driver = new_driver(options.core(kind, url, clock()), options)
+        await driver.start()
+        return _ASYNC_CLIENTS[kind](driver)
+
+    return (
+        connector("stream", open_, flavour),
+        connector("multi", open_, flavour),
+        connector("tts", open_, flavour),
+    )
+
+
+# -- the blocking API ----------------------------------------------------------------------------
+class BlockingDriver(Protocol):
+    """What the blocking API needs from the sync adapter's driver."""
+
+    core: ClientCore
+
+    @property
+    def cond(self) -> AbstractContextManager[Any]:
+        """The lock guarding the core."""
+
+    def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R: ...
+    def next_event(self, buf: EventBuffer) -> ClientEvent | None: ...
+    def close(self, *, abort: bool = False) -> None: ...
+
+
+class Events(_Handle):
+    """Iterator over the events of one turn / request / context, up to its terminal."""
+
+    _driver: BlockingDriver
+
+    def __iter__(self) -> Iterator[ClientEvent]:
+        return self
+
+    def __next__(self) -> ClientEvent:
+        event = self._driver.next_event(self._buf)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def collect(self) -> list[ClientEvent]:
+        """Every remaining event, up to and including the terminal one."""
+        return list(self)
+
+
+class Turn(Events):
+    """One turn of ``/ws/tts/stream`` (ends with TurnClosed / Interrupted)."""
+
+
+class Request(Events):
+    """One ``/ws/tts`` request (ends with RequestFinal / Interrupted)."""
+
+
+class Context(Events, _ContextHandle):
+    """One ``/ws/tts/multi`` context (ends with ContextClosed)."""
+
+    def send_text(self, text: str, *, flush: bool = False) -> None:
+        self._driver.call(self._driver.core.multi_send_text, self._buf, text, flush=flush)
+
+    def flush(self) -> None:
+        self._driver.call(self._driver.core.multi_flush, self._buf)
+
+    def cancel(self) -> None:
+        self._driver.call(self._driver.core.multi_cancel, self._buf)
+
+    def close(self, *, immediate: bool = False) -> None:
+        self._driver.call(self._driver.core.multi_close, self._buf, immediate=immediate)
+
+    def until_final(self) -> Iterator[ClientEvent]:
+        """Events up to and including the next TurnFinal / Interrupted / ContextClosed."""
+        for event in self:
+            yield event
+            if isinstance(event, _FINAL):
+                return
+
+
+class SyncClient(_ClientBase):
+    """Common face of the blocking connection objects."""
+
+    _driver: BlockingDriver
+
+    def update_settings(self, **settings: Any) -> None:
+        self._driver.call(self._core.update_settings, **settings)
+
+    def close(self) -> None:
+        self._driver.close()
+
+    def __enter__(self: _SC) -> _SC:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._driver.close(abort=exc_type is not None)
+
+
+class Stream(SyncClient):
+    """``/ws/tts/stream``: text in, turns of audio out."""
+
+    def __init__(self, driver: BlockingDriver) -> None:
+        super().__init__(driver)
+        self._turns = _Handles(self._core, lambda buf: Turn(driver, buf), driver.cond)
+
+    def send_text(self, text: str, *, flush: bool = False) -> Turn | None:
+        buf = self._driver.call(self._core.stream_send_text, text, flush=flush)
+        return None if buf is None else self._turns.get(buf)
+
+    def flush(self) -> Turn:
+        return self._turns.get(self._driver.call(self._core.stream_flush))
+
+    def cancel(self) -> None:
+        self._driver.call(self._core.stream_cancel)
+
+
+class Multi(SyncClient):
+    """``/ws/tts/multi``: up to 20 contexts, one event stream each."""
+
+    def create_context(self, context_id: str, **options: Any) -> Context:
+        buf = self._driver.call(self._core.multi_create, context_id, **options)
+        return Context(self._driver, buf)
+
+    def cancel(self) -> None:
+        self._driver.call(self._core.multi_cancel, None)
+
+
+class TTS(SyncClient):
+    """``/ws/tts``: one-shot requests queued in order on one socket."""
+
+    def synthesize(self, text: str, **params: Any) -> Request:
+        return Request(self._driver, self._driver.call(self._core.tts_request, text, **params))
+
+    def cancel(self) -> None:
+        self._driver.call(self._core.tts_cancel)

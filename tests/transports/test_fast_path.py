@@ -1,0 +1,137 @@
+"""The client's receive fast path (single-frame text messages skip wsproto) changes nothing:
+the same messages, replies and close outcome as wsproto alone, however the bytes are split."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+from wsproto.frame_protocol import FrameProtocol
+
+from kugelwire.protocol._errors import RemoteProtocolError
+from kugelwire.protocol._ws import ClientConnection, ConnectionClosed
+
+
+class _Recorder:
+    """A MessageSession that records what it is given."""
+
+    close_code = None
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.lost: list[Any] = []
+
+    def receive_message(self, text: str, now: float) -> None:
+        if text == "bad":
+            raise RemoteProtocolError("bad message")
+        self.messages.append(text)
+
+    def messages_to_send(self) -> list[str]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def handle_timeout(self, now: float) -> None:
+        pass
+
+    def connection_lost(self, code: int | None, reason: str, now: float) -> None:
+        self.lost.append((code, reason))
+
+
+def _open(fast: bool) -> tuple[ClientConnection, _Recorder, WSConnection]:
+    session = _Recorder()
+    conn = ClientConnection(session, "ws://127.0.0.1:9/ws/tts/stream", now=0.0,
+                            keepalive_interval=None, max_message_size=300_000)
+    if not fast:
+        conn._wsproto_idle = lambda: False  # type: ignore[method-assign]
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(conn.data_to_send())
+    assert isinstance(next(server.events()), Request)
+    conn.receive_data(server.send(AcceptConnection()), 0.0)
+    list(conn.events())
+    return conn, session, server
+
+
+def _stream(server: WSConnection, rng: random.Random, tail: str) -> bytes:
+    out = b""
+    for i in range(40):
+        kind = rng.random()
+        if kind < 0.5:
+            size = rng.choice([0, 5, 125, 126, 1000, 65535, 65536, 70000])
+            out += server.send(TextMessage(data=f"{i}:" + "x" * size))
+        elif kind < 0.65:
+            out += server.send(TextMessage(data=f"{i}:é€😀 ünïcode"))
+        elif kind < 0.8:
+            out += server.send(Ping(payload=b"p%d" % i))
+        else:  # a fragmented message
+            out += server.send(TextMessage(data=f"{i}:part1-", message_finished=False))
+            out += server.send(TextMessage(data="part2", message_finished=True))
+    if tail == "close":
+        out += server.send(CloseConnection(code=1000, reason="bye"))
+    elif tail == "bad-utf8":
+        out += b"\x81\x02\xc3\x28"  # invalid UTF-8 in a text frame
+    elif tail == "masked":
+        out += b"\x81\x82abcd" + bytes(c ^ m for c, m in zip(b"hi", b"ab", strict=True))
+    elif tail == "too-big":
+        out += server.send(TextMessage(data="y" * 300_001))
+    elif tail == "bad-message":
+        out += server.send(TextMessage(data="bad")) + server.send(TextMessage(data="after"))
+    elif tail == "non-minimal":
+        out += b"\x81\x7e\x00\x05hello"
+    return out
+
+
+def _run(fast: bool, payload: bytes, cuts: list[int]) -> tuple[Any, ...]:
+    conn, session, _ = _open(fast)
+    replies = b""
+    last = 0
+    for cut in [*cuts, len(payload)]:
+        conn.receive_data(payload[last:cut], 1.0)
+        replies += conn.data_to_send()
+        last = cut
+    conn.receive_data(b"", 2.0)
+    replies += conn.data_to_send()
+    closed = [e for e in conn.events() if isinstance(e, ConnectionClosed)]
+    decoder = FrameProtocol(client=False, extensions=[])  # client frames are randomly masked
+    decoder.receive_bytes(replies)
+    frames = [(f.opcode, bytes(f.payload) if isinstance(f.payload, bytes | bytearray)
+               else f.payload) for f in decoder.received_frames()]
+    return session.messages, frames, [(c.code, c.reason, c.by_peer) for c in closed]
+
+
+@pytest.mark.parametrize(
+    "tail", ["none", "close", "bad-utf8", "masked", "too-big", "bad-message", "non-minimal"]
+)
+def test_fast_path_matches_wsproto(tail: str) -> None:
+    rng = random.Random(tail)
+    _, _, server = _open(True)
+    payload = _stream(server, rng, tail)
+    body = len(_stream(_open(True)[2], random.Random(tail), "none"))  # the frames, no tail
+    for i in range(15):
+        cuts = sorted(rng.sample(range(1, len(payload)), rng.choice([0, 1, 5, 40, 200])))
+        if i % 3 == 0:  # the tail arrives on its own, when the fast path is at a frame boundary
+            cuts = sorted({*(c for c in cuts if c < body), body})
+        fast, slow = _run(True, payload, cuts), _run(False, payload, cuts)
+        assert fast == slow
+        assert len(fast[0]) >= 10 or tail == "bad-message"
+
+
+def test_fast_path_is_taken() -> None:
+    conn, session, server = _open(True)
+    calls: list[bytes | None] = []
+    real = conn._ws.receive_data
+
+    def spy(data: bytes | None) -> None:
+        calls.append(data)
+        real(data)
+
+    conn._ws.receive_data = spy  # type: ignore[method-assign]
+    payload = b"".join(server.send(TextMessage(data=f"m{i}")) for i in range(50))
+    for i in range(0, len(payload), 7):
+        conn.receive_data(payload[i : i + 7], 1.0)
+    assert session.messages == [f"m{i}" for i in range(50)]
+    assert calls == []  # wsproto never saw a byte of them
