@@ -1,0 +1,1 @@
+"""kugelwire benchmarks: plain scripts, run ``python -m benchmarks.run_all`` (see README.md)."""
