@@ -11,6 +11,10 @@ deadline that falls due on the way.
     pair.client.flush(pair.now)
     pair.pump()
     events = pair.client_events()
+
+Hypothesis strategies for the inputs (LLM-like token streams with markup and unicode, server
+frame sequences, timer steps, network splits) are in :mod:`kugelwire.testing_strategies`,
+which needs hypothesis; this module does not. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -144,8 +148,13 @@ class SessionPair(Generic[C]):
         *,
         engine: PairEngine | None = None,
         clock: FakeClock | None = None,
+        collect_events: bool = True,
     ) -> None:
         self.client = client
+        #: With ``collect_events=False`` the pair never drains the client's events, so code
+        #: under test (an SDK built on the session) reads them itself; ``client_events()``
+        #: then only returns what was collected before.
+        self.collect_events = collect_events
         self.server = server
         self.engine = engine or PairEngine()
         self.clock = clock or FakeClock()
@@ -163,11 +172,14 @@ class SessionPair(Generic[C]):
         *,
         limits: ServerLimits | None = None,
         engine: PairEngine | None = None,
+        collect_events: bool = True,
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[StreamClientSession]:
         client = StreamClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(client, StreamServerSession(limits=limits), engine=engine)
+        return SessionPair(
+            client, StreamServerSession(limits=limits), engine=engine, collect_events=collect_events
+        )
 
     @classmethod
     def multi(
@@ -175,11 +187,14 @@ class SessionPair(Generic[C]):
         *,
         limits: ServerLimits | None = None,
         engine: PairEngine | None = None,
+        collect_events: bool = True,
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[MultiClientSession]:
         client = MultiClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(client, MultiServerSession(limits=limits), engine=engine)
+        return SessionPair(
+            client, MultiServerSession(limits=limits), engine=engine, collect_events=collect_events
+        )
 
     @classmethod
     def tts(
@@ -187,11 +202,14 @@ class SessionPair(Generic[C]):
         *,
         limits: ServerLimits | None = None,
         engine: PairEngine | None = None,
+        collect_events: bool = True,
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[TTSClientSession]:
         client = TTSClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(client, TTSServerSession(limits=limits), engine=engine)
+        return SessionPair(
+            client, TTSServerSession(limits=limits), engine=engine, collect_events=collect_events
+        )
 
     # -- moving things ---------------------------------------------------------------------------
     @property
@@ -253,6 +271,7 @@ class SessionPair(Generic[C]):
     def advance(self, seconds: float, *, pump: bool = True) -> None:
         """Move the clock, firing every deadline of either side that falls due on the way."""
         target = self.clock.now + seconds
+        stuck = 0
         while True:
             deadlines = [
                 d
@@ -262,6 +281,14 @@ class SessionPair(Generic[C]):
             if not deadlines:
                 break
             due = max(self.clock.now, min(deadlines))
+            stuck = stuck + 1 if due == self.clock.now else 0
+            if stuck > 1000:
+                # A deadline that handle_timeout(now) does not consume would make a transport
+                # spin: report it instead of hanging.
+                raise RuntimeError(
+                    f"deadline {due} is not consumed by handle_timeout (client "
+                    f"{self.client.next_deadline()}, server {self.server.next_deadline()})"
+                )
             self.clock.now = due
             self.client.handle_timeout(due)
             self.server.handle_timeout(due)
@@ -274,7 +301,8 @@ class SessionPair(Generic[C]):
             self.pump()
 
     def _collect(self) -> None:
-        self.events.extend(self.client.events())
+        if self.collect_events:
+            self.events.extend(self.client.events())
 
     def client_events(self) -> list[ClientEvent]:
         """Every client event so far (kept; call repeatedly)."""

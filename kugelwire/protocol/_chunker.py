@@ -436,10 +436,11 @@ class Chunker:
                     self._append(c, False)
                 else:
                     self._append(c, False)
-                    self._state = _RUN
-                    self._strong = c in _STRONG or c in _CJK
-                    self._cjk = c in _CJK
-                    self._cand = (self._raw_len, self._text_len)
+                    if self._raw_len:  # (a max-buffer cut right after it took the terminator)
+                        self._state = _RUN
+                        self._strong = c in _STRONG or c in _CJK
+                        self._cjk = c in _CJK
+                        self._cand = (self._raw_len, self._text_len)
                 i += 1
             elif state == _RUN:
                 c = s[i]

@@ -848,6 +848,12 @@ class MultiClientSession(_ClientSession):
     def close_socket(self, now: float) -> None:
         self._check_usable()
         self._closing = True
+        # The server closes every context still open gracefully, which flushes it: each one's
+        # current cycle gets a final, so it is started and marked like close_context() does.
+        for ctx in self._contexts.values():
+            if ctx.state in (ClientContextState.CREATING, ClientContextState.OPEN):
+                self._announce(ctx)
+                ctx.flush_marks.append(len(ctx.cycle.parts))
         self._send({"close_socket": True})
 
     def replay(self, replay: TurnReplay, now: float, *, voice_id: int | str | None = None) -> None:

@@ -705,7 +705,8 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
         raise _E("sr: must be positive", field="sr")
     samples = _uint(obj, "samples")
     if samples is None:  # derive from the payload length without decoding
-        n = (len(audio) * 3) // 4 - audio[-2:].count("=")
+        # (never negative: a malformed payload such as "=" must not give -1 samples)
+        n = max(0, (len(audio) * 3) // 4 - audio[-2:].count("="))
         samples = n // 2 if enc == "pcm_s16le" else n
     return AudioFrame(
         audio,

@@ -971,6 +971,9 @@ class ServerConnection(_Connection):
         except h11.ProtocolError:  # e.g. an HTTP/1.0 upgrade without Host
             self._http_reject(400, "bad_request", b"")
             return
+        except UnicodeDecodeError:  # wsproto decodes Connection/Upgrade tokens as ASCII
+            self._http_reject(400, "bad_request", b"")
+            return
         params = _parse_query(query)
         if not self._authorized(params, headers):
             if self._auth_failure == "http":
