@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import sys
 import time
 
 from kugelwire.protocol import (
@@ -171,41 +170,10 @@ def one_input(data: bytes) -> None:
     assert elapsed < 2.0 + 100e-6 * len(data), elapsed
 
 
-def _corpus(name: str, seeds: list[bytes]) -> str:
-    """The corpus directory (``$KUGELWIRE_FUZZ_CORPUS/<name>``, default under the system temp
-    directory), seeded on first use."""
-    import os
-    import pathlib
-    import tempfile
-
-    root = os.environ.get("KUGELWIRE_FUZZ_CORPUS") or os.path.join(
-        tempfile.gettempdir(), "kugelwire-fuzz"
-    )
-    path = pathlib.Path(root) / name
-    path.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        (path / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
-    return str(path)
-
-
 def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        import random
+    from _harness import run  # fuzz/ is on sys.path when this file runs as a script
 
-        rng = random.Random(0)
-        n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-        for _ in range(n):
-            seed = bytearray(rng.choice(SEEDS))
-            for _ in range(rng.randint(0, 8)):
-                seed[rng.randrange(len(seed))] = rng.randrange(256)
-            one_input(bytes(seed))
-        print(f"{n} random inputs, property holds")
-        return
-    atheris.instrument_all()
-    atheris.Setup([*sys.argv, _corpus("ws_client", SEEDS)], one_input)
-    atheris.Fuzz()
+    run("ws_client", SEEDS, one_input)
 
 
 if __name__ == "__main__":
