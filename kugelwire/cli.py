@@ -349,7 +349,8 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = make_engine(args.engine)
     try:
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key)
+        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key,
+                          lint=_serve_linter(args))
         server = await server_cm.__aenter__()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -367,6 +368,16 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         await server_cm.__aexit__(None, None, None)
     return 0
+
+
+def _serve_linter(args: argparse.Namespace) -> Any:
+    """``serve``'s rule checks: findings printed as they happen (False with ``--no-lint``)."""
+    if args.no_lint:
+        return False
+    from .lint import Linter
+
+    return Linter(on_finding=lambda f: print(f"kugelwire: lint: {f}", flush=True),
+                  on_summary=None)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -402,6 +413,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
     serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    serve.add_argument("--no-lint", action="store_true",
+                       help="do not check clients against the streaming rules (on by default)")
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")

@@ -11,8 +11,9 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+from ..lint import Linter
 from ..protocol._messages import WordTimestamp
 from ..protocol._server import (
     MultiServerSession,
@@ -62,6 +63,8 @@ class ServerOptions:
     #: within ``ping_timeout`` is closed with 1011 (a dead or half-open peer).
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
+    #: Rule checks of client behaviour (:mod:`kugelwire.lint`) on every session, or None.
+    lint: Linter | None = None
 
     def __post_init__(self) -> None:
         if self.write_buffer_limit <= 0:
@@ -80,10 +83,19 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
-    def new_session(self, path: str) -> _ServerSession | None:
-        """The core session for an endpoint path, or None (404)."""
+    def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
+        """The core session for an endpoint path accepted at ``now``, or None (404).
+
+        With :attr:`lint` the session is wrapped in a :class:`~kugelwire.lint.LintedSession`
+        (same interface, every call forwarded); ``now`` lets it time the first text."""
         cls = _SESSIONS.get(path)
-        return None if cls is None else cls(limits=self.limits)
+        if cls is None:
+            return None
+        session = cls(limits=self.limits)
+        if self.lint is None:
+            return session
+        # the wrapper has the session's whole interface (it forwards every attribute)
+        return cast(_ServerSession, self.lint.wrap(session, path, now))
 
 
 class EngineJob:

@@ -150,7 +150,7 @@ class _Connection:
                 await self._stream.aclose()
 
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path)
+        session = self._options.new_session(path, trio.current_time())
         if session is not None and self._server._draining is not None:
             session.shutdown(trio.current_time(), 1013)
         return session
