@@ -401,6 +401,70 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    """``kugelwire conformance``: exit 0 when every endpoint conforms, 1 otherwise."""
+    try:
+        from .conformance import format_transcript, run
+    except ImportError as exc:  # pragma: no cover - hypothesis is a dev dependency here
+        raise CliError(str(exc)) from None
+    endpoints = [{"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}[e]
+                 for e in (args.endpoint or ["stream", "multi", "tts"])]
+    try:
+        report = run(
+            args.url, api_key=args.api_key or os.environ.get("KUGELAUDIO_API_KEY"),
+            endpoints=endpoints, examples=args.examples, seed=args.seed, budget=args.budget,
+            rate=args.rate or None, voice_id=args.voice_id, timeout=args.timeout,
+            progress=lambda line: print(f"kugelwire conformance: {line}", flush=True),
+        )
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    for result in report.results:
+        if result.error is not None:
+            print(f"{result.endpoint}: could not run: {result.error}")
+        elif result.transcript is not None:
+            print(f"\n{result.endpoint}: FAILED after {result.examples} examples; the "
+                  "shrunk failing session:")
+            print(format_transcript(result.transcript, result.violations))
+            print(f"replay it: kugelwire conformance {args.url} --replay REPORT.json "
+                  "(from --json)")
+    if args.json:
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=1)
+    verdict = "conforms" if report.passed else "does NOT conform"
+    print(f"kugelwire conformance: {args.url} {verdict} ({report.seconds:.1f} s, seed "
+          f"{report.seed if report.seed is not None else 'random'})")
+    return 0 if report.passed else 1
+
+
+def _conformance_replay(args: argparse.Namespace) -> int:
+    """``--replay REPORT.json``: run the failing scripts of a report again."""
+    import json
+
+    from .conformance import format_transcript, replay
+
+    with open(args.replay, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    failed = False
+    for result in saved.get("results", []):
+        if not result.get("script"):
+            continue
+        transcript, violations = replay(
+            args.url, result["endpoint"], result["script"],
+            api_key=args.api_key or os.environ.get("KUGELAUDIO_API_KEY"), timeout=args.timeout,
+        )
+        print(format_transcript(transcript, violations))
+        failed = failed or bool(violations)
+    print(f"kugelwire conformance: replay {'still fails' if failed else 'passes'}")
+    return 1 if failed else 0
+
+
+async def _cmd_conformance(args: argparse.Namespace) -> int:
+    fn = _conformance_replay if args.replay else _conformance
+    return await asyncio.to_thread(fn, args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kugelwire", description="KugelAudio streaming TTS: local server and client."
@@ -435,6 +499,29 @@ def _parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="stream tokens from stdin as they arrive")
     client_flags(stream)
 
+    conf = sub.add_parser(
+        "conformance", help="property-based conformance test of any KugelAudio-compatible server"
+    )
+    conf.add_argument("url", help="server base URL, e.g. ws://127.0.0.1:8765")
+    conf.add_argument("--api-key", default=None, help="API key (or KUGELAUDIO_API_KEY)")
+    conf.add_argument("--endpoint", action="append", choices=["stream", "multi", "tts"],
+                      help="endpoint to test (repeatable; default: all three)")
+    conf.add_argument("--examples", type=int, default=30, help="sessions per endpoint (30)")
+    conf.add_argument("--seed", type=int, default=None, help="hypothesis seed (reproducible)")
+    conf.add_argument("--budget", type=float, default=60.0,
+                      help="seconds for generating sessions, all endpoints (60; shrinking a "
+                           "failure may take longer)")
+    conf.add_argument("--rate", type=float, default=2.0,
+                      help="new connections per second at most (2; 0: no limit)")
+    conf.add_argument("--voice-id", default=None, type=lambda v: int(v) if v.isdigit() else v,
+                      help="voice_id for every session (the hosted service needs one)")
+    conf.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for any one answer (10)")
+    conf.add_argument("--json", default=None, metavar="REPORT",
+                      help="write a JSON report (with the shrunk failing scripts)")
+    conf.add_argument("--replay", default=None, metavar="REPORT",
+                      help="run the failing scripts of a JSON report again")
+
     demo = sub.add_parser("demo", help="local server + a streamed paragraph into demo.wav")
     demo.add_argument("--out", default="demo.wav")
     demo.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto")
@@ -443,6 +530,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS = {"serve": _cmd_serve, "say": _cmd_say, "stream": _cmd_stream, "demo": _cmd_demo}
+_COMMANDS["conformance"] = _cmd_conformance
 
 
 def main(argv: list[str] | None = None) -> int:

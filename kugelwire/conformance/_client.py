@@ -228,10 +228,30 @@ class RawConnection:
             self._write()
 
     def receive_until(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float
+        self,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float,
+        quiet: float | None = None,
     ) -> bool:
-        """Read until ``predicate(received messages so far)`` holds (False on timeout/close)."""
-        return self._pump(lambda: predicate(self.transcript.received), timeout)
+        """Read until ``predicate(received messages so far)`` holds. False on timeout, on
+        close, or (with ``quiet``) when nothing arrived for ``quiet`` seconds."""
+        if quiet is None:
+            return self._pump(lambda: predicate(self.transcript.received), timeout)
+        end = time.monotonic() + timeout
+        while True:
+            count = len(self.transcript.entries)
+            left = end - time.monotonic()
+            if left <= 0:
+                return predicate(self.transcript.received)
+            done = self._pump(
+                lambda c=count: predicate(self.transcript.received)  # type: ignore[misc]
+                or len(self.transcript.entries) > c,
+                min(quiet, left),
+            )
+            if predicate(self.transcript.received):
+                return True
+            if not done or not self.is_open:
+                return False  # quiet (or closed)
 
     def settle(self, quiet: float, timeout: float) -> None:
         """Read until nothing arrived for ``quiet`` seconds (or ``timeout`` passed)."""

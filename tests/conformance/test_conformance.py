@@ -1,0 +1,127 @@
+"""``kugelwire conformance`` against real servers on loopback: the local server conforms (on
+every backend listed in BACKENDS); servers broken on purpose fail with a shrunk transcript."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kugelwire.conformance import run
+from kugelwire.server import ServerOptions, ThreadedServer, run_in_thread
+from kugelwire.synth import ToneEngine
+
+pytestmark = pytest.mark.timeout(120)
+
+KEY = "conf-key"
+#: server backends to test against (the asyncio runner today; more join as they land)
+BACKENDS = ["asyncio"]
+
+
+@contextmanager
+def local_server(backend: str, **kwargs: Any) -> Iterator[ThreadedServer]:
+    assert backend == "asyncio", backend
+    with run_in_thread(engine=ToneEngine(), api_key=KEY, lint=False, **kwargs) as server:
+        yield server
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cli_passes_against_the_local_server(backend: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    with local_server(backend) as server:
+        out = subprocess.run(
+            [sys.executable, "-m", "kugelwire", "conformance", server.url, "--api-key", KEY,
+             "--voice-id", "1", "--examples", "12", "--budget", "12", "--rate", "0",
+             "--seed", "7", "--json", str(report)],
+            capture_output=True, text=True, timeout=90, env={**os.environ},
+        )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "conforms" in out.stdout
+    data = json.loads(report.read_text())
+    assert data["passed"] is True
+    assert [r["endpoint"] for r in data["results"]] == ["/ws/tts/stream", "/ws/tts/multi",
+                                                        "/ws/tts"]
+    assert all(r["examples"] >= 3 for r in data["results"])  # really ran sessions
+
+
+# -- servers that break one invariant ------------------------------------------------------
+class _Broken:
+    """A real server session, with one rule broken in what it sends."""
+
+    def __init__(self, session: Any, mode: str) -> None:
+        self._s, self._mode = session, mode
+        self._last_audio: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+    @property
+    def close_code(self) -> int | None:
+        code: int | None = self._s.close_code
+        return code
+
+    def messages_to_send(self) -> list[str]:
+        out: list[str] = []
+        for text in self._s.messages_to_send():
+            if self._mode == "skip-final" and text.startswith('{"final"'):
+                continue
+            out.append(text)
+            if text.startswith('{"audio"'):
+                self._last_audio = text
+            if (
+                self._mode == "audio-after-interrupted"
+                and text.startswith('{"interrupted"')
+                and self._last_audio is not None
+            ):
+                out.append(self._last_audio)  # one stale frame of the cancelled turn
+        return out
+
+
+@dataclass(frozen=True)
+class BrokenOptions(ServerOptions):
+    """The server's options with every session wrapped in :class:`_Broken`."""
+
+    mode: str = "skip-final"
+
+    def new_session(self, path: str, now: float | None = None) -> Any:
+        session = super().new_session(path, now)
+        return None if session is None else _Broken(session, self.mode)
+
+
+@contextmanager
+def broken_server(mode: str) -> Iterator[ThreadedServer]:
+    options = BrokenOptions(engine=ToneEngine(), api_key=KEY, mode=mode)
+    with ThreadedServer("127.0.0.1", 0, options) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("mode", "endpoint", "invariant"),
+    [("skip-final", "/ws/tts/stream", "frame-order"),
+     ("audio-after-interrupted", "/ws/tts/stream", "after-interrupted")],
+)
+def test_a_broken_server_fails_with_a_shrunk_transcript(
+    mode: str, endpoint: str, invariant: str
+) -> None:
+    with broken_server(mode) as server:
+        report = run(server.url, api_key=KEY, endpoints=[endpoint], examples=60, seed=3,
+                     budget=40, rate=None, voice_id=1)
+    assert not report.passed
+    result = report.results[0]
+    assert result.transcript is not None and result.script is not None
+    assert invariant in {v.invariant for v in result.violations}
+    sent = [s for s in result.script if s[0] == "send"]
+    # shrunk: a handful of frames, not the dozens a generated session has
+    assert len(sent) <= 4, result.script
+    if mode == "skip-final":
+        assert any("session_closed without a `final`" in v.message for v in result.violations)
+    else:
+        assert any(s[1].get("cancel") for s in sent)
