@@ -463,10 +463,12 @@ class _Watch:
         now: float,
         *,
         latency_ms: float | None = None,
-        turn: int | None = None,
+        whole: bool = False,
     ) -> None:
+        """Make a finding about ``unit`` (its turn / cycle unless ``whole``: the context)."""
         self.rules.append(rule)
-        if turn is None and unit is not None:
+        turn = None
+        if unit is not None and not whole:
             turn = unit.number if unit.context_id is None else unit.cycle
         self.linter._report(
             Finding(
@@ -676,7 +678,7 @@ class _Watch:
                     f"{len(self.ctx_series)} contexts in a row ({ids}) each carried one short "
                     "text and were closed, the next one opened at once",
                     now,
-                    turn=None,
+                    whole=True,
                 )
         else:
             self.ctx_series, self.ctx_series_last = [], None
@@ -728,7 +730,7 @@ class _Watch:
                 + ("" if idle is None else f" and idle for {now - idle:.1f} s")
                 + " until the server's inactivity timeout closed it",
                 now,
-                turn=None,
+                whole=True,
             )
         elif obj.get("session_closed") and self.endpoint == "/ws/tts/stream":
             if self.turn is not None and not self.turn.open:
