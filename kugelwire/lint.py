@@ -64,7 +64,7 @@ class Rule(str, Enum):
     SESSION_PER_SENTENCE = "session-per-sentence"
     #: A turn that was never flushed and ended by the server's idle auto-flush.
     IDLE_AUTO_FLUSH = "idle-auto-flush"
-    #: Text right after the handshake on a connection opened just for that one turn.
+    #: The first text right after the handshake: the connection was opened inside the turn.
     NO_PRECONNECT = "no-preconnect"
     #: ``<spell>`` sent with ``normalize`` off or without a ``language``.
     SPELL_WITHOUT_LANGUAGE = "spell-without-language"
@@ -121,7 +121,7 @@ class LintThresholds:
             flush continues the same LLM reply, so that flush was mid-reply. A real next turn
             waits for the user to speak, which takes longer.
         cold_text_s: the first text arriving at most this long after the handshake means the
-            connection was opened for that text (no pre-connect).
+            connection was opened inside the turn (no pre-connect), whatever it carries later.
         short_text_chars: a turn / context / request of at most this many characters is "a
             sentence" for the per-sentence rules.
         repeat: how many single-sentence connections (or contexts) in a row make a
@@ -133,7 +133,7 @@ class LintThresholds:
     mid_reply_gap_s: float = 1.0
     cold_text_s: float = 0.1
     short_text_chars: int = 250
-    repeat: int = 3
+    repeat: int = 2
     reconnect_gap_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -352,22 +352,23 @@ class Linter:
         for sink in self._sinks:
             sink(finding)
 
+    def _series_live(self, endpoint: str, opened_at: float | None) -> bool:
+        """Did a single-sentence connection on ``endpoint`` close just before ``opened_at``?"""
+        series = self._series.get(endpoint)
+        return (
+            series is not None
+            and series.count > 0
+            and opened_at is not None
+            and opened_at - series.last_closed_at <= self.thresholds.reconnect_gap_s
+        )
+
     def _closed(self, watch: _Watch, now: float) -> None:
         """Cross-connection rules, then the summary."""
         th = self.thresholds
-        one_turn = watch.units == 1
-        cold = (
-            watch.opened_at is not None
-            and watch.first_text_at is not None
-            and watch.first_text_at - watch.opened_at <= th.cold_text_s
-        )
         series = self._series.setdefault(watch.endpoint, _Series())
-        continues = (
-            bool(series.ids)
-            and watch.opened_at is not None
-            and watch.opened_at - series.last_closed_at <= th.reconnect_gap_s
-        )
-        if one_turn and cold and watch.characters <= th.short_text_chars:
+        continues = series.count > 0 and self._series_live(watch.endpoint, watch.opened_at)
+        joined = watch.units == 1 and watch.cold and watch.characters <= th.short_text_chars
+        if joined:
             if not continues:
                 series.ids, series.count, series.reported = [], 0, False
             series.count += 1
@@ -376,17 +377,9 @@ class Linter:
             series.last_closed_at = now
         else:
             series.ids, series.count, series.reported = [], 0, False
-        if one_turn and cold and series.count <= 1:
-            # (a connection that continues a series is covered by the series' finding)
-            assert watch.opened_at is not None and watch.first_text_at is not None
-            gap_ms = (watch.first_text_at - watch.opened_at) * 1000
-            watch.report(
-                Rule.NO_PRECONNECT,
-                None,
-                f"the connection was opened for one turn ({watch.characters} characters): its "
-                f"first text came {gap_ms:.0f} ms after the handshake, then it closed",
-                now,
-            )
+        if watch.cold_pending and not (joined and series.count > 1):
+            # decided now: it did not continue a connection-per-sentence series after all
+            watch.report_cold(now)
         if series.count >= th.repeat and not series.reported:
             series.reported = True
             watch.report(
@@ -437,6 +430,8 @@ class _Watch:
     endpoint: str
     opened_at: float | None
     first_text_at: float | None = None
+    cold: bool = False  # the first text came right after the handshake
+    cold_pending: bool = False  # ...and whether that is a finding is decided at close
     client_frames: int = 0
     server_frames: int = 0
     units: int = 0
@@ -484,6 +479,18 @@ class _Watch:
             )
         )
 
+    def report_cold(self, now: float) -> None:
+        assert self.opened_at is not None and self.first_text_at is not None
+        self.cold_pending = False
+        gap_ms = (self.first_text_at - self.opened_at) * 1000
+        self.report(
+            Rule.NO_PRECONNECT,
+            None,
+            f"the first text came {gap_ms:.0f} ms after the handshake: the connection was "
+            "opened inside the turn, so the turn waited for a TCP/TLS/WebSocket handshake",
+            now,
+        )
+
     # -- client frames -----------------------------------------------------------------------
     def client(self, obj: dict[str, Any], now: float) -> None:
         self.client_frames += 1
@@ -491,6 +498,13 @@ class _Watch:
         text = text if isinstance(text, str) else ""
         if text and self.first_text_at is None:
             self.first_text_at = now
+            opened = self.opened_at
+            if opened is not None and now - opened <= self.linter.thresholds.cold_text_s:
+                self.cold = True
+                if self.linter._series_live(self.endpoint, opened):
+                    self.cold_pending = True  # perhaps the next of a per-sentence series
+                else:
+                    self.report_cold(now)
         if text and self.closed_socket and not self.text_after_close_reported:
             self.text_after_close_reported = True
             self.report(

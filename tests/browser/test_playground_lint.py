@@ -64,8 +64,8 @@ def test_findings_appear_in_the_page(browser: Any) -> None:
         conn.close()
         page.wait_for_function("() => window.kugelwirePlayground.lint.findings.length >= 2")
         state = lint_state(page)
-        assert [f["rule"] for f in state["findings"]] == ["spell-without-language",
-                                                          "no-preconnect"]
+        assert [f["rule"] for f in state["findings"]] == ["no-preconnect",
+                                                          "spell-without-language"]
         text = page.inner_text("#findings")
         assert "no-preconnect" in text and "Instead: connect at startup" in text
         assert "2 finding(s)" in page.inner_text("#lint-status")

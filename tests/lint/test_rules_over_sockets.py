@@ -106,7 +106,8 @@ def test_connection_per_sentence(server: ThreadedServer, linter: Linter) -> None
     found = settled(linter)
     assert rules(found) == [Rule.NO_PRECONNECT, Rule.SESSION_PER_SENTENCE]
     series = found[1]
-    assert series.turn is None and "3 connections in a row (c1, c2, c3)" in series.evidence
+    assert series.turn is None and "2 connections in a row (c1, c2)" in series.evidence
+    assert series.connection == "c2"
 
 
 def test_context_per_sentence(server: ThreadedServer, linter: Linter) -> None:
@@ -123,8 +124,8 @@ def test_context_per_sentence(server: ThreadedServer, linter: Linter) -> None:
     conn.close()
     found = settled(linter)
     assert rules(found) == [Rule.CONTEXT_PER_SENTENCE]
-    assert "3 contexts in a row ('s0', 's1', 's2')" in found[0].evidence
-    assert found[0].context_id == "s2"
+    assert "2 contexts in a row ('s0', 's1')" in found[0].evidence
+    assert found[0].context_id == "s1" and found[0].turn is None
 
 
 # -- rule 4: pre-connect -------------------------------------------------------------------------
@@ -134,6 +135,27 @@ def test_no_preconnect(server: ThreadedServer, linter: Linter) -> None:
     found = settled(linter)
     assert rules(found) == [Rule.NO_PRECONNECT]
     assert "ms after the handshake" in found[0].evidence and found[0].turn is None
+
+
+def test_no_preconnect_on_a_connection_kept_for_later_turns(
+    server: ThreadedServer, linter: Linter
+) -> None:
+    with connect_stream(server.url, api_key=KEY, **CONFIG) as stream:  # opened lazily
+        list(stream.send_text("The first answer, sent at once.", flush=True))
+        time.sleep(PAUSE)
+        list(stream.send_text("The second answer, on the same connection.", flush=True))
+    found = settled(linter)
+    assert rules(found) == [Rule.NO_PRECONNECT] and found[0].connection == "c1"
+
+
+def test_several_clients_in_a_row_that_preconnect_are_no_series(
+    server: ThreadedServer, linter: Linter
+) -> None:
+    for _ in range(3):  # one short turn each, but every one pre-connected
+        with connect_stream(server.url, api_key=KEY, **CONFIG) as stream:
+            time.sleep(WARM)
+            list(stream.send_text("Just one sentence.", flush=True))
+    assert settled(linter) == []
 
 
 # -- never flushing, spell, close, contexts -------------------------------------------------
