@@ -425,8 +425,10 @@ def _conformance(args: argparse.Namespace) -> int:
             print(f"\n{result.endpoint}: FAILED after {result.examples} examples; the "
                   "shrunk failing session:")
             print(format_transcript(result.transcript, result.violations))
-            print(f"replay it: kugelwire conformance {args.url} --replay REPORT.json "
-                  "(from --json)")
+            if args.json:
+                print(f"replay it: kugelwire conformance {args.url} --replay {args.json}")
+            else:
+                print("(run with --json REPORT to save it; --replay REPORT runs it again)")
     if args.json:
         import json
 

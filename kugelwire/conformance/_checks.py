@@ -260,7 +260,7 @@ class _Checker:
             if direction == "send":
                 self.config(msg)
                 cancels += bool(msg.get("cancel"))
-                flushed += bool(msg.get("flush") or msg.get("close"))
+                flushed += bool(msg.get("flush") or msg.get("close") or msg.get("close_socket"))
                 close_socket = close_socket or bool(msg.get("close_socket"))
                 continue
             if direction != "recv" or not isinstance(msg, dict):
@@ -275,9 +275,11 @@ class _Checker:
                 self.error_frame(msg)
             elif "audio" in msg:
                 if work is None:
-                    self.bad("after-interrupted" if interrupted else "frame-order",
-                             "audio outside a turn (no generation_started"
-                             + (", or after `interrupted`)" if interrupted else ")"))
+                    if interrupted:
+                        self.bad("after-interrupted", "audio after `interrupted` (before a new "
+                                 "turn's generation_started): a cancelled turn sends nothing more")
+                    else:
+                        self.bad("frame-order", "audio before any generation_started")
                     continue
                 self.chunk_audio(msg, work, self.audio(msg, work))
             elif msg.get("generation_started"):

@@ -180,9 +180,9 @@ def strategies(voice_id: Any) -> dict[str, Any]:
             mine: list[list[Any]] = []
             for token in tokens:
                 mine.append(["send", {"text": token, "context_id": cid}])
-                if draw(st.integers(0, 5)) == 0:
+                if draw(st.integers(0, 5)) == 5:
                     mine.append(["send", {"context_id": cid, "flush": True}])
-            if draw(st.integers(0, 6)) == 0:
+            if draw(st.integers(0, 6)) == 6:
                 mine.append(["send", {"context_id": cid, "cancel": True}])
             end = draw(st.sampled_from(["close", "close", "immediate", "open"]))
             if end == "close":
@@ -214,7 +214,7 @@ def strategies(voice_id: Any) -> dict[str, Any]:
         requests = draw(st.integers(1, 4))
         for _ in range(requests):
             script.append(["send", {"text": draw(texts()).strip() or "Hello.", **config}])
-            if draw(st.integers(0, 4)) == 0:
+            if draw(st.integers(0, 4)) == 4:
                 script.append(["sleep", draw(st.integers(0, 30))])
                 script.append(["send", {"cancel": True}])
                 script.append(["wait", "request"])

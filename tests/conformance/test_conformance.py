@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from kugelwire.cli import main
 from kugelwire.conformance import run
 from kugelwire.server import ServerOptions, ThreadedServer, run_in_thread
 from kugelwire.synth import ToneEngine
@@ -22,23 +24,47 @@ from kugelwire.synth import ToneEngine
 pytestmark = pytest.mark.timeout(120)
 
 KEY = "conf-key"
-#: server backends to test against (the asyncio runner today; more join as they land)
-BACKENDS = ["asyncio"]
+#: server backends to test against (add the others here as they land)
+BACKENDS = ["asyncio", "trio"]
 
 
 @contextmanager
-def local_server(backend: str, **kwargs: Any) -> Iterator[ThreadedServer]:
-    assert backend == "asyncio", backend
-    with run_in_thread(engine=ToneEngine(), api_key=KEY, lint=False, **kwargs) as server:
-        yield server
+def local_server(backend: str) -> Iterator[str]:
+    """The local server's URL on ``backend``, running in a background thread."""
+    if backend == "asyncio":
+        with run_in_thread(engine=ToneEngine(), api_key=KEY, lint=False) as server:
+            yield server.url
+        return
+    assert backend == "trio", backend
+    trio = pytest.importorskip("trio")
+    from kugelwire.server import trio_serve
+
+    ready: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> None:
+        async with trio_serve(engine=ToneEngine(), api_key=KEY, lint=False) as server:
+            ready["url"], ready["stop"] = server.url, trio.Event()
+            ready["token"] = trio.lowlevel.current_trio_token()
+            started.set()
+            await ready["stop"].wait()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield ready["url"]
+    finally:
+        trio.from_thread.run_sync(ready["stop"].set, trio_token=ready["token"])
+        thread.join(10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_cli_passes_against_the_local_server(backend: str, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    with local_server(backend) as server:
+    with local_server(backend) as url:
         out = subprocess.run(
-            [sys.executable, "-m", "kugelwire", "conformance", server.url, "--api-key", KEY,
+            [sys.executable, "-m", "kugelwire", "conformance", url, "--api-key", KEY,
              "--voice-id", "1", "--examples", "12", "--budget", "12", "--rate", "0",
              "--seed", "7", "--json", str(report)],
             capture_output=True, text=True, timeout=90, env={**os.environ},
@@ -73,6 +99,19 @@ class _Broken:
         for text in self._s.messages_to_send():
             if self._mode == "skip-final" and text.startswith('{"final"'):
                 continue
+            if self._mode == "wrong-total-samples" and text.startswith('{"final"'):
+                final = json.loads(text)
+                final["total_samples"] += 1
+                text = json.dumps(final)
+            if (
+                self._mode == "audio-after-context-closed"
+                and text.startswith('{"context_closed"')
+                and self._last_audio is not None
+                and json.loads(text)["context_id"] == json.loads(self._last_audio)["context_id"]
+            ):
+                out.append(text)
+                out.append(self._last_audio)  # a stale frame of the closed context
+                continue
             out.append(text)
             if text.startswith('{"audio"'):
                 self._last_audio = text
@@ -106,7 +145,9 @@ def broken_server(mode: str) -> Iterator[ThreadedServer]:
 @pytest.mark.parametrize(
     ("mode", "endpoint", "invariant"),
     [("skip-final", "/ws/tts/stream", "frame-order"),
-     ("audio-after-interrupted", "/ws/tts/stream", "after-interrupted")],
+     ("audio-after-interrupted", "/ws/tts/stream", "after-interrupted"),
+     ("audio-after-context-closed", "/ws/tts/multi", "frame-order"),
+     ("wrong-total-samples", "/ws/tts", "usage")],
 )
 def test_a_broken_server_fails_with_a_shrunk_transcript(
     mode: str, endpoint: str, invariant: str
@@ -123,5 +164,24 @@ def test_a_broken_server_fails_with_a_shrunk_transcript(
     assert len(sent) <= 4, result.script
     if mode == "skip-final":
         assert any("session_closed without a `final`" in v.message for v in result.violations)
-    else:
+    elif mode == "audio-after-interrupted":
         assert any(s[1].get("cancel") for s in sent)
+    elif mode == "audio-after-context-closed":
+        assert any("after its context_closed" in v.message for v in result.violations)
+
+
+def test_a_saved_failure_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report.json"
+    with broken_server("skip-final") as server:
+        argv = ["conformance", server.url, "--api-key", KEY, "--voice-id", "1", "--endpoint",
+                "stream", "--examples", "40", "--seed", "1", "--rate", "0", "--budget", "20"]
+        assert main([*argv, "--json", str(report)]) == 1
+        first = capsys.readouterr().out
+        assert "does NOT conform" in first and "the shrunk failing session" in first
+        assert "!!! frame-order: session_closed without a `final`" in first
+        saved = json.loads(report.read_text())
+        assert saved["passed"] is False and saved["results"][0]["script"]
+        assert main([*argv, "--replay", str(report)]) == 1
+        assert "replay still fails" in capsys.readouterr().out
+    with local_server("asyncio") as url:  # the same script passes on a correct server
+        assert main(["conformance", url, "--api-key", KEY, "--replay", str(report)]) == 0
