@@ -51,7 +51,7 @@ __all__ = [
     "ServerSessionLike",
 ]
 
-log = logging.getLogger("kugelwire.lint")
+_log = logging.getLogger("kugelwire.lint")
 
 
 class Rule(str, Enum):
@@ -233,11 +233,11 @@ class ConnectionSummary:
 
 
 def _log_finding(finding: Finding) -> None:
-    log.info("%s", finding)
+    _log.info("%s", finding)
 
 
 def _log_summary(summary: ConnectionSummary) -> None:
-    log.info("%s", summary)
+    _log.info("%s", summary)
 
 
 @dataclass(slots=True)
@@ -495,7 +495,8 @@ class _Watch:
     def client(self, obj: dict[str, Any], now: float) -> None:
         self.client_frames += 1
         text = obj.get("text")
-        text = text if isinstance(text, str) else ""
+        # whitespace-only text (an SDK's context init frame, " ") is no text of a turn
+        text = text if isinstance(text, str) and not text.isspace() else ""
         if text and self.first_text_at is None:
             self.first_text_at = now
             opened = self.opened_at

@@ -162,3 +162,15 @@ def test_findings_print_and_serialise() -> None:
     f = Finding(Rule.CONTEXT_TIMEOUT, "c4", "/ws/tts/multi", None, "ctx", 1.5, "idle", "close it")
     assert str(f) == "[context-timeout] c4 /ws/tts/multi context 'ctx': idle. Instead: close it."
     assert json.loads(json.dumps(f.to_dict()))["rule"] == "context-timeout"
+
+
+def test_a_context_init_frame_right_after_connecting_is_no_finding() -> None:
+    linter = quiet_linter()
+    s = linter.wrap(MultiServerSession(), "/ws/tts/multi", now=0.0)
+    # the SDKs create (pre-provision) a context with " " at once; its text comes later
+    s.receive_message('{"text": " ", "context_id": "a", "language": "en"}', 0.001)
+    s.receive_message('{"text": "The reply. ", "context_id": "a"}', 5.0)
+    s.receive_message('{"context_id": "a", "close_context": true}', 5.1)
+    serve_events(s, 5.2)
+    s.connection_lost(1000, "", 9.0)
+    assert linter.findings == []
