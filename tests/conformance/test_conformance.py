@@ -65,7 +65,7 @@ def test_the_cli_passes_against_the_local_server(backend: str, tmp_path: Path) -
     with local_server(backend) as url:
         out = subprocess.run(
             [sys.executable, "-m", "kugelwire", "conformance", url, "--api-key", KEY,
-             "--voice-id", "1", "--examples", "12", "--budget", "12", "--rate", "0",
+             "--voice-id", "1", "--examples", "10", "--budget", "9", "--rate", "0",
              "--seed", "7", "--json", str(report)],
             capture_output=True, text=True, timeout=90, env={**os.environ},
         )
@@ -79,12 +79,21 @@ def test_the_cli_passes_against_the_local_server(backend: str, tmp_path: Path) -
 
 
 # -- servers that break one invariant ------------------------------------------------------
+def _stale_audio(context_id: str | None) -> str:
+    """A made-up audio frame (one of a cancelled chunk) for when none was sent yet."""
+    frame: dict[str, Any] = {"audio": "AAAA", "enc": "pcm_s16le", "idx": 7, "sr": 24000,
+                             "samples": 1, "chunk_id": 0}
+    if context_id is not None:
+        frame["context_id"] = context_id
+    return json.dumps(frame)
+
+
 class _Broken:
-    """A real server session, with one rule broken in what it sends."""
+    """A real server session, with one rule broken (deterministically) in what it sends."""
 
     def __init__(self, session: Any, mode: str) -> None:
         self._s, self._mode = session, mode
-        self._last_audio: str | None = None
+        self._last_audio: dict[str | None, str] = {}  # per context (None: no context)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._s, name)
@@ -97,30 +106,22 @@ class _Broken:
     def messages_to_send(self) -> list[str]:
         out: list[str] = []
         for text in self._s.messages_to_send():
-            if self._mode == "skip-final" and text.startswith('{"final"'):
+            mode = self._mode
+            if mode == "skip-final" and text.startswith('{"final"'):
                 continue
-            if self._mode == "wrong-total-samples" and text.startswith('{"final"'):
+            if mode == "wrong-total-samples" and text.startswith('{"final"'):
                 final = json.loads(text)
                 final["total_samples"] += 1
                 text = json.dumps(final)
-            if (
-                self._mode == "audio-after-context-closed"
-                and text.startswith('{"context_closed"')
-                and self._last_audio is not None
-                and json.loads(text)["context_id"] == json.loads(self._last_audio)["context_id"]
-            ):
-                out.append(text)
-                out.append(self._last_audio)  # a stale frame of the closed context
-                continue
             out.append(text)
             if text.startswith('{"audio"'):
-                self._last_audio = text
-            if (
-                self._mode == "audio-after-interrupted"
-                and text.startswith('{"interrupted"')
-                and self._last_audio is not None
-            ):
-                out.append(self._last_audio)  # one stale frame of the cancelled turn
+                self._last_audio[json.loads(text).get("context_id")] = text
+            if mode == "audio-after-interrupted" and text.startswith('{"interrupted"'):
+                # one stale frame of the cancelled turn
+                out.append(self._last_audio.get(None) or _stale_audio(None))
+            if mode == "audio-after-context-closed" and text.startswith('{"context_closed"'):
+                cid = json.loads(text)["context_id"]
+                out.append(self._last_audio.get(cid) or _stale_audio(cid))
         return out
 
 
