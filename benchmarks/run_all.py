@@ -25,6 +25,7 @@ SCRIPTS = {
     "tokens": "benchmarks.bench_tokens",
     "scale": "benchmarks.bench_scale",
     "voice": "benchmarks.bench_voice",
+    "lint": "benchmarks.bench_lint",
 }
 
 
