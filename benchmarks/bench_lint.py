@@ -76,7 +76,7 @@ def audio(lint: bool, blocks: int) -> float:
 def main() -> None:
     args = parse_args(__doc__)
     quick = args.quick
-    per_turn, turns, blocks, rounds = (300, 3, 300, 3) if quick else (1000, 5, 1000, 5)
+    per_turn, turns, blocks, rounds = (300, 3, 300, 5) if quick else (1000, 3, 300, 15)
     print("lint: server session with and without the rule checks (same run)")
     # alternate the two in every round so load changes hit both alike
     bare_t = lint_t = bare_a = lint_a = float("inf")
