@@ -418,7 +418,8 @@ class _Unit:
     spell_checked: bool = False
     flush_reported: bool = False
     cycles: int = 0  # multi: flushes
-    pending: tuple[str, float] | None = None  # flush finding waiting for its first audio
+    #: a flush finding waiting for the first audio after it: (evidence, since, turn)
+    pending: tuple[str, float, int] | None = None
 
 
 @dataclass(slots=True)
@@ -449,6 +450,7 @@ class _Watch:
     ctx_series: list[str] = field(default_factory=list)
     ctx_series_last: float | None = None
     ctx_series_reported: bool = False
+    last_text_context: str | None = None  # multi: the context of the latest text frame
 
     def report(
         self,
@@ -459,11 +461,12 @@ class _Watch:
         *,
         latency_ms: float | None = None,
         whole: bool = False,
+        turn: int | None = None,
     ) -> None:
-        """Make a finding about ``unit`` (its turn / cycle unless ``whole``: the context)."""
+        """Make a finding about ``unit``: its ``turn`` (default: the unit's turn / flush
+        cycle), or none with ``whole`` (about the whole context)."""
         self.rules.append(rule)
-        turn = None
-        if unit is not None and not whole:
+        if turn is None and unit is not None and not whole:
             turn = unit.number if unit.context_id is None else unit.cycle
         self.linter._report(
             Finding(
@@ -576,6 +579,7 @@ class _Watch:
                             f"then {len(text)}+ characters): every flush ends the turn and the "
                             "next text pays a new model prefill",
                             now,
+                            turn.number,
                         )
                     elif gap <= th.mid_reply_gap_s:
                         turn.flush_reported = True  # same reply, already reported
@@ -643,16 +647,23 @@ class _Watch:
                 unit.number = self.units
                 unit.started_at = now
                 self._context_started(unit, now)
-            if unit.flushed_at is not None and unit.cycle_chars == 0:
+            # (when another context spoke in between, this is a dialogue, not one reply)
+            if (
+                unit.flushed_at is not None
+                and unit.cycle_chars == 0
+                and self.last_text_context == cid
+            ):
                 gap = _gap(unit, now)
                 if gap <= th.mid_reply_gap_s and not unit.flush_reported:
                     unit.flush_reported = True
                     unit.pending = (
                         f"context {cid!r} was flushed and its text went on "
-                        f"{_gap_text(unit, now)} (flush cycle {unit.cycle}): each flush is a "
+                        f"{_gap_text(unit, now)} in flush cycle {unit.cycle}: each flush is a "
                         "fresh model prefill",
                         now,
+                        unit.cycle,
                     )
+            self.last_text_context = cid
             unit.characters += len(text)
             unit.cycle_chars += len(text)
             unit.last_text_at = now
@@ -783,9 +794,10 @@ class _Watch:
 
     def _emit_pending(self, unit: _Unit, now: float, latency_ms: float | None) -> None:
         assert unit.pending is not None
-        evidence, _ = unit.pending
+        evidence, _, turn = unit.pending
         unit.pending = None
-        self.report(Rule.FLUSH_PER_SENTENCE, unit, evidence, now, latency_ms=latency_ms)
+        self.report(Rule.FLUSH_PER_SENTENCE, unit, evidence, now, latency_ms=latency_ms,
+                    turn=turn)
 
     def flush_pending(self, now: float) -> None:
         units: Iterable[_Unit] = list(self.contexts.values())

@@ -174,3 +174,35 @@ def test_a_context_init_frame_right_after_connecting_is_no_finding() -> None:
     serve_events(s, 5.2)
     s.connection_lost(1000, "", 9.0)
     assert linter.findings == []
+
+
+def _multi(frames: list[tuple[float, str]]) -> Linter:
+    linter = quiet_linter()
+    s = linter.wrap(MultiServerSession(), "/ws/tts/multi", now=0.0)
+    for now, frame in frames:
+        s.receive_message(frame, now)
+        serve_events(s, now + 0.01)
+    s.connection_lost(1000, "", 60.0)
+    return linter
+
+
+def test_a_context_flushed_per_sentence() -> None:
+    linter = _multi([
+        (5.0, '{"text": "First sentence. ", "context_id": "a", "language": "en", "flush": true}'),
+        (5.1, '{"text": "Second one. ", "context_id": "a", "flush": true}'),
+        (5.2, '{"context_id": "a", "close_context": true}'),
+    ])
+    [f] = linter.findings
+    assert (f.rule, f.context_id, f.turn) == (Rule.FLUSH_PER_SENTENCE, "a", 2)
+    assert "in flush cycle 2" in f.evidence and f.latency_ms is not None
+
+
+def test_a_dialogue_of_two_contexts_is_no_flush_per_sentence() -> None:
+    lines = [("a", "Good morning!"), ("b", "Morning, did you sleep well?"),
+             ("a", "Very well, thanks."), ("b", "Great.")]
+    linter = _multi([
+        (5.0 + i * 0.1,
+         json.dumps({"text": text, "context_id": cid, "language": "en", "flush": True}))
+        for i, (cid, text) in enumerate(lines)
+    ] + [(6.0, '{"close_socket": true}')])
+    assert linter.findings == []
