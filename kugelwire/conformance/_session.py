@@ -123,6 +123,11 @@ def strategies(voice_id: Any) -> dict[str, Any]:
          {"output_format": "alaw_8000"}, {"output_format": "pcm_22050"}]
     )
     voice = {} if voice_id is None else {"voice_id": voice_id}
+    # a settings update between turns: valid (settings_updated) or out of range (an error
+    # frame, the socket stays open); drawn rarely, so shrinking removes it
+    settings_update = st.integers(0, 7).map(
+        lambda n: None if n < 6 else {"update_settings": {"speed": 1.1 if n == 6 else 9.0}}
+    )
 
     @st.composite
     def stream(draw: Any) -> Script:
@@ -133,6 +138,9 @@ def strategies(voice_id: Any) -> dict[str, Any]:
         turns = draw(st.integers(1, 4))
         unwaited = False
         for _ in range(turns):
+            update = draw(settings_update)
+            if update is not None:
+                script.append(["send", update])
             tokens = draw(split(draw(texts())))
             end = draw(st.sampled_from(["flush", "flush", "flush-on-text", "close", "cancel",
                                         "flush-cancel"]))
@@ -213,6 +221,9 @@ def strategies(voice_id: Any) -> dict[str, Any]:
         script: Script = []
         requests = draw(st.integers(1, 4))
         for _ in range(requests):
+            update = draw(settings_update)
+            if update is not None:
+                script.append(["send", update])
             script.append(["send", {"text": draw(texts()).strip() or "Hello.", **config}])
             if draw(st.integers(0, 4)) == 4:
                 script.append(["sleep", draw(st.integers(0, 30))])

@@ -186,3 +186,13 @@ def test_a_saved_failure_replays(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert "replay still fails" in capsys.readouterr().out
     with local_server("asyncio") as url:  # the same script passes on a correct server
         assert main(["conformance", url, "--api-key", KEY, "--replay", str(report)]) == 0
+
+
+def test_a_refused_upgrade_is_a_clear_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    with local_server("asyncio") as url:
+        code = main(["conformance", url, "--api-key", "wrong", "--endpoint", "tts",
+                     "--examples", "3", "--rate", "0"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "/ws/tts: could not run: the upgrade to" in out and "HTTP 401" in out
+    assert "wrong" not in out  # the key is not echoed
