@@ -64,6 +64,9 @@ class Rule(str, Enum):
     SESSION_PER_SENTENCE = "session-per-sentence"
     #: A turn that was never flushed and ended by the server's idle auto-flush.
     IDLE_AUTO_FLUSH = "idle-auto-flush"
+    #: A turn (or a context's text) never flushed when the client dropped the connection:
+    #: its unflushed tail was never spoken.
+    NEVER_FLUSHED = "never-flushed"
     #: The first text right after the handshake: the connection was opened inside the turn.
     NO_PRECONNECT = "no-preconnect"
     #: ``<spell>`` sent with ``normalize`` off or without a ``language``.
@@ -89,6 +92,10 @@ _INSTEAD = {
     ),
     Rule.IDLE_AUTO_FLUSH: (
         'send {"flush": true} (or flush=True on the last text) when the LLM turn ends'
+    ),
+    Rule.NEVER_FLUSHED: (
+        'end every turn with {"flush": true} (and wait for its final) before closing; text '
+        "left unflushed when the connection drops is never spoken"
     ),
     Rule.NO_PRECONNECT: (
         "connect at startup, before the first user interaction, and keep the connection for "
@@ -390,6 +397,7 @@ class Linter:
                 now,
             )
         watch.flush_pending(now)
+        watch.unflushed_at_close(now)
         summary = watch.summary(now)
         with self._lock:
             self._open -= 1
@@ -798,6 +806,30 @@ class _Watch:
         unit.pending = None
         self.report(Rule.FLUSH_PER_SENTENCE, unit, evidence, now, latency_ms=latency_ms,
                     turn=turn)
+
+    def unflushed_at_close(self, now: float) -> None:
+        """The client dropped the connection: was text still waiting for its flush?"""
+        if self.closed_socket:
+            return  # close_socket ends (and speaks) what is open
+        if self.endpoint == "/ws/tts/stream":
+            turn = self.turn
+            if turn is not None and turn.open and turn.characters:
+                self.report(
+                    Rule.NEVER_FLUSHED, turn,
+                    f"turn {turn.number} ({turn.characters} characters) was never flushed: "
+                    "the connection closed with the turn still open",
+                    now,
+                )
+        elif self.endpoint == "/ws/tts/multi":
+            open_ = [u for u in self.contexts.values() if u.open and u.cycle_chars]
+            if open_:
+                names = ", ".join(repr(u.context_id) for u in open_[:5])
+                self.report(
+                    Rule.NEVER_FLUSHED, open_[0],
+                    f"{len(open_)} context(s) ({names}) had text never flushed or closed when "
+                    "the connection closed",
+                    now, whole=True,
+                )
 
     def flush_pending(self, now: float) -> None:
         units: Iterable[_Unit] = list(self.contexts.values())

@@ -206,3 +206,15 @@ def test_a_dialogue_of_two_contexts_is_no_flush_per_sentence() -> None:
         for i, (cid, text) in enumerate(lines)
     ] + [(6.0, '{"close_socket": true}')])
     assert linter.findings == []
+
+
+def test_multi_text_never_flushed_at_disconnect() -> None:
+    linter = _multi([
+        (5.0, '{"text": "Flushed. ", "context_id": "a", "language": "en", "flush": true}'),
+        (9.0, '{"text": "Never flushed", "context_id": "b"}'),
+    ])
+    [f] = linter.findings
+    assert (f.rule, f.context_id, f.turn) == (Rule.NEVER_FLUSHED, "b", None)
+    # close_socket speaks what is open: no finding
+    assert _multi([(5.0, '{"text": "Tail", "context_id": "a", "language": "en"}'),
+                   (5.1, '{"close_socket": true}')]).findings == []

@@ -172,6 +172,17 @@ def test_never_flush_ends_by_idle_auto_flush(server: ThreadedServer, linter: Lin
     assert f.turn == 1 and f.latency_ms is not None and 250 <= f.latency_ms < 2000
 
 
+def test_never_flush_then_disconnect(server: ThreadedServer, linter: Linter) -> None:
+    conn = raw(server, "/ws/tts/stream")
+    time.sleep(WARM)
+    for token in ["Tokens ", "that ", "are ", "never ", "flushed"]:
+        conn.send({"text": token, **CONFIG})
+    conn.close()  # before the idle auto-flush: the tail is never spoken
+    found = settled(linter)
+    assert rules(found) == [Rule.NEVER_FLUSHED]
+    assert "29 characters" in found[0].evidence and found[0].turn == 1
+
+
 @pytest.mark.parametrize(
     ("config", "problem"),
     [({"voice_id": 1}, 'no "language"'),
