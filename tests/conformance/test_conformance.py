@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,3 +198,32 @@ def test_a_refused_upgrade_is_a_clear_failure(capsys: pytest.CaptureFixture[str]
     assert code == 1
     assert "/ws/tts: could not run: the upgrade to" in out and "HTTP 401" in out
     assert "wrong" not in out  # the key is not echoed
+
+
+def test_kugelwire_conformance_passes_against_kugelwire_serve(tmp_path: Path) -> None:
+    """The two commands as a user runs them (the server with its rule checks on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"  # a file, not a pipe: its findings never block the server
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kugelwire", "serve", "--engine", "tone", "--port",
+             str(port)], stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "serving" not in log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        out = subprocess.run(
+            [sys.executable, "-m", "kugelwire", "conformance", f"ws://127.0.0.1:{port}",
+             "--voice-id", "1", "--examples", "6", "--budget", "6", "--rate", "0"],
+            capture_output=True, text=True, timeout=90,
+        )
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"ws://127.0.0.1:{port} conforms" in out.stdout
+    assert "kugelwire: lint: [" in log.read_text()  # the rule checks were on (and printed)
