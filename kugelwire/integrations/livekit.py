@@ -282,7 +282,7 @@ class _Speaker:
                                 end_time=off + w.end_ms / 1000.0)
                     for w in event.turn_words
                 ])
-            elif isinstance(event, TurnFinal):
+            elif isinstance(event, TurnFinal) and self.finals < self.flushes:
                 self._flush_resampler()
                 self.finals += 1
                 self._elapsed += self._cycle
