@@ -241,3 +241,32 @@ async def test_server_restart_mid_session() -> None:
     finally:
         first.stop()
         second.stop()
+
+
+async def test_settings_update_applies_without_reconnecting(kugelwire_server: Any) -> None:
+    from pipecat.frames.frames import TTSUpdateSettingsFrame
+
+    from kugelwire.integrations.pipecat import KugelwireTTSSettings
+
+    tts = service(kugelwire_server, language="en")
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(server_sessions(kugelwire_server.handle))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        down, up = await run_test(tts, frames_to_send=[
+            *turn("Same ", "words ", "twice."), SleepFrame(0.3),
+            TTSUpdateSettingsFrame(delta=KugelwireTTSSettings(speed=1.2, voice="2")),
+            SleepFrame(0.1), *turn("Same ", "words ", "twice."), SleepFrame(0.3),
+        ])
+    finally:
+        watcher.cancel()
+    first, second = (f.context_id for f in down if isinstance(f, TTSStartedFrame))
+    assert audio_s(down, second) == pytest.approx(audio_s(down, first) / 1.2, abs=0.01)
+    assert max(seen) == 1  # the same socket throughout
+    assert tts.settings.speed == 1.2
+    assert not [f for f in up if "Error" in type(f).__name__]
