@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_URL", "audio_format", "closest_sample_rate", "language_code"]
+__all__ = ["DEFAULT_URL", "audio_format", "closest_sample_rate", "language_code", "voice_id"]
 
 #: The hosted service's base URL (``ws://127.0.0.1:PORT`` for ``kugelwire serve``).
 DEFAULT_URL = "wss://api.kugelaudio.com"
@@ -57,3 +57,12 @@ def language_code(language: object) -> str | None:
         return code
     base = code.replace("_", "-").split("-")[0]
     return base if base in LANGUAGES else None
+
+
+def voice_id(value: object) -> int | str:
+    """A voice id as the server expects it: numeric ids (frameworks often keep voices as
+    strings) travel as integers, other ids as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return int(text) if text.isdigit() else text

@@ -53,6 +53,7 @@ from ..errors import (
 from ..protocol import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
 from . import DEFAULT_URL, audio_format, language_code
+from . import voice_id as _voice_id
 
 __all__ = ["TTS", "ChunkedStream", "SynthesizeStream"]
 
@@ -134,8 +135,8 @@ class TTS(tts.TTS):
         self._api_key, self._url = api_key, url
         extra = {"close_timeout": 2.0, "keepalive_interval": keepalive_interval}
         self._opts = _Options(
-            voice_id, language_code(language) if language else None, encoding, word_timestamps,
-            model_id, speed, temperature, cfg_scale, normalize,
+            _voice_id(voice_id), language_code(language) if language else None, encoding,
+            word_timestamps, model_id, speed, temperature, cfg_scale, normalize,
             {**extra, **(connect_options or {})},
         )
         self._multi: AsyncMulti | None = None
@@ -177,7 +178,7 @@ class TTS(tts.TTS):
         with each new context; language, speed, temperature and ``normalize`` are sent as one
         ``update_settings`` on the open connection; only a new ``model_id`` reconnects."""
         if utils.is_given(voice_id):
-            self._opts.voice_id = voice_id
+            self._opts.voice_id = _voice_id(voice_id)
         if utils.is_given(cfg_scale):
             self._opts.cfg_scale = cfg_scale
         if utils.is_given(language):

@@ -50,17 +50,12 @@ from ..errors import KugelwireError
 from ..protocol import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
 from . import DEFAULT_URL, audio_format, language_code
+from . import voice_id as _voice_id
 
 __all__ = ["KugelwireTTSService", "KugelwireTTSSettings"]
 
 #: Session settings the server changes with ``update_settings`` (no reconnect needed).
 _LIVE = ("language", "speed", "temperature", "cfg_scale", "normalize")
-
-
-def _voice(value: Any) -> int | str:
-    """Pipecat keeps voices as strings; numeric ids travel as integers."""
-    text = str(value)
-    return int(text) if text.isdigit() else text
 
 
 def _not_given() -> Any:
@@ -143,7 +138,7 @@ class KugelwireTTSService(WebsocketTTSService):
             **kwargs,
         )
         self._api_key, self._url = api_key, url
-        self._voice_id = _voice(voice_id)
+        self._voice_id = _voice_id(voice_id)
         self._encoding = encoding
         self._word_timestamps = word_timestamps
         self._keepalive_interval = keepalive_interval
@@ -210,7 +205,7 @@ class KugelwireTTSService(WebsocketTTSService):
             live["language"] = language_code(live["language"])
         live = {k: v for k, v in live.items() if v is not None and v is not NOT_GIVEN}
         if "voice" in changed:
-            self._voice_id = _voice(self._settings.voice)
+            self._voice_id = _voice_id(self._settings.voice)
         if "model" in changed and self._multi is not None:
             await self._close_connection_contexts()  # the model is fixed per connection
             await self._disconnect_websocket()
@@ -280,7 +275,10 @@ class KugelwireTTSService(WebsocketTTSService):
         contexts = list(self._contexts.values())
         self._contexts.clear()
         if multi is not None:
-            await multi.close()  # bounded by close_timeout
+            if contexts:  # work is being abandoned (a cancel): no draining
+                await multi.aclose()
+            else:
+                await multi.close()  # bounded by close_timeout
             await self._call_event_handler("on_disconnected")
         for ctx in contexts:
             if ctx.task is not None:
