@@ -71,3 +71,52 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 #: character, between 120 and 600 ms, then a 40 ms gap.
 def tone_word_s(word: str) -> float:
     return (min(600.0, max(120.0, 40.0 * len(word))) + 40.0) / 1000.0
+
+
+class DropProxy:
+    """A loopback TCP proxy in front of a server whose connections can be cut at once
+    (``drop()``: the sockets are aborted, as when a network path dies), while it keeps
+    accepting new ones."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.accepted = 0
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> DropProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def drop(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

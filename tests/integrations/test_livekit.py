@@ -15,13 +15,19 @@ pytest.importorskip(
     reason="the LiveKit integration needs livekit-agents: pip install 'kugelwire[livekit]'",
 )
 
-from livekit.agents import APIConnectOptions, tts
+from livekit.agents import APIConnectionError, APIConnectOptions, tts
 
 from kugelwire.integrations.livekit import TTS
 from kugelwire.server import run_in_thread
 from kugelwire.synth import ToneEngine
 
-from .conftest import eventually, server_open_contexts, server_sessions, tone_word_s
+from .conftest import (
+    DropProxy,
+    eventually,
+    server_open_contexts,
+    server_sessions,
+    tone_word_s,
+)
 
 pytestmark = pytest.mark.timeout(60)
 TIMED = "lk.timed_transcripts"
@@ -202,3 +208,26 @@ async def test_server_restart_mid_session() -> None:
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.kugelwire_engine("tone", realtime_factor=1.0)
+async def test_dropped_connection(kugelwire_server: Any) -> None:
+    """A socket that dies without a close frame: the stream speaking on it fails with
+    LiveKit's retryable connection error (after partial audio: not replayed); the next stream
+    opens a new connection."""
+    async with DropProxy(kugelwire_server.port) as proxy:
+        t = TTS(api_key=kugelwire_server.api_key, voice_id=1, url=proxy.url)
+        stream = t.stream(conn_options=APIConnectOptions(max_retry=0, timeout=5.0))
+        stream.push_text("A long sentence that the network will cut in the middle of it.")
+        stream.end_input()
+        got: list[Any] = []
+        with pytest.raises(APIConnectionError):
+            async for ev in stream:
+                got.append(ev)
+                if len(got) == 1:
+                    proxy.drop()
+        events = await speak(t.stream(), ["After ", "the ", "drop."])
+        assert "".join(timed(events)).split() == ["After", "the", "drop."]
+        assert proxy.accepted == 2
+        await t.aclose()
+    assert await eventually(lambda: server_open_contexts(kugelwire_server.handle) == 0)

@@ -38,7 +38,7 @@ from kugelwire.server import run_in_thread
 from kugelwire.synth import ToneEngine
 from kugelwire.transports.asyncio import AsyncContext
 
-from .conftest import server_open_contexts, server_sessions, tone_word_s
+from .conftest import DropProxy, server_open_contexts, server_sessions, tone_word_s
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -280,3 +280,27 @@ async def test_settings_update_applies_without_reconnecting(kugelwire_server: An
     assert max(seen) == 1  # the same socket throughout
     assert tts.settings.speed == 1.2
     assert not [f for f in up if "Error" in type(f).__name__]
+
+
+async def test_dropped_connection_reconnects(kugelwire_server: Any) -> None:
+    """A socket that dies without a close frame (not a restart): Pipecat's reconnect logic
+    opens a new one and the next turn is spoken on it."""
+    async with DropProxy(kugelwire_server.port) as proxy:
+        tts = KugelwireTTSService(
+            api_key=kugelwire_server.api_key, voice_id=1, url=proxy.url, sample_rate=24000,
+            reconnect_backoff_min_wait=0.1, reconnect_backoff_max_wait=0.3,
+        )
+
+        async def cut() -> None:
+            await asyncio.sleep(0.8)
+            proxy.drop()
+
+        task = asyncio.create_task(cut())
+        down, _ = await run_test(tts, frames_to_send=[
+            *turn("Before ", "the ", "drop."), SleepFrame(1.5),
+            *turn("After ", "the ", "drop."), SleepFrame(0.5),
+        ])
+        await task
+    assert proxy.accepted == 2
+    assert [w.text for w in words(down)] == ["Before", "the", "drop.", "After", "the", "drop."]
+    assert server_open_contexts(kugelwire_server.handle) == 0
