@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "kugelwire.integrations.pipecat needs Pipecat: pip install 'kugelwire[pipecat]'"
     ) from exc
 
-from ..errors import KugelwireError
+from ..errors import KugelwireError, LocalProtocolError
 from ..protocol import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
 from . import DEFAULT_URL, audio_format, language_code
@@ -224,7 +224,7 @@ class KugelwireTTSService(WebsocketTTSService):
             ctx = await self._context(context_id)
             await ctx.handle.send_text(text)
             await self.start_tts_usage_metrics(text)
-        except KugelwireError as exc:
+        except (KugelwireError, LocalProtocolError) as exc:
             yield ErrorFrame(error=f"{self} could not send text: {exc}")
             yield TTSStoppedFrame(context_id=context_id)
             return
@@ -334,7 +334,8 @@ class KugelwireTTSService(WebsocketTTSService):
     async def _safely(self, command: Any) -> None:
         try:
             await command
-        except KugelwireError as exc:  # the context's pump reports how the connection ended
+        except (KugelwireError, LocalProtocolError) as exc:
+            # a closed connection or context: its pump reports how it ended
             logger.debug(f"{self}: {exc}")
 
     async def _pump(self, context_id: str, ctx: _Context) -> None:

@@ -152,7 +152,7 @@ async def test_update_options_without_reconnecting(kugelwire_server: Any) -> Non
     fast = await speak(t.stream(), ["Same ", "words ", "twice."])
     assert t._multi is multi  # no reconnect
     assert seconds(fast) == pytest.approx(seconds(slow) / 1.2, abs=0.011)  # speed applied
-    t.update_options(model_id="kugel-1")
+    t.update_options(model_id="kugel-3")
     await speak(t.stream(), ["New ", "model."])
     assert t._multi is not multi  # the model is per connection
     await t.aclose()
