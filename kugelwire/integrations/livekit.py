@@ -141,6 +141,7 @@ class TTS(tts.TTS):
         )
         self._multi: AsyncMulti | None = None
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, Any] = {}  # update_settings for the next stream
         self._stale = False  # the connection's fixed config changed: open a new one
         self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -160,8 +161,10 @@ class TTS(tts.TTS):
         return audio_format(self._opts.encoding, self.sample_rate)[1]
 
     def prewarm(self) -> None:
-        """Open the connection now, in the background (the first stream pays no handshake)."""
-        self._spawn(self._connection(DEFAULT_API_CONNECT_OPTIONS.timeout))
+        """Open the connection now, in the background (the first stream pays no handshake);
+        outside a running event loop the first stream connects instead."""
+        with contextlib.suppress(RuntimeError):  # no running loop
+            self._spawn(self._connection(DEFAULT_API_CONNECT_OPTIONS.timeout))
 
     def update_options(
         self,
@@ -217,11 +220,18 @@ class TTS(tts.TTS):
 
     # -- internals ---------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()
+            raise
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _connection(self, timeout: float) -> AsyncMulti:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a connection belongs to the loop that opened it
+            self._loop, self._multi, self._lock = loop, None, asyncio.Lock()
         async with self._lock:
             multi = self._multi
             if multi is not None and self._stale and not multi.closed:
