@@ -29,6 +29,7 @@ import re
 import signal
 import struct
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -647,6 +648,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, voices_epilog: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        for key in ("description", "epilog"):  # raw (the voice table), so wrap prose here
+            if kwargs.get(key):
+                kwargs[key] = textwrap.fill(kwargs[key], 79)
         super().__init__(*args, **kwargs)
         self._voices_epilog = voices_epilog
 
