@@ -27,6 +27,8 @@ import math
 import os
 import re
 import signal
+import socket
+import ssl
 import struct
 import sys
 import textwrap
@@ -776,10 +778,16 @@ async def _run_command(command: Callable[[argparse.Namespace], Any],
 def _connect_reason(exc: ConnectionFailed) -> str:
     """Why a connection failed, without repeating the URL (which may hold the key)."""
     cause = exc.__cause__
-    if isinstance(cause, OSError) and cause.errno is not None:
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed ({cause.reason or cause})"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host name ({cause.strerror or cause})"
+    if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
         return os.strerror(cause.errno).lower()
     if isinstance(cause, OSError) and str(cause):
         return str(cause)
+    if exc.message.startswith("timed out"):
+        return "timed out"
     return re.sub(r"^cannot connect to \S+: ", "", exc.message)
 
 
@@ -796,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionFailed as exc:
         reason = _connect_reason(exc)
         hint = ""
-        if isinstance(exc.__cause__, ConnectionRefusedError | OSError) or "timed out" in reason:
+        if isinstance(exc.__cause__, ConnectionRefusedError) or reason == "timed out":
             hint = " (is a server running? start one with: kugelwire serve)"
         print(f"kugelwire: cannot connect to {getattr(args, 'url', '')}: {reason}{hint}",
               file=sys.stderr)

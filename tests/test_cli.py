@@ -475,15 +475,19 @@ INTERRUPT_S = 1.0  # the promise: exit within 1 s of the first Ctrl-C
 
 
 def _interrupt(proc: subprocess.Popen[str]) -> tuple[float, str, str]:
+    """SIGINT, then wait for the exit; stdin (if piped) stays open (communicate() would close
+    it, and an EOF would end ``stream`` without any Ctrl-C)."""
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return time.monotonic() - sent, out, err
+    elapsed = time.monotonic() - sent
+    assert proc.stdout is not None and proc.stderr is not None
+    return elapsed, proc.stdout.read(), proc.stderr.read()
 
 
 def _wait_for_audio(proc: subprocess.Popen[str], server: ThreadedServer,
@@ -587,3 +591,38 @@ def test_ctrl_c_stops_serve_with_a_client_mid_turn(tmp_path: Path) -> None:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_connect_failures_never_repeat_the_url_or_the_key() -> None:
+    import socket
+    import ssl
+
+    from kugelwire.cli import _connect_reason
+    from kugelwire.errors import ConnectionFailed
+
+    url = "ws://h:1/ws/tts/stream?api_key=SECRET&sdk=kugelwire"
+
+    def failed(message: str, cause: BaseException | None = None) -> ConnectionFailed:
+        exc = ConnectionFailed(message)
+        exc.__cause__ = cause
+        return exc
+
+    cases = {
+        "connection refused": failed(f"cannot connect to {url}: [Errno 111] Connect call failed",
+                                     ConnectionRefusedError(111, "Connect call failed")),
+        "cannot resolve the host name (Name or service not known)": failed(
+            f"cannot connect to {url}: x", socket.gaierror(-2, "Name or service not known")),
+        "TLS failed (WRONG_VERSION_NUMBER)": failed(
+            f"cannot connect to {url}: x", _ssl_error(ssl)),
+        "timed out": failed(f"timed out connecting to {url}"),
+        "HTTP 404 at the upgrade: Not found": failed("HTTP 404 at the upgrade: Not found"),
+        "closed early": failed(f"cannot connect to {url}: closed early"),
+    }
+    for expected, exc in cases.items():
+        assert _connect_reason(exc) == expected
+
+
+def _ssl_error(ssl: Any) -> BaseException:
+    err = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    err.reason = "WRONG_VERSION_NUMBER"
+    return err
