@@ -289,6 +289,8 @@ async def speak(
                 try:
                     current: Any = None
                     async for token in tokens:
+                        if current is None and not token.strip():
+                            continue  # leading whitespace would start a turn with no words
                         turn = await stream.send_text(token)
                         if result.first_token_at is None and turn is not None:
                             result.first_token_at = loop.time()
@@ -536,6 +538,8 @@ def _saved(path: str, result: SpeakResult) -> str:
 
 
 async def _cmd_say(args: argparse.Namespace) -> int:
+    if not args.text.strip():  # known before connecting: say so without needing a server
+        raise CliError("no text to speak (TEXT is empty)")
     return await _run_client(args, _paced(tokenize(args.text), args.token_delay_ms / 1000))
 
 

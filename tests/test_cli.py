@@ -333,11 +333,26 @@ def test_bad_key_in_a_subprocess(server: ThreadedServer, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("endpoint", ["stream", "multi", "tts"])
-def test_no_text_is_one_line(server: ThreadedServer, endpoint: str, tmp_path: Path) -> None:
-    done = _run("say", "", "--url", server.url, "--api-key", KEY, "--endpoint", endpoint,
+def test_no_text_is_one_line(nobody: str, endpoint: str, tmp_path: Path) -> None:
+    done = _run("say", " ", "--url", nobody, "--endpoint", endpoint,
                 "--out", str(tmp_path / "x.wav"))
+    assert done.returncode == 1  # known before connecting: no server needed to say so
+    assert _one_line(done.stderr) == "kugelwire: no text to speak (TEXT is empty)\n"
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize("endpoint", ["stream", "multi", "tts"])
+def test_no_text_on_stdin_is_one_line(
+    server: ThreadedServer, endpoint: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "kugelwire", "stream", "--url", server.url, "--api-key", KEY,
+         "--endpoint", endpoint, "--out", str(tmp_path / "x.wav")],
+        input="  \n", capture_output=True, text=True, env=env, timeout=20)
     assert done.returncode == 1
     assert _one_line(done.stderr) == "kugelwire: no text to speak\n"
+    assert not (tmp_path / "x.wav").exists()
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
