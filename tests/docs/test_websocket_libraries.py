@@ -27,9 +27,10 @@ def server() -> Iterator[ThreadedServer]:
         yield handle
 
 
-def _example(library: str) -> dict[str, Any]:
-    (block,) = [b for b in blocks(PAGE, "python") if f"import {library}" in b.source
-                or f"from {library}" in b.source]
+def _example(library: str, function: str = "speak") -> dict[str, Any]:
+    (block,) = [b for b in blocks(PAGE, "python")
+                if (f"import {library}" in b.source or f"from {library}" in b.source)
+                and f"async def {function}(" in b.source]
     assert block.directive == ""
     for name in ("next_deadline", "handle_timeout", "messages_to_send", "receive_message",
                  "connection_lost"):
@@ -105,3 +106,33 @@ def test_a_refused_key_ends_the_example(
              api_key="wrong")
     assert "401" in repr(info.value) or "401" in str(info.value.__cause__) or any(
         "401" in repr(e) for e in getattr(info.value, "exceptions", ()))
+
+
+def test_the_multi_example_keeps_its_contexts_alive(tmp_path: Path) -> None:
+    """Contexts time out after 0.5 s on this server and the example pauses 1 s between lines:
+    only the session's keep-alive timer, driven by the example's loop, keeps them open."""
+    pytest.importorskip("websockets")
+    from kugelwire.protocol import ServerLimits
+
+    example = _example("websockets", "dialogue")
+    lines = [("narrator", "The door creaked open."), ("hero", "Is anybody there?"),
+             ("narrator", "Nobody answered.")]
+    with run_in_thread(api_key=KEY, limits=ServerLimits(context_timeout_s=0.5)) as srv:
+        seconds, timeouts, finals = asyncio.run(example["dialogue"](
+            srv.url, lines, api_key=KEY, pause=1.0, keepalive_interval=0.2))
+    assert timeouts == 0 and finals >= len(lines)
+    assert seconds["narrator"] > 0.5 and seconds["hero"] > 0.3
+
+
+def test_without_keep_alives_the_contexts_time_out(tmp_path: Path) -> None:
+    """The control: the same dialogue without the timer loses its contexts."""
+    pytest.importorskip("websockets")
+    from kugelwire.protocol import LocalProtocolError, ServerLimits
+
+    example = _example("websockets", "dialogue")
+    lines = [("narrator", "The door creaked open."), ("hero", "Is anybody there?")]
+    limits = ServerLimits(context_timeout_s=0.5)
+    with run_in_thread(api_key=KEY, limits=limits) as srv, pytest.raises(LocalProtocolError):
+        # sending to a context that timed out
+        asyncio.run(example["dialogue"](srv.url, lines, api_key=KEY, pause=1.0,
+                                        keepalive_interval=None))
