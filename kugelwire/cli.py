@@ -800,7 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_run_command(_COMMANDS[args.command], args))
-    except (KeyboardInterrupt, _Interrupted) as exc:
+    except (KeyboardInterrupt, asyncio.CancelledError, _Interrupted) as exc:
+        # (CancelledError: a Ctrl-C that came as the command was returning; its work is done)
         print(f"kugelwire: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except CliError as exc:
