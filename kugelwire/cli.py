@@ -392,8 +392,19 @@ def _is_raw(path: str, raw: bool = False) -> bool:
     return raw or path.lower().endswith(RAW_SUFFIXES)
 
 
+def _is_stdout(path: str) -> bool:
+    return path == "-"
+
+
+def _shown(path: str) -> str:
+    return "stdout" if _is_stdout(path) else path
+
+
 def _open_output(path: str) -> IO[bytes]:
-    """Open ``--out`` for writing before anything is synthesised (a bad path fails first)."""
+    """Open ``--out`` for writing before anything is synthesised (a bad path fails first);
+    ``-`` is stdout."""
+    if _is_stdout(path):
+        return sys.stdout.buffer
     if os.path.isdir(path):
         raise CliError(f"cannot write {path}: it is a directory (give a file name with --out)")
     try:
@@ -420,22 +431,29 @@ def _write_wav(
     if out is None:
         out = _open_output(path)
     try:
-        out.truncate(0)
+        with contextlib.suppress(OSError):  # a pipe or a device (--out /dev/stdout) has no size
+            out.truncate(0)
         if _is_raw(path, raw):
             out.write(data)
         else:
             out.write(wav_header(encoding, rate, len(data)) + data + b"\0" * (len(data) % 2))
     finally:
-        if own or not out.closed:
+        if out is sys.stdout.buffer:
+            out.flush()
+        elif own or not out.closed:
             out.close()
 
 
 def _report(result: SpeakResult, out_path: str, show_words: bool) -> None:
+    # the audio itself may be going to stdout (--out -): then the report goes to stderr
+    file = sys.stderr if _is_stdout(out_path) else sys.stdout
+
     ms = 1000.0
     enc = "" if result.encoding in ("", "pcm_s16le") else f" {result.encoding}"
-    print(f"wrote {out_path}: {result.audio_seconds:.2f} s of{enc} audio at "
+    print(f"wrote {_shown(out_path)}: {result.audio_seconds:.2f} s of{enc} audio at "
           f"{result.sample_rate} Hz "
-          f"({result.chunks} chunks, {result.turns} turn{'s' if result.turns != 1 else ''})")
+          f"({result.chunks} chunks, {result.turns} turn{'s' if result.turns != 1 else ''})",
+          file=file)
     if result.first_audio_at is not None and result.first_token_at is not None:
         line = f"time to first audio: {(result.first_audio_at - result.first_token_at) * ms:.0f} ms"
         line += " after the first token"
@@ -443,21 +461,21 @@ def _report(result: SpeakResult, out_path: str, show_words: bool) -> None:
             delta = (result.first_audio_at - result.flush_at) * ms
             line += (f", {delta:.0f} ms after the flush" if delta >= 0
                      else f", {-delta:.0f} ms before the flush (sentence-boundary chunking)")
-        print(line)
+        print(line, file=file)
     if result.last_audio_at is not None and result.first_token_at is not None:
         wall = result.last_audio_at - result.first_token_at
         if result.audio_seconds:
             print(f"real-time factor: {wall / result.audio_seconds:.2f} "
-                  f"({wall:.2f} s wall for {result.audio_seconds:.2f} s of audio)")
+                  f"({wall:.2f} s wall for {result.audio_seconds:.2f} s of audio)", file=file)
     if result.usage is not None:
         u = result.usage
         cost = "n/a" if u.cost_cents is None else f"{u.cost_cents} cents"
         print(f"usage: {u.audio_seconds:.2f} audio seconds, {u.characters} characters, "
-              f"cost {cost}")
+              f"cost {cost}", file=file)
     if show_words and result.words:
-        print("word timestamps (ms from the start of the audio):")
+        print("word timestamps (ms from the start of the audio):", file=file)
         for w in result.words:
-            print(f"  {w.start_ms:8.0f} {w.end_ms:8.0f}  {w.word}")
+            print(f"  {w.start_ms:8.0f} {w.end_ms:8.0f}  {w.word}", file=file)
     for err in result.errors:
         print(f"warning: {err}", file=sys.stderr)
 
@@ -508,7 +526,7 @@ async def _run_client(args: argparse.Namespace, tokens: AsyncIterator[str]) -> i
     _check_url(args.url)
     config = _client_config(args)
     encoding, rate = _audio_format(args)
-    existed = os.path.exists(args.out)
+    existed = _is_stdout(args.out) or os.path.exists(args.out)
     out = _open_output(args.out)  # a bad --out fails now, before anything is synthesised
     result = SpeakResult()
     try:
@@ -520,7 +538,8 @@ async def _run_client(args: argparse.Namespace, tokens: AsyncIterator[str]) -> i
         _write_wav(args.out, result, out, raw=args.raw, encoding=encoding, sample_rate=rate)
         raise _Interrupted(_saved(args.out, result)) from None
     except BaseException:
-        out.close()
+        if out is not sys.stdout.buffer:
+            out.close()
         if not existed:  # nothing to keep: do not leave an empty file behind
             with contextlib.suppress(OSError):
                 os.unlink(args.out)
@@ -533,7 +552,7 @@ async def _run_client(args: argparse.Namespace, tokens: AsyncIterator[str]) -> i
 
 
 def _saved(path: str, result: SpeakResult) -> str:
-    return (f"interrupted; wrote {path} with the {result.audio_seconds:.2f} s of audio "
+    return (f"interrupted; wrote {_shown(path)} with the {result.audio_seconds:.2f} s of audio "
             "received so far")
 
 
@@ -712,7 +731,8 @@ def _parser() -> argparse.ArgumentParser:
                             + " (pcm_24000); G.711 is written as a µ-law / A-law WAV")
         p.add_argument("--out", default="out.wav",
                        help="file to write (out.wav): a WAV file, or raw audio bytes when the "
-                            "name ends in " + ", ".join(RAW_SUFFIXES))
+                            "name ends in " + ", ".join(RAW_SUFFIXES) + "; - for stdout (the "
+                            "report then goes to stderr)")
         p.add_argument("--raw", action="store_true",
                        help="write raw audio bytes (PCM16 little-endian or G.711), no WAV header")
         p.add_argument("--word-timestamps", action="store_true", help="print word timings")

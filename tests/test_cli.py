@@ -641,3 +641,16 @@ def _ssl_error(ssl: Any) -> BaseException:
     err = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
     err.reason = "WRONG_VERSION_NUMBER"
     return err
+
+
+def test_out_dash_writes_the_audio_to_stdout(server: ThreadedServer, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.ulaw"
+    common = ["say", "One two.", "--url", server.url, "--api-key", KEY, "--output-format",
+              "ulaw_8000", "--token-delay-ms", "0"]
+    assert main([*common, "--out", str(ref)]) == 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-m", "kugelwire", *common, "--out", "-", "--raw"],
+                          capture_output=True, env=env, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ref.read_bytes()  # the audio only; the report went to stderr
+    assert done.stderr.decode().startswith("wrote stdout: ")
