@@ -4,6 +4,7 @@
 * ``kugelwire say TEXT`` — stream TEXT word by word like an LLM, one flush at the end, into a WAV.
 * ``kugelwire stream`` — the same for tokens read from stdin as they arrive.
 * ``kugelwire demo`` — a server in this process plus ``say`` with a built-in paragraph.
+* ``kugelwire voices`` — list a server's voices (``GET /v1/voices``).
 
 ``say`` and ``stream`` work against the real service too (``--url wss://api.kugelaudio.com``
 with ``--api-key`` or ``KUGELAUDIO_API_KEY``). Errors are one line on stderr, exit status 1
@@ -349,7 +350,9 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = make_engine(args.engine)
     try:
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key)
+        faults = _fault_plan(args.fault)
+        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key,
+                          lenient=args.lenient, faults=faults)
         server = await server_cm.__aenter__()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -357,6 +360,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"kugelwire: serving {server.url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) "
               f"with the {type(engine).__name__}; Ctrl-C stops", flush=True)
         print(f"kugelwire: browser playground at http{server.url[2:]}/", flush=True)
+        _print_serve_mode(args.lenient, faults)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -390,6 +394,90 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve --lenient / --fault ---------------------------------------------------------------------
+def _fault_plan(specs: list[str] | None) -> Any:
+    from .server import FaultPlan
+
+    try:
+        return FaultPlan.parse(specs or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _print_serve_mode(lenient: bool, faults: Any) -> None:
+    if lenient:
+        print("kugelwire: lenient: requests without a voice, or with an unknown voice or model, "
+              "are spoken with defaults (the hosted service refuses them)", flush=True)
+    if faults:
+        print(f"kugelwire: FAULT INJECTION ACTIVE ({len(faults.faults)} fault(s)):", flush=True)
+        for line in faults.describe():
+            print(f"  {line}", flush=True)
+
+
+# -- voices ---------------------------------------------------------------------------------------
+def _http_base(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise CliError(f"--url {url!r}: expected ws://, wss://, http:// or https://")
+    mapped = {"ws": "http", "wss": "https", "http": "http", "https": "https"}.get(scheme.lower())
+    if mapped is None:
+        raise CliError(f"--url {url!r}: expected ws://, wss://, http:// or https://")
+    return f"{mapped}://{rest.split('/', 1)[0]}"
+
+
+def _fetch_voices(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = _http_base(url)
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    voices: list[dict[str, Any]] = []
+    while True:
+        target = f"{base}/v1/voices?limit=100&offset={len(voices)}"
+        request = urllib.request.Request(target, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = ""
+            with contextlib.suppress(Exception):
+                detail = str(json.loads(exc.read()).get("error", ""))
+            if exc.code in (401, 403):
+                raise CliError(f"{base} refused the API key (HTTP {exc.code}); pass --api-key "
+                               "or set KUGELAUDIO_API_KEY") from None
+            raise CliError(f"GET {base}/v1/voices: HTTP {exc.code} {detail}".rstrip()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(f"cannot reach {base}: {reason} (is a server running? start one "
+                           "with: kugelwire serve)") from None
+        except ValueError:
+            raise CliError(f"GET {base}/v1/voices: the answer is not JSON") from None
+        page = body.get("voices") if isinstance(body, dict) else None
+        if not isinstance(page, list):
+            raise CliError(f"GET {base}/v1/voices: unexpected answer (no voices list)")
+        voices += [v for v in page if isinstance(v, dict)]
+        total = body.get("total")
+        if not page or not isinstance(total, int) or len(voices) >= total:
+            return voices
+
+
+async def _cmd_voices(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("KUGELAUDIO_API_KEY")
+    voices = await asyncio.to_thread(_fetch_voices, args.url, api_key)
+    if not voices:
+        print("no voices")
+        return 0
+    print(f"{'ID':>6}  {'NAME':<22} {'LANGUAGES':<18} HANDLE")
+    for v in voices:
+        langs = ",".join(str(x) for x in v.get("supported_languages") or [])
+        print(f"{v.get('id')!s:>6}  {v.get('name', '')!s:<22} {langs[:18]:<18} "
+              f"{v.get('handle') or ''}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kugelwire", description="KugelAudio streaming TTS: local server and client."
@@ -402,11 +490,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
     serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    serve.add_argument("--lenient", action="store_true",
+                       help="speak requests the hosted service refuses (no voice, unknown voice "
+                            "or model) with defaults instead of refusing them")
+    serve.add_argument("--fault", action="append", default=[], metavar="KIND[:ARG][,k=v...]",
+                       help="misbehave on purpose (repeatable): drop, restart, stall, delay, "
+                            "error, reject, slow_handshake; e.g. restart:after=3, reject:429")
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")
         p.add_argument("--api-key", default=None, help="API key (or KUGELAUDIO_API_KEY)")
-        p.add_argument("--voice", default=None, help="voice id")
+        p.add_argument("--voice", default="1",
+                       help="voice id (default 1; list them with: kugelwire voices)")
         p.add_argument("--language", default="en")
         p.add_argument("--endpoint", choices=["stream", "multi", "tts"], default="stream")
         p.add_argument("--sample-rate", type=int, default=24000,
@@ -426,10 +521,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo.wav")
     demo.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto")
     demo.add_argument("--token-delay-ms", type=float, default=30.0)
+
+    voices = sub.add_parser("voices", help="list a server's voices (GET /v1/voices)")
+    voices.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")
+    voices.add_argument("--api-key", default=None, help="API key (or KUGELAUDIO_API_KEY)")
     return parser
 
 
-_COMMANDS = {"serve": _cmd_serve, "say": _cmd_say, "stream": _cmd_stream, "demo": _cmd_demo}
+_COMMANDS = {"serve": _cmd_serve, "say": _cmd_say, "stream": _cmd_stream, "demo": _cmd_demo,
+             "voices": _cmd_voices}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,14 +31,28 @@ from ..protocol._ws import HttpHandler
 from ..synth import Engine, ToneEngine
 from . import _runner
 from ._common import ServerOptions
-from ._playground import playground_handler
+from ._faults import Fault, FaultPlan, FaultyConnection
+from ._playground import playground_handler, playground_handler_for
 from ._runner import ServerHandle
 
 if TYPE_CHECKING:
     from ._trio import TrioServerHandle
 
-__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "playground_handler",
-           "run_in_thread", "serve", "trio_serve"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "FaultyConnection",
+    "ServerHandle",
+    "ServerOptions",
+    "ThreadedServer",
+    "playground_handler",
+    "run_in_thread",
+    "serve",
+    "trio_serve",
+]
+
+#: What ``faults=`` takes: a spec string, a list of specs / :class:`Fault` s, or a plan.
+FaultSpecs = str | Fault | Iterable[str | Fault] | FaultPlan | None
 
 
 def _options(
@@ -55,7 +70,12 @@ def _options(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    lenient: bool = False,
+    faults: FaultSpecs = None,
 ) -> ServerOptions:
+    plan = FaultPlan.parse(faults)
+    if http_handler is None:
+        http_handler = playground_handler_for(plan) if plan else playground_handler
     return ServerOptions(
         engine=engine if engine is not None else ToneEngine(),
         api_key=api_key,
@@ -67,9 +87,11 @@ def _options(
         write_buffer_limit=write_buffer_limit,
         auth_failure=auth_failure,
         shutdown_timeout=shutdown_timeout,
-        http_handler=http_handler if http_handler is not None else playground_handler,
+        http_handler=http_handler,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        lenient=lenient,
+        faults=plan if plan else None,
     )
 
 
@@ -90,6 +112,8 @@ def serve(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    lenient: bool = False,
+    faults: FaultSpecs = None,
 ) -> AbstractAsyncContextManager[ServerHandle]:
     """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
 
@@ -100,7 +124,15 @@ def serve(
     the pong does not come within ``ping_timeout`` (``ping_interval=None``: never). Leaving the
     block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
     seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
-    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere).
+    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere); ``GET /v1/voices``,
+    ``/v1/voices/{id}`` and ``/v1/models`` answer from the engine's voice catalogue, with the
+    sockets' auth.
+
+    The server is as strict as the hosted service: a turn without ``voice_id``
+    (``MISSING_VOICE_ID``), a voice outside the engine's catalogue (``NOT_FOUND``) or an unknown
+    ``model_id`` (``VALIDATION_ERROR``) is refused. ``lenient=True`` accepts those and speaks
+    with defaults instead. ``faults`` is a fault plan (specs such as ``"restart:after=3"`` or
+    ``"reject:429"``, see :class:`FaultPlan`) applied to every connection.
     """
     return _runner.serve(
         host,
@@ -119,6 +151,8 @@ def serve(
             http_handler=http_handler,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            lenient=lenient,
+            faults=faults,
         ),
     )
 

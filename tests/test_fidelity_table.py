@@ -1,0 +1,134 @@
+"""``docs/fidelity.md`` is executable: every row of its rejection table is replayed, strict and
+lenient, against a byte-level :class:`ServerConnection` routed the way a tone-engine server
+routes (the engine's catalogue, the REST handler), with no engine attached.
+
+The cell syntax is the bad-input table's (``tests/test_bad_input_table.py``). Every HTTP answer
+must carry the connection's ``x-request-id`` and every error frame its ``request_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kugelwire.protocol._ws import ConnectionState, ServerConnection
+from kugelwire.server import ServerOptions
+from kugelwire.synth import ToneEngine
+from tests.test_bad_input_table import (
+    encode_frames,
+    expected_output,
+    parse_server_bytes,
+    split_http,
+    upgrade_request,
+)
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "fidelity.md"
+KEY = "fidelity-test-key"
+REQUEST_ID = "req_fidelity"
+
+
+@dataclass(frozen=True)
+class Row:
+    trigger: str
+    endpoint: str
+    frame: str
+    response: str
+    fatal: str
+    close: str
+    lenient: str
+
+
+def _cell(text: str) -> str:
+    text = text.strip()
+    if text.startswith("`") and text.endswith("`"):
+        text = text[1:-1]
+    return text.replace("\\|", "|")
+
+
+def parse_table(markdown: str) -> list[Row]:
+    rows: list[Row] = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("| Trigger |"):
+            in_table = True
+            continue
+        if not in_table:
+            continue
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        if set(line.replace("|", "").strip()) <= {"-", ":", " "}:
+            continue
+        cells = [_cell(c) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        assert len(cells) == 7, f"malformed row ({len(cells)} cells): {line}"
+        rows.append(Row(*cells))
+    return rows
+
+
+ROWS = parse_table(DOC.read_text(encoding="utf-8"))
+
+
+def _headers(head: bytes) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        out[name.strip().lower()] = value.strip()
+    return out
+
+
+def run(row: Row, *, lenient: bool) -> tuple[list[Any], ConnectionState]:
+    options = ServerOptions(engine=ToneEngine(), lenient=lenient)
+    now = 1000.0
+    conn = ServerConnection(
+        options.new_session, api_key=KEY, now=now, rest_handler=options.rest_handler(),
+        request_id=REQUEST_ID,
+    )
+    if row.frame.startswith("GET "):
+        head, _, extra = row.frame[4:].replace("KEY", KEY).partition(" + ")
+        if extra == "no-upgrade":
+            request = f"GET {head} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        else:
+            request = upgrade_request(head)
+        conn.receive_data(request, now)
+        data = conn.data_to_send()
+        status, raw_head, body = split_http(data)
+        assert _headers(raw_head).get(b"x-request-id") == REQUEST_ID.encode(), raw_head
+        return [("http", status, json.loads(body) if body else None)], conn.state
+    conn.receive_data(upgrade_request(f"{row.endpoint}?api_key={KEY}"), now)
+    status, raw_head, _ = split_http(conn.data_to_send())
+    assert status == 101
+    assert _headers(raw_head).get(b"x-request-id") == REQUEST_ID.encode()
+    conn.receive_data(encode_frames(row.frame), now)
+    output = parse_server_bytes(conn.data_to_send())
+    for item in output:
+        if isinstance(item, dict) and "error" in item:
+            assert item.pop("request_id") == REQUEST_ID, item
+    return output, conn.state
+
+
+def test_the_table_covers_the_service_rejections() -> None:
+    codes = {json.loads(c)["error_code"] for r in ROWS for c in r.response.split(" ; ")
+             if c.startswith("{") and "error_code" in c}
+    assert {"MISSING_VOICE_ID", "NOT_FOUND", "VALIDATION_ERROR"} <= codes
+    assert len({r.trigger for r in ROWS}) == len(ROWS), "triggers must be unique"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.trigger for r in ROWS])
+def test_strict(row: Row) -> None:
+    output, state = run(row, lenient=False)
+    assert output == expected_output(row.response)
+    closes = [item[1] for item in output if isinstance(item, tuple) and item[0] == "close"]
+    assert closes == ([] if row.close == "-" else [int(row.close)])
+    assert (state is not ConnectionState.OPEN) == (row.fatal == "yes"), state
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.trigger for r in ROWS])
+def test_lenient(row: Row) -> None:
+    output, _ = run(row, lenient=True)
+    assert output == expected_output(row.lenient)
