@@ -34,6 +34,7 @@ from .protocol._events import (
     AudioChunk,
     ClientEvent,
     ContextClosed,
+    ErrorCode,
     Interrupted,
     RequestFinal,
     ServerError,
@@ -169,6 +170,10 @@ class _Progress:
             sys.stderr.flush()
 
 
+#: Errors that refuse the turn itself (a missing or unknown voice or model).
+_REFUSED = frozenset({ErrorCode.MISSING_VOICE_ID, ErrorCode.NOT_FOUND})
+
+
 def _on_event(ev: ClientEvent, result: SpeakResult, progress: _Progress, now: float) -> None:
     if isinstance(ev, AudioChunk):
         if result.first_audio_at is None:
@@ -190,6 +195,10 @@ def _on_event(ev: ClientEvent, result: SpeakResult, progress: _Progress, now: fl
                 ev.usage.model_id,
             )
     elif isinstance(ev, ServerError):
+        if ev.code in _REFUSED:  # the turn never started on the server: nothing will come
+            raise CliError(f"the server refused the request: {ev.code.value}: {ev.message}"
+                           + (" (list the voices with: kugelwire voices)"
+                              if ev.code is ErrorCode.NOT_FOUND else ""))
         result.errors.append(f"{ev.code.value}: {ev.message}")
     elif isinstance(ev, Interrupted):
         result.errors.append("the turn was interrupted")
