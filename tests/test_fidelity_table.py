@@ -132,3 +132,13 @@ def test_strict(row: Row) -> None:
 def test_lenient(row: Row) -> None:
     output, _ = run(row, lenient=True)
     assert output == expected_output(row.lenient)
+
+
+def test_a_refused_close_socket_frame_applies_nothing() -> None:
+    """``{"text", "close_socket"}`` without a voice is refused whole: the socket stays usable."""
+    row = Row("-", "/ws/tts/stream", '{"text": "Bye.", "close_socket": true} ; '
+              '{"voice_id": 1, "text": "Hi.", "flush": true}', "", "no", "-", "")
+    output, state = run(row, lenient=False)
+    assert [next(iter(f)) for f in output] == ["error", "generation_started"]
+    assert output[0]["error_code"] == "MISSING_VOICE_ID"
+    assert state is ConnectionState.OPEN

@@ -661,9 +661,9 @@ class StreamServerSession(_ServerSession):
 
     def _apply(self, msg: ClientMessage, now: float) -> None:
         if msg.close_socket:
-            self._closing = True
             if msg.text:
-                self._text(msg, now)
+                self._text(msg, now)  # may refuse the frame: then nothing of it applies
+            self._closing = True
             if self.state is ServerTurnState.ACTIVE:
                 self._flush(now)
             elif self.state is ServerTurnState.IDLE:

@@ -56,8 +56,8 @@ voice used is ``<language voice>+<variant>``:
 4                              ``en-gb-x-rp+klatt``   ``de+klatt`` (British RP accent for English)
 5                              ``en-us+f3``           ``de+f3`` (female formant variant)
 6                              ``en-us+m3``           ``de+m3`` (male formant variant)
-1071, 1072                     as 1 and 5             (the ids of the service's documentation
-                                                      examples)
+123, 280, 456, 1071, 1072      as 2, 6, 5, 1 and 5    (the ids of the service's and the SDKs'
+                                                      documentation examples)
 =============================  =====================  ==========================================
 
 These ids are the engine's ``voices`` catalogue (:data:`ESPEAK_VOICES`); a strict server refuses
@@ -123,6 +123,9 @@ VOICES: Final[Mapping[int, tuple[str, str]]] = {
     4: ("en-gb-x-rp", "klatt"),
     5: ("en-us", "f3"),
     6: ("en-us", "m3"),
+    123: ("en-us", "klatt2"),
+    280: ("en-us", "m3"),
+    456: ("en-us", "f3"),
     1071: ("en-us", "klatt"),
     1072: ("en-us", "f3"),
 }
@@ -135,6 +138,9 @@ _VOICE_INFO: Final = {
     4: ("Klatt British", "male", "espeak-rp"),
     5: ("Formant F3", "female", "espeak-f3"),
     6: ("Formant M3", "male", "espeak-m3"),
+    123: ("Example A", "male", "espeak-example-a"),
+    280: ("Example B", "male", "espeak-example-b"),
+    456: ("Example C", "female", "espeak-example-c"),
     1071: ("Narrator", "male", "espeak-narrator"),
     1072: ("Character", "female", "espeak-character"),
 }

@@ -53,13 +53,17 @@ def _tone_voice(
     )
 
 
-#: The tone engine's voices (id -> base-pitch factor in ``engine_voice``). 1071 and 1072 are the
-#: ids the service's documentation examples use, so copied examples run against a local server.
+#: The tone engine's voices (id -> base-pitch factor in ``engine_voice``). 123, 280, 456, 1071
+#: and 1072 are the ids the service's and the official SDKs' documentation examples use, so
+#: copied examples run against a local server.
 TONE_VOICES = VoiceCatalogue.of(
     [
         _tone_voice(1, "Tone Low", 1.0, "tone-low", "male", "Pentatonic tones from 220 Hz"),
         _tone_voice(2, "Tone High", 1.5, "tone-high", "female", "A fifth above Tone Low"),
         _tone_voice(3, "Tone Bright", 2.0, "tone-bright", "neutral", "An octave above Tone Low"),
+        _tone_voice(123, "Tone Example A", 0.9, "tone-example-a", "male", "Just below Tone Low"),
+        _tone_voice(280, "Tone Example B", 1.1, "tone-example-b", "male", "Just above Tone Low"),
+        _tone_voice(456, "Tone Example C", 1.35, "tone-example-c", "female", "A fourth up"),
         _tone_voice(1071, "Tone Narrator", 0.8, "tone-narrator", "male", "Below Tone Low"),
         _tone_voice(1072, "Tone Character", 1.25, "tone-character", "female", "A third up"),
     ]
