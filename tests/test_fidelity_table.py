@@ -142,3 +142,28 @@ def test_a_refused_close_socket_frame_applies_nothing() -> None:
     assert [next(iter(f)) for f in output] == ["error", "generation_started"]
     assert output[0]["error_code"] == "MISSING_VOICE_ID"
     assert state is ConnectionState.OPEN
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /ws/tts/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /ws/tts/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    b"GET /ws/tts/stream?api_key=wrong HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n",
+    b"\x00garbage\r\n\r\n",
+], ids=["upgrade POST", "plain POST", "playground", "404", "426", "401", "REST", "400"])
+def test_every_http_answer_carries_the_request_id(request_bytes: bytes) -> None:
+    from kugelwire.server import playground_handler
+
+    options = ServerOptions(engine=ToneEngine())
+    conn = ServerConnection(options.new_session, api_key=KEY, now=0.0, request_id=REQUEST_ID,
+                            rest_handler=options.rest_handler(), http_handler=playground_handler)
+    conn.receive_data(request_bytes, 0.0)
+    _, head, _ = split_http(conn.data_to_send())
+    assert _headers(head).get(b"x-request-id") == REQUEST_ID.encode(), head

@@ -969,7 +969,7 @@ class ServerConnection(_Connection):
             self._on_http_request(request.method, path)
             return
         if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
-            self._out += _http_response(405, [(b"allow", b"GET")], b"")
+            self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
             return
@@ -1070,7 +1070,9 @@ class ServerConnection(_Connection):
     def _on_http_request(self, method: bytes, path: str) -> None:
         """A plain HTTP request (no upgrade): the hook for serving static files later."""
         if method not in (b"GET", b"HEAD"):
-            self._out += _http_response(405, [(b"allow", b"GET, HEAD")], b"")
+            self._out += _http_response(
+                405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
+            )
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
             return
@@ -1083,9 +1085,13 @@ class ServerConnection(_Connection):
             if not any(name.lower() == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
             body = b""
-        self._out += _http_response(status, headers, body)
+        self._out += _http_response(status, [*headers, self._request_id_header], body)
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
+
+    @property
+    def _request_id_header(self) -> tuple[bytes, bytes]:
+        return (b"x-request-id", self.request_id.encode("ascii"))
 
     def _on_rest_request(
         self, method: bytes, path: str, query: str, headers: list[tuple[bytes, bytes]]
