@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kugelwire.errors import (
     AuthenticationError,
@@ -687,3 +689,42 @@ def test_trio_runner_obeys_drop_and_restart() -> None:
 
     trio.run(main)
 
+
+
+# -- a property: the fault fires at exactly the frame it names, whatever the turns look like --
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["drop", "restart", "error:INTERNAL_ERROR", "stall"]),
+    after=st.integers(0, 5),
+    turn=st.integers(1, 3),
+    frames=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+)
+def test_fault_fires_exactly_at_frame_after_of_turn(
+    kind: str, after: int, turn: int, frames: list[int]
+) -> None:
+    sep = "," if ":" in kind else ":"
+    p = Pure(f"{kind}{sep}after={after},turn={turn}")
+    seen: list[int] = []  # audio frames delivered per turn
+    stopped = False
+    for number, n in enumerate(frames, start=1):
+        p.send({"voice_id": 1, "text": f"Turn {number}.", "flush": True})
+        p.speak(n)
+        out = p.read()
+        seen.append(_kinds(out).count("audio"))
+        fired = number == turn and after <= n
+        if fired:
+            assert seen[-1] == after
+            if kind == "drop":
+                assert p.conn.abort_requested
+            elif kind == "stall":
+                assert p.conn.state is ConnectionState.OPEN
+                assert "session_closed" not in _kinds(out)
+            else:
+                code = 1012 if kind == "restart" else 4000
+                assert out[-1] == ("close", code)
+            stopped = True
+            break
+        assert seen[-1] == n and not p.conn.abort_requested
+        assert _kinds(out)[-1] == "session_closed"
+    assert stopped == (turn <= len(frames) and after <= frames[turn - 1])
