@@ -203,8 +203,13 @@ class Fault:
                 changes[key] = value
         at = values.get("at")
         if at is not None:
-            if at not in ("audio", "handshake"):
-                raise ValueError(f"fault {spec!r}: at must be 'audio' or 'handshake', not {at!r}")
+            allowed = ("audio", "handshake", "turn_end") if kind == "restart" else (
+                "audio", "handshake")
+            if at not in allowed:
+                raise ValueError(
+                    f"fault {spec!r}: at must be {' or '.join(repr(a) for a in allowed)}, "
+                    f"not {at!r}"
+                )
             changes["at"] = at
         raw_retry = values.get("retry_after")
         if raw_retry is not None and raw_retry.lower() != "none":
@@ -238,6 +243,10 @@ class Fault:
     def fires_on_audio(self) -> bool:
         return self.kind in ("drop", "restart", "stall", "error") and self.at == "audio"
 
+    @property
+    def fires_at_turn_end(self) -> bool:
+        return self.kind == "restart" and self.at == "turn_end"
+
     def describe(self) -> str:
         """One line: what this fault does (with its numbers)."""
         k = self.kind
@@ -247,11 +256,12 @@ class Fault:
         if k == "drop":
             text = f"TCP reset {where}"
         elif k == "restart":
-            text = (
-                "accept, then close 1013 (draining replica)"
-                if self.at == "handshake"
-                else f"close 1012 {where}"
-            )
+            if self.at == "handshake":
+                text = "accept, then close 1013 (draining replica)"
+            elif self.at == "turn_end":
+                text = f"close 1012 right after turn {self.turn} ends (a graceful restart)"
+            else:
+                text = f"close 1012 {where}"
         elif k == "stall":
             how = "for ever" if self.ms is None else f"for {self.ms:g} ms"
             text = f"stop sending {where}, {how} (socket stays open)"
@@ -334,6 +344,8 @@ class _FaultySession:
         self._inner = inner
         self._owner: FaultyConnection = owner
         self._armed = [f for f in faults if f.fires_on_audio]
+        self._at_turn_end = [f for f in faults if f.fires_at_turn_end]
+        self._stream = getattr(inner, "endpoint", "") == "/ws/tts/stream"
         self._delay = next((f for f in faults if f.kind == "delay"), None)
         self._rng = rng
         self._now = 0.0
@@ -462,9 +474,17 @@ class _FaultySession:
                 if f.after and f.after == self._frames and f.turn == self._turn:
                     self._fire(f)
             return
-        if any(marker in text for marker in _END_MARKERS):
+        ended = any(marker in text for marker in _END_MARKERS)
+        if ended:
             self._turn_over = True
         out.append(text)
+        if ended and not (self._stream and '"final":true' in text):  # stream: final first
+            for f in list(self._at_turn_end):
+                if f.turn == self._turn:
+                    self._at_turn_end.remove(f)
+                    self._dead = True
+                    self._held.clear()
+                    self._close = 1012
 
     def _fire(self, fault: Fault) -> None:
         if fault in self._armed:

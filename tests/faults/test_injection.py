@@ -88,7 +88,8 @@ def test_parse_forms() -> None:
     ("error:OOPS", "unknown error 'OOPS'"),
     ("delay", "delay needs ms"),
     ("delay:ms=nan", "ms must be >= 0"),
-    ("restart:at=later", "at must be 'audio' or 'handshake'"),
+    ("restart:at=later", "at must be 'audio' or 'handshake' or 'turn_end'"),
+    ("error:at=turn_end", "at must be 'audio' or 'handshake', not"),
     ("drop:,", "empty option"),
 ])
 def test_parse_errors_name_the_problem(spec: str, message: str) -> None:
@@ -221,6 +222,22 @@ def test_error_after_0_replaces_the_first_audio_frame() -> None:
     assert _kinds(out) == ["generation_started", "error", "close"]
     assert out[1]["retry_after"] == 2 and out[1]["code"] == 429
     assert out[2] == ("close", 4029)
+
+
+def test_restart_at_turn_end_closes_right_after_session_closed() -> None:
+    p = Pure("restart:at=turn_end,turn=2")
+    for number in (1, 2):
+        p.send({"voice_id": 1, "text": f"Turn {number}.", "flush": True})
+        p.speak(2)
+        out = p.read()
+        expected = ["generation_started", "audio", "audio", "chunk_complete", "final",
+                    "session_closed"]
+        assert _kinds(out) == expected + (["close"] if number == 2 else [])
+    assert out[-1] == ("close", 1012)
+    tts = Pure("restart:at=turn_end", path="/ws/tts")
+    tts.send({"voice_id": 1, "text": "Request."})
+    tts.speak(1)
+    assert _kinds(tts.read()) == ["audio", "final", "close"]
 
 
 def test_error_and_restart_at_handshake() -> None:
@@ -550,6 +567,15 @@ def test_client_restart_before_audio_replays_the_whole_turn() -> None:
             assert seen["restarts"] == 1
             assert _samples(seen) == full and _indices_ok(seen)  # nothing lost or doubled
             assert isinstance(seen["next"], TurnClosed)
+
+    run(main, timeout=30)
+
+
+def test_client_restart_at_turn_end_is_invisible() -> None:
+    async def main() -> None:
+        seen = await _turn_against("restart:at=turn_end")
+        assert seen["error"] is None and len(seen["chunks"]) > 3 and _indices_ok(seen)
+        assert isinstance(seen["next"], TurnClosed)  # reconnected for the next turn
 
     run(main, timeout=30)
 
