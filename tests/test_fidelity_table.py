@@ -167,3 +167,45 @@ def test_every_http_answer_carries_the_request_id(request_bytes: bytes) -> None:
     conn.receive_data(request_bytes, 0.0)
     _, head, _ = split_http(conn.data_to_send())
     assert _headers(head).get(b"x-request-id") == REQUEST_ID.encode(), head
+
+
+def _get(port: int, target: str, key: str | None = KEY) -> tuple[int, dict[bytes, bytes], Any]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status, head, body = split_http(data)
+    return status, _headers(head), json.loads(body) if body else None
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("runner", ["asyncio", "trio"])
+def test_rest_routes_on_both_runners(runner: str) -> None:
+    from kugelwire.server import run_in_thread, trio_serve
+    from kugelwire.synth import TONE_VOICES
+
+    def check(port: int) -> None:
+        status, headers, body = _get(port, "/v1/voices?limit=2&offset=1")
+        assert status == 200 and headers[b"content-type"] == b"application/json"
+        assert [v["id"] for v in body["voices"]] == [v.id for v in TONE_VOICES][1:3]
+        assert body["total"] == len(TONE_VOICES)
+        assert _get(port, "/v1/voices/tone-high")[2]["id"] == 2
+        assert _get(port, "/v1/models")[2]["models"][0]["id"] == "kugel-3"
+        assert _get(port, "/v1/models", key=None)[0] == 401
+        assert _get(port, "/v1/voices/5")[0] == 404
+
+    if runner == "asyncio":
+        with run_in_thread(api_key=KEY) as handle:
+            check(handle.port)
+        return
+    trio = pytest.importorskip("trio")
+
+    async def main() -> None:
+        async with trio_serve(api_key=KEY) as server:
+            await trio.to_thread.run_sync(check, server.port)
+
+    trio.run(main)
