@@ -754,3 +754,38 @@ def test_fault_fires_exactly_at_frame_after_of_turn(
         assert seen[-1] == n and not p.conn.abort_requested
         assert _kinds(out)[-1] == "session_closed"
     assert stopped == (turn <= len(frames) and after <= frames[turn - 1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(1, 400), max_size=12), after=st.integers(1, 4))
+def test_random_network_splits_do_not_change_what_a_fault_does(cuts: list[int], after: int) -> None:
+    """The request and its frames arrive cut at random points: same frames, same close."""
+    wire = upgrade_request("/ws/tts/stream") + text_frame(
+        {"voice_id": 1, "text": "Split me up.", "flush": True})
+
+    def run_with(pieces: list[bytes]) -> list[Any]:
+        plan = FaultPlan.parse(f"restart:after={after}")
+        conn = FaultyConnection(ServerOptions(engine=ToneEngine()).new_session, faults=plan,
+                                now=0.0, request_id="req_split")
+        out = b""
+        session: Any = None
+        for piece in pieces:
+            conn.receive_data(piece, 0.0)
+            out += conn.data_to_send()
+            for event in conn.events():
+                session = getattr(event, "session", session)
+        assert session is not None
+        for ev in list(session.events()):
+            for _ in range(6):
+                session.send_audio(ev.ref, b"\x01\x00" * 1200, 0.0)
+        out += conn.data_to_send()
+        frames, rest = server_frames(out.partition(b"\r\n\r\n")[2])
+        assert rest == b""
+        return frames
+
+    bounds = sorted({c for c in cuts if c < len(wire)})
+    pieces = [wire[a:b] for a, b in zip([0, *bounds], [*bounds, len(wire)], strict=True)]
+    frames = run_with(pieces)
+    assert frames == run_with([wire])
+    assert [op for op, _ in frames].count(0x1) == 1 + after  # generation_started + N audio
+    assert frames[-1] == (0x8, (1012).to_bytes(2, "big"))
