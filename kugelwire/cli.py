@@ -4,6 +4,7 @@
 * ``kugelwire say TEXT`` — stream TEXT word by word like an LLM, one flush at the end, into a WAV.
 * ``kugelwire stream`` — the same for tokens read from stdin as they arrive.
 * ``kugelwire demo`` — a server in this process plus ``say`` with a built-in paragraph.
+* ``kugelwire voices`` — list a server's voices (``GET /v1/voices``).
 
 ``say`` and ``stream`` work against the real service too (``--url wss://api.kugelaudio.com``
 with ``--api-key`` or ``KUGELAUDIO_API_KEY``). Errors are one line on stderr starting with
@@ -46,6 +47,7 @@ from .protocol._events import (
     AudioChunk,
     ClientEvent,
     ContextClosed,
+    ErrorCode,
     Interrupted,
     RequestFinal,
     ServerError,
@@ -221,6 +223,10 @@ class _Progress:
             sys.stderr.flush()
 
 
+#: Errors that refuse the turn itself (a missing or unknown voice or model).
+_REFUSED = frozenset({ErrorCode.MISSING_VOICE_ID, ErrorCode.NOT_FOUND})
+
+
 def _on_event(ev: ClientEvent, result: SpeakResult, progress: _Progress, now: float) -> None:
     if isinstance(ev, AudioChunk):
         if result.first_audio_at is None:
@@ -245,6 +251,10 @@ def _on_event(ev: ClientEvent, result: SpeakResult, progress: _Progress, now: fl
                 ev.usage.model_id,
             )
     elif isinstance(ev, ServerError):
+        if ev.code in _REFUSED:  # the turn never started on the server: nothing will come
+            raise CliError(f"the server refused the request: {ev.code.value}: {ev.message}"
+                           + (" (list the voices with: kugelwire voices)"
+                              if ev.code is ErrorCode.NOT_FOUND else ""))
         result.errors.append(f"{ev.code.value}: {ev.message}")
     elif isinstance(ev, Interrupted):
         result.errors.append("the turn was interrupted")
@@ -583,8 +593,9 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     _log_to_stderr()
     engine = make_engine(args.engine)
     try:
+        faults = _fault_plan(args.fault)
         server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key,
-                          lint=_serve_linter(args))
+                          lint=_serve_linter(args), lenient=args.lenient, faults=faults)
         server = await server_cm.__aenter__()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -592,6 +603,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"kugelwire: serving {server.url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) "
               f"with the {type(engine).__name__}; Ctrl-C stops", flush=True)
         print(f"kugelwire: browser playground at http{server.url[2:]}/", flush=True)
+        _print_serve_mode(args.lenient, faults)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         # SIGTERM: a graceful stop (busy turns finish first). SIGINT (Ctrl-C) is the command
@@ -649,6 +661,90 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     if not result.pcm or result.rms < 50:
         raise CliError("the demo produced no audible audio")
     print(f"spoken words: {len(result.words)}; play it with: aplay {args.out}")
+    return 0
+
+
+# -- serve --lenient / --fault ---------------------------------------------------------------------
+def _fault_plan(specs: list[str] | None) -> Any:
+    from .server import FaultPlan
+
+    try:
+        return FaultPlan.parse(specs or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _print_serve_mode(lenient: bool, faults: Any) -> None:
+    if lenient:
+        print("kugelwire: lenient: requests without a voice, or with an unknown voice or model, "
+              "are spoken with defaults (the hosted service refuses them)", flush=True)
+    if faults:
+        print(f"kugelwire: FAULT INJECTION ACTIVE ({len(faults.faults)} fault(s)):", flush=True)
+        for line in faults.describe():
+            print(f"  {line}", flush=True)
+
+
+# -- voices ---------------------------------------------------------------------------------------
+def _http_base(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise CliError(f"--url {url!r}: expected ws://, wss://, http:// or https://")
+    mapped = {"ws": "http", "wss": "https", "http": "http", "https": "https"}.get(scheme.lower())
+    if mapped is None:
+        raise CliError(f"--url {url!r}: expected ws://, wss://, http:// or https://")
+    return f"{mapped}://{rest.split('/', 1)[0]}"
+
+
+def _fetch_voices(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = _http_base(url)
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    voices: list[dict[str, Any]] = []
+    while True:
+        target = f"{base}/v1/voices?limit=100&offset={len(voices)}"
+        request = urllib.request.Request(target, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = ""
+            with contextlib.suppress(Exception):
+                detail = str(json.loads(exc.read()).get("error", ""))
+            if exc.code in (401, 403):
+                raise CliError(f"{base} refused the API key (HTTP {exc.code}); pass --api-key "
+                               "or set KUGELAUDIO_API_KEY") from None
+            raise CliError(f"GET {base}/v1/voices: HTTP {exc.code} {detail}".rstrip()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(f"cannot reach {base}: {reason} (is a server running? start one "
+                           "with: kugelwire serve)") from None
+        except ValueError:
+            raise CliError(f"GET {base}/v1/voices: the answer is not JSON") from None
+        page = body.get("voices") if isinstance(body, dict) else None
+        if not isinstance(page, list):
+            raise CliError(f"GET {base}/v1/voices: unexpected answer (no voices list)")
+        voices += [v for v in page if isinstance(v, dict)]
+        total = body.get("total")
+        if not page or not isinstance(total, int) or len(voices) >= total:
+            return voices
+
+
+async def _cmd_voices(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("KUGELAUDIO_API_KEY")
+    voices = await asyncio.to_thread(_fetch_voices, args.url, api_key)
+    if not voices:
+        print("no voices")
+        return 0
+    print(f"{'ID':>6}  {'NAME':<22} {'LANGUAGES':<18} HANDLE")
+    for v in voices:
+        langs = ",".join(str(x) for x in v.get("supported_languages") or [])
+        print(f"{v.get('id')!s:>6}  {v.get('name', '')!s:<22} {langs[:18]:<18} "
+              f"{v.get('handle') or ''}")
     return 0
 
 
@@ -735,12 +831,13 @@ def _voice_table() -> str:
     except ImportError:
         return ("voices: the local server's eSpeak voices need the voice extra "
                 "(pip install 'kugelwire[voice]'); the tone engine ignores --voice.")
-    rows = [f"  {n:<3}{accent}+{variant}{'  (default)' if n == DEFAULT_VOICE else ''}"
+    rows = [f"  {n:<5}{accent}+{variant}{'  (default)' if n == DEFAULT_VOICE else ''}"
             for n, (accent, variant) in VOICES.items()]
     return "\n".join([
         "voices of the local server's eSpeak engine (--voice N; for another --language the",
-        "same variant of that language's voice; other ids use the default; the tone engine",
-        "ignores the voice; on the hosted service use its own voice ids):",
+        "same variant of that language's voice; the server refuses other ids unless it runs",
+        "with --lenient; the tone engine's voices differ in pitch; on the hosted service use",
+        "its own voice ids, listed by: kugelwire voices --url ...):",
         *rows,
     ])
 
@@ -789,14 +886,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
     serve.add_argument("--no-lint", action="store_true",
                        help="do not check clients against the streaming rules (on by default)")
+    serve.add_argument("--lenient", action="store_true",
+                       help="speak requests the hosted service refuses (no voice, unknown voice "
+                            "or model) with defaults instead of refusing them")
+    serve.add_argument("--fault", action="append", default=[], metavar="KIND[:ARG][,k=v...]",
+                       help="misbehave on purpose (repeatable): drop, restart, stall, delay, "
+                            "error, reject, slow_handshake; e.g. restart:after=3, reject:429")
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL,
                        help=f"server base URL ({DEFAULT_URL}; wss://api.kugelaudio.com for the "
                             "hosted service)")
         p.add_argument("--api-key", default=None, help="API key (or KUGELAUDIO_API_KEY)")
-        p.add_argument("--voice", default=None,
-                       help="voice id (the server's default voice when omitted; see below)")
+        p.add_argument("--voice", default="1",
+                       help="voice id (default 1; list a server's voices with: kugelwire voices; "
+                            "see below)")
         p.add_argument("--language", default="en", help="ISO 639-1 language code (en)")
         p.add_argument("--endpoint", choices=["stream", "multi", "tts"], default="stream",
                        help="stream: one streamed turn (default); multi: one context of "
@@ -862,10 +966,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="speech engine (auto: eSpeak NG when installed)")
     demo.add_argument("--token-delay-ms", type=float, default=30.0,
                       help="pause between tokens in ms (30)")
+
+    voices = sub.add_parser("voices", help="list a server's voices (GET /v1/voices)",
+                            description="List the voices a server offers (GET /v1/voices), "
+                            "with the same API key as its sockets.")
+    voices.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")
+    voices.add_argument("--api-key", default=None, help="API key (or KUGELAUDIO_API_KEY)")
     return parser
 
 
-_COMMANDS = {"serve": _cmd_serve, "say": _cmd_say, "stream": _cmd_stream, "demo": _cmd_demo}
+_COMMANDS = {"serve": _cmd_serve, "say": _cmd_say, "stream": _cmd_stream, "demo": _cmd_demo,
+             "voices": _cmd_voices}
 _COMMANDS["conformance"] = _cmd_conformance
 
 

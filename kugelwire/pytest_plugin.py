@@ -11,6 +11,12 @@ API::
     @pytest.mark.kugelwire_engine("espeak")        # the real embedded voice (extra "voice")
     def test_with_speech(kugelwire_server): ...
 
+    @pytest.mark.kugelwire_faults("restart:after=3", "delay:ms=20")   # misbehave on purpose
+    def test_survives_a_restart(kugelwire_server): ...
+
+    @pytest.mark.kugelwire_lenient                  # accept voiceless / unknown-voice requests
+    def test_legacy_agent(kugelwire_server): ...
+
 The official SDK takes ``KugelAudio(api_key=server.api_key, api_url=server.http_url)``.
 The tone engine (default) is deterministic: one tone per word, exact word timings.
 
@@ -34,7 +40,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .lint import Finding, Rule
-    from .server import ThreadedServer
+    from .server import FaultPlan, ThreadedServer
 
 __all__ = ["LocalServer", "kugelwire_server"]
 
@@ -46,6 +52,8 @@ class LocalServer:
     url: str  #: ``ws://127.0.0.1:PORT`` (append ``/ws/tts/stream`` etc., or pass as base URL)
     api_key: str
     handle: ThreadedServer  #: the running server (``connections``, ``shutdown(code)``...)
+    #: the fault plan from ``@pytest.mark.kugelwire_faults`` (None: a well-behaved server)
+    faults: FaultPlan | None = None
 
     @property
     def http_url(self) -> str:
@@ -92,6 +100,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "kugelwire_engine(name, **options): engine of the kugelwire_server fixture "
         "('tone' (default) or 'espeak'; options go to the engine's constructor)",
     )
+    config.addinivalue_line(
+        "markers",
+        "kugelwire_faults(*specs): fault plan of the kugelwire_server fixture, e.g. "
+        "kugelwire_faults('restart:after=3', 'reject:429') (see the fault injection docs)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "kugelwire_lenient: the kugelwire_server fixture accepts requests the hosted service "
+        "refuses (no voice, unknown voice or model) instead of refusing them",
+    )
 
 
 def _engine(name: str, options: dict[str, Any]) -> Any:
@@ -117,5 +135,24 @@ def kugelwire_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
     name = marker.args[0] if marker is not None and marker.args else "tone"
     options = dict(marker.kwargs) if marker is not None else {}
     key = "test-" + secrets.token_hex(8)
-    with run_in_thread("127.0.0.1", 0, engine=_engine(name, options), api_key=key) as handle:
-        yield LocalServer(handle.url, key, handle)
+    plan = _faults(request)
+    lenient = request.node.get_closest_marker("kugelwire_lenient") is not None
+    with run_in_thread(
+        "127.0.0.1", 0, engine=_engine(name, options), api_key=key, lenient=lenient, faults=plan
+    ) as handle:
+        yield LocalServer(handle.url, key, handle, plan)
+
+
+def _faults(request: pytest.FixtureRequest) -> FaultPlan | None:
+    from .server import FaultPlan
+
+    specs: list[Any] = []
+    for marker in reversed(list(request.node.iter_markers("kugelwire_faults"))):
+        for arg in marker.args:
+            specs.extend([arg] if isinstance(arg, str) else list(arg))
+    if not specs:
+        return None
+    try:
+        return FaultPlan.parse(specs)
+    except ValueError as exc:
+        raise pytest.UsageError(f"kugelwire_faults: {exc}") from None

@@ -43,7 +43,11 @@ from .protocol._server import (
     _ServerSession,
 )
 
-__all__ = ["FakeClock", "PairEngine", "SessionPair"]
+__all__ = ["DEFAULT_VOICE_ID", "FakeClock", "PairEngine", "SessionPair"]
+
+#: The voice a :class:`SessionPair` client names unless told otherwise (the server, strict like
+#: the hosted service, refuses a turn without one).
+DEFAULT_VOICE_ID = 1
 
 _WORD = re.compile(r"\S+")
 C = TypeVar("C", bound=_ClientSession)
@@ -176,6 +180,7 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[StreamClientSession]:
+        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
         client = StreamClientSession(**(client_kwargs or {}), **config)
         return SessionPair(
             client, StreamServerSession(limits=limits), engine=engine, collect_events=collect_events
@@ -191,6 +196,7 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[MultiClientSession]:
+        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
         client = MultiClientSession(**(client_kwargs or {}), **config)
         return SessionPair(
             client, MultiServerSession(limits=limits), engine=engine, collect_events=collect_events
@@ -206,6 +212,7 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[TTSClientSession]:
+        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
         client = TTSClientSession(**(client_kwargs or {}), **config)
         return SessionPair(
             client, TTSServerSession(limits=limits), engine=engine, collect_events=collect_events

@@ -38,6 +38,7 @@ from kugelwire.protocol._server import (
     _ServerSession,
 )
 from kugelwire.protocol._ws import ConnectionState, ServerConnection
+from kugelwire.synth import TONE_VOICES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 KEY = "bad-input-test-key"
@@ -199,11 +200,19 @@ class Outcome:
     sent: bytes  # every byte the server wrote (to check that no secret leaks)
 
 
-def run_row(row: Row) -> Outcome:
+REQUEST_ID = "req_bad_input"
+
+
+def run_row(row: Row, *, lenient: bool = False) -> Outcome:
+    """Replay ``row`` against the sessions a tone-engine server routes to (its catalogue)."""
     now = 1000.0
     conn = ServerConnection(
-        lambda path: (cls() if (cls := _SESSIONS.get(path)) is not None else None),
-        api_key=KEY, now=now, max_message_size=2**20,
+        lambda path: (
+            cls(catalogue=TONE_VOICES, lenient=lenient)
+            if (cls := _SESSIONS.get(path)) is not None
+            else None
+        ),
+        api_key=KEY, now=now, max_message_size=2**20, request_id=REQUEST_ID,
     )
     sent = bytearray()
     if row.frame.startswith(("GET ", "POST ")):
@@ -241,10 +250,22 @@ def test_the_table_is_substantial() -> None:
     assert len({r.case for r in ROWS}) == len(ROWS), "case names must be unique"
 
 
+def without_request_ids(output: list[Any]) -> list[Any]:
+    """``output`` with the ``request_id`` of every error frame removed, after checking that
+    each error frame carries the connection's id."""
+    out: list[Any] = []
+    for item in output:
+        if isinstance(item, dict) and "error" in item:
+            assert item.get("request_id") == REQUEST_ID, item
+            item = {k: v for k, v in item.items() if k != "request_id"}
+        out.append(item)
+    return out
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[r.case for r in ROWS])
 def test_row(row: Row) -> None:
     outcome = run_row(row)
-    assert outcome.output == expected_output(row.response)
+    assert without_request_ids(outcome.output) == expected_output(row.response)
     if row.socket == "open":
         assert outcome.state is ConnectionState.OPEN
     elif row.socket == "closing":

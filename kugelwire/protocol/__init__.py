@@ -8,6 +8,13 @@ woken with ``handle_timeout(now)``.
 
 from __future__ import annotations
 
+from kugelwire.protocol._catalogue import (
+    DEFAULT_MODEL,
+    MODELS,
+    Model,
+    Voice,
+    VoiceCatalogue,
+)
 from kugelwire.protocol._chunker import (
     Chunker,
     TextChunk,
@@ -144,6 +151,7 @@ from kugelwire.protocol._ws import (
     MessageSession,
     Rejected,
     RejectionKind,
+    RestHandler,
     ServerConnection,
     ServerConnectionEvent,
     build_url,
@@ -153,6 +161,7 @@ __all__ = [
     "CLIENT_CONTEXT_TRANSITIONS",
     "CLIENT_TURN_TRANSITIONS",
     "CONFIG_FIELDS",
+    "DEFAULT_MODEL",
     "ENCODINGS",
     "ENDPOINTS",
     "FORBIDDEN_SETTINGS_KEYS",
@@ -160,6 +169,7 @@ __all__ = [
     "LANGUAGES",
     "MAX_CONTEXTS",
     "MAX_TAG_LENGTH",
+    "MODELS",
     "OUTPUT_FORMATS",
     "SAMPLE_RATES",
     "SERVER_TURN_TRANSITIONS",
@@ -206,6 +216,7 @@ __all__ = [
     "LocalProtocolError",
     "MarkupError",
     "MessageSession",
+    "Model",
     "MultiClientSession",
     "MultiServerSession",
     "ProsodySpan",
@@ -214,6 +225,7 @@ __all__ = [
     "RejectionKind",
     "RemoteProtocolError",
     "RequestFinal",
+    "RestHandler",
     "ServerConnection",
     "ServerConnectionEvent",
     "ServerError",
@@ -244,6 +256,8 @@ __all__ = [
     "TurnStarted",
     "UnknownFrame",
     "Usage",
+    "Voice",
+    "VoiceCatalogue",
     "VoiceSettings",
     "Warning",
     "WarningFrame",

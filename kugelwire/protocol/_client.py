@@ -746,6 +746,10 @@ class MultiClientSession(_ClientSession):
             )
         from ._config import VoiceSettings
 
+        if voice_id is None:
+            # The service binds a context's voice only from voice_settings: a session-wide
+            # voice_id alone would leave the context voiceless (MISSING_VOICE_ID).
+            voice_id = self._config.voice_id
         vs = VoiceSettings.from_dict(
             {
                 k: v

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._catalogue import DEFAULT_MODEL, MODELS, VoiceCatalogue
 from ._chunker import Chunker, TextChunk
 from ._config import SETTINGS_KEYS, Config, resolve_audio_format
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -131,12 +132,18 @@ ServerEvent = SynthesisRequested | SynthesisCancelled
 
 
 def _params(
-    config: Config, enc: str, sr: int, temperature_default: float | None
+    config: Config,
+    enc: str,
+    sr: int,
+    temperature_default: float | None,
+    catalogue: VoiceCatalogue | None = None,
 ) -> SynthesisParams:
+    voice = catalogue.find(config.voice_id) if catalogue is not None else None
     return SynthesisParams(
-        voice_id=config.voice_id,
-        model_id=config.model_id or "kugel-3",
-        language=config.language or "en",  # DECISIONS 19: no detection
+        voice_id=voice.id if voice is not None else config.voice_id,
+        model_id=config.model_id or DEFAULT_MODEL,
+        # no detection: the request's language, else the voice's, else English
+        language=config.language or (voice.language if voice is not None else "en"),
         speed=config.speed if config.speed is not None else 1.0,
         sample_rate=sr,
         encoding=enc,
@@ -206,9 +213,24 @@ class _ServerSession:
     endpoint = ""
     temperature_default: float | None = 0.4
 
-    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: ServerLimits | None = None,
+        config: Config | None = None,
+        catalogue: VoiceCatalogue | None = None,
+        lenient: bool = False,
+        request_id: str | None = None,
+    ) -> None:
         self.limits = limits or ServerLimits()
         self._config = config or Config()  # sticky connection config
+        #: The voices (and models) ``voice_id`` / ``model_id`` may name; None: any voice id.
+        self.catalogue = catalogue
+        #: Lenient: accept what the hosted service refuses (no voice, unknown voice or model)
+        #: and speak with defaults instead. Strict (the default) rejects it like the service.
+        self.lenient = lenient
+        #: Stamped on every error frame (the connection's id; see :meth:`bind_request_id`).
+        self.request_id = request_id
         self._outbox: list[str] = []
         self._events: deque[ServerEvent] = deque()
         self._jobs: dict[int, _Job] = {}
@@ -238,12 +260,18 @@ class _ServerSession:
         while self._events:
             yield self._events.popleft()
 
+    def bind_request_id(self, request_id: str) -> None:
+        """Use ``request_id`` (the connection's, bound at the upgrade) on every error frame."""
+        self.request_id = request_id
+
     def receive_message(self, text: str, now: float) -> None:
         """One client text frame. Bad input becomes an error frame; the socket stays open."""
         if self._closed or self._close_code is not None:
             return
         try:
             msg = parse_client_message(text)
+            if not self.lenient:
+                self._check_identity(msg)
             self._handle(msg, now)
         except RemoteProtocolError as exc:
             self._error(exc.message, exc.error_code, exc.code, exc.context_id)
@@ -330,7 +358,58 @@ class _ServerSession:
     def _error(
         self, message: str, error_code: str, code: int, context_id: str | None = None
     ) -> None:
-        self._send(ErrorFrame(message, error_code, code, context_id))
+        self._send(ErrorFrame(message, error_code, code, context_id, self.request_id))
+
+    # -- fidelity: what the hosted service refuses ---------------------------------------------
+    def _check_identity(self, msg: ClientMessage) -> None:
+        """Refuse an unknown ``model_id``, ``voice_id`` or dictionary before anything of ``msg``
+        applies (the hosted service refuses them the same way)."""
+        cid = msg.context_id
+        model_id = msg.config.model_id
+        if model_id is not None:
+            models = self.catalogue.models if self.catalogue is not None else MODELS
+            if not any(m.id == model_id for m in models):
+                raise RemoteProtocolError(
+                    f"model_id: unknown model {model_id!r} "
+                    f"(one of {', '.join(m.id for m in models)})",
+                    field="model_id",
+                    context_id=cid,
+                )
+        dictionary_ids = msg.config.dictionary_ids
+        if dictionary_ids:
+            # A local server has no pronunciation dictionaries: any id is unknown.
+            if msg.config.project_id is None:
+                message = "dictionary_ids: requires project_id"
+            else:
+                message = f"Dictionary not found: {', '.join(map(str, dictionary_ids))}"
+            raise RemoteProtocolError(message, field="dictionary_ids", context_id=cid)
+        voices = [msg.config.voice_id]
+        if msg.voice_settings is not None:
+            voices.append(msg.voice_settings.voice_id)
+        for voice_id in voices:
+            if (
+                voice_id is not None
+                and self.catalogue is not None
+                and self.catalogue.find(voice_id) is None
+            ):
+                raise RemoteProtocolError(
+                    "Voice not found",
+                    field="voice_id",
+                    error_code="NOT_FOUND",
+                    code=404,
+                    context_id=cid,
+                )
+
+    def _require_voice(self, config: Config, context_id: str | None = None) -> None:
+        """A turn, request or context text needs a voice: the service has no default voice."""
+        if config.voice_id is None and not self.lenient:
+            raise RemoteProtocolError(
+                "voice_id is required",
+                field="voice_id",
+                error_code="MISSING_VOICE_ID",
+                code=400,
+                context_id=context_id,
+            )
 
     def _check_queue(self, messages: int, chars: int, text: str | None) -> None:
         """Refuse a frame that would overfill the queue waiting behind the current work."""
@@ -362,7 +441,7 @@ class _ServerSession:
         return _Work(
             number,
             config,
-            _params(config, enc, sr, self.temperature_default),
+            _params(config, enc, sr, self.temperature_default, self.catalogue),
             chunker,
             context_id,
             started_at=now,
@@ -521,8 +600,22 @@ class StreamServerSession(_ServerSession):
     endpoint = "/ws/tts/stream"
     temperature_default = None  # unset on /ws/tts/stream (DECISIONS 19)
 
-    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
-        super().__init__(limits=limits, config=config)
+    def __init__(
+        self,
+        *,
+        limits: ServerLimits | None = None,
+        config: Config | None = None,
+        catalogue: VoiceCatalogue | None = None,
+        lenient: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            limits=limits,
+            config=config,
+            catalogue=catalogue,
+            lenient=lenient,
+            request_id=request_id,
+        )
         self.state = ServerTurnState.IDLE
         self._turn: _Work | None = None
         self._turns = 0
@@ -568,9 +661,9 @@ class StreamServerSession(_ServerSession):
 
     def _apply(self, msg: ClientMessage, now: float) -> None:
         if msg.close_socket:
-            self._closing = True
             if msg.text:
-                self._text(msg, now)
+                self._text(msg, now)  # may refuse the frame: then nothing of it applies
+            self._closing = True
             if self.state is ServerTurnState.ACTIVE:
                 self._flush(now)
             elif self.state is ServerTurnState.IDLE:
@@ -590,6 +683,7 @@ class StreamServerSession(_ServerSession):
             if self._shutdown_code is not None:
                 return  # a restarting server starts nothing new; the client replays it
             config = self._config.merged(msg.config)
+            self._require_voice(config)
             turn = self._new_work(self._turns, config, now)
             self._accept_text(turn, msg.text, now)  # raises before anything is applied
             self._config = config
@@ -692,8 +786,22 @@ class MultiServerSession(_ServerSession):
 
     endpoint = "/ws/tts/multi"
 
-    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
-        super().__init__(limits=limits, config=config)
+    def __init__(
+        self,
+        *,
+        limits: ServerLimits | None = None,
+        config: Config | None = None,
+        catalogue: VoiceCatalogue | None = None,
+        lenient: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            limits=limits,
+            config=config,
+            catalogue=catalogue,
+            lenient=lenient,
+            request_id=request_id,
+        )
         self._contexts: dict[str, _Context] = {}
         # Tombstones: ids of contexts closed on this socket (most recent last, bounded), so a
         # close or cancel that crossed the context_closed on the wire is dropped, not an error.
@@ -756,6 +864,9 @@ class MultiServerSession(_ServerSession):
             )
         ctx.last_activity = now
         if msg.text:
+            if msg.text.strip():
+                # a context created without voice_settings.voice_id is voiceless
+                self._require_voice(ctx.work.config, cid)
             self._accept_text(ctx.work, msg.text, now)
         if msg.flush:
             ctx.pending_finals += 1
@@ -917,8 +1028,22 @@ class TTSServerSession(_ServerSession):
 
     endpoint = "/ws/tts"
 
-    def __init__(self, *, limits: ServerLimits | None = None, config: Config | None = None) -> None:
-        super().__init__(limits=limits, config=config)
+    def __init__(
+        self,
+        *,
+        limits: ServerLimits | None = None,
+        config: Config | None = None,
+        catalogue: VoiceCatalogue | None = None,
+        lenient: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            limits=limits,
+            config=config,
+            catalogue=catalogue,
+            lenient=lenient,
+            request_id=request_id,
+        )
         self._queue: deque[tuple[str, Config]] = deque()
         self._queued_chars = 0
         self._current: _Work | None = None
@@ -957,6 +1082,7 @@ class TTSServerSession(_ServerSession):
                         f"text: at most {self.limits.max_request_chars} characters", field="text"
                     )
                 config = self._config.merged(overrides)
+                self._require_voice(config)
                 work = self._new_work(self._requests, config, now)
                 self._accept_text(work, text, now)
             except ProtocolError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ __all__ = [
     "MessageSession",
     "Rejected",
     "RejectionKind",
+    "RestHandler",
     "ServerConnection",
     "ServerConnectionEvent",
     "build_url",
@@ -79,6 +81,11 @@ HeaderInput: TypeAlias = Iterable[tuple[str | bytes, str | bytes]]
 #: ``http_handler(path) -> (status, headers, body)`` for plain (non-upgrade) GET requests, or
 #: ``None`` for 404.
 HttpHandler: TypeAlias = Callable[[str], tuple[int, list[tuple[bytes, bytes]], bytes] | None]
+#: ``rest_handler(path, query) -> (status, headers, body)`` for authorized ``GET /v1/...``
+#: requests (the read-only REST routes), or ``None`` for 404.
+RestHandler: TypeAlias = Callable[
+    [str, str], tuple[int, list[tuple[bytes, bytes]], bytes] | None
+]
 RejectionKind: TypeAlias = Literal["auth", "rate_limited", "restarting", "not_found", "other"]
 
 _MAX_REJECT_BODY = 64 * 1024
@@ -879,6 +886,8 @@ class ServerConnection(_Connection):
         max_request_size: int = 16 * 1024,
         keepalive_interval: float | None = None,
         ping_timeout: float = 20.0,
+        rest_handler: RestHandler | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(
             now=now,
@@ -896,6 +905,10 @@ class ServerConnection(_Connection):
         self._auth_failure = auth_failure
         self._response_headers = [_AI_HEADER, *_headers(extra_response_headers)]
         self._http_handler = http_handler
+        self._rest_handler = rest_handler
+        #: This connection's id: ``x-request-id`` of every HTTP response and ``request_id`` of
+        #: every error frame (the session's too, see ``bind_request_id``).
+        self.request_id = request_id or "req_" + secrets.token_hex(8)
         self._handshake_deadline: float | None = now + handshake_timeout
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_size)
         self._ws = WSConnection(ConnectionType.SERVER)
@@ -950,10 +963,13 @@ class ServerConnection(_Connection):
         headers = list(request.headers)
         upgrade = _header(headers, b"upgrade")
         if upgrade is None or b"websocket" not in upgrade.lower():
+            if self._rest_handler is not None and path.startswith("/v1/"):
+                self._on_rest_request(request.method, path, query, headers)
+                return
             self._on_http_request(request.method, path)
             return
         if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
-            self._out += _http_response(405, [(b"allow", b"GET")], b"")
+            self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
             return
@@ -981,13 +997,16 @@ class ServerConnection(_Connection):
                 return
             self._accept(None, "")
             self._events.append(Rejected(401, path, "unauthorized"))
-            self._send(TextMessage(data=_json(_UNAUTHORIZED)))
+            self._send(TextMessage(data=_json({**_UNAUTHORIZED, "request_id": self.request_id})))
             self._start_close(4001, "Unauthorized")
         else:
             session = self._route(path)
             if session is None:
                 self._http_reject(404, "not_found", _json(_NOT_FOUND).encode())
                 return
+            bind = getattr(session, "bind_request_id", None)
+            if bind is not None:
+                bind(self.request_id)
             initial = ""
             if path == "/ws/tts":
                 initial = next((v for n, v, _ in params if n == "initial_message"), "")
@@ -999,7 +1018,10 @@ class ServerConnection(_Connection):
             self._receive_frames(b"")
 
     def _authorized(
-        self, params: list[tuple[str, str, str]], headers: list[tuple[bytes, bytes]]
+        self,
+        params: list[tuple[str, str, str]],
+        headers: list[tuple[bytes, bytes]],
+        x_api_key: bool = False,
     ) -> bool:
         if self.__key is None:
             return True
@@ -1013,13 +1035,16 @@ class ServerConnection(_Connection):
                 scheme, _, credentials = value.strip().partition(b" ")
                 if scheme.lower() == b"bearer":
                     candidates.append(credentials.strip())
+            elif x_api_key and header.lower() == b"x-api-key":  # REST only
+                candidates.append(value.strip())
         ok = False
         for candidate in candidates:
             ok |= hmac.compare_digest(candidate, self.__key)
         return ok
 
     def _accept(self, session: MessageSession | None, initial_message: str) -> None:
-        self._send(AcceptConnection(extra_headers=list(self._response_headers)))
+        headers = [*self._response_headers, (b"x-request-id", self.request_id.encode("ascii"))]
+        self._send(AcceptConnection(extra_headers=headers))
         self._state = ConnectionState.OPEN
         self._keepalive_start()
         self._session = session
@@ -1035,7 +1060,7 @@ class ServerConnection(_Connection):
         body: bytes,
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        all_headers = list(headers)
+        all_headers = [*headers, (b"x-request-id", self.request_id.encode("ascii"))]
         if body:
             all_headers.append((b"content-type", b"application/json"))
         self._out += _http_response(status, all_headers, body)
@@ -1045,7 +1070,9 @@ class ServerConnection(_Connection):
     def _on_http_request(self, method: bytes, path: str) -> None:
         """A plain HTTP request (no upgrade): the hook for serving static files later."""
         if method not in (b"GET", b"HEAD"):
-            self._out += _http_response(405, [(b"allow", b"GET, HEAD")], b"")
+            self._out += _http_response(
+                405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
+            )
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
             return
@@ -1058,7 +1085,35 @@ class ServerConnection(_Connection):
             if not any(name.lower() == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
             body = b""
-        self._out += _http_response(status, headers, body)
+        self._out += _http_response(status, [*headers, self._request_id_header], body)
+        self._events.append(Rejected(status, path, "http"))
+        self._finish(None, f"HTTP {status}", False)
+
+    @property
+    def _request_id_header(self) -> tuple[bytes, bytes]:
+        return (b"x-request-id", self.request_id.encode("ascii"))
+
+    def _on_rest_request(
+        self, method: bytes, path: str, query: str, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """``GET /v1/...``: the read-only REST routes, with the sockets' auth (and x-api-key)."""
+        assert self._rest_handler is not None
+        if method not in (b"GET", b"HEAD"):
+            self._http_reject(405, "method", b"", [(b"allow", b"GET, HEAD")])
+            return
+        if not self._authorized(_parse_query(query), headers, x_api_key=True):
+            self._http_reject(401, "unauthorized", _json(_UNAUTHORIZED).encode())
+            return
+        response = self._rest_handler(path, query)
+        if response is None:
+            self._http_reject(404, "not_found", _json(_NOT_FOUND).encode())
+            return
+        status, extra, body = response
+        all_headers = [*extra, (b"x-request-id", self.request_id.encode("ascii"))]
+        if method == b"HEAD":
+            all_headers.append((b"content-length", str(len(body)).encode("ascii")))
+            body = b""
+        self._out += _http_response(status, all_headers, body)
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
 
@@ -1087,6 +1142,7 @@ class ServerConnection(_Connection):
         if self._ws.state is not _WSState.OPEN:
             return
         frame: dict[str, Any] = {"error": message, "error_code": error_code, "code": code}
+        frame["request_id"] = self.request_id
         if context_id:
             frame["context_id"] = context_id
         self._send(TextMessage(data=_json(frame)))

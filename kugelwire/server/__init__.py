@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,14 +32,28 @@ from ..protocol._ws import HttpHandler
 from ..synth import Engine, ToneEngine
 from . import _runner
 from ._common import ServerOptions
-from ._playground import lint_handler, playground_handler
+from ._faults import Fault, FaultPlan, FaultyConnection
+from ._playground import lint_handler, playground_handler, playground_handler_for
 from ._runner import ServerHandle
 
 if TYPE_CHECKING:
     from ._trio import TrioServerHandle
 
-__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "playground_handler",
-           "run_in_thread", "serve", "trio_serve"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "FaultyConnection",
+    "ServerHandle",
+    "ServerOptions",
+    "ThreadedServer",
+    "playground_handler",
+    "run_in_thread",
+    "serve",
+    "trio_serve",
+]
+
+#: What ``faults=`` takes: a spec string, a list of specs / :class:`Fault` s, or a plan.
+FaultSpecs = str | Fault | Iterable[str | Fault] | FaultPlan | None
 
 
 def _options(
@@ -57,12 +72,14 @@ def _options(
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
     lint: bool | Linter = True,
+    lenient: bool = False,
+    faults: FaultSpecs = None,
 ) -> ServerOptions:
     linter = Linter() if lint is True else (lint or None)
+    plan = FaultPlan.parse(faults)
     if http_handler is None:
-        http_handler = (
-            playground_handler if linter is None else lint_handler(linter, playground_handler)
-        )
+        base = playground_handler_for(plan) if plan else playground_handler
+        http_handler = base if linter is None else lint_handler(linter, base)
     return ServerOptions(
         engine=engine if engine is not None else ToneEngine(),
         api_key=api_key,
@@ -78,6 +95,8 @@ def _options(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         lint=linter,
+        lenient=lenient,
+        faults=plan if plan else None,
     )
 
 
@@ -99,6 +118,8 @@ def serve(
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
     lint: bool | Linter = True,
+    lenient: bool = False,
+    faults: FaultSpecs = None,
 ) -> AbstractAsyncContextManager[ServerHandle]:
     """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
 
@@ -110,12 +131,19 @@ def serve(
     block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
     seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
     HTTP GETs (default: the browser playground at ``/`` and the rule checks' findings at
-    ``/lint/findings``, 404 elsewhere).
+    ``/lint/findings``, 404 elsewhere); ``GET /v1/voices``, ``/v1/voices/{id}`` and
+    ``/v1/models`` answer from the engine's voice catalogue, with the sockets' auth.
 
     ``lint`` checks how clients use the protocol (:mod:`kugelwire.lint`): True (default) for a
     new :class:`~kugelwire.lint.Linter` with default thresholds, a ``Linter`` of your own, or
     False for none. Findings are logged on ``kugelwire.lint``; read them from
     ``handle.options.lint.findings``.
+
+    The server is as strict as the hosted service: a turn without ``voice_id``
+    (``MISSING_VOICE_ID``), a voice outside the engine's catalogue (``NOT_FOUND``) or an unknown
+    ``model_id`` (``VALIDATION_ERROR``) is refused. ``lenient=True`` accepts those and speaks
+    with defaults instead. ``faults`` is a fault plan (specs such as ``"restart:after=3"`` or
+    ``"reject:429"``, see :class:`FaultPlan`) applied to every connection.
     """
     return _runner.serve(
         host,
@@ -135,6 +163,8 @@ def serve(
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             lint=lint,
+            lenient=lenient,
+            faults=faults,
         ),
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 from ..lint import Linter
+from ..protocol._catalogue import VoiceCatalogue
 from ..protocol._messages import WordTimestamp
 from ..protocol._server import (
     MultiServerSession,
@@ -24,8 +25,10 @@ from ..protocol._server import (
     TTSServerSession,
     _ServerSession,
 )
-from ..protocol._ws import HttpHandler
+from ..protocol._ws import HttpHandler, RestHandler
 from ..synth._base import CancelToken, Engine, SynthesisItem
+from ._faults import FaultPlan
+from ._rest import rest_handler
 
 __all__ = ["BUSY_RESPONSE", "EngineJob", "JobTable", "ServerOptions", "apply_item", "log"]
 
@@ -65,6 +68,11 @@ class ServerOptions:
     ping_timeout: float = 20.0
     #: Rule checks of client behaviour (:mod:`kugelwire.lint`) on every session, or None.
     lint: Linter | None = None
+    #: Accept what the hosted service refuses (no voice, unknown voice or model) and speak
+    #: with defaults; the default is to refuse it exactly as the service does.
+    lenient: bool = False
+    #: The fault plan applied to every connection (None: a well-behaved server).
+    faults: FaultPlan | None = None
 
     def __post_init__(self) -> None:
         if self.write_buffer_limit <= 0:
@@ -83,6 +91,17 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
+    @property
+    def catalogue(self) -> VoiceCatalogue | None:
+        """The engine's voices (None when the engine has no catalogue: any voice id)."""
+        voices = getattr(self.engine, "voices", None)
+        return voices if isinstance(voices, VoiceCatalogue) else None
+
+    def rest_handler(self) -> RestHandler | None:
+        """``GET /v1/voices``, ``/v1/voices/{id}``, ``/v1/models`` (with a catalogue)."""
+        catalogue = self.catalogue
+        return None if catalogue is None else rest_handler(catalogue)
+
     def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
         """The core session for an endpoint path accepted at ``now``, or None (404).
 
@@ -91,7 +110,7 @@ class ServerOptions:
         cls = _SESSIONS.get(path)
         if cls is None:
             return None
-        session = cls(limits=self.limits)
+        session = cls(limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
         if self.lint is None:
             return session
         # the wrapper has the session's whole interface (it forwards every attribute)

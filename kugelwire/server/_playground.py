@@ -19,15 +19,21 @@ import json
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from html import escape
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from ..lint import Linter
+
+if TYPE_CHECKING:
+    from ._faults import FaultPlan
 
 __all__ = [
     "FINDINGS_PATH",
     "PLAYGROUND_PATH",
     "lint_handler",
     "playground_handler",
+    "playground_handler_for",
     "playground_headers",
     "playground_page",
 ]
@@ -125,5 +131,28 @@ def lint_handler(linter: Linter, fallback: _Handler) -> _Handler:
             (b"x-content-type-options", b"nosniff"),
         ]
         return 200, headers, json.dumps(body).encode("utf-8")
+
+    return handler
+
+
+def playground_handler_for(
+    faults: FaultPlan,
+) -> Callable[[str], tuple[int, list[tuple[bytes, bytes]], bytes] | None]:
+    """:func:`playground_handler` whose page shows the active faults in a banner."""
+    items = "".join(
+        f"<li><code>{escape(f.spec or f.kind)}</code>: {escape(f.describe())}</li>"
+        for f in faults
+    )
+    banner = (
+        '<aside id="faults" class="panel faults" role="alert"><strong>Fault injection '
+        "active</strong>: this server misbehaves on purpose.<ul>" + items + "</ul></aside>"
+    )
+    # Plain markup (no script or style element), so the page's CSP hashes stay valid.
+    page = playground_page().replace(b"<main>", b"<main>\n" + banner.encode("utf-8"), 1)
+
+    def handler(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if path != PLAYGROUND_PATH:
+            return None
+        return 200, list(playground_headers()), page
 
     return handler

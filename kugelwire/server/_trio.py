@@ -10,6 +10,8 @@ job; engine steps run in worker threads through a :class:`trio.CapacityLimiter` 
 from __future__ import annotations
 
 import math
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -19,6 +21,7 @@ import trio
 from ..protocol._server import _ServerSession
 from ..protocol._ws import Accepted, ConnectionState, Rejected, ServerConnection
 from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
+from ._faults import server_connection
 
 __all__ = ["TrioServerHandle"]
 
@@ -121,8 +124,10 @@ class _Connection:
                 with trio.move_on_after(1):
                     await self._stream.send_all(BUSY_RESPONSE)
                 return
-            self._conn = ServerConnection(
+            self._conn = server_connection(
                 self._route,
+                faults=self._options.faults,
+                rest_handler=self._options.rest_handler(),
                 api_key=self._options.api_key,
                 now=trio.current_time(),
                 max_message_size=self._options.max_message_size,
@@ -168,6 +173,8 @@ class _Connection:
             for job in self._jobs.dispatch(self._session):
                 nursery.start_soon(self._run_job, job)
         data = conn.data_to_send()
+        if getattr(conn, "abort_requested", False):
+            self._has_data.set()  # the writer sends what is left, then resets
         if data and not self._closing:
             self._out += data
             self._server.peak_buffered = max(self._server.peak_buffered, self.buffered)
@@ -217,6 +224,11 @@ class _Connection:
                     self._lost()
                 self._inflight = 0
                 self._set_drained()
+            if getattr(self._conn, "abort_requested", False):  # a fault plan's drop: TCP reset
+                sock = self._stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self._nursery.cancel_scope.cancel()
+                return
             if self._closing and not self._out:
                 self._nursery.cancel_scope.cancel()
                 return

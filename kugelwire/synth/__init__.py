@@ -6,13 +6,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import SAMPLE_RATES, CancelToken, Engine, SynthesisItem
-from .tone import ToneEngine, ToneRun
+from ._base import SAMPLE_RATES, CancelToken, Engine, SynthesisItem, Voice, VoiceCatalogue
+from .tone import TONE_VOICES, ToneEngine, ToneRun
 
 if TYPE_CHECKING:
     from .espeak import EspeakEngine as EspeakEngine
 
-__all__ = ["SAMPLE_RATES", "CancelToken", "Engine", "SynthesisItem", "ToneEngine", "ToneRun"]
+__all__ = [
+    "SAMPLE_RATES",
+    "TONE_VOICES",
+    "CancelToken",
+    "Engine",
+    "SynthesisItem",
+    "ToneEngine",
+    "ToneRun",
+    "Voice",
+    "VoiceCatalogue",
+]
 
 
 def __getattr__(name: str) -> Any:

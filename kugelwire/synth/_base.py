@@ -18,6 +18,10 @@ their ``close()``. One generator is never advanced by two threads at once, but t
 the same engine may be interleaved step by step (a connection whose client reads slowly keeps
 its generator suspended while others advance), so an engine with global state (eSpeak:
 ``max_concurrency = 1``) must not keep that state across a ``yield``.
+
+Voices: an engine may offer a ``voices`` attribute, a :class:`VoiceCatalogue` (id -> engine
+voice, language, display name). The server then accepts only those ids (unless lenient) and
+serves the table at ``GET /v1/voices``; ``params.voice_id`` is always a catalogue id there.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from ..protocol._catalogue import Voice, VoiceCatalogue
 from ..protocol._chunker import TextChunk
 from ..protocol._messages import WordTimestamp
 from ..protocol._server import SynthesisParams
 
-__all__ = ["SAMPLE_RATES", "CancelToken", "Engine", "SynthesisItem"]
+__all__ = ["SAMPLE_RATES", "CancelToken", "Engine", "SynthesisItem", "Voice", "VoiceCatalogue"]
 
 #: The sample rates the wire allows (REFERENCE §2.1); every engine must produce all of them.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100)
@@ -70,6 +75,11 @@ class Engine(Protocol):
 
     #: How many calls into the engine may run at once (1 for engines with global state).
     max_concurrency: int
+
+    # Optional attribute ``voices``: a :class:`VoiceCatalogue` — what ``voice_id`` may name on a
+    # strict server, and the answer of ``GET /v1/voices``. ``params.voice_id`` is then a
+    # catalogue id (on a lenient server possibly any id or None: speak those with the
+    # catalogue's default voice). An engine without one accepts any well-typed voice id.
 
     def synthesize(
         self, chunk: TextChunk, params: SynthesisParams, cancel: CancelToken

@@ -56,10 +56,16 @@ voice used is ``<language voice>+<variant>``:
 4                              ``en-gb-x-rp+klatt``   ``de+klatt`` (British RP accent for English)
 5                              ``en-us+f3``           ``de+f3`` (female formant variant)
 6                              ``en-us+m3``           ``de+m3`` (male formant variant)
+123, 280, 456, 1071, 1072      as 2, 6, 5, 1 and 5    (the ids of the service's and the SDKs'
+                                                      documentation examples)
 =============================  =====================  ==========================================
 
-String ids holding a number (``"2"``) count as that number; any other id falls back to the
-default voice, silently: the engine is handed a chunk to speak and has no way to refuse it.
+These ids are the engine's ``voices`` catalogue (:data:`ESPEAK_VOICES`); a strict server refuses
+every other id.
+
+String ids holding a number (``"2"``) count as that number, and handles (``"espeak-f3"``) as
+their voice. The engine itself never refuses a chunk: an id outside the catalogue (only a
+lenient server lets one through) speaks with the default voice.
 
 Concurrency: eSpeak has process-wide state, so ``max_concurrency`` is 1 and every engine
 instance shares one lock; the library is initialised once per process, at the first
@@ -92,6 +98,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(missing: {exc.name})"
     ) from exc
 
+from ..protocol._catalogue import Voice, VoiceCatalogue
 from ..protocol._chunker import TextChunk
 from ..protocol._markup import ProsodySpan, SpellSpan
 from ..protocol._messages import WordTimestamp
@@ -99,7 +106,14 @@ from ..protocol._server import SynthesisParams
 from ._base import CancelToken, SynthesisItem
 from ._spell_names import names_for
 
-__all__ = ["DEFAULT_VOICE", "VOICES", "EspeakEngine", "EspeakRun", "espeak_voice"]
+__all__ = [
+    "DEFAULT_VOICE",
+    "ESPEAK_VOICES",
+    "VOICES",
+    "EspeakEngine",
+    "EspeakRun",
+    "espeak_voice",
+]
 
 #: ``voice_id`` -> (English voice, variant); see the module docstring.
 VOICES: Final[Mapping[int, tuple[str, str]]] = {
@@ -109,8 +123,42 @@ VOICES: Final[Mapping[int, tuple[str, str]]] = {
     4: ("en-gb-x-rp", "klatt"),
     5: ("en-us", "f3"),
     6: ("en-us", "m3"),
+    123: ("en-us", "klatt2"),
+    280: ("en-us", "m3"),
+    456: ("en-us", "f3"),
+    1071: ("en-us", "klatt"),
+    1072: ("en-us", "f3"),
 }
 DEFAULT_VOICE: Final = 1
+
+_VOICE_INFO: Final = {
+    1: ("Klatt", "male", "espeak-klatt"),
+    2: ("Klatt 2", "male", "espeak-klatt2"),
+    3: ("Klatt 3", "male", "espeak-klatt3"),
+    4: ("Klatt British", "male", "espeak-rp"),
+    5: ("Formant F3", "female", "espeak-f3"),
+    6: ("Formant M3", "male", "espeak-m3"),
+    123: ("Example A", "male", "espeak-example-a"),
+    280: ("Example B", "male", "espeak-example-b"),
+    456: ("Example C", "female", "espeak-example-c"),
+    1071: ("Narrator", "male", "espeak-narrator"),
+    1072: ("Character", "female", "espeak-character"),
+}
+#: The engine's voices (``GET /v1/voices``; what ``voice_id`` may name on a strict server).
+ESPEAK_VOICES: Final = VoiceCatalogue.of(
+    Voice(
+        vid,
+        f"eSpeak {_VOICE_INFO[vid][0]}",
+        "en",
+        engine_voice=f"{accent}+{variant}",
+        handle=_VOICE_INFO[vid][2],
+        sex=_VOICE_INFO[vid][1],
+        description="eSpeak NG formant voice (any language via the request's language)",
+        supported_languages=("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "sv"),
+        sample_text="Hello, this is the embedded voice.",
+    )
+    for vid, (accent, variant) in VOICES.items()
+)
 
 #: ``language`` (lower case) -> eSpeak language voice; "en" uses the voice's accent.
 _LANGUAGES: Final[Mapping[str, str]] = {
@@ -323,11 +371,8 @@ def _espeak() -> _Espeak:
 
 
 def _voice_number(voice_id: int | str | None) -> int:
-    if isinstance(voice_id, str) and voice_id.strip().isdigit():
-        voice_id = int(voice_id.strip())
-    if isinstance(voice_id, int) and not isinstance(voice_id, bool) and voice_id in VOICES:
-        return voice_id
-    return DEFAULT_VOICE
+    voice = ESPEAK_VOICES.find(voice_id)
+    return voice.id if voice is not None else DEFAULT_VOICE
 
 
 def espeak_voice(voice_id: int | str | None, language: str | None) -> list[str]:
@@ -632,6 +677,8 @@ class EspeakEngine:
     warm: bool = True
     history: int = 100
     max_concurrency: int = field(default=1, init=False)
+    #: The voices this engine offers (``GET /v1/voices``; what ``voice_id`` may name).
+    voices: VoiceCatalogue = field(default=ESPEAK_VOICES, init=False, repr=False)
     runs: deque[EspeakRun] = field(init=False, repr=False)
     _runs_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 

@@ -6,6 +6,11 @@ beat every ``group`` characters; breaks become silence of their length; ``params
 prosody rate) divides every duration. Word timings are exact: they are computed from the same
 sample counts that are emitted. Audio is produced by repeating one precomputed period, so the
 engine is fast enough to stream hours of audio in tests.
+
+Voices (:data:`TONE_VOICES`, the engine's ``voices`` catalogue) differ in base pitch: every
+pitch of voice 1 is multiplied by the voice's factor, so two voices sound different while their
+timings (and word timestamps) are identical. An id outside the catalogue (a lenient server
+passes those through) speaks as voice 1.
 """
 
 from __future__ import annotations
@@ -18,17 +23,58 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..protocol._catalogue import Voice, VoiceCatalogue
 from ..protocol._chunker import TextChunk
 from ..protocol._messages import WordTimestamp
 from ..protocol._server import SynthesisParams
 from ._base import CancelToken, SynthesisItem
 
-__all__ = ["ToneEngine", "ToneRun"]
+__all__ = ["TONE_VOICES", "ToneEngine", "ToneRun"]
 
 _WORD = re.compile(r"\S+")
 #: Pitches (Hz) cycled through word by word: a pentatonic scale over two octaves.
 PITCHES = (220.0, 247.5, 278.4, 330.0, 371.3, 440.0, 495.0, 556.9, 660.0, 742.5)
 _AMPLITUDE = 0.3
+
+
+def _tone_voice(
+    id: int, name: str, factor: float, handle: str, sex: str, description: str
+) -> Voice:
+    return Voice(
+        id,
+        name,
+        "en",
+        engine_voice=f"tone x{factor:g}",
+        handle=handle,
+        description=description,
+        sex=sex,
+        supported_languages=("en", "de", "fr", "es", "it"),
+        sample_text="Hello, this is a tone voice.",
+    )
+
+
+#: The tone engine's voices (id -> base-pitch factor in ``engine_voice``). 123, 280, 456, 1071
+#: and 1072 are the ids the service's and the official SDKs' documentation examples use, so
+#: copied examples run against a local server.
+TONE_VOICES = VoiceCatalogue.of(
+    [
+        _tone_voice(1, "Tone Low", 1.0, "tone-low", "male", "Pentatonic tones from 220 Hz"),
+        _tone_voice(2, "Tone High", 1.5, "tone-high", "female", "A fifth above Tone Low"),
+        _tone_voice(3, "Tone Bright", 2.0, "tone-bright", "neutral", "An octave above Tone Low"),
+        _tone_voice(123, "Tone Example A", 0.9, "tone-example-a", "male", "Just below Tone Low"),
+        _tone_voice(280, "Tone Example B", 1.1, "tone-example-b", "male", "Just above Tone Low"),
+        _tone_voice(456, "Tone Example C", 1.35, "tone-example-c", "female", "A fourth up"),
+        _tone_voice(1071, "Tone Narrator", 0.8, "tone-narrator", "male", "Below Tone Low"),
+        _tone_voice(1072, "Tone Character", 1.25, "tone-character", "female", "A third up"),
+    ]
+)
+_FACTORS = {v.id: float(v.engine_voice.split("x", 1)[1]) for v in TONE_VOICES}
+
+
+def pitch_factor(voice_id: int | str | None) -> float:
+    """The base-pitch factor of a voice id (1.0 for ids outside the catalogue)."""
+    voice = TONE_VOICES.find(voice_id)
+    return _FACTORS[voice.id] if voice is not None else 1.0
 
 
 @lru_cache(maxsize=256)
@@ -87,6 +133,8 @@ class ToneEngine:
     group_beat_ms: float = 120.0
     max_concurrency: int = 4
     history: int = 1000
+    #: The voices this engine offers (``GET /v1/voices``; what ``voice_id`` may name).
+    voices: VoiceCatalogue = field(default=TONE_VOICES, repr=False)
     runs: deque[ToneRun] = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
@@ -145,6 +193,7 @@ class ToneEngine:
     ) -> Iterator[SynthesisItem]:
         """Yield PCM16LE pieces of at most ``piece_ms`` and each word's exact timing."""
         sr = params.sample_rate
+        factor = pitch_factor(params.voice_id)
         segments = self.plan(chunk, params.speed)
         piece_bytes = max(1, round(self.piece_ms * sr / 1000)) * 2
         total = sum(round(seg.ms * sr / 1000) for seg in segments)
@@ -162,7 +211,7 @@ class ToneEngine:
                 if seg.freq is None:
                     buf += bytes(samples * 2)
                 else:
-                    buf += _tone(seg.freq, samples, sr)
+                    buf += _tone(seg.freq * factor, samples, sr)
                 pos += samples
                 if seg.word is not None:
                     w = seg.word

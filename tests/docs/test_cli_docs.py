@@ -51,4 +51,6 @@ def test_the_voice_table_matches_the_engine() -> None:
     rows = re.findall(r"^\| (\d+)[^|]*\| `([^`]+)`", section, re.M)
     assert {int(n): voice for n, voice in rows} == {
         n: f"{accent}+{variant}" for n, (accent, variant) in VOICES.items()}
-    assert re.search(rf"^\| {DEFAULT_VOICE}, none, unknown ids", section, re.M)
+    # strict by default: no voice or an unknown id is refused, so only the default is named
+    assert re.search(rf"^\| {DEFAULT_VOICE} \(the default\)", section, re.M)
+    assert "NOT_FOUND" in section and "MISSING_VOICE_ID" in section

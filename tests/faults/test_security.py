@@ -130,9 +130,10 @@ def test_the_key_is_never_logged_or_echoed(
                 text_frame({"update_settings": {"voice_id": SECRET}}),
                 text_frame({"voice_id": [SECRET]}),
                 text_frame({"text": "Hi", "sample_rate": 12345}),
-                text_frame({"text": "<prosody rate=\"x\">Hi"}),
+                text_frame({"voice_id": 1, "text": "<prosody rate=\"x\">Hi"}),
+                text_frame({"voice_id": SECRET, "text": "Hi"}),  # NOT_FOUND, key not echoed
                 client_frame(b"\x00\x01", opcode=0x2),
-                text_frame({"text": "Hello there.", "flush": True}),
+                text_frame({"voice_id": 1, "text": "Hello there.", "flush": True}),
             ])
             for target, extra in ((f"/ws/tts/stream?api_key={quoted}", b""),
                                   ("/ws/tts/stream", f"Authorization: Bearer {SECRET}\r\n"
@@ -141,6 +142,7 @@ def test_the_key_is_never_logged_or_echoed(
                 data = await _raw_exchange(port, request, bad_frames, wait=1.0)
                 assert data.startswith(b"HTTP/1.1 101"), data[:100]
                 assert b"VALIDATION_ERROR" in data and b'"audio"' in data
+                assert b'"error_code":"NOT_FOUND"' in data
                 sent.append(data)
                 # invalid UTF-8: close 1007, whose reason quotes the decoder, not the request
                 data = await _raw_exchange(port, request, client_frame(b"\xff\xfe"))

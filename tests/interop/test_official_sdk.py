@@ -181,3 +181,58 @@ def test_tts_stream_async(server: ThreadedServer) -> None:
             )
 
     run(server, body)
+
+
+# -- the REST catalogue routes -----------------------------------------------------------------
+def _sdk_client(handle: ThreadedServer, key: str = KEY) -> Any:
+    return kugelaudio.KugelAudio(
+        api_key=key, api_url=f"http://127.0.0.1:{handle.port}", telemetry=False
+    )
+
+
+def test_voices_and_models_list_return_the_catalogue(server: ThreadedServer) -> None:
+    from kugelwire.synth import TONE_VOICES
+
+    client = _sdk_client(server)
+    try:
+        page = client.voices.list()
+        assert [v.id for v in page.voices] == [v.id for v in TONE_VOICES]
+        assert [v.name for v in page.voices] == [v.name for v in TONE_VOICES]
+        assert page.total == len(TONE_VOICES) and (page.limit, page.offset) == (20, 0)
+        assert all("en" in v.supported_languages for v in page.voices)
+        assert [v.id for v in client.voices.list(limit=2, offset=1).voices] == [2, 3]
+        detail = client.voices.get(2)
+        assert (detail.id, detail.name, detail.sex.value) == (2, "Tone High", "female")
+        models = [m.id for m in client.models.list()]
+        assert models[:2] == ["kugel-3", "kugel-3.5"] and "kugel-1" in models
+        with pytest.raises(kugelaudio.KugelAudioError) as info:
+            client.voices.get(99999)
+        assert "Voice not found" in str(info.value)
+    finally:
+        client.close()
+
+
+def test_rest_routes_need_the_key(server: ThreadedServer) -> None:
+    client = _sdk_client(server, key="not-the-key")
+    try:
+        with pytest.raises(kugelaudio.KugelAudioError) as info:
+            client.voices.list()
+        assert "401" in repr(info.value) or "nauthori" in str(info.value)
+    finally:
+        client.close()
+
+
+def test_sdk_voice_from_the_catalogue_is_spoken_and_an_unknown_one_refused(
+    server: ThreadedServer,
+) -> None:
+    async def body(client: Any) -> None:
+        async with client.tts.streaming_session(voice_id=2, language="en") as s:
+            chunks = [c async for c in s.send("Voice two.", flush=True)]
+            assert chunks
+        with pytest.raises(kugelaudio.KugelAudioError) as info:
+            await client.tts.generate_async("No such voice.", voice_id=99999, language="en")
+        assert "Voice not found" in str(info.value)
+        result = await client.tts.generate_async("Voice three.", voice_id=3, language="en")
+        assert result.audio
+
+    run(server, body)

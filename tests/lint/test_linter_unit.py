@@ -81,7 +81,8 @@ def test_a_wrapped_session_behaves_exactly_like_the_session(
 def test_flush_per_sentence_on_a_fake_clock() -> None:
     linter = quiet_linter()
     s = linter.wrap(StreamServerSession(), "/ws/tts/stream", now=0.0)
-    s.receive_message('{"text": "One sentence.", "flush": true, "language": "en"}', 10.0)
+    s.receive_message(
+        '{"text": "One sentence.", "flush": true, "language": "en", "voice_id": 1}', 10.0)
     serve_events(s, 10.1)  # turn 1's audio, final, session_closed at 10.1
     s.receive_message('{"text": "Another one.", "flush": true}', 10.3)  # 200 ms later
     assert linter.findings == []  # decided when the new turn's first audio goes out
@@ -109,7 +110,7 @@ def test_flush_per_sentence_on_a_fake_clock() -> None:
 def test_idle_auto_flush_costs_the_idle_time() -> None:
     linter = quiet_linter()
     s = linter.wrap(StreamServerSession(), "/ws/tts/stream", now=0.0)
-    s.receive_message('{"text": "never flushed", "language": "en"}', 1.0)
+    s.receive_message('{"text": "never flushed", "language": "en", "voice_id": 1}', 1.0)
     serve_events(s, 1.0)
     deadline = s.next_deadline()
     assert deadline is not None
@@ -124,7 +125,7 @@ def test_no_preconnect_needs_the_accept_time() -> None:
     linter = quiet_linter()
     for opened in (None, 0.0):
         s = linter.wrap(StreamServerSession(), "/ws/tts/stream", now=opened)
-        s.receive_message('{"text": "Hi.", "flush": true, "language": "en"}', 0.01)
+        s.receive_message('{"text": "Hi.", "flush": true, "language": "en", "voice_id": 1}', 0.01)
         serve_events(s, 0.02)
         s.connection_lost(1000, "", 0.05)
     # without the accept time the rule cannot be decided; with it, it is
@@ -168,7 +169,8 @@ def test_a_context_init_frame_right_after_connecting_is_no_finding() -> None:
     linter = quiet_linter()
     s = linter.wrap(MultiServerSession(), "/ws/tts/multi", now=0.0)
     # the SDKs create (pre-provision) a context with " " at once; its text comes later
-    s.receive_message('{"text": " ", "context_id": "a", "language": "en"}', 0.001)
+    s.receive_message('{"text": " ", "context_id": "a", "language": "en", '
+                      '"voice_settings": {"voice_id": 1}}', 0.001)
     s.receive_message('{"text": "The reply. ", "context_id": "a"}', 5.0)
     s.receive_message('{"context_id": "a", "close_context": true}', 5.1)
     serve_events(s, 5.2)
@@ -188,7 +190,8 @@ def _multi(frames: list[tuple[float, str]]) -> Linter:
 
 def test_a_context_flushed_per_sentence() -> None:
     linter = _multi([
-        (5.0, '{"text": "First sentence. ", "context_id": "a", "language": "en", "flush": true}'),
+        (5.0, '{"text": "First sentence. ", "context_id": "a", "language": "en", '
+              '"voice_settings": {"voice_id": 1}, "flush": true}'),
         (5.1, '{"text": "Second one. ", "context_id": "a", "flush": true}'),
         (5.2, '{"context_id": "a", "close_context": true}'),
     ])
@@ -202,7 +205,8 @@ def test_a_dialogue_of_two_contexts_is_no_flush_per_sentence() -> None:
              ("a", "Very well, thanks."), ("b", "Great.")]
     linter = _multi([
         (5.0 + i * 0.1,
-         json.dumps({"text": text, "context_id": cid, "language": "en", "flush": True}))
+         json.dumps({"text": text, "context_id": cid, "language": "en",
+                     "voice_settings": {"voice_id": 1}, "flush": True}))
         for i, (cid, text) in enumerate(lines)
     ] + [(6.0, '{"close_socket": true}')])
     assert linter.findings == []
@@ -210,11 +214,13 @@ def test_a_dialogue_of_two_contexts_is_no_flush_per_sentence() -> None:
 
 def test_multi_text_never_flushed_at_disconnect() -> None:
     linter = _multi([
-        (5.0, '{"text": "Flushed. ", "context_id": "a", "language": "en", "flush": true}'),
-        (9.0, '{"text": "Never flushed", "context_id": "b"}'),
+        (5.0, '{"text": "Flushed. ", "context_id": "a", "language": "en", '
+              '"voice_settings": {"voice_id": 1}, "flush": true}'),
+        (9.0, '{"text": "Never flushed", "context_id": "b", "voice_settings": {"voice_id": 1}}'),
     ])
     [f] = linter.findings
     assert (f.rule, f.context_id, f.turn) == (Rule.NEVER_FLUSHED, "b", None)
     # close_socket speaks what is open: no finding
-    assert _multi([(5.0, '{"text": "Tail", "context_id": "a", "language": "en"}'),
+    assert _multi([(5.0, '{"text": "Tail", "context_id": "a", "language": "en", '
+                         '"voice_settings": {"voice_id": 1}}'),
                    (5.1, '{"close_socket": true}')]).findings == []

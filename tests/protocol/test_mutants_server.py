@@ -19,8 +19,17 @@ from kugelwire.protocol import (
 )
 
 
+def _with_voice(session: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    """``frame`` as a real client sends it: text names a voice (on multi, the context's)."""
+    if "text" not in frame or "voice_id" in frame or "voice_settings" in frame:
+        return frame
+    if isinstance(session, MultiServerSession):
+        return frame if "context_id" not in frame else {**frame, "voice_settings": {"voice_id": 1}}
+    return {**frame, "voice_id": 1}
+
+
 def _send(session: Any, frame: dict[str, Any], now: float = 0.0) -> list[dict[str, Any]]:
-    session.receive_message(json.dumps(frame), now)
+    session.receive_message(json.dumps(_with_voice(session, frame)), now)
     return [json.loads(m) for m in session.messages_to_send()]
 
 

@@ -32,8 +32,16 @@ class Driver:
     def send(self, obj: dict[str, Any], at: float | None = None) -> list[dict[str, Any]]:
         if at is not None:
             self.now = at
-        self.server.receive_message(json.dumps(obj), self.now)
+        self.server.receive_message(json.dumps(self.with_voice(obj)), self.now)
         return self.collect()
+
+    def with_voice(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """``obj`` as a real client sends it: text names a voice (on multi, the context's)."""
+        if "text" not in obj or "voice_id" in obj or "voice_settings" in obj:
+            return obj
+        if isinstance(self.server, MultiServerSession):
+            return obj if "context_id" not in obj else {**obj, "voice_settings": {"voice_id": 1}}
+        return {**obj, "voice_id": 1}
 
     def finish(self, ev: SynthesisRequested, samples: int = 2400) -> None:
         self.server.send_audio(ev.ref, b"\x00\x00" * samples, self.now)

@@ -25,6 +25,7 @@ class Driver:
 
     def __init__(self, limits: ServerLimits | None = None, *, engine: bool = True) -> None:
         self.server = StreamServerSession(limits=limits)
+        self.server.receive_message('{"voice_id": 1}', 0.0)  # the client's config frame
         self.now = 0.0
         self.out: list[dict[str, Any]] = []
         self.requests: list[SynthesisRequested] = []

@@ -307,7 +307,10 @@ def test_bad_key_accept_and_close_4001() -> None:
         server_key="right", client_key="wrong", server_kw={"auth_failure": "close"}
     )
     assert router.sessions == []
-    assert csess.received == ['{"error":"Unauthorized","error_code":"UNAUTHORIZED","code":401}']
+    assert csess.received == [
+        '{"error":"Unauthorized","error_code":"UNAUTHORIZED","code":401,'
+        f'"request_id":"{server.request_id}"}}'
+    ]
     events = list(client.events())
     assert isinstance(events[0], Connected)
     assert events[1] == ConnectionClosed(4001, "Unauthorized", True)
@@ -515,6 +518,7 @@ def test_binary_frame_gets_error_frame_and_stays_open() -> None:
         "error": "Binary frames are not supported; send JSON text frames",
         "error_code": "VALIDATION_ERROR",
         "code": 400,
+        "request_id": server.request_id,
     }
     assert frames[1] == (0x1, b"echo:after")
 
@@ -528,6 +532,7 @@ def test_server_session_error_becomes_error_frame() -> None:
         "error": "bad input",
         "error_code": "VALIDATION_ERROR",
         "code": 400,
+        "request_id": server.request_id,
         "context_id": "c1",
     }
     assert frames[2] == (0x1, b"echo:x")
