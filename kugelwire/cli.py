@@ -344,12 +344,30 @@ async def _cmd_stream(args: argparse.Namespace) -> int:
     return await _run_client(args, _stdin_tokens(sys.stdin))
 
 
+def _server_api_key(args: argparse.Namespace) -> str | None:
+    """The key ``serve`` requires: ``--api-key``, else the first line of ``--api-key-file``,
+    else ``KUGELWIRE_API_KEY`` (a file or the environment keep it out of ``ps``)."""
+    if args.api_key is not None:
+        return str(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read --api-key-file {args.api_key_file}: {exc}") from None
+        if not key:
+            raise CliError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return os.environ.get("KUGELWIRE_API_KEY") or None
+
+
 async def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    api_key = _server_api_key(args)
     engine = make_engine(args.engine)
     try:
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key)
+        server_cm = serve(args.host, args.port, engine=engine, api_key=api_key)
         server = await server_cm.__aenter__()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -401,7 +419,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
-    serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None,
+                      help="require this key (default: KUGELWIRE_API_KEY, else any key; "
+                           "visible in ps: prefer --api-key-file)")
+    keys.add_argument("--api-key-file", default=None, metavar="PATH",
+                      help="require the key on the first line of this file")
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")
