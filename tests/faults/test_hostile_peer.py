@@ -1,13 +1,13 @@
 """Hostile peers on real sockets (127.0.0.1), both roles, bounded in time.
 
-Server role: raw sockets against ``kugelwire.server.run_in_thread`` (the asyncio server in a
+Server role: raw sockets against ``kugelwire.server.run_in_thread`` and ``trio_serve`` (in a
 thread of this process, so its memory is this process's RSS): empty-fragment floods, drips into
 a frame that never finishes, and lenient-handshake tricks; while a single connection attacks,
 another client's turn must still complete within 1 s.
 
 Client role: a hostile raw server (a thread with a listening socket) that completes the upgrade
 and then floods empty fragments, drips, sends undecodable or inconsistent audio, repeats
-``idx``, breaks RFC 6455 framing, or never acknowledges a cancel, against the asyncio and the
+``idx``, breaks RFC 6455 framing, or never acknowledges a cancel, against the asyncio, trio and
 blocking clients. Every failure must be a typed :class:`KugelwireError`, in bounded time.
 
 The message-completion deadline defaults to 30 s; these tests shorten it to 1.5 s by setting
@@ -140,10 +140,50 @@ class Bystander:
         assert any(a <= end and b >= start for a, b in self.turns), (start, end, self.turns)
 
 
+@contextlib.contextmanager
+def trio_in_thread(**kwargs: Any) -> Iterator[Any]:
+    """``trio_serve(**kwargs)`` on a trio loop in a background thread (like run_in_thread)."""
+    trio = pytest.importorskip("trio")
+    from kugelwire.server import trio_serve
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio_serve(**kwargs) as handle:
+            box.update(handle=handle, token=trio.lowlevel.current_trio_token(),
+                       stop=trio.Event())
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the trio server did not start"
+    try:
+        yield box["handle"]
+    finally:
+        trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
+        thread.join(10)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """How to start a server in a thread, per backend (the same sans-IO core decides)."""
+    return run_in_thread if request.param == "asyncio" else trio_in_thread
+
+
 @pytest.fixture
-def server() -> Iterator[Any]:
-    with run_in_thread(api_key=KEY, engine=ToneEngine(piece_ms=20)) as handle:
+def server(backend: Callable[..., Any]) -> Iterator[Any]:
+    with backend(api_key=KEY, engine=ToneEngine(piece_ms=20)) as handle:
         yield handle
+
+
+def _idle(server: Any) -> bool:
+    """No connection left (and, where the handle reports them, no session, job or task)."""
+    handle = getattr(server, "server", server)
+    if hasattr(handle, "stats"):
+        return bool(handle.stats() == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0})
+    return bool(server.connections == 0)
 
 
 # -- server role -------------------------------------------------------------------------------
@@ -185,11 +225,11 @@ def test_server_empty_fragment_flood_is_bounded(server: Any) -> None:
 
 
 def test_server_drip_into_a_frame_is_cut_at_the_message_deadline(
-    server: Any, short_message_timeout: None
+    backend: Callable[..., Any], short_message_timeout: None
 ) -> None:
     """Item 7: one byte at a time into a frame announced as 60,000 bytes kept the connection
     open indefinitely (each byte reset keepalive)."""
-    with run_in_thread(api_key=KEY, engine=ToneEngine(piece_ms=20)) as short, Bystander(
+    with backend(api_key=KEY, engine=ToneEngine(piece_ms=20)) as short, Bystander(
         short.url
     ) as bystander:
         sock, rest = _open(short.port)
@@ -218,11 +258,11 @@ def test_server_drip_into_a_frame_is_cut_at_the_message_deadline(
     bystander.check(t0, end)
 
 
-def test_server_drip_does_not_postpone_the_ping(server: Any) -> None:
+def test_server_drip_does_not_postpone_the_ping(backend: Callable[..., Any]) -> None:
     """Item 7, keepalive: bytes that complete no frame are not traffic; a dripping peer that
     cannot answer a ping (it is inside a frame) is closed at ping_interval + ping_timeout."""
-    with run_in_thread(api_key=KEY, engine=ToneEngine(), ping_interval=1.0,
-                       ping_timeout=1.0) as pinging:
+    with backend(api_key=KEY, engine=ToneEngine(), ping_interval=1.0,
+                 ping_timeout=1.0) as pinging:
         sock, rest = _open(pinging.port)
         frame = client_frame(b"x" * 60_000)
         t0 = time.monotonic()
@@ -278,9 +318,9 @@ def test_server_handshake_is_strict(server: Any) -> None:
         assert b"audio" not in data and b"generation_started" not in data
     assert _status(server.port, _upgrade())[0] == 101  # the valid upgrade still works
     deadline = time.monotonic() + 5
-    while server.server.stats()["connections"] and time.monotonic() < deadline:
+    while not _idle(server) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.server.stats() == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}
+    assert _idle(server)
 
 
 # -- client role: a hostile server ------------------------------------------------------------
@@ -411,7 +451,7 @@ def hostile(handler: Handler) -> Iterator[HostileServer]:
 
 
 def run_client(kind: str, url: str, body: Callable[[Any], Any], **options: Any) -> Any:
-    """Run ``body(stream)`` on the asyncio or the blocking client (bounded)."""
+    """Run ``body(stream)`` on the asyncio, trio or blocking client (bounded)."""
     options.setdefault("voice_id", 1)
     options.setdefault("connect_timeout", 5)
     if kind == "sync":
@@ -419,6 +459,16 @@ def run_client(kind: str, url: str, body: Callable[[Any], Any], **options: Any) 
 
         with connect_sync(url, api_key=KEY, **options) as stream:
             return body(stream)
+    if kind == "trio":
+        trio = pytest.importorskip("trio")
+        from kugelwire.transports.trio import connect_stream as connect_trio
+
+        async def trio_main() -> Any:
+            with trio.fail_after(30):
+                async with await connect_trio(url, api_key=KEY, **options) as stream:
+                    return await body(stream)
+
+        return trio.run(trio_main)
 
     from kugelwire.transports.asyncio import connect_stream
 
@@ -449,7 +499,7 @@ def consume(kind: str) -> Callable[[Any], Any]:
     return abody
 
 
-KINDS = ["asyncio", "sync"]
+KINDS = ["asyncio", "trio", "sync"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
