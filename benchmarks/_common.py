@@ -30,6 +30,8 @@ def stdlib_base64() -> Iterator[None]:
     """Make kugelwire use the standard library's base64 codec (as without the ``fast`` extra)
     for the block."""
     saved = _messages._b64encode, _messages._b64decode
+    saved_check = _messages._b64check
+    _messages._b64check = _messages._check_alphabet
     _messages._b64encode = base64.b64encode
     if sys.version_info >= (3, 11):  # what kugelwire uses without the extra
         _messages._b64decode = lambda text: binascii.a2b_base64(text, strict_mode=True)
@@ -39,6 +41,7 @@ def stdlib_base64() -> Iterator[None]:
         yield
     finally:
         _messages._b64encode, _messages._b64decode = saved
+        _messages._b64check = saved_check
 
 def parse_args(doc: str | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])

@@ -39,6 +39,9 @@ def per_frame(fn: Callable[[], None], n: int) -> float:
 
 def client_dispatch(frame_ms: int, n: int, repeats: int) -> tuple[float, float]:
     text = audio_text(frame_ms)
+    # the frames of one turn: idx 0, 1, 2... (a repeated idx is dropped, not delivered)
+    assert text.count('"idx":0,') == 1
+    texts = [text.replace('"idx":0,', f'"idx":{i},') for i in range(n)]
 
     def floor() -> None:
         base64.b64decode(json.loads(text)["audio"])
@@ -51,13 +54,16 @@ def client_dispatch(frame_ms: int, n: int, repeats: int) -> tuple[float, float]:
             pass
         receive, events = session.receive_message, session._events
         popleft = events.popleft
+        frames = iter(texts)
 
         def ours() -> None:
-            receive(text, 1.0)
+            receive(next(frames), 1.0)
             while events:
                 event = popleft()
                 if type(event) is AudioChunk:
                     event.pcm16()
+                else:
+                    raise AssertionError(f"not an audio chunk: {event!r}")
 
         return per_frame(ours, n)
 

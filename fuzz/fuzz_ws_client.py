@@ -35,7 +35,7 @@ from kugelwire.protocol import (
     StreamClientSession,
 )
 
-OUR_CODES = frozenset({1000, 1002, 1003, 1007, 1009, 1011})
+OUR_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1011})
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 

@@ -31,8 +31,9 @@ from kugelwire.protocol import (
 from kugelwire.protocol._ws import MessageSession
 
 #: Close codes this side may choose: normal, protocol error, binary frame, invalid UTF-8,
-#: message too big, keepalive timeout, restart, unauthorized (accept-and-close).
-OUR_CODES = frozenset({1000, 1002, 1003, 1007, 1009, 1011, 1012, 4001})
+#: message not completed in time, message too big, keepalive timeout, restart, unauthorized
+#: (accept-and-close).
+OUR_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 4001})
 
 UPGRADE = (
     b"GET /ws/tts/stream?api_key=k HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"

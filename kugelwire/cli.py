@@ -585,16 +585,32 @@ def _log_to_stderr() -> None:
         logger.addHandler(handler)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+def _server_api_key(args: argparse.Namespace) -> str | None:
+    """The key ``serve`` requires: ``--api-key``, else the first line of ``--api-key-file``,
+    else ``KUGELWIRE_API_KEY`` (a file or the environment keep it out of ``ps``)."""
+    if args.api_key is not None:
+        return str(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read --api-key-file {args.api_key_file}: {exc}") from None
+        if not key:
+            raise CliError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return os.environ.get("KUGELWIRE_API_KEY") or None
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     _log_to_stderr()
+    api_key = _server_api_key(args)
     engine = make_engine(args.engine)
     try:
         faults = _fault_plan(args.fault)
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key,
+        server_cm = serve(args.host, args.port, engine=engine, api_key=api_key,
                           lint=_serve_linter(args), lenient=args.lenient, faults=faults)
         server = await server_cm.__aenter__()
     except OSError as exc:
@@ -883,7 +899,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="TCP port (8765; 0 picks a free one, printed at start-up)")
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
-    serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None,
+                      help="require this key (default: KUGELWIRE_API_KEY, else any key; "
+                           "visible in ps: prefer --api-key-file)")
+    keys.add_argument("--api-key-file", default=None, metavar="PATH",
+                      help="require the key on the first line of this file")
     serve.add_argument("--no-lint", action="store_true",
                        help="do not check clients against the streaming rules (on by default)")
     serve.add_argument("--lenient", action="store_true",

@@ -10,7 +10,7 @@ exception                   when
 :class:`ConnectionFailed`   the socket could not be opened (refused, DNS, TLS, timeout)
 :class:`AuthenticationError` HTTP 401/403 at the upgrade, or close code 4001
 :class:`RateLimitError`     HTTP 429 at the upgrade, or close code 4029
-:class:`ProtocolViolation`  the server broke the protocol (the client closed with 1002)
+:class:`ProtocolViolation`  the server broke the protocol (bad frames, framing, audio)
 :class:`ConnectionClosedError` the socket closed while work was unfinished
 :class:`ServerRestarting`   close 1012/1013 (rolling deploy) after the one replay attempt
 :class:`ServerErrorResponse` an ``error`` frame that failed a request / context / turn

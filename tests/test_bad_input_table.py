@@ -146,6 +146,31 @@ def upgrade_request(target: str, extra: str = "") -> bytes:
     ).encode("latin-1")
 
 
+def handshake_request(method: str, target: str, extras: list[str]) -> bytes:
+    """The upgrade of a ``GET target + ...`` row: each extra ``Name: value`` replaces the
+    default header of that name (or is added); ``http/1.0`` sets the version."""
+    version = "1.1"
+    headers = {
+        "host": "Host: localhost",
+        "upgrade": "Upgrade: websocket",
+        "connection": "Connection: Upgrade",
+        "sec-websocket-key": f"Sec-WebSocket-Key: {_WS_KEY}",
+        "sec-websocket-version": "Sec-WebSocket-Version: 13",
+    }
+    added: list[str] = []
+    for extra in extras:
+        if extra == "http/1.0":
+            version = "1.0"
+            continue
+        name = extra.partition(":")[0].strip().lower()
+        if name in headers and name != "sec-websocket-version":
+            headers[name] = extra
+        else:
+            added.append(extra)
+    lines = [f"{method} {target} HTTP/{version}", *headers.values(), *added]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 # -- reading what the server sent ---------------------------------------------------------------
 def parse_server_bytes(data: bytes) -> list[Any]:
     """Server frames as JSON objects (text), ``("close", code)``, ``("binary", b)``..."""
@@ -216,13 +241,12 @@ def run_row(row: Row, *, lenient: bool = False) -> Outcome:
     )
     sent = bytearray()
     if row.frame.startswith(("GET ", "POST ")):
-        head, _, extra = row.frame.replace("KEY", KEY).partition(" + ")
+        head, *extras = row.frame.replace("KEY", KEY).split(" + ")
         method, target = head.split(" ", 1)
-        if extra == "no-upgrade":
+        if extras == ["no-upgrade"]:
             request = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
         else:
-            request = upgrade_request(target, extra + "\r\n" if extra else "")
-            request = method.encode() + request[3:]  # the request line starts with "GET"
+            request = handshake_request(method, target, [_expand(e) for e in extras])
         conn.receive_data(request, now)
         data = conn.data_to_send()
         status, _, body = split_http(data)

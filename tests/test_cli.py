@@ -654,3 +654,56 @@ def test_out_dash_writes_the_audio_to_stdout(server: ThreadedServer, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert done.stdout == ref.read_bytes()  # the audio only; the report went to stderr
     assert done.stderr.decode().startswith("wrote stdout: ")
+
+
+def test_serve_api_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--api-key, else --api-key-file (first line), else KUGELWIRE_API_KEY, else any key."""
+    from kugelwire.cli import _parser, _server_api_key
+
+    def key(*argv: str) -> str | None:
+        return _server_api_key(_parser().parse_args(["serve", *argv]))
+
+    monkeypatch.delenv("KUGELWIRE_API_KEY", raising=False)
+    assert key() is None
+    monkeypatch.setenv("KUGELWIRE_API_KEY", "from-env")
+    assert key() == "from-env"
+    path = tmp_path / "key"
+    path.write_text("from-file\nignored\n", encoding="utf-8")
+    assert key("--api-key-file", str(path)) == "from-file"
+    assert key("--api-key", "from-flag") == "from-flag"
+    with pytest.raises(SystemExit):  # one or the other
+        key("--api-key", "a", "--api-key-file", str(path))
+
+
+def test_serve_api_key_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--api-key-file", str(tmp_path / "missing")]) == 1
+    assert "cannot read --api-key-file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    assert main(["serve", "--api-key-file", str(empty)]) == 1
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_serve_uses_the_key_file(tmp_path: Path) -> None:
+    """The server started with --api-key-file refuses other keys and accepts that one."""
+    path = tmp_path / "key"
+    path.write_text("file-key-123\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kugelwire", "serve", "--engine", "tone", "--port", "0",
+         "--api-key-file", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"serving (ws://\S+)", line)
+        assert m, line
+        url = m.group(1)
+        assert "file-key-123" not in " ".join(proc.args)  # type: ignore[arg-type]
+        assert main(["say", "Hi.", "--url", url, "--api-key", "wrong",
+                     "--out", str(tmp_path / "x.wav")]) == 1
+        assert main(["say", "Hi.", "--url", url, "--api-key", "file-key-123",
+                     "--out", str(tmp_path / "y.wav")]) == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)

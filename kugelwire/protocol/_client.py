@@ -86,6 +86,9 @@ __all__ = [
 ]
 
 MAX_CONTEXTS = 20
+#: Abandoned (timed-out) cancels remembered to match a late ``interrupted``; older ones are
+#: forgotten (their late ack is then matched to a newer cancel, or dropped).
+_MAX_ABANDONED = 16
 RESTART_CODES = frozenset({1012, 1013})
 _INF = math.inf
 
@@ -124,13 +127,24 @@ class _Cycle:
     last_chunk: int = 0
     spell_tail: str = ""
     spell_checked: bool = False
+    last_idx: int = -1  # idx and chunk_id of the last audio frame: within a chunk idx increases
+    last_idx_chunk: int | None = None
+    duplicates: int = 0
 
     def on_generation_started(self, msg: GenerationStartedFrame) -> None:
         self.chunk_offsets.setdefault(msg.chunk_id, self.audio_s)
         self.chunk_texts[msg.chunk_id] = msg.text
         self.last_chunk = msg.chunk_id
 
-    def on_audio(self, msg: AudioFrame) -> float:
+    def on_audio(self, msg: AudioFrame) -> float | None:
+        """The frame's offset in the cycle's audio; None for a repeated frame (an ``idx`` not
+        above the previous frame's of the same chunk), which is not delivered."""
+        if msg._has_idx:
+            idx = msg.idx
+            if idx <= self.last_idx and msg.chunk_id == self.last_idx_chunk:
+                self.duplicates += 1
+                return None
+            self.last_idx, self.last_idx_chunk = idx, msg.chunk_id
         offset = self.audio_s
         if msg.chunk_id is not None:
             self.chunk_offsets.setdefault(msg.chunk_id, offset)
@@ -172,10 +186,13 @@ class _PendingCancel:
     context_ids: frozenset[str] | None = None  # multi: which contexts; None = all
     sent_before: int = 0  # tts: requests numbered below this were sent before the cancel
     reported: bool = False  # tts: an Interrupted was already emitted for this cancel
-    #: No ``interrupted`` came within the quiet timeout: the application was told
-    #: (``Interrupted(acknowledged=False)``), but output is still dropped until the late ack,
-    #: so no frame of cancelled work is ever attributed to later work.
+    #: No ``interrupted`` came within the quiet timeout: the cancel is abandoned. The
+    #: application was told (``Interrupted(acknowledged=False)``), output flows to later work
+    #: again, and a late ``interrupted`` is matched to it and dropped.
     timed_out: bool = False
+    #: stream: frames were dropped for this cancel while turns up to this number, sent after
+    #: it, were waiting; their output may be among them (see ``_abandon``).
+    tainted: int = -1
 
 
 class _ClientSession:
@@ -238,10 +255,15 @@ class _ClientSession:
             self._finish_cancel(pending, acknowledged=False)
             self._events.append(
                 Diagnostic(
-                    f"no 'interrupted' within {self._cancel_timeout:g} s of a cancel; output "
-                    "is dropped until it arrives"
+                    f"no 'interrupted' within {self._cancel_timeout:g} s of a cancel; the "
+                    "cancelled work is abandoned and later output flows again"
                 )
             )
+            self._abandon(pending)
+            pending.turns = []  # nothing of it is needed to match a late ack
+            abandoned = [p for p in self._pending_cancels if p.timed_out]
+            if len(abandoned) > _MAX_ABANDONED:  # a server that never acknowledges
+                self._pending_cancels.remove(abandoned[0])
         self._other_timeout(now)
 
     def connection_lost(self, code: int | None, reason: str, now: float) -> None:
@@ -277,6 +299,13 @@ class _ClientSession:
         if self._closing:
             raise LocalProtocolError("close_socket() was sent; the session takes no more input")
 
+    def _cancel_gates(self) -> bool:
+        """Whether output is held back for a cancel still waiting for its ``interrupted``."""
+        return any(not p.timed_out for p in self._pending_cancels)
+
+    def _abandon(self, pending: _PendingCancel) -> None:
+        """A cancel timed out (after its Interrupted events): endpoint-specific cleanup."""
+
     def _cancel_deadline(self) -> float | None:
         pending = next((p for p in self._pending_cancels if not p.timed_out), None)
         if pending is None:
@@ -300,6 +329,7 @@ class _ClientSession:
                         break
             self._pending_cancels.remove(pending)
             if pending.timed_out:
+                self.dropped_frames += 1  # the late ack of an abandoned cancel
                 self._late_ack(pending)
             else:
                 self._finish_cancel(pending, acknowledged=True)
@@ -351,6 +381,22 @@ class _ClientSession:
                 Diagnostic(
                     "<spell> sent while normalize is false or language is unset; the hosted "
                     "service requires normalize=true and an explicit language for spelling",
+                    turn=cycle.number,
+                    context_id=context_id,
+                )
+            )
+
+    def _repeated_audio(
+        self, cycle: _Cycle, msg: AudioFrame, context_id: str | None = None
+    ) -> None:
+        """An audio frame whose ``idx`` repeats (or goes back) within its chunk: dropped and
+        counted, never delivered twice; said once per turn with a :class:`Diagnostic`."""
+        self.dropped_frames += 1
+        if cycle.duplicates == 1:
+            self._events.append(
+                Diagnostic(
+                    f"audio frame idx {msg.idx} repeated (or out of order) in chunk "
+                    f"{msg.chunk_id} of turn {cycle.number}; dropped, not delivered twice",
                     turn=cycle.number,
                     context_id=context_id,
                 )
@@ -561,7 +607,11 @@ class StreamClientSession(_ClientSession):
             first = self._turns[0]
             if first.state is ClientTurnState.OPEN or first.state is ClientTurnState.FLUSHED:
                 cycle = first.cycle
-                self._events.append(AudioChunk(cycle.number, msg, cycle.on_audio(msg)))
+                offset = cycle.on_audio(msg)
+                if offset is None:
+                    self._repeated_audio(cycle, msg)
+                else:
+                    self._events.append(AudioChunk(cycle.number, msg, offset))
                 return
         if isinstance(msg, InterruptedFrame):
             self._on_interrupted(msg)
@@ -574,9 +624,15 @@ class StreamClientSession(_ClientSession):
             if not self._is_settings_error(msg):
                 self._events.append(self._server_error(msg, head.number if head else None))
             return
-        if self._pending_cancels or head is None:
+        gated = head is not None and self._pending_cancels and self._cancel_gates()
+        if gated or head is None:
             # Output before the ack of a cancel is the cancelled turn's; output with no turn
             # is stray. Neither reaches the application.
+            if gated:
+                newest = self._turns[-1].number
+                for p in self._pending_cancels:
+                    if not p.timed_out:
+                        p.tainted = newest
             if not isinstance(
                 msg,
                 AudioFrame
@@ -597,7 +653,11 @@ class StreamClientSession(_ClientSession):
         n = cycle.number
         if isinstance(msg, AudioFrame):
             if self._advance(head, TurnInput.OUTPUT):
-                self._events.append(AudioChunk(n, msg, cycle.on_audio(msg)))
+                offset = cycle.on_audio(msg)
+                if offset is None:
+                    self._repeated_audio(cycle, msg)
+                else:
+                    self._events.append(AudioChunk(n, msg, offset))
         elif isinstance(msg, GenerationStartedFrame):
             if self._advance(head, TurnInput.OUTPUT):
                 cycle.on_generation_started(msg)
@@ -642,6 +702,26 @@ class StreamClientSession(_ClientSession):
         for turn in pending.turns:
             self._advance(turn, TurnInput.INTERRUPTED if acknowledged else TurnInput.CANCEL_TIMEOUT)
             self._events.append(Interrupted(turn.number, acknowledged=acknowledged))
+
+    def _abandon(self, pending: _PendingCancel) -> None:
+        """Turns sent after the abandoned cancel whose output may have been dropped with the
+        cancelled turn's (frames were dropped while they waited) cannot be matched any more:
+        they end too, with ``Interrupted(acknowledged=False)``, rather than wait forever."""
+        if pending.tainted < 0 or self._cancel_gates():
+            return
+        while self._turns and self._turns[0].number <= pending.tainted:
+            turn = self._turns.popleft()
+            self._advance(turn, TurnInput.CANCEL)
+            self._advance(turn, TurnInput.CANCEL_TIMEOUT)
+            self._send_config = True
+            self._events.append(Interrupted(turn.number, acknowledged=False))
+            self._events.append(
+                Diagnostic(
+                    f"turn {turn.number} ended: its output may have been dropped with the "
+                    "unacknowledged cancel's",
+                    turn=turn.number,
+                )
+            )
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
         while self._turns:
@@ -921,7 +1001,8 @@ class MultiClientSession(_ClientSession):
 
     def _cancelling(self, context_id: str) -> bool:
         return any(
-            p.context_ids is not None and context_id in p.context_ids for p in self._pending_cancels
+            not p.timed_out and p.context_ids is not None and context_id in p.context_ids
+            for p in self._pending_cancels
         )
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
@@ -981,7 +1062,11 @@ class MultiClientSession(_ClientSession):
         cycle = ctx.cycle
         n = cycle.number
         if isinstance(msg, AudioFrame):
-            self._events.append(AudioChunk(n, msg, cycle.on_audio(msg), cid))
+            offset = cycle.on_audio(msg)
+            if offset is None:
+                self._repeated_audio(cycle, msg, cid)
+            else:
+                self._events.append(AudioChunk(n, msg, offset, cid))
         elif isinstance(msg, GenerationStartedFrame):
             cycle.on_generation_started(msg)
             self._events.append(GenerationStarted(n, msg.chunk_id, msg.text, cid))
@@ -1149,7 +1234,11 @@ class TTSClientSession(_ClientSession):
         cycle = head.cycle
         n = cycle.number
         if isinstance(msg, AudioFrame):
-            self._events.append(AudioChunk(n, msg, cycle.on_audio(msg)))
+            offset = cycle.on_audio(msg)
+            if offset is None:
+                self._repeated_audio(cycle, msg)
+            else:
+                self._events.append(AudioChunk(n, msg, offset))
         elif isinstance(msg, WordTimestampsFrame):
             self._events.append(
                 WordTimestamps(n, msg.chunk_id, msg.words, cycle.words_offset_ms(msg))
@@ -1204,18 +1293,11 @@ class TTSClientSession(_ClientSession):
         for req in pending.turns:
             if not req.announced:
                 self._events.append(Interrupted(req.number, acknowledged=acknowledged))
-            if pending.timed_out:
-                # Keep it queued: its late output must still be matched to it and dropped.
-                req.announced = True
-            elif req in self._requests:
+            req.announced = True
+            if req in self._requests:  # abandoned on a timeout: later requests flow
                 self._requests.remove(req)
         if pending.timed_out:
             pending.reported = True
-
-    def _late_ack(self, pending: _PendingCancel) -> None:
-        for req in pending.turns:
-            if req in self._requests:
-                self._requests.remove(req)
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
         while self._requests:

@@ -240,6 +240,45 @@ def _base64_codec() -> tuple[Callable[[bytes], bytes], Callable[[str], bytes]]:
 
 
 _b64encode, _b64decode = _base64_codec()
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _check_by_decoding(text: str) -> bool:
+    """Whether :func:`_b64decode` accepts ``text`` (used with pybase64, whose SIMD decoder is
+    faster than any scan; the bytes are not kept)."""
+    try:
+        _b64decode(text)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _check_alphabet(text: str) -> bool:
+    """Whether ``text`` is strict base64 (what the stdlib decoder accepts), by a C-speed scan
+    of its alphabet: no decoding, no bytes kept."""
+    if len(text) & 3 or not text.isascii():
+        return False
+    rest = text.encode("ascii").translate(None, _B64_ALPHABET)
+    return not rest or (rest in (b"=", b"==") and text.endswith(rest.decode("ascii")))
+
+
+def _base64_check() -> Callable[[str], bool]:
+    try:
+        importlib.import_module("pybase64")
+    except ImportError:
+        return _check_alphabet
+    return _check_by_decoding
+
+
+_b64check = _base64_check()
+
+
+def _b64_size(text: str) -> int | None:
+    """The decoded length of the base64 ``text``, or None when it is not valid base64."""
+    n = len(text)
+    if n & 3 or not _b64check(text):
+        return None
+    return 0 if not n else (n >> 2) * 3 - (text[-2] == "=") - (text[-1] == "=")
 
 
 def _b64(data: bytes) -> str:
@@ -251,7 +290,8 @@ class AudioFrame:
     """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.
 
     ``audio`` is kept as the base64 text; :attr:`data` decodes it on first access (and caches).
-    :meth:`pcm16` returns PCM16LE whatever ``enc`` is (G.711 is expanded).
+    :meth:`pcm16` returns PCM16LE whatever ``enc`` is (G.711 is expanded). A parsed frame was
+    checked when it was parsed: ``audio`` is valid base64 and ``samples`` matches its length.
     """
 
     audio: str
@@ -262,6 +302,8 @@ class AudioFrame:
     chunk_id: int | None = None
     context_id: str | None = None
     _data: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    #: ``idx`` was on the wire (a frame without one gets 0 and is not checked for order).
+    _has_idx: bool = field(default=True, repr=False, compare=False)
 
     @classmethod
     def from_bytes(
@@ -325,6 +367,7 @@ _set_audio, _set_enc, _set_idx, _set_sr, _set_samples, _set_chunk_id, _set_ctx, 
     getattr(AudioFrame, name).__set__
     for name in ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "_data")
 )
+_set_has_idx = getattr(AudioFrame, "_has_idx").__set__  # noqa: B009 (a slot descriptor)
 
 
 def _audio_frame(
@@ -340,6 +383,7 @@ def _audio_frame(
     _set_chunk_id(frame, chunk_id)
     _set_ctx(frame, None)
     _set_data(frame, [])
+    _set_has_idx(frame, True)
     return frame
 
 
@@ -691,6 +735,7 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
         and 0 <= samples <= _MAX_INT
         and (chunk_id is None or 0 <= chunk_id <= _MAX_INT)
         and "context_id" not in obj
+        and _b64_size(audio) == (samples * 2 if enc == "pcm_s16le" else samples)
     ):
         return _audio_frame(audio, enc, idx, sr, samples, chunk_id)
     enc = obj.get("enc")
@@ -704,19 +749,23 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
     if not sr:
         raise _E("sr: must be positive", field="sr")
     samples = _uint(obj, "samples")
-    if samples is None:  # derive from the payload length without decoding
-        # (never negative: a malformed payload such as "=" must not give -1 samples)
-        n = max(0, (len(audio) * 3) // 4 - audio[-2:].count("="))
-        samples = n // 2 if enc == "pcm_s16le" else n
-    return AudioFrame(
-        audio,
-        enc,
-        _uint(obj, "idx", 0) or 0,
-        sr,
-        samples,
-        _uint(obj, "chunk_id"),
-        _opt_context_id(obj, _E),
-    )
+    idx = _uint(obj, "idx", 0) or 0
+    chunk_id = _uint(obj, "chunk_id")
+    context_id = _opt_context_id(obj, _E)
+    size = _b64_size(audio)  # the payload's length, known without decoding it
+    if size is None:
+        raise _E("audio: invalid base64", field="audio")
+    width = 2 if enc == "pcm_s16le" else 1
+    if size % width:
+        raise _E(f"audio: {size} bytes is not a whole number of {enc} samples", field="audio")
+    if samples is None:
+        samples = size // width
+    elif samples * width != size:
+        raise _E(
+            f"samples: {samples} does not match the payload ({size // width} {enc} samples)",
+            field="samples",
+        )
+    return AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id, [], "idx" in obj)
 
 
 def _parse_words(obj: dict[str, Any]) -> WordTimestampsFrame:

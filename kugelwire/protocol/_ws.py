@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,6 +55,8 @@ from ._errors import RemoteProtocolError
 
 __all__ = [
     "ENDPOINTS",
+    "FRAGMENT_COST",
+    "MESSAGE_TIMEOUT",
     "Accepted",
     "ClientConnection",
     "ClientConnectionEvent",
@@ -93,6 +96,12 @@ _AI_HEADER = (b"x-kugelaudio-ai-generated", b"true")
 _UNAUTHORIZED = {"error": "Unauthorized", "error_code": "UNAUTHORIZED", "code": 401}
 _NOT_FOUND = {"error": "Not found", "error_code": "NOT_FOUND", "code": 404}
 _BINARY_ERROR_MESSAGE = "Binary frames are not supported; send JSON text frames"
+#: Each fragment of a message but its last counts this many bytes on top of its payload
+#: towards ``max_message_size`` (a frame costs its receiver about as much work as that many
+#: bytes), so a flood of tiny (even empty) fragments is bounded like bytes.
+FRAGMENT_COST = 256
+#: A message (or a frame) must be complete this many seconds after its first byte arrived.
+MESSAGE_TIMEOUT = 30.0
 
 
 def _json(obj: Mapping[str, Any]) -> str:
@@ -317,6 +326,24 @@ def _http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: by
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+_WS_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+
+
+def _bad_upgrade(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """RFC 6455 4.2.1 beyond what wsproto checks: HTTP/1.1 or later, one ``Sec-WebSocket-Key``
+    that is the base64 of 16 bytes, and no request body (its bytes would be read as frames)."""
+    if http_version == b"1.0":
+        return True
+    keys = [value for name, value in headers if name.lower() == b"sec-websocket-key"]
+    if len(keys) != 1 or not _WS_KEY.fullmatch(keys[0].strip()):
+        return True
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 # -- shared machinery ------------------------------------------------------------------------------
 class _Connection:
     """Framing, message assembly, limits, pings, and the close handshake for both roles."""
@@ -331,9 +358,12 @@ class _Connection:
         close_timeout: float,
         keepalive_interval: float | None = None,
         ping_timeout: float = 20.0,
+        message_timeout: float | None = MESSAGE_TIMEOUT,
     ) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
+        if message_timeout is not None and message_timeout <= 0:
+            raise ValueError("message_timeout must be positive or None")
         if close_timeout <= 0:
             raise ValueError("close_timeout must be positive")
         if keepalive_interval is not None and keepalive_interval <= 0:
@@ -358,6 +388,9 @@ class _Connection:
         self._close_code: int | None = None
         self._close_reason = ""
         self._close_deadline: float | None = None
+        self._message_timeout = message_timeout
+        self._partial_since: float | None = None  # when the unfinished message/frame began
+        self._completed = False  # a message completed during the current receive_data
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -402,6 +435,7 @@ class _Connection:
         if self._state is ConnectionState.CLOSED:
             return
         self._timeouts(now)
+        self._partial_timeout(now)
         if self._closed():
             return
         session = self._session
@@ -429,6 +463,8 @@ class _Connection:
             out.append(self._session.next_deadline())
         if self._state is ConnectionState.CLOSING:
             out.append(self._close_deadline)
+        if self._partial_since is not None and self._message_timeout is not None:
+            out.append(self._partial_since + self._message_timeout)
         return out
 
     def _timeouts(self, now: float) -> None:
@@ -449,10 +485,56 @@ class _Connection:
                 self._ping_at = self._now + self._keepalive
 
     # -- keepalive (both roles) ------------------------------------------------------------
-    def _keepalive_traffic(self, data: bytes, now: float) -> None:
-        """Bytes arrived: the connection is not idle, postpone the next ping."""
-        if data and self._pong_payload is None and self._keepalive is not None:
+    def _keepalive_traffic(self, now: float) -> None:
+        """Frames arrived: the connection is not idle, postpone the next ping."""
+        if self._pong_payload is None and self._keepalive is not None:
             self._ping_at = now + self._keepalive
+
+    # -- unfinished messages (both roles) ----------------------------------------------------
+    def _busy(self) -> bool:
+        """Whether bytes of an unfinished frame or message are held."""
+        if self._parts or self._message_size:
+            return True
+        try:
+            proto: Any = getattr(self._ws.connection, "_proto")  # noqa: B009
+            frames, messages = proto._frame_decoder, proto._message_decoder
+            return (
+                frames.header is not None
+                or bool(frames.buffer.buffer)
+                or messages.opcode is not None
+            )
+        except AttributeError:  # another wsproto version: what the message counters tell
+            return False
+
+    def _after_receive(self, now: float) -> None:
+        """Bytes were processed: keepalive and the message deadline see what they completed.
+
+        Only complete frames count as traffic (a drip of bytes into one frame never postpones
+        the ping), and a message that started must be complete within ``message_timeout``.
+        """
+        completed, self._completed = self._completed, False
+        if self._state is not ConnectionState.OPEN:
+            self._partial_since = None
+            return
+        busy = self._busy()
+        if not busy or completed:
+            self._keepalive_traffic(now)
+        if not busy:
+            self._partial_since = None
+        elif self._partial_since is None or completed:
+            self._partial_since = now
+
+    def _partial_timeout(self, now: float) -> None:
+        since, timeout = self._partial_since, self._message_timeout
+        if (
+            since is not None
+            and timeout is not None
+            and self._state is ConnectionState.OPEN
+            and now >= since + timeout
+        ):
+            self._partial_since = None
+            reason = f"message not completed within {timeout:g} s"
+            self._fail(1008, reason, RemoteProtocolError(reason, error_code="TIMEOUT", code=408))
 
     def _keepalive_start(self) -> None:
         """The connection just opened: schedule the first ping."""
@@ -518,6 +600,7 @@ class _Connection:
             return
         self._state = ConnectionState.CLOSED
         self._close_deadline = None
+        self._partial_since = None
         self._parts.clear()
         self._events.append(ConnectionClosed(code, reason, by_peer, error))
         if self._session is not None:
@@ -566,9 +649,13 @@ class _Connection:
         if self._state is not ConnectionState.OPEN:
             return  # we are closing: late messages are dropped
         piece = event.data
-        if not self._count(len(piece) if piece.isascii() else len(piece.encode("utf-8"))):
+        size = len(piece) if piece.isascii() else len(piece.encode("utf-8"))
+        if event.frame_finished and not event.message_finished:
+            size += FRAGMENT_COST
+        if not self._count(size):
             return
-        self._parts.append(piece)
+        if piece:
+            self._parts.append(piece)
         if event.message_finished:
             text = "".join(self._parts)
             self._parts.clear()
@@ -576,6 +663,7 @@ class _Connection:
             self._deliver(text)
 
     def _deliver(self, text: str) -> None:
+        self._completed = True
         session = self._session
         if session is None or self._state is not ConnectionState.OPEN:
             return
@@ -594,7 +682,8 @@ class _Connection:
         elif ws_state is _WSState.CLOSED:  # the peer answered our close frame
             self._finish(self._close_code, self._close_reason, False)
         else:  # wsproto could not parse the peer's bytes: fail with its code (1002, 1007, ...)
-            self._fail(int(event.code), event.reason or "invalid frame")
+            reason = event.reason or "invalid frame"
+            self._fail(int(event.code), reason, RemoteProtocolError(f"framing: {reason}"))
 
 
 # -- client ----------------------------------------------------------------------------------------
@@ -623,6 +712,7 @@ class ClientConnection(_Connection):
         handshake_timeout: float | None = None,
         max_message_size: int = 16 * 2**20,
         subprotocols: Iterable[str] = (),
+        message_timeout: float | None = MESSAGE_TIMEOUT,
     ) -> None:
         super().__init__(
             now=now,
@@ -630,6 +720,7 @@ class ClientConnection(_Connection):
             close_timeout=close_timeout,
             keepalive_interval=keepalive_interval,
             ping_timeout=ping_timeout,
+            message_timeout=message_timeout,
         )
         if auth not in ("query", "bearer"):
             raise ValueError(f"auth must be 'query' or 'bearer', not {auth!r}")
@@ -708,9 +799,9 @@ class ClientConnection(_Connection):
         self._now = now
         if self._state is ConnectionState.CLOSED:
             return
-        self._keepalive_traffic(data, now)
         if self._state is not ConnectionState.CONNECTING:
             self._receive_frames(data)
+            self._after_receive(now)
             return
         try:
             self._ws.receive_data(data if data else None)
@@ -718,6 +809,7 @@ class ClientConnection(_Connection):
         except _WSRemoteProtocolError as exc:
             self._finish(None, f"invalid handshake response: {exc}", False)
             return
+        self._after_receive(now)  # frames that came with the 101
         if not data and not self._closed():
             if self._reject is not None:
                 self._rejected()
@@ -746,6 +838,9 @@ class ClientConnection(_Connection):
                 return
             data = data[pos:]
         super()._receive_frames(data)
+
+    def _busy(self) -> bool:
+        return bool(self._rx) or super()._busy()
 
     def _wsproto_idle(self) -> bool:
         """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
@@ -838,7 +933,8 @@ class ClientConnection(_Connection):
         self._fail(1002, exc.message[:120], exc)
 
     def _on_binary(self, event: BytesMessage) -> None:
-        self._fail(1003, "binary frames are not supported")
+        reason = "binary frames are not supported"
+        self._fail(1003, reason, RemoteProtocolError(reason))
 
     def _deadlines(self) -> list[float | None]:
         out = super()._deadlines()
@@ -888,6 +984,7 @@ class ServerConnection(_Connection):
         ping_timeout: float = 20.0,
         rest_handler: RestHandler | None = None,
         request_id: str | None = None,
+        message_timeout: float | None = MESSAGE_TIMEOUT,
     ) -> None:
         super().__init__(
             now=now,
@@ -895,6 +992,7 @@ class ServerConnection(_Connection):
             close_timeout=close_timeout,
             keepalive_interval=keepalive_interval,
             ping_timeout=ping_timeout,
+            message_timeout=message_timeout,
         )
         if api_key == "":
             raise ValueError("api_key must be a non-empty string or None")
@@ -911,6 +1009,8 @@ class ServerConnection(_Connection):
         self.request_id = request_id or "req_" + secrets.token_hex(8)
         self._handshake_deadline: float | None = now + handshake_timeout
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_size)
+        self._max_request_size = max_request_size
+        self._head_bytes = 0  # bytes received before the request head was parsed
         self._ws = WSConnection(ConnectionType.SERVER)
         self._path = ""
 
@@ -936,10 +1036,11 @@ class ServerConnection(_Connection):
         self._now = now
         if self._state is ConnectionState.CLOSED:
             return
-        self._keepalive_traffic(data, now)
         if self._state is not ConnectionState.CONNECTING:
             self._receive_frames(data)
+            self._after_receive(now)
             return
+        self._head_bytes += len(data)
         self._h11.receive_data(data)
         try:
             event = self._h11.next_event()
@@ -951,6 +1052,7 @@ class ServerConnection(_Connection):
             return
         if isinstance(event, h11.Request):
             self._on_request(event)
+            self._after_receive(now)
         elif isinstance(event, h11.ConnectionClosed) or not data:
             self._finish(None, "connection closed during the handshake", True)
 
@@ -972,6 +1074,13 @@ class ServerConnection(_Connection):
             self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
+            return
+        head_size = self._head_bytes - len(self._h11.trailing_data[0])
+        if head_size > self._max_request_size:
+            self._http_reject(431, "bad_request", b"")
+            return
+        if _bad_upgrade(request.http_version, headers):
+            self._http_reject(400, "bad_request", b"")
             return
         try:
             self._ws.initiate_upgrade_connection(headers, request.target)
@@ -1148,9 +1257,13 @@ class ServerConnection(_Connection):
         self._send(TextMessage(data=_json(frame)))
 
     def _on_binary(self, event: BytesMessage) -> None:
-        if not self._count(len(event.data)):
+        size = len(event.data)
+        if event.frame_finished and not event.message_finished:
+            size += FRAGMENT_COST
+        if not self._count(size):
             return
         if event.message_finished:
+            self._completed = True
             self._message_size = 0
             self._flush_session()
             self._queue_error(_BINARY_ERROR_MESSAGE, "VALIDATION_ERROR", 400)

@@ -27,7 +27,7 @@ from kugelwire.protocol._events import (
     TurnClosed,
 )
 from kugelwire.protocol._server import ServerLimits, StreamServerSession
-from kugelwire.protocol._ws import ConnectionState, ServerConnection
+from kugelwire.protocol._ws import ClientConnection, ConnectionState, ServerConnection
 from kugelwire.server import ServerOptions, serve
 from kugelwire.synth import ToneEngine
 from kugelwire.transports import _core
@@ -64,6 +64,8 @@ def _actual_default(where: str, name: str) -> Any:
         "connect_stream": connect_stream,
         "ClientCore": _core.ClientCore.__init__,
         "ServerConnection": ServerConnection.__init__,
+        "ClientConnection": ClientConnection.__init__,
+        "StreamClientSession": StreamClientSession.__init__,
     }
     return inspect.signature(targets[where]).parameters[name].default
 

@@ -48,3 +48,11 @@ def machine_settings(base: int, *, steps: int = 40) -> settings:
     return settings(
         settings.get_profile(PROFILE), max_examples=examples(base), stateful_step_count=steps
     )
+
+
+#: The models' network may hold an ``interrupted`` back for any time while the clock runs. A
+#: cancel unacknowledged past ``cancel_timeout`` is abandoned and later output flows to later
+#: turns (docs/index.md, known races), so the cancelled turn's late output may then be handed
+#: to a later turn, which the models' strict attribution checks forbid: they keep the ack
+#: in play. The timeout itself is covered by tests/protocol and tests/faults.
+ACK_ALWAYS_COMES = 1e9

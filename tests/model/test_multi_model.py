@@ -56,7 +56,7 @@ from kugelwire.protocol._state import ClientContextState
 from kugelwire.testing import PairEngine, SessionPair
 from kugelwire.testing_strategies import llm_tokens, network_splits, timer_steps
 from tests.model._checks import check_chunk, check_turn_text
-from tests.model._profiles import machine_settings
+from tests.model._profiles import ACK_ALWAYS_COMES, machine_settings
 
 _OUTPUT = (AudioChunk, GenerationStarted, ChunkComplete, WordTimestamps, TurnFinal)
 _SENDABLE = (ClientContextState.CREATING, ClientContextState.OPEN)
@@ -69,7 +69,9 @@ class MultiModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.pair = SessionPair.multi(
-            engine=PairEngine(auto=False, pieces=2, ms_per_char=2.0), language="en"
+            engine=PairEngine(auto=False, pieces=2, ms_per_char=2.0),
+            language="en",
+            client_kwargs={"cancel_timeout": ACK_ALWAYS_COMES},
         )
         self.n_created = 0
         self.created: list[str] = []

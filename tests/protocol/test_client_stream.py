@@ -451,16 +451,60 @@ def test_cancel_ack_quiet_timeout() -> None:
     assert evs[0] == Interrupted(0, acknowledged=False)
     assert [type(e).__name__ for e in evs[1:]] == ["Diagnostic"]
     assert h.s.next_deadline() is None
-    # the late ack is absorbed and does not disturb a later turn; output of the cancelled
-    # turn that arrives before it is still dropped, never given to the later turn
+    # the cancel is abandoned: a later turn flows, and the late ack (wherever it comes) is
+    # absorbed without disturbing it
     h.s.send_text("y", h.now, flush=True)
-    h.feed(audio(1))
-    h.feed({"interrupted": True})
-    h.feed(*graceful_turn("y"))
+    turn = graceful_turn("y", frames=2)
+    h.feed(*turn[:2], {"interrupted": True}, *turn[2:])
     evs = h.events()
     assert evs[0] == TurnStarted(1)
-    assert isinstance(evs[-1], TurnClosed)
+    assert [e.frame.idx for e in evs if isinstance(e, AudioChunk)] == [0, 1]
+    assert isinstance(evs[-1], TurnClosed) and evs[-1].turn == 1
     assert not any(isinstance(e, Interrupted) for e in evs)
+    assert h.s.dropped_frames == 2  # the audio before the timeout, and the late ack
+
+
+def test_unacknowledged_cancel_does_not_wedge_later_turns() -> None:
+    """A server that never answers a cancel: after the cancel timeout every later turn
+    delivers its audio, final and session_closed (it used to hang, all of it dropped)."""
+    h = H(cancel_timeout=5.0)
+    h.s.send_text("x", h.now, flush=True)
+    h.feed(gen(0, "x"), audio(0))
+    h.s.cancel(h.now)
+    h.s.handle_timeout(h.now + 5.0)
+    assert isinstance(h.events()[-2], Interrupted)
+    for n in (1, 2, 3):
+        h.now += 6.0
+        assert h.s.send_text(f"turn {n}.", h.now, flush=True) == n
+        h.feed(*graceful_turn(f"turn {n}.", frames=2))
+        evs = h.events()
+        assert evs[0] == TurnStarted(n)
+        assert sum(isinstance(e, AudioChunk) for e in evs) == 2
+        assert isinstance(evs[-2], TurnFinal) and isinstance(evs[-1], TurnClosed)
+    assert h.s.next_deadline() is None
+
+
+def test_turn_answered_while_a_cancel_waits_ends_when_it_is_abandoned() -> None:
+    """Output that arrives while a cancel waits for its ack is dropped (it may be the cancelled
+    turn's). A turn sent meanwhile may have lost its output that way: when the cancel is
+    abandoned it ends with Interrupted(acknowledged=False) instead of waiting forever, and the
+    turns after it flow."""
+    h = H(cancel_timeout=5.0)
+    h.s.send_text("x", h.now, flush=True)
+    h.s.cancel(h.now)
+    h.now = 1.0
+    h.s.send_text("y", h.now, flush=True)
+    h.feed(*graceful_turn("y"))  # the cancelled turn's or y's? dropped either way
+    assert h.events() == [TurnStarted(0), TurnStarted(1)]
+    h.s.handle_timeout(h.now + 5.0)
+    evs = h.events()
+    assert [e for e in evs if isinstance(e, Interrupted)] == [
+        Interrupted(0, acknowledged=False),
+        Interrupted(1, acknowledged=False),
+    ]
+    assert h.s.send_text("z", h.now, flush=True) == 2
+    h.feed(*graceful_turn("z"))
+    assert isinstance(h.events()[-1], TurnClosed)
 
 
 def test_cancel_timeout_must_be_positive() -> None:
@@ -922,3 +966,34 @@ def test_fake_server_single_cancel(
     script.insert(min(cancel_at, len(script)), ("cancel",))
     script += [("text", "After the cancel.", True), *after]
     _run_script(script)
+
+
+def test_repeated_audio_idx_is_dropped_not_delivered_twice() -> None:
+    """Duplicate idx values used to pass silently (the audio was played twice)."""
+    h = H()
+    h.s.send_text("x", h.now, flush=True)
+    h.feed(gen(0, "x"), audio(0), audio(1), audio(1), audio(0), audio(2))
+    evs = h.events()
+    assert [e.frame.idx for e in evs if isinstance(e, AudioChunk)] == [0, 1, 2]
+    diagnostics = [e for e in evs if type(e).__name__ == "Diagnostic"]
+    assert len(diagnostics) == 1 and "idx 1" in diagnostics[0].message
+    assert h.s.dropped_frames == 2
+    # a server numbering idx per chunk (idx starts again at 0 with each chunk) is not affected
+    h.feed(audio(0, chunk_id=1), audio(1, chunk_id=1))
+    assert [e.frame.idx for e in h.events() if isinstance(e, AudioChunk)] == [0, 1]
+    # a frame without idx is not checked
+    no_idx = audio(0)
+    del no_idx["idx"]
+    h.feed(no_idx, no_idx)
+    assert sum(isinstance(e, AudioChunk) for e in h.events()) == 2
+
+
+def test_undecodable_audio_is_a_protocol_error_when_parsed() -> None:
+    h = H()
+    h.s.send_text("x", h.now, flush=True)
+    with pytest.raises(RemoteProtocolError) as exc_info:
+        h.feed({**audio(0), "audio": "!!!!"})
+    assert exc_info.value.field == "audio"
+    with pytest.raises(RemoteProtocolError) as exc_info:
+        h.feed({**audio(1), "samples": 10**15})
+    assert exc_info.value.field == "samples"

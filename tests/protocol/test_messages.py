@@ -75,7 +75,7 @@ class TestServerFrames:
         assert msg.duration_s == pytest.approx(2 / 24000)
 
     def test_audio_multi_has_context_id(self) -> None:
-        msg = srv({"audio": "AAAA", "context_id": "narrator", "idx": 0, "sr": 24000, "samples": 1})
+        msg = srv({"audio": "AAA=", "context_id": "narrator", "idx": 0, "sr": 24000, "samples": 1})
         assert isinstance(msg, AudioFrame)
         assert msg.context_id == "narrator"
 
@@ -90,7 +90,8 @@ class TestServerFrames:
         assert msg.samples == 9
 
     def test_audio_integral_float_accepted(self) -> None:
-        msg = srv({"audio": "AAAA", "sr": 24000.0, "idx": 2.0, "samples": 4800.0})
+        audio = base64.b64encode(b"\0" * 9600).decode()
+        msg = srv({"audio": audio, "sr": 24000.0, "idx": 2.0, "samples": 4800.0})
         assert (msg.sr, msg.idx, msg.samples) == (24000, 2, 4800)
 
     def test_audio_lazy_decode_and_cache(self) -> None:
@@ -101,12 +102,48 @@ class TestServerFrames:
         assert msg._data == [b"abcd"]
         assert msg.data is first  # cached: same object
 
-    def test_audio_bad_base64_only_on_data_access(self) -> None:
-        msg = srv({"audio": "!!!not base64!!!", "samples": 10})
-        assert isinstance(msg, AudioFrame)  # parsing succeeds
+    @pytest.mark.parametrize(
+        "audio", ["!!!not base64!!!", "AAA", "=", "A===", "AA=A", "AAAA====", "AAÿA", "AA AA==="]
+    )
+    @pytest.mark.parametrize("fast", [True, False], ids=["all-fields", "defaults"])
+    def test_audio_bad_base64_is_refused_when_parsed(self, audio: str, fast: bool) -> None:
+        # not delivered as a frame that fails later in .data: the parse itself refuses it
+        obj: dict[str, Any] = {"audio": audio}
+        if fast:
+            obj.update(enc="pcm_s16le", idx=0, sr=24000, samples=len(audio) * 3 // 8, chunk_id=0)
         with pytest.raises(RemoteProtocolError) as exc_info:
-            _ = msg.data
+            srv(obj)
         assert exc_info.value.field == "audio"
+        assert "base64" in exc_info.value.message
+
+    @pytest.mark.parametrize(
+        ("enc", "payload", "samples"),
+        [("pcm_s16le", b"\0" * 8, 5), ("pcm_s16le", b"\0" * 8, 3), ("pcm_s16le", b"\0" * 8, 10**15),
+         ("mulaw", b"\0" * 9, 8), ("alaw", b"\0" * 9, 18), ("pcm_s16le", b"", 1)],
+    )
+    def test_audio_samples_must_match_the_payload(
+        self, enc: str, payload: bytes, samples: int
+    ) -> None:
+        audio = base64.b64encode(payload).decode()
+        with pytest.raises(RemoteProtocolError) as exc_info:
+            srv({"audio": audio, "enc": enc, "idx": 0, "sr": 8000, "samples": samples})
+        assert exc_info.value.field == "samples"
+
+    def test_audio_odd_pcm16_payload_is_refused(self) -> None:
+        with pytest.raises(RemoteProtocolError) as exc_info:
+            srv({"audio": base64.b64encode(b"\0" * 3).decode()})
+        assert exc_info.value.field == "audio"
+
+    @given(st.binary(max_size=300), st.sampled_from(["pcm_s16le", "mulaw", "alaw"]))
+    def test_audio_samples_checked_without_decoding(self, payload: bytes, enc: str) -> None:
+        width = 2 if enc == "pcm_s16le" else 1
+        payload = payload[: len(payload) // width * width]
+        audio = base64.b64encode(payload).decode()
+        samples = len(payload) // width
+        msg = srv({"audio": audio, "enc": enc, "idx": 0, "sr": 8000, "samples": samples})
+        assert isinstance(msg, AudioFrame)
+        assert msg._data == []  # validated, not decoded
+        assert msg.data == payload
 
     def test_audio_from_bytes_caches(self) -> None:
         frame = AudioFrame.from_bytes(b"\x00\x01" * 10, idx=0, sr=16000, chunk_id=0)
@@ -851,7 +888,9 @@ usages = st.builds(
 )
 audio_frames = st.builds(
     lambda data, enc, idx, sr, chunk, ctx: AudioFrame.from_bytes(
-        data, enc=enc, idx=idx, sr=sr, chunk_id=chunk, context_id=ctx
+        # PCM16 is whole samples (an odd payload is refused when parsed)
+        data[: len(data) & ~1] if enc == "pcm_s16le" else data,
+        enc=enc, idx=idx, sr=sr, chunk_id=chunk, context_id=ctx,
     ),
     st.binary(max_size=64),
     st.sampled_from(["pcm_s16le", "mulaw", "alaw"]),

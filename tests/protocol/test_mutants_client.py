@@ -43,14 +43,14 @@ def test_multi_wire_format_and_event_fields() -> None:
 
 def test_frame_counters_count_one_per_frame() -> None:
     m = MultiClientSession()
-    _feed(m, {"audio": "AAAA", "context_id": "zz"})  # unknown context: dropped
+    _feed(m, {"audio": "AAA=", "context_id": "zz"})  # unknown context: dropped
     _feed(m, {"interrupted": True})  # no cancel pending: dropped
     _feed(m, {"mystery": 1})  # unknown kind
     assert (m.dropped_frames, m.unknown_frames) == (2, 1)
-    _feed(m, {"audio": "AAAA", "context_id": "zz"})
+    _feed(m, {"audio": "AAA=", "context_id": "zz"})
     assert m.dropped_frames == 3
     s = StreamClientSession()
-    _feed(s, {"audio": "AAAA"})  # no turn
+    _feed(s, {"audio": "AAA="})  # no turn
     _feed(s, {"interrupted": True})
     assert (s.dropped_frames, s.unknown_frames) == (2, 0)
     _feed(s, {"interrupted": True})
@@ -60,7 +60,7 @@ def test_frame_counters_count_one_per_frame() -> None:
 def test_frames_after_connection_lost_are_dropped_and_counted() -> None:
     s = StreamClientSession()
     s.connection_lost(1006, "", 0.0)
-    _feed(s, {"audio": "AAAA"})
+    _feed(s, {"audio": "AAA="})
     _feed(s, {"final": True})
     assert s.dropped_frames == 2
 

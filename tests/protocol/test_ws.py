@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kugelwire.protocol._errors import RemoteProtocolError
 from kugelwire.protocol._ws import (
+    FRAGMENT_COST,
     Accepted,
     ClientConnection,
     Connected,
@@ -474,19 +475,22 @@ def test_fragmented_message_is_reassembled() -> None:
 
 
 def test_oversize_message_closes_1009() -> None:
-    server, router = raw_server(max_message_size=10)
-    server.receive_data(frame(0x1, b"1234567890"), 0.0)  # exactly at the limit: fine
-    assert router.sessions[0].received == ["1234567890"]
+    # each fragment but the last counts FRAGMENT_COST bytes on top of its payload
+    limit = 10 + 2 * FRAGMENT_COST
+    server, router = raw_server(max_message_size=limit)
+    server.receive_data(frame(0x1, b"x" * limit), 0.0)  # exactly at the limit: fine
+    assert router.sessions[0].received == ["x" * limit]
     server.data_to_send()
     server.receive_data(frame(0x1, b"12345", fin=False) + frame(0x0, b"67890", fin=False), 0.0)
     assert server.state is ConnectionState.OPEN
     server.receive_data(frame(0x0, b"X"), 0.0)
     assert server.state is ConnectionState.CLOSED
-    close = close_payload(1009, b"message exceeds 10 bytes")
+    reason = f"message exceeds {limit} bytes"
+    close = close_payload(1009, reason.encode())
     assert parse_frames(server.data_to_send()) == [(0x8, close)]
-    assert router.sessions[0].lost == [(1009, "message exceeds 10 bytes")]
+    assert router.sessions[0].lost == [(1009, reason)]
     assert [e for e in server.events() if isinstance(e, ConnectionClosed)] == [
-        ConnectionClosed(1009, "message exceeds 10 bytes", False)
+        ConnectionClosed(1009, reason, False)
     ]
 
 
