@@ -194,6 +194,16 @@ class SignalDriver:
         await self.send()
         return result
 
+    async def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> _H:
+        """Run a core command and turn its result into a handle (``make``) *before* writing:
+        the handle must exist before anything else runs, or events arriving while the write
+        waits would be routed to a buffer that looks abandoned."""
+        handle = make(fn(*args, now=self.now(), **kwargs))
+        await self.send()
+        return handle
+
     def call_soon(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
         """Run a core command now; its bytes are written soon (for plain functions)."""
         result = fn(*args, now=self.now(), **kwargs)
@@ -301,6 +311,9 @@ class _Handles(Generic[_H]):
                 handle = self._handles[buf] = self._make(buf)
         return handle
 
+    def get_or_none(self, buf: EventBuffer | None) -> _H | None:
+        return None if buf is None else self.get(buf)
+
 
 # -- the async API -------------------------------------------------------------------------------
 class AsyncEvents(_Handle):
@@ -391,12 +404,13 @@ class AsyncStream(_AsyncClient):
     async def send_text(self, text: str, *, flush: bool = False) -> AsyncTurn | None:
         """Send a text fragment now; returns its turn (None for empty text). Never waits for
         audio."""
-        buf = await self._driver.call(self._core.stream_send_text, text, flush=flush)
-        return None if buf is None else self._turns.get(buf)
+        return await self._driver.call_handle(
+            self._turns.get_or_none, self._core.stream_send_text, text, flush=flush
+        )
 
     async def flush(self) -> AsyncTurn:
         """End the open turn (exactly once per turn)."""
-        return self._turns.get(await self._driver.call(self._core.stream_flush))
+        return await self._driver.call_handle(self._turns.get, self._core.stream_flush)
 
     async def cancel(self) -> None:
         """Barge-in: no audio of the cancelled turns is handed out after this returns."""
@@ -473,6 +487,9 @@ class BlockingDriver(Protocol):
         """The lock guarding the core."""
 
     def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R: ...
+    def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> _H: ...
     def next_event(self, buf: EventBuffer) -> ClientEvent | None: ...
     def close(self, *, abort: bool = False) -> None: ...
 
@@ -553,11 +570,12 @@ class Stream(SyncClient):
         self._turns = _Handles(self._core, lambda buf: Turn(driver, buf), driver.cond)
 
     def send_text(self, text: str, *, flush: bool = False) -> Turn | None:
-        buf = self._driver.call(self._core.stream_send_text, text, flush=flush)
-        return None if buf is None else self._turns.get(buf)
+        return self._driver.call_handle(
+            self._turns.get_or_none, self._core.stream_send_text, text, flush=flush
+        )
 
     def flush(self) -> Turn:
-        return self._turns.get(self._driver.call(self._core.stream_flush))
+        return self._driver.call_handle(self._turns.get, self._core.stream_flush)
 
     def cancel(self) -> None:
         self._driver.call(self._core.stream_cancel)

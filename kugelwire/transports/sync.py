@@ -57,6 +57,7 @@ __all__ = [
 
 _READ_SIZE = 65536
 _R = TypeVar("_R")
+_H = TypeVar("_H")
 
 
 class _Driver:
@@ -81,6 +82,16 @@ class _Driver:
             result = fn(*args, now=time.monotonic(), **kwargs)
         self.kick()
         return result
+
+    def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> _H:
+        """:meth:`call`, turning the result into a handle under the same lock (events the
+        I/O thread routes meanwhile must find the buffer claimed)."""
+        with self.cond:
+            handle = make(fn(*args, now=time.monotonic(), **kwargs))
+        self.kick()
+        return handle
 
     def kick(self) -> None:
         with contextlib.suppress(OSError):
