@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from ..errors import ConnectionFailed, KugelwireError
+from ..errors import ConnectionFailed, KugelwireError, LocalProtocolError
 from ..protocol._events import ClientEvent, ContextClosed, Interrupted, TurnFinal
 from ._core import ClientCore, EventBuffer, Kind
 
@@ -43,6 +43,7 @@ __all__ = [
     "Events",
     "Multi",
     "Request",
+    "Scoped",
     "SignalDriver",
     "Stream",
     "SyncClient",
@@ -71,7 +72,13 @@ class ConnectOptions:
     ssl: _ssl.SSLContext | None = None
     max_buffered_bytes: int = 4 * 2**20
     close_timeout: float = 10.0
+    write_timeout: float = 15.0
+    max_send_buffer: int = 4 * 2**20
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.write_timeout > 0 or self.max_send_buffer <= 0:
+            raise LocalProtocolError("write_timeout and max_send_buffer must be positive")
 
     def core(self, kind: Kind, url: str, now: float) -> ClientCore:
         """A fresh :class:`ClientCore` for ``kind`` at ``url`` with these options."""
@@ -94,6 +101,8 @@ class Connect(Protocol[_R_co]):
         ssl: _ssl.SSLContext | None = None,
         max_buffered_bytes: int = 4 * 2**20,
         close_timeout: float = 10.0,
+        write_timeout: float = 15.0,
+        max_send_buffer: int = 4 * 2**20,
         **config: Any,
     ) -> _R_co: ...
 
@@ -111,7 +120,11 @@ _CONNECT_DOC = """Connect to ``{endpoint}`` ({what}).
 a query parameter (``auth="query"``) or an ``Authorization: Bearer`` header (``auth="bearer"``).
 ``connect_timeout`` bounds the TCP/TLS connect and the upgrade; ``ssl`` overrides the default TLS
 context for ``wss://``; ``max_buffered_bytes`` bounds the audio waiting to be consumed (reading
-pauses above it); ``close_timeout`` bounds the graceful ``close()``.
+pauses above it); ``close_timeout`` bounds the graceful ``close()`` (while closing, reading still
+pauses above ``max_buffered_bytes``: a turn nobody consumes is discarded when the close starts
+waiting for it). ``write_timeout`` bounds a write the server takes nothing of and
+``max_send_buffer`` the bytes waiting to be written; past either the connection is aborted and
+unfinished work raises :class:`~kugelwire.errors.SendBufferFull`.
 
 ``config``: sticky config fields (``voice_id``, ``sample_rate``...), session options
 (``cancel_timeout``, ``idle_flush_guard``) and core options (``restart_delay``, ``max_restarts``,
@@ -468,6 +481,86 @@ def async_connectors(
         driver = new_driver(options.core(kind, url, clock()), options)
         await driver.start()
         return _ASYNC_CLIENTS[kind](driver)
+
+    return (
+        connector("stream", open_, flavour),
+        connector("multi", open_, flavour),
+        connector("tts", open_, flavour),
+    )
+
+
+class Scoped(Generic[_AC]):
+    """What an anyio ``connect_*`` returns: ``async with connect_stream(url) as stream:``.
+
+    Entering opens a task group for the connection's reader and timer tasks, connects and
+    waits for the upgrade; leaving closes the connection (gracefully, or at once when the block
+    raised) and then the task group. There is no plain ``await`` form: anyio has no tasks that
+    outlive the code that started them, so the connection cannot outlive a block either.
+    """
+
+    def __init__(
+        self, open_: Callable[[Any], Coroutine[Any, Any, _AC]], task_group: Callable[[], Any]
+    ) -> None:
+        self._open = open_
+        self._task_group = task_group
+        self._group: Any = None
+        self._client: _AC | None = None
+
+    def __await__(self) -> Any:
+        raise LocalProtocolError(
+            "anyio connections are task-group scoped: use `async with connect_...(url) as c:`"
+        )
+
+    async def __aenter__(self) -> _AC:
+        if self._group is not None:
+            raise LocalProtocolError("this connect_*() was entered already")
+        group = self._group = self._task_group()
+        await group.__aenter__()
+        try:
+            self._client = await self._open(group)
+        except BaseException:
+            await self._leave_group()
+            raise
+        return self._client
+
+    async def _leave_group(self) -> None:
+        """Cancel and leave the task group; the block's own exception (if any) is not handed
+        to it, so it propagates as raised instead of wrapped in an exception group (the
+        connection's tasks never raise)."""
+        group = self._group
+        group.cancel_scope.cancel()
+        await group.__aexit__(None, None, None)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool | None:
+        client = self._client
+        try:
+            if client is not None:
+                await client.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._leave_group()
+        return None
+
+
+def scoped_connectors(
+    new_driver: Callable[[ClientCore, ConnectOptions, Any], SignalDriver],
+    clock: Callable[[], float],
+    task_group: Callable[[], Any],
+    flavour: str,
+) -> tuple[
+    Connect[Scoped[AsyncStream]], Connect[Scoped[AsyncMulti]], Connect[Scoped[AsyncTTS]],
+]:
+    """``connect_stream``, ``connect_multi`` and ``connect_tts`` of a task-group scoped adapter:
+    ``new_driver(core, options, group)`` gets the connection's task group."""
+
+    def open_(kind: Kind, url: str, options: ConnectOptions) -> Any:
+        async def enter(group: Any) -> Any:
+            driver = new_driver(options.core(kind, url, clock()), options, group)
+            await driver.start()
+            return _ASYNC_CLIENTS[kind](driver)
+
+        return Scoped(enter, task_group)
 
     return (
         connector("stream", open_, flavour),

@@ -12,8 +12,9 @@ session and does everything that is not moving bytes or waiting:
   reading the socket, so the kernel buffers fill and TCP flow control slows the server: memory
   stays bounded and no audio is dropped. Reading resumes as soon as the application consumes
   events (:meth:`ClientCore.pop`). Timers are suspended while paused (a keepalive pong may be
-  sitting unread in the socket) and get a short grace period after resuming. While ``close()``
-  drains the connection the bound is lifted (the server only finishes work already flushed).
+  sitting unread in the socket) and get a short grace period after resuming. The bound holds
+  while ``close()`` drains the connection too: output nobody consumes makes the close wait
+  (at most its timeout, then it aborts) instead of growing without limit.
   Events of a turn whose handle the application dropped (after its last flush) are discarded.
 * **Barge-in.** ``cancel`` removes the cancelled work's buffered output at once, so no audio of
   it is handed out after ``cancel()`` returns; its terminal event is :class:`Interrupted`.
@@ -203,6 +204,7 @@ class ClientCore:
         self._closed: ConnectionClosed | None = None
         self._fatal: ServerError | None = None
         self._connect_exc: BaseException | None = None
+        self._io_error: KugelwireError | None = None  # set by fail()
         #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
         #: opened for this generation (adapters must not write them to an older socket).
         self.generation = 0
@@ -254,7 +256,7 @@ class ClientCore:
         """Stop reading the socket (too much is buffered); resume when this turns false."""
         if self._gc_pending:
             self._collect_dropped()
-        return not self._user_closing and (
+        return (
             self.buffered_bytes >= self.max_buffered_bytes
             or self.buffered_events >= self.max_buffered_events
         )
@@ -311,6 +313,16 @@ class ClientCore:
         self._process(now)
         if not self.finished:  # no session to report through: close for good
             self._terminate()
+
+    def fail(self, now: float, error: KugelwireError) -> None:
+        """Give up on the connection now because of ``error`` (the adapter's I/O verdict, e.g.
+        :class:`~kugelwire.errors.SendBufferFull`): every unfinished piece of work raises a
+        copy of it carrying its own unspoken text."""
+        if self.state == "closed":
+            return
+        if self._io_error is None:
+            self._io_error = error
+        self.abort(now)
 
     def abort(self, now: float, reason: str = "connection aborted") -> None:
         """Give up on the connection now (close timeout, adapter shutdown)."""
@@ -661,6 +673,7 @@ class ClientCore:
         return (
             self._user_closing
             and self._connect_exc is None
+            and self._io_error is None
             and self._rejection is None
             and closed is not None
             and closed.error is None
@@ -727,7 +740,11 @@ class ClientCore:
         rejection, closed, fatal = self._rejection, self._closed, self._fatal
         exc = self._connect_exc
         error: KugelwireError
-        if exc is not None:
+        io_error = self._io_error
+        if io_error is not None:
+            error = type(io_error)(io_error.message)
+            error.__cause__ = io_error.__cause__
+        elif exc is not None:
             error = ConnectionFailed(f"cannot connect to {self.url}: {exc}")
             error.__cause__ = exc
         elif rejection is not None:

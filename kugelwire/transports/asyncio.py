@@ -32,7 +32,7 @@ import contextlib
 import ssl as _ssl
 from typing import cast
 
-from ..errors import KugelwireError
+from ..errors import KugelwireError, SendBufferFull
 from . import _api
 from ._api import AsyncContext, AsyncMulti, AsyncRequest, AsyncStream, AsyncTTS, AsyncTurn
 from ._core import ClientCore
@@ -97,7 +97,17 @@ class _Driver(_api.SignalDriver):
         self.kick()
         pipe = self._pipe
         if pipe is not None and not pipe.writable.is_set():
-            await pipe.writable.wait()  # errors show up as EOF (connection_lost)
+            # errors show up as EOF (connection_lost); a peer that takes nothing for
+            # write_timeout fails the connection (which aborts the socket and wakes us)
+            timeout = self._options.write_timeout
+            try:
+                await asyncio.wait_for(pipe.writable.wait(), timeout)
+            except asyncio.TimeoutError:
+                if pipe is self._pipe and not self.core.finished:
+                    self.core.fail(self.now(), SendBufferFull(
+                        f"the server took no data for {timeout:g} s (write_timeout)"
+                    ))
+                    self.changed()
 
     async def close(self, *, abort: bool = False) -> None:
         core = self.core
@@ -186,13 +196,25 @@ class _Driver(_api.SignalDriver):
         if pipe is None or pipe.transport is None or self._generation != self.core.generation:
             return
         data = self.core.data_to_send()
-        if data and not pipe.transport.is_closing():
-            pipe.transport.write(data)
+        transport = pipe.transport
+        if data and not transport.is_closing():
+            transport.write(data)
+            cap = self._options.max_send_buffer
+            if transport.get_write_buffer_size() > cap and not self.core.finished:
+                self.core.fail(self.now(), SendBufferFull(
+                    f"more than {cap} bytes wait to be written (max_send_buffer): "
+                    "the server stopped reading"
+                ))
+                self.changed()
 
     def _close_socket(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None and pipe.transport is not None:
-            pipe.transport.close()
+            if self.core.error is None:
+                pipe.transport.close()  # clean end: let the last bytes (close frame) go out
+            else:
+                pipe.transport.abort()  # a failed core: never wait on a peer that may not read
+            pipe.writable.set()
         if self.core.finished and self._timer is not None:
             self._timer.cancel()
             self._timer = None

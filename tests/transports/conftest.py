@@ -1,6 +1,8 @@
 """Fixtures for the transport scenario suite.
 
-* ``h``: one harness per adapter (asyncio, trio, sync). Scenarios are written once as async
+* ``h``: one harness per adapter (asyncio, trio, sync, and anyio on both of its backends:
+  ``anyio-asyncio``, ``anyio-trio``; its task-group scoped ``connect_*`` is entered by the
+  harness and left when the scenario's ``async with`` ends). Scenarios are written once as async
   functions; for the blocking adapter a thin shim wraps the sync API in coroutines that never
   suspend, and the scenario coroutine is stepped without any event loop.
 * ``server`` / ``slow_server`` / ``auth_server``: :mod:`kugelwire.server` in a background thread.
@@ -18,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import trio
 
@@ -31,6 +34,7 @@ from kugelwire.protocol._server import (
 from kugelwire.protocol._ws import ConnectionState, ServerConnection
 from kugelwire.server import ThreadedServer, run_in_thread
 from kugelwire.synth import ToneEngine
+from kugelwire.transports import anyio as kw_anyio
 from kugelwire.transports import asyncio as kw_asyncio
 from kugelwire.transports import sync as kw_sync
 from kugelwire.transports import trio as kw_trio
@@ -80,6 +84,37 @@ class _Shim:
         self._obj.__exit__(*exc)
 
 
+class _Entered:
+    """An entered anyio ``connect_*``: the client's API, and ``async with`` / ``close()`` /
+    ``aclose()`` that also leave the connection's task group."""
+
+    def __init__(self, scoped: Any, client: Any) -> None:
+        self._scoped, self._obj = scoped, client
+        self._left = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+    async def _leave(self, *exc: Any) -> None:
+        if not self._left:
+            self._left = True
+            await self._scoped.__aexit__(*exc)
+
+    async def close(self) -> None:
+        await self._obj.close()
+        await self._leave(None, None, None)
+
+    async def aclose(self) -> None:
+        await self._obj.aclose()
+        await self._leave(None, None, None)
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._leave(*exc)
+
+
 def _wrap(value: Any) -> Any:
     api = (kw_sync.Stream, kw_sync.Multi, kw_sync.TTS, kw_sync.Events)
     return _Shim(value) if isinstance(value, api) else value
@@ -90,7 +125,10 @@ class Harness:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._mod: Any = {"asyncio": kw_asyncio, "trio": kw_trio, "sync": kw_sync}[name]
+        self._mod: Any = {
+            "asyncio": kw_asyncio, "trio": kw_trio, "sync": kw_sync,
+            "anyio-asyncio": kw_anyio, "anyio-trio": kw_anyio,
+        }[name]
 
     def __repr__(self) -> str:
         return self.name
@@ -108,10 +146,15 @@ class Harness:
         result = getattr(self._mod, fn)(url, **kw)
         if self.name == "sync":
             return _Shim(result)
+        if self.name.startswith("anyio"):
+            client = await result.__aenter__()
+            return _Entered(result, client)
         return await result
 
     async def sleep(self, seconds: float) -> None:
-        if self.name == "asyncio":
+        if self.name.startswith("anyio"):
+            await anyio.sleep(seconds)
+        elif self.name == "asyncio":
             await asyncio.sleep(seconds)
         elif self.name == "trio":
             await trio.sleep(seconds)
@@ -128,6 +171,13 @@ class Harness:
                     return await scenario()
 
             return trio.run(main)
+        if self.name.startswith("anyio"):
+
+            async def amain() -> Any:
+                with anyio.fail_after(timeout):
+                    return await scenario()
+
+            return anyio.run(amain, backend=self.name.split("-")[1])
         coro = _coro(scenario)
         try:
             coro.send(None)
@@ -141,7 +191,10 @@ async def _coro(scenario: Callable[[], Awaitable[Any]]) -> Any:
     return await scenario()
 
 
-@pytest.fixture(params=["asyncio", "trio", "sync"])
+ADAPTERS = ["asyncio", "trio", "sync", "anyio-asyncio", "anyio-trio"]
+
+
+@pytest.fixture(params=ADAPTERS)
 def h(request: pytest.FixtureRequest) -> Harness:
     return Harness(request.param)
 
