@@ -194,6 +194,7 @@ class ClientCore:
         self._wake_reader = False
         self._hold_until = -math.inf
         self._gc_pending = False
+        self._dropped: deque[EventBuffer] = deque()  # handles gone: collect their buffers
         self._settings_applied: dict[str, Any] = {}
         self._live: list[EventBuffer] = []
         self._by_number: dict[int, EventBuffer] = {}
@@ -473,6 +474,7 @@ class ClientCore:
     def handle_dropped(self, buf: EventBuffer) -> None:
         """The application dropped ``buf``'s handle (a finaliser: only sets flags)."""
         buf.dropped = True
+        self._dropped.append(buf)
         self._gc_pending = True
 
     def reclaim(self, buf: EventBuffer) -> None:
@@ -524,10 +526,22 @@ class ClientCore:
         self._purge(buf, keep=lambda e: id(e) in before)
 
     def _collect_dropped(self) -> None:
+        """Discard what is buffered for work whose handle is gone (also work that ended before
+        its handle was dropped); a dropped turn still taking text is looked at again later."""
         self._gc_pending = False
-        for buf in self._live:
-            if buf.dropped and buf.flushed and buf.events:
-                self._discard(buf)
+        dropped, later = self._dropped, []
+        while dropped:
+            buf = dropped.popleft()
+            if not buf.dropped:
+                continue  # a new handle claimed it
+            if buf.flushed or buf.done:
+                if buf.events:
+                    self._discard(buf)
+            else:
+                later.append(buf)
+        if later:
+            dropped.extend(later)
+            self._gc_pending = True
 
     def _discard(self, buf: EventBuffer) -> None:
         self.buffered_events -= len(buf.events)
