@@ -275,8 +275,8 @@ class _Driver:
                     except OSError:
                         data = b""
                     self._feed(data)
-                elif not ready and (deadline is not None and time.monotonic() >= deadline):
-                    self._feed(None)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._feed(None)  # also while wake-ups keep select busy
         except Exception:  # never leave waiters hanging
             with self.cond:
                 core.abort(time.monotonic())
