@@ -34,6 +34,7 @@ Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`
 from __future__ import annotations
 
 import math
+import random as _random
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
@@ -60,6 +61,7 @@ from ..protocol._events import (
     ErrorCode,
     GenerationStarted,
     Interrupted,
+    Reconnecting,
     RequestFinal,
     ServerError,
     SettingsUpdated,
@@ -159,6 +161,11 @@ class ClientCore:
         max_message_size: int = 16 * 2**20,
         log_size: int = 256,
         resume_grace: float = 0.5,
+        reconnect: bool = False,
+        max_reconnects: int = 8,
+        reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 5.0,
+        random: Callable[[], float] = _random.random,
         **session_options: Any,
     ) -> None:
         if kind not in ENDPOINT:
@@ -179,6 +186,16 @@ class ClientCore:
         self.max_buffered_events = max_buffered_events
         self.restart_delay = restart_delay
         self.max_restarts = max_restarts
+        if max_reconnects < 0 or reconnect_delay < 0 or max_reconnect_delay < reconnect_delay:
+            raise LocalProtocolError(
+                "need max_reconnects >= 0 and 0 <= reconnect_delay <= max_reconnect_delay"
+            )
+        self.reconnect = reconnect
+        self.max_reconnects = max_reconnects
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self._random = random
+        self._aborted = False  # abort(): never reconnect
         self._resume_grace = resume_grace
         self.buffered_bytes = 0
         self.buffered_events = 0
@@ -312,7 +329,7 @@ class ClientCore:
         if self.conn.state is not ConnectionState.CLOSED:
             self.conn.close()
         self._process(now)
-        if not self.finished:  # no session to report through: close for good
+        if not self.finished and not self.wants_socket:  # no retry due: close for good
             self._terminate()
 
     def fail(self, now: float, error: KugelwireError) -> None:
@@ -323,10 +340,14 @@ class ClientCore:
             return
         if self._io_error is None:
             self._io_error = error
-        self.abort(now)
+        self._drop(now)
 
     def abort(self, now: float, reason: str = "connection aborted") -> None:
-        """Give up on the connection now (close timeout, adapter shutdown)."""
+        """Give up on the connection now (close timeout, adapter shutdown); never reconnects."""
+        self._aborted = True
+        self._drop(now)
+
+    def _drop(self, now: float) -> None:
         if self.state == "closed":
             return
         if self.conn.state is not ConnectionState.CLOSED:
@@ -608,12 +629,53 @@ class ClientCore:
             self._terminate()  # a connection without session events ended
 
     def _should_restart(self) -> bool:
-        if self._user_closing or self._restarts_in_row >= self.max_restarts:
+        """Restart (1012/1013, HTTP 503) or, with ``reconnect=True``, reconnect after a drop."""
+        if self._user_closing or self._aborted:
+            return False
+        limit = self.max_reconnects if self.reconnect else self.max_restarts
+        if self._restarts_in_row >= limit:
             return False
         closed, rejection = self._closed, self._rejection
         if rejection is not None:
-            return rejection.kind == "restarting"
-        return closed is not None and closed.code in _RESTART
+            if rejection.kind == "restarting":
+                return True
+            return self.reconnect and rejection.kind not in ("auth", "rate_limited") and (
+                rejection.status_code >= 500
+            )
+        if closed is not None and closed.code in _RESTART:
+            return True
+        return self.reconnect and self._dropped_for_reconnect()
+
+    def _dropped_for_reconnect(self) -> bool:
+        """A drop worth reconnecting for: TCP reset / EOF (no close frame), 1001, 1006, 1011
+        (including our own keepalive ping timeout), 1014, a 4xxx that is not about credentials
+        or rate limits, a failed connect while reconnecting, or the server not reading
+        (:class:`~kugelwire.errors.SendBufferFull`). Protocol violations are not retried."""
+        if self._connect_exc is not None:
+            return self.state == "reconnecting"
+        if self._io_error is not None:
+            return True
+        closed, fatal = self._closed, self._fatal
+        if closed is None or closed.error is not None:
+            return False
+        if fatal is not None and fatal.code in (ErrorCode.UNAUTHORIZED, ErrorCode.RATE_LIMITED):
+            return False
+        code = closed.code
+        return (
+            code is None
+            or code in (1001, 1006, 1011, 1014)
+            or (4000 <= code < 5000 and code not in (4001, 4003, 4029))
+        )
+
+    def _restart_delay(self, retry: float | None) -> float:
+        if retry is not None:
+            return retry
+        closed = self._closed
+        if not self.reconnect or (closed is not None and closed.code in _RESTART):
+            return self.restart_delay
+        # bounded exponential backoff with jitter (half to all of the step)
+        step = self.reconnect_delay * 2.0 ** max(0, self._restarts_in_row - 1)
+        return min(self.max_reconnect_delay, step) * (0.5 + 0.5 * self._random())
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
         if type(event) is AudioChunk:  # the hot path
@@ -706,18 +768,28 @@ class ClientCore:
                     self._fail(buf, self._error(""))
         self._restarts_in_row += 1
         self.restarts += 1
+        delay = self._restart_delay(retry)
+        closed = self._closed
+        self.log.append(Reconnecting(
+            attempt=self._restarts_in_row,
+            code=None if closed is None else closed.code,
+            reason=self._drop_reason(),
+            delay=delay,
+            replayed=tuple(sorted(str(k) for k in replayed)),
+        ))
         old_numbers = dict(self._by_number)
         old_contexts = dict(self._by_context)
         self._by_number = {}
         self._by_context = {}
         self._rejection = self._closed = self._fatal = None
         self._connect_exc = None
+        self._io_error = None
         self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
         self.session = self._new_session()
         self.conn = self._new_connection(now)
         self.generation += 1
         self.state = "reconnecting"
-        self.reconnect_at = now + (self.restart_delay if retry is None else retry)
+        self.reconnect_at = now + delay
         session = self.session
         if self._settings_applied:
             session.update_settings(now, **self._settings_applied)
@@ -748,6 +820,18 @@ class ClientCore:
         for event in session.events():
             if not isinstance(event, TurnStarted):  # the replayed work announced itself already
                 self._route(event, False)
+
+    def _drop_reason(self) -> str:
+        if self._connect_exc is not None:
+            return f"connect failed: {self._connect_exc}"
+        if self._io_error is not None:
+            return self._io_error.message
+        if self._rejection is not None:
+            return f"HTTP {self._rejection.status_code} at the upgrade"
+        closed = self._closed
+        if closed is None or closed.code is None:
+            return "connection dropped (no close frame)"
+        return f"close {closed.code}{': ' + closed.reason if closed.reason else ''}"
 
     def _error(self, unspoken: str) -> KugelwireError:
         """The exception for how the connection ended (a fresh instance each call)."""

@@ -60,6 +60,7 @@ class HostileServer:
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
         self._socks: list[socket.socket] = []
+        self._handlers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
@@ -77,8 +78,12 @@ class HostileServer:
         for sock in self._socks:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked in sendall
+            with contextlib.suppress(OSError):
                 sock.close()
         self._thread.join(5)
+        for thread in self._handlers:
+            thread.join(5)
 
     def _serve(self) -> None:
         self._listener.settimeout(0.2)
@@ -88,7 +93,9 @@ class HostileServer:
             except OSError:
                 continue
             self._socks.append(sock)
-            threading.Thread(target=self._handle, args=(sock,), daemon=True).start()
+            thread = threading.Thread(target=self._handle, args=(sock,), daemon=True)
+            self._handlers.append(thread)
+            thread.start()
 
     def _handle(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError, ConnectionError):
