@@ -181,7 +181,14 @@ class SignalDriver:
     def __init__(self, core: ClientCore, new_signal: Callable[[], _Signal]) -> None:
         self.core = core
         self._new_signal = new_signal
-        self._signal = new_signal()
+        self._signal_: _Signal | None = None  # made when someone waits (not per change)
+
+    @property
+    def _signal(self) -> _Signal:
+        signal = self._signal_
+        if signal is None:
+            signal = self._signal_ = self._new_signal()
+        return signal
 
     def now(self) -> float:
         raise NotImplementedError
@@ -225,8 +232,9 @@ class SignalDriver:
 
     def changed(self) -> None:
         """Wake every waiter (the core may have changed)."""
-        self._signal.set()
-        self._signal = self._new_signal()
+        signal, self._signal_ = self._signal_, None
+        if signal is not None:
+            signal.set()
 
     async def until(self, ready: Callable[[], bool]) -> None:
         """Wait until ``ready()`` (re-checked whenever the core changed)."""

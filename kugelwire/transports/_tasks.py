@@ -1,7 +1,7 @@
 """The task-based async driver, written once for trio and anyio.
 
 trio and anyio share the structured-concurrency vocabulary (``Event``, ``Lock``, ``CancelScope``,
-``current_time``, ``sleep_until``), so one driver serves both: a reader task and a timer/writer
+``current_time``, ``sleep_until``), so one driver serves both: a reader, a timer and a writer
 task around a :class:`~kugelwire.transports._core.ClientCore`. An adapter subclasses
 :class:`TaskDriver` and provides the library module (:attr:`TaskDriver.lib`), how to open a byte
 stream, read from it, write to it and start the background task (trio: a system task; anyio: a
@@ -32,7 +32,7 @@ READ_SIZE = 65536
 
 
 class TaskDriver(_api.SignalDriver):
-    """One stream (at a time), a reader task and a timer/writer task for a ClientCore."""
+    """One stream (at a time), a reader, a timer and a writer task for a ClientCore."""
 
     lib: Any  # the ``trio`` or ``anyio`` module
     io_errors: tuple[type[BaseException], ...] = (OSError, _ssl.SSLError)
@@ -48,9 +48,10 @@ class TaskDriver(_api.SignalDriver):
         self._writes: set[Any] = set()  # cancel scopes of the writes in progress
         self._stopped = lib.Event()
         self._started = False
-        self._wake = lib.Event()  # wakes the timer/writer task
+        self._wake = lib.Event()  # wakes the timer task
+        self._write_wake = lib.Event()  # wakes the writer task
         self._armed = math.inf  # the deadline the timer task sleeps until
-        self._kicked = False  # bytes queued by a plain function: the timer task writes them
+        self._kicked = False  # bytes queued without a write: the writer task writes them
 
     # -- what an adapter provides --------------------------------------------------------------
     async def connect(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> Any:
@@ -76,26 +77,35 @@ class TaskDriver(_api.SignalDriver):
         return float(self.lib.current_time())
 
     def kick(self) -> None:
-        self._kicked = True  # the timer task writes
+        self._kicked = True  # the writer task writes
+        self._write_wake.set()
         self.changed()
 
     async def send(self) -> None:
-        await self._flush()
-        self.changed()
+        """Hand what the core queued to the writer task without a scheduling round of our own;
+        while a write is in progress, or bytes handed over before are still unwritten (the
+        writer did not get to run: a caller that never yields), write them here and wait
+        (backpressure, and a checkpoint at least every other call)."""
+        if self._send_lock.locked() or self._kicked:
+            await self._flush()
+            self.changed()
+        else:
+            self.kick()
 
     def changed(self) -> None:
-        """Wake waiters; wake the timer task only for a kick or an earlier deadline; once the
-        core is finished, cancel the writes in progress and stop the tasks."""
+        """Wake waiters; wake the timer task only for an earlier deadline; once the core is
+        finished, cancel the writes in progress and stop the tasks."""
         super().changed()
         core = self.core
         if core.finished:
             self._wake.set()
+            self._write_wake.set()
             for scope in self._writes:
                 scope.cancel()
             self._scope.cancel()
             return
         deadline = core.next_deadline()
-        if self._kicked or (deadline is not None and deadline < self._armed):
+        if deadline is not None and deadline < self._armed:
             self._wake.set()
 
     async def close(self, *, abort: bool = False) -> None:
@@ -125,16 +135,11 @@ class TaskDriver(_api.SignalDriver):
             raise _api.connect_error(core, timed_out=scope.cancelled_caught)
 
     # -- internals -----------------------------------------------------------------------------
-    async def _flush(self, *, wait: bool = True) -> None:
-        """Write what the core queued (under the lock: the stream may change meanwhile).
-
-        The writer holding the lock keeps writing until nothing is queued, so a caller that
-        finds the lock taken may leave (``wait=False``: the timer task never blocks on a write,
-        so keepalive deadlines fire even while a write is stuck)."""
+    async def _flush(self) -> None:
+        """Write what the core queued (under the lock: the stream may change meanwhile); the
+        writer holding the lock keeps writing until nothing is queued."""
         lock = self._send_lock
         if lock.locked():
-            if not wait:
-                return
             await lock.acquire()
         else:
             lock.acquire_nowait()  # no scheduling round when the lock is free (the usual case)
@@ -204,6 +209,7 @@ class TaskDriver(_api.SignalDriver):
                 if not self.core.finished:
                     async with self.task_group() as group:
                         group.start_soon(self._timer_loop)
+                        group.start_soon(self._write_loop)
                         await self._read_loop()
                         group.cancel_scope.cancel()
         except Exception:  # never let a background task crash the run
@@ -239,12 +245,22 @@ class TaskDriver(_api.SignalDriver):
             self.changed()  # wake the consumers first, then write replies (pongs, close)
             await self._flush()
 
-    async def _timer_loop(self) -> None:
+    async def _write_loop(self) -> None:
+        """Writes what commands queued without writing themselves (never the timer's job: a
+        stuck write must not keep keepalive deadlines from firing)."""
         core = self.core
         while not core.finished:
             if self._kicked:
                 self._kicked = False
-                await self._flush(wait=False)
+                await self._flush()
+                continue
+            self._write_wake = wake = self.lib.Event()
+            if not self._kicked:
+                await wake.wait()
+
+    async def _timer_loop(self) -> None:
+        core = self.core
+        while not core.finished:
             deadline = core.next_deadline()
             self._armed = math.inf if deadline is None else deadline
             self._wake = wake = self.lib.Event()
@@ -253,5 +269,4 @@ class TaskDriver(_api.SignalDriver):
                 continue
             self._armed = math.inf
             core.handle_timeout(self.now())
-            self._kicked = True  # write what the timeout queued (a ping, a close frame...)
-            self.changed()
+            self.kick()  # write what the timeout queued (a ping, a close frame...)
