@@ -319,14 +319,17 @@ class _Handles(Generic[_H]):
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._core, self._make = core, make
-        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._lock = lock
         self._handles: weakref.WeakValueDictionary[EventBuffer, Any] = (
             weakref.WeakValueDictionary()
         )
 
     def get(self, buf: EventBuffer) -> _H:
-        with self._lock:
-            handle: _H | None = self._handles.get(buf)
+        handle: _H | None = self._handles.get(buf)
+        if handle is not None:
+            return handle
+        with self._lock if self._lock is not None else contextlib.nullcontext():
+            handle = self._handles.get(buf)
             if handle is None:
                 self._core.reclaim(buf)
                 handle = self._handles[buf] = self._make(buf)

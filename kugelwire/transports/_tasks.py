@@ -29,6 +29,8 @@ from ._core import ClientCore
 __all__ = ["TaskDriver"]
 
 READ_SIZE = 65536
+#: Unwritten bytes above which ``send()`` writes (and waits) itself instead of handing over.
+HIGH_WATER = 65536
 
 
 class TaskDriver(_api.SignalDriver):
@@ -52,6 +54,7 @@ class TaskDriver(_api.SignalDriver):
         self._write_wake = lib.Event()  # wakes the writer task
         self._armed = math.inf  # the deadline the timer task sleeps until
         self._kicked = False  # bytes queued without a write: the writer task writes them
+        self._pending = bytearray()  # taken from the core for the current stream, unwritten
 
     # -- what an adapter provides --------------------------------------------------------------
     async def connect(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> Any:
@@ -83,14 +86,29 @@ class TaskDriver(_api.SignalDriver):
 
     async def send(self) -> None:
         """Hand what the core queued to the writer task without a scheduling round of our own;
-        while a write is in progress, or bytes handed over before are still unwritten (the
-        writer did not get to run: a caller that never yields), write them here and wait
-        (backpressure, and a checkpoint at least every other call)."""
-        if self._send_lock.locked() or self._kicked:
+        while a write is in progress, or more than :data:`HIGH_WATER` bytes handed over are
+        still unwritten (the writer did not get to run: a caller that never yields), write
+        here and wait (backpressure)."""
+        if self._send_lock.locked() or len(self._pending) >= HIGH_WATER:
             await self._flush()
             self.changed()
         else:
+            self._take()
             self.kick()
+
+    def _take(self) -> None:
+        """Move what the core queued for the current stream into :attr:`_pending`."""
+        core = self.core
+        if self._stream is not None and self._generation == core.generation and not core.finished:
+            self._pending += core.data_to_send()
+            cap = self._options.max_send_buffer
+            if len(self._pending) > cap:
+                self._pending.clear()
+                core.fail(self.now(), SendBufferFull(
+                    f"more than {cap} bytes wait to be written (max_send_buffer): "
+                    "the server stopped reading"
+                ))
+                self.changed()
 
     def changed(self) -> None:
         """Wake waiters; wake the timer task only for an earlier deadline; once the core is
@@ -144,14 +162,13 @@ class TaskDriver(_api.SignalDriver):
         else:
             lock.acquire_nowait()  # no scheduling round when the lock is free (the usual case)
         try:
-            core = self.core
             while True:
-                stream = self._stream
-                current = stream is not None and self._generation == core.generation
-                data = core.data_to_send() if current and not core.finished else b""
-                if not data:
+                self._take()
+                if not self._pending:
                     break
-                await self._write(stream, data)
+                data = bytes(self._pending)
+                self._pending.clear()
+                await self._write(self._stream, data)
         finally:
             lock.release()
 
@@ -174,6 +191,7 @@ class TaskDriver(_api.SignalDriver):
 
     async def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
+        self._pending.clear()  # bytes for that stream only
         if stream is not None:
             with self.lib.move_on_after(1) as scope:
                 scope.shield = True
@@ -223,7 +241,7 @@ class TaskDriver(_api.SignalDriver):
         core = self.core
         while not core.finished:
             if core.wants_socket:
-                stale, old = core.take_stale_data(), self._stream
+                stale, old = bytes(self._pending) + core.take_stale_data(), self._stream
                 if stale and old is not None:
                     async with self._send_lock:
                         with contextlib.suppress(*self.io_errors), self.lib.move_on_after(1):

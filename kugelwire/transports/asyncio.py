@@ -41,6 +41,9 @@ __all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTT
            "connect_multi", "connect_stream", "connect_tts"]
 
 
+_COALESCE = 16
+
+
 class _Pipe(asyncio.Protocol):
     """One socket's callbacks, handed to the driver (late ones of an old socket are ignored)."""
 
@@ -85,13 +88,25 @@ class _Driver(_api.SignalDriver):
         self._armed = 0.0
         self._generation = -1
         self._reconnect: asyncio.Task[None] | None = None
+        self._deferred = 0  # commands whose bytes wait for the coalesced write
 
     def now(self) -> float:
         return self._loop.time()
 
     def kick(self) -> None:
-        self._write()
+        """Write what the core queued at the next loop iteration: consecutive commands share
+        one write (a caller that never yields gets a write every :data:`_COALESCE` commands)."""
+        self._deferred += 1
+        if self._deferred > _COALESCE:
+            self._write_now()
+        elif self._deferred == 1:
+            self._loop.call_soon(self._write_now)
         self.changed()
+
+    def _write_now(self) -> None:
+        if self._deferred:
+            self._deferred = 0
+            self._write()
 
     async def send(self) -> None:
         self.kick()
