@@ -44,12 +44,14 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     frames: int = 0
     wall: float = 0.0
+    cpu: float = 0.0  # process CPU over the throughput turns (only that client runs then)
     sends: list[float] = field(default_factory=list)
 
     def add(self, other: Result) -> None:
         self.latencies += other.latencies
         self.frames += other.frames
         self.wall += other.wall
+        self.cpu += other.cpu
         self.sends += other.sends
 
 
@@ -270,6 +272,17 @@ def _ratios(ws: Result, ours: Result) -> tuple[float, float, float]:
     )
 
 
+def _cpu(fn: Callable[[_Probe], Any]) -> Callable[[_Probe], Any]:
+    """``fn`` plus the process CPU time it took (all threads: the client's I/O thread too)."""
+
+    async def timed(probe: _Probe) -> Any:
+        c0 = time.process_time()
+        frames, wall = await fn(probe)
+        return frames, wall, time.process_time() - c0
+
+    return timed
+
+
 def _round(runners: dict[str, Runner], r: int, turns: int, probes: int) -> dict[str, Result]:
     names = list(runners)
     results = {name: Result() for name in names}
@@ -284,9 +297,10 @@ def _round(runners: dict[str, Runner], r: int, turns: int, probes: int) -> dict[
         for name, value in each(_latency).items():
             results[name].latencies.append(value)
     for _ in range(turns):
-        for name, (frames, wall) in each(_throughput).items():
+        for name, (frames, wall, cpu) in each(_cpu(_throughput)).items():
             results[name].frames += frames
             results[name].wall += wall
+            results[name].cpu += cpu
     for name, sends in each(_sends).items():
         results[name].sends += sends
     for name in names:
@@ -325,6 +339,9 @@ def main() -> None:
     figure("client: websockets flush->first-audio median", median(ws.latencies) * 1e3, "ms")
     figure("client: websockets wall per 480-sample frame", ws.wall / ws.frames * 1e6, "us")
     figure("client: websockets send median", median(ws.sends) * 1e6, "us")
+    for name in names:
+        figure(f"client: {name} CPU per 480-sample frame", total[name].cpu / total[name].frames
+               * 1e6, "us", note="(with wall per frame ~1x, the server sets the pace)")
     for name in names[1:]:
         lat, wall, send = _ratios(ws, total[name])
         spread = [_ratios(r["websockets"], r[name]) for r in per_round]
