@@ -82,9 +82,10 @@ class ConnectOptions:
 
     def core(self, kind: Kind, url: str, now: float) -> ClientCore:
         """A fresh :class:`ClientCore` for ``kind`` at ``url`` with these options."""
+        config = {"handshake_timeout": self.connect_timeout, **self.config}
         return ClientCore(
             kind, url, now=now, api_key=self.api_key, auth=self.auth,
-            max_buffered_bytes=self.max_buffered_bytes, **self.config,
+            max_buffered_bytes=self.max_buffered_bytes, **config,
         )
 
 

@@ -161,6 +161,7 @@ class ClientCore:
         max_message_size: int = 16 * 2**20,
         log_size: int = 256,
         resume_grace: float = 0.5,
+        handshake_timeout: float | None = None,
         reconnect: bool = False,
         max_reconnects: int = 8,
         reconnect_delay: float = 0.1,
@@ -180,6 +181,7 @@ class ClientCore:
             "keepalive_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "max_message_size": max_message_size,
+            "handshake_timeout": handshake_timeout,
         }
         self._session_options = session_options
         self.max_buffered_bytes = max_buffered_bytes
@@ -239,9 +241,14 @@ class ClientCore:
             return MultiClientSession(**opts)
         return TTSClientSession(**opts)
 
-    def _new_connection(self, now: float) -> ClientConnection:
+    def _new_connection(self, now: float, delay: float = 0.0) -> ClientConnection:
+        """A connection for the current session; ``delay``: it is opened that much later (its
+        handshake timeout counts from the connect)."""
+        options = dict(self._conn_options)
+        if options["handshake_timeout"] is not None:
+            options["handshake_timeout"] += delay
         try:
-            return ClientConnection(self.session, self.url, now=now, **self._conn_options)
+            return ClientConnection(self.session, self.url, now=now, **options)
         except ValueError as exc:
             raise LocalProtocolError(str(exc)) from None
 
@@ -786,7 +793,7 @@ class ClientCore:
         self._io_error = None
         self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
         self.session = self._new_session()
-        self.conn = self._new_connection(now)
+        self.conn = self._new_connection(now, delay)
         self.generation += 1
         self.state = "reconnecting"
         self.reconnect_at = now + delay

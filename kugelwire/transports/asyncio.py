@@ -53,6 +53,9 @@ class _Pipe(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.eof = False
+        #: what arrived before the driver adopted this socket (a reset right after the
+        #: connect can beat ``create_connection``'s return); replayed on adoption
+        self.early: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -165,6 +168,9 @@ class _Driver(_api.SignalDriver):
     # -- internals -----------------------------------------------------------------------------
     def received(self, pipe: _Pipe, data: bytes) -> None:
         """Bytes (``b""``: EOF or a lost connection) from ``pipe``'s socket."""
+        if pipe.early is not None:
+            pipe.early.append(data)
+            return
         if pipe is not self._pipe or pipe.eof:
             return
         pipe.eof = not data
@@ -256,6 +262,9 @@ class _Driver(_api.SignalDriver):
         self._generation = self.core.generation
         self.core.socket_opened(self.now())
         self.kick()
+        early, pipe.early = pipe.early or [], None
+        for data in early:
+            self.received(pipe, data)
 
     async def _reopen(self) -> None:
         """Reconnect (1012/1013): last bytes to the old socket, wait, open a new one."""
