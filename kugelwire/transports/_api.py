@@ -198,8 +198,9 @@ class SignalDriver:
         """Write what the core queued soon, without waiting (for non-async callers)."""
         raise NotImplementedError
 
-    async def send(self) -> None:
-        """Write what the core queued (returns once the socket took it)."""
+    async def send(self, *, urgent: bool = False) -> None:
+        """Write what the core queued. ``urgent``: a flush (a turn's audio waits for it), so
+        write it now rather than coalescing it with what may follow."""
         raise NotImplementedError
 
     async def close(self, *, abort: bool = False) -> None:
@@ -209,20 +210,23 @@ class SignalDriver:
         """Open the socket, start the background tasks, wait for the upgrade."""
         raise NotImplementedError
 
-    async def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    async def call(
+        self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any
+    ) -> _R:
         """Run a core command now, then write what it queued."""
         result = fn(*args, now=self.now(), **kwargs)
-        await self.send()
+        await self.send(urgent=urgent or kwargs.get("flush", False))
         return result
 
     async def call_handle(
-        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
+        urgent: bool = False, **kwargs: Any,
     ) -> _H:
         """Run a core command and turn its result into a handle (``make``) *before* writing:
         the handle must exist before anything else runs, or events arriving while the write
         waits would be routed to a buffer that looks abandoned."""
         handle = make(fn(*args, now=self.now(), **kwargs))
-        await self.send()
+        await self.send(urgent=urgent or kwargs.get("flush", False))
         return handle
 
     def call_soon(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
@@ -378,7 +382,7 @@ class AsyncContext(AsyncEvents, _ContextHandle):
         await self._driver.call(self._driver.core.multi_send_text, self._buf, text, flush=flush)
 
     async def flush(self) -> None:
-        await self._driver.call(self._driver.core.multi_flush, self._buf)
+        await self._driver.call(self._driver.core.multi_flush, self._buf, urgent=True)
 
     async def cancel(self) -> None:
         """Barge-in on this context: its current cycle's audio is dropped from now on."""
@@ -435,7 +439,9 @@ class AsyncStream(_AsyncClient):
 
     async def flush(self) -> AsyncTurn:
         """End the open turn (exactly once per turn)."""
-        return await self._driver.call_handle(self._turns.get, self._core.stream_flush)
+        return await self._driver.call_handle(
+            self._turns.get, self._core.stream_flush, urgent=True
+        )
 
     async def cancel(self) -> None:
         """Barge-in: no audio of the cancelled turns is handed out after this returns."""
@@ -450,7 +456,7 @@ class AsyncMulti(_AsyncClient):
         cfg_scale: float | None = None, max_new_tokens: int | None = None,
     ) -> AsyncContext:
         given = {"voice_id": voice_id, "cfg_scale": cfg_scale, "max_new_tokens": max_new_tokens}
-        options = {k: v for k, v in given.items() if v is not None}
+        options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         buf = await self._driver.call(self._core.multi_create, context_id, **options)
         return AsyncContext(self._driver, buf)
 

@@ -84,12 +84,12 @@ class TaskDriver(_api.SignalDriver):
         self._write_wake.set()
         self.changed()
 
-    async def send(self) -> None:
+    async def send(self, *, urgent: bool = False) -> None:
         """Hand what the core queued to the writer task without a scheduling round of our own;
         while a write is in progress, or more than :data:`HIGH_WATER` bytes handed over are
         still unwritten (the writer did not get to run: a caller that never yields), write
-        here and wait (backpressure)."""
-        if self._send_lock.locked() or len(self._pending) >= HIGH_WATER:
+        here and wait (backpressure). An urgent write (a flush) is written here at once."""
+        if urgent or self._send_lock.locked() or len(self._pending) >= HIGH_WATER:
             await self._flush()
             self.changed()
         else:

@@ -111,8 +111,10 @@ class _Driver(_api.SignalDriver):
             self._deferred = 0
             self._write()
 
-    async def send(self) -> None:
+    async def send(self, *, urgent: bool = False) -> None:
         self.kick()
+        if urgent:
+            self._write_now()
         pipe = self._pipe
         if pipe is not None and not pipe.writable.is_set():
             # errors show up as EOF (connection_lost); a peer that takes nothing for
