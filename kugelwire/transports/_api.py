@@ -1,13 +1,14 @@
 """The application-facing objects of every client adapter, written once.
 
 The adapters (:mod:`~kugelwire.transports.asyncio`, :mod:`~kugelwire.transports.trio`,
-:mod:`~kugelwire.transports.sync`) only provide a *driver*: a clock, a socket, a reader, a timer
-and a way to wait. Everything the application touches is defined here on top of a driver and the
-sans-IO :class:`~kugelwire.transports._core.ClientCore`:
+:mod:`~kugelwire.transports.anyio`, :mod:`~kugelwire.transports.sync`) only provide a *driver*:
+a clock, a socket, a reader, a timer and a way to wait. Everything the application touches is
+defined here on top of a driver and the sans-IO :class:`~kugelwire.transports._core.ClientCore`:
 
-* the ``connect_*`` functions (:func:`connector`: one signature for every adapter and endpoint);
+* the ``connect_*`` functions (:func:`connector`: one signature for every adapter and endpoint;
+  :class:`Scoped` for anyio's task-group scoped connections);
 * the async API (:class:`AsyncStream`, :class:`AsyncMulti`, :class:`AsyncTTS` and their turn /
-  request / context handles), shared by asyncio and trio;
+  request / context handles), shared by asyncio, trio and anyio;
 * the blocking API (:class:`Stream`, :class:`Multi`, :class:`TTS`...), the same without ``await``;
 * :class:`SignalDriver`: the waiting logic both async drivers share (one "something changed"
   event, replaced each time it fires).
