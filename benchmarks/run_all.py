@@ -22,6 +22,7 @@ from typing import Any
 SCRIPTS = {
     "core": "benchmarks.bench_core",
     "loopback": "benchmarks.bench_loopback",
+    "client": "benchmarks.bench_client",
     "tokens": "benchmarks.bench_tokens",
     "scale": "benchmarks.bench_scale",
     "voice": "benchmarks.bench_voice",

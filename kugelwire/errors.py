@@ -13,6 +13,7 @@ exception                   when
 :class:`ProtocolViolation`  the server broke the protocol (bad frames, framing, audio)
 :class:`ConnectionClosedError` the socket closed while work was unfinished
 :class:`ServerRestarting`   close 1012/1013 (rolling deploy) after the one replay attempt
+:class:`SendBufferFull`     the server stopped reading (outgoing buffer cap / write timeout)
 :class:`ServerErrorResponse` an ``error`` frame that failed a request / context / turn
 ==========================  ==========================================================
 """
@@ -35,6 +36,7 @@ __all__ = [
     "ProtocolViolation",
     "RateLimitError",
     "RemoteProtocolError",
+    "SendBufferFull",
     "ServerErrorResponse",
     "ServerRestarting",
 ]
@@ -133,6 +135,13 @@ class ConnectionClosedError(KugelwireError):
 class ServerRestarting(ConnectionClosedError):
     """Close 1012/1013 (rolling deploy) that the single reconnect-and-replay could not hide:
     the work had audio delivered already, or the reconnect failed too."""
+
+
+class SendBufferFull(ConnectionClosedError):
+    """The server stopped reading: the bytes waiting to be written exceeded ``max_send_buffer``
+    or a write made no progress for ``write_timeout`` seconds. The client aborted the
+    connection (a peer that takes nothing cannot be closed gracefully); every unfinished turn
+    gets its own instance carrying its unspoken text."""
 
 
 class ServerErrorResponse(KugelwireError):

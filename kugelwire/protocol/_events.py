@@ -306,6 +306,24 @@ class ConnectionTerminated:
     replay: tuple[TurnReplay, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """A client transport re-establishes its connection (a restart close 1012/1013, or a drop
+    with ``reconnect=True``); emitted once per attempt, in the connection's log.
+
+    ``attempt`` counts the attempts since the last connection that produced output; ``code``
+    is the close code that ended the previous connection (None: dropped without one);
+    ``delay`` is the wait (seconds) before the new socket is opened; ``replayed`` names the
+    turns (numbers, on the old connection) or contexts (ids) sent again on the new one.
+    """
+
+    attempt: int
+    code: int | None
+    reason: str
+    delay: float
+    replayed: tuple[str, ...] = ()
+
+
 ClientEvent: TypeAlias = (
     TurnStarted
     | GenerationStarted
@@ -326,4 +344,5 @@ ClientEvent: TypeAlias = (
     | ContextTimeout
     | SessionClosed
     | ConnectionTerminated
+    | Reconnecting
 )

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
+from os import urandom as _urandom  # the masking key (as wsproto does)
 from typing import Any, Literal, Protocol, TypeAlias
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -687,6 +688,22 @@ class _Connection:
 
 
 # -- client ----------------------------------------------------------------------------------------
+def _masked_text_frame(payload: bytes) -> bytes:
+    """One final, masked text frame (RFC 6455 §5.2) carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0xFF)) + n.to_bytes(8, "big")
+    mask = _urandom(4)
+    if not n:
+        return head + mask
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
 class ClientConnection(_Connection):
     """The client side of one WebSocket connection, driving a client ``session``.
 
@@ -779,6 +796,24 @@ class ClientConnection(_Connection):
     def address(self) -> tuple[str, int]:
         """``(host, port)`` to open the TCP connection to."""
         return self._address
+
+    def _flush_session(self) -> None:
+        """Frame the session's outbox (fast path: one masked text frame per message, built
+        here in one step; wsproto keeps no state for a complete data frame)."""
+        session = self._session
+        if session is None or self._state is not ConnectionState.OPEN:
+            return
+        texts = session.messages_to_send()
+        if texts and self._ws.state is _WSState.OPEN:
+            out = self._out
+            for text in texts:
+                out += _masked_text_frame(text.encode())
+        else:
+            for text in texts:
+                self._send(TextMessage(data=text))
+        code = session.close_code
+        if code is not None:
+            self._start_close(code, "")
 
     @property
     def secure(self) -> bool:

@@ -1,1 +1,1 @@
-"""I/O adapters (asyncio, trio, blocking sockets). They only move bytes and drive timers."""
+"""I/O adapters (asyncio, trio, anyio, blocking sockets). They only move bytes and drive timers."""

@@ -1,13 +1,14 @@
 """The application-facing objects of every client adapter, written once.
 
 The adapters (:mod:`~kugelwire.transports.asyncio`, :mod:`~kugelwire.transports.trio`,
-:mod:`~kugelwire.transports.sync`) only provide a *driver*: a clock, a socket, a reader, a timer
-and a way to wait. Everything the application touches is defined here on top of a driver and the
-sans-IO :class:`~kugelwire.transports._core.ClientCore`:
+:mod:`~kugelwire.transports.anyio`, :mod:`~kugelwire.transports.sync`) only provide a *driver*:
+a clock, a socket, a reader, a timer and a way to wait. Everything the application touches is
+defined here on top of a driver and the sans-IO :class:`~kugelwire.transports._core.ClientCore`:
 
-* the ``connect_*`` functions (:func:`connector`: one signature for every adapter and endpoint);
+* the ``connect_*`` functions (:func:`connector`: one signature for every adapter and endpoint;
+  :class:`Scoped` for anyio's task-group scoped connections);
 * the async API (:class:`AsyncStream`, :class:`AsyncMulti`, :class:`AsyncTTS` and their turn /
-  request / context handles), shared by asyncio and trio;
+  request / context handles), shared by asyncio, trio and anyio;
 * the blocking API (:class:`Stream`, :class:`Multi`, :class:`TTS`...), the same without ``await``;
 * :class:`SignalDriver`: the waiting logic both async drivers share (one "something changed"
   event, replaced each time it fires).
@@ -25,7 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from ..errors import ConnectionFailed, KugelwireError
+from ..errors import ConnectionFailed, KugelwireError, LocalProtocolError
 from ..protocol._events import ClientEvent, ContextClosed, Interrupted, TurnFinal
 from ._core import ClientCore, EventBuffer, Kind
 
@@ -43,6 +44,7 @@ __all__ = [
     "Events",
     "Multi",
     "Request",
+    "Scoped",
     "SignalDriver",
     "Stream",
     "SyncClient",
@@ -71,13 +73,20 @@ class ConnectOptions:
     ssl: _ssl.SSLContext | None = None
     max_buffered_bytes: int = 4 * 2**20
     close_timeout: float = 10.0
+    write_timeout: float = 15.0
+    max_send_buffer: int = 4 * 2**20
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.write_timeout > 0 or self.max_send_buffer <= 0:
+            raise LocalProtocolError("write_timeout and max_send_buffer must be positive")
 
     def core(self, kind: Kind, url: str, now: float) -> ClientCore:
         """A fresh :class:`ClientCore` for ``kind`` at ``url`` with these options."""
+        config = {"handshake_timeout": self.connect_timeout, **self.config}
         return ClientCore(
             kind, url, now=now, api_key=self.api_key, auth=self.auth,
-            max_buffered_bytes=self.max_buffered_bytes, **self.config,
+            max_buffered_bytes=self.max_buffered_bytes, **config,
         )
 
 
@@ -94,6 +103,8 @@ class Connect(Protocol[_R_co]):
         ssl: _ssl.SSLContext | None = None,
         max_buffered_bytes: int = 4 * 2**20,
         close_timeout: float = 10.0,
+        write_timeout: float = 15.0,
+        max_send_buffer: int = 4 * 2**20,
         **config: Any,
     ) -> _R_co: ...
 
@@ -111,7 +122,11 @@ _CONNECT_DOC = """Connect to ``{endpoint}`` ({what}).
 a query parameter (``auth="query"``) or an ``Authorization: Bearer`` header (``auth="bearer"``).
 ``connect_timeout`` bounds the TCP/TLS connect and the upgrade; ``ssl`` overrides the default TLS
 context for ``wss://``; ``max_buffered_bytes`` bounds the audio waiting to be consumed (reading
-pauses above it); ``close_timeout`` bounds the graceful ``close()``.
+pauses above it); ``close_timeout`` bounds the graceful ``close()`` (while closing, reading still
+pauses above ``max_buffered_bytes``: a turn nobody consumes is discarded when the close starts
+waiting for it). ``write_timeout`` bounds a write the server takes nothing of and
+``max_send_buffer`` the bytes waiting to be written; past either the connection is aborted and
+unfinished work raises :class:`~kugelwire.errors.SendBufferFull`.
 
 ``config``: sticky config fields (``voice_id``, ``sample_rate``...), session options
 (``cancel_timeout``, ``idle_flush_guard``) and core options (``restart_delay``, ``max_restarts``,
@@ -168,7 +183,14 @@ class SignalDriver:
     def __init__(self, core: ClientCore, new_signal: Callable[[], _Signal]) -> None:
         self.core = core
         self._new_signal = new_signal
-        self._signal = new_signal()
+        self._signal_: _Signal | None = None  # made when someone waits (not per change)
+
+    @property
+    def _signal(self) -> _Signal:
+        signal = self._signal_
+        if signal is None:
+            signal = self._signal_ = self._new_signal()
+        return signal
 
     def now(self) -> float:
         raise NotImplementedError
@@ -177,8 +199,9 @@ class SignalDriver:
         """Write what the core queued soon, without waiting (for non-async callers)."""
         raise NotImplementedError
 
-    async def send(self) -> None:
-        """Write what the core queued (returns once the socket took it)."""
+    async def send(self, *, urgent: bool = False) -> None:
+        """Write what the core queued. ``urgent``: a flush (a turn's audio waits for it), so
+        write it now rather than coalescing it with what may follow."""
         raise NotImplementedError
 
     async def close(self, *, abort: bool = False) -> None:
@@ -188,11 +211,24 @@ class SignalDriver:
         """Open the socket, start the background tasks, wait for the upgrade."""
         raise NotImplementedError
 
-    async def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    async def call(
+        self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any
+    ) -> _R:
         """Run a core command now, then write what it queued."""
         result = fn(*args, now=self.now(), **kwargs)
-        await self.send()
+        await self.send(urgent=urgent or kwargs.get("flush", False))
         return result
+
+    async def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
+        urgent: bool = False, **kwargs: Any,
+    ) -> _H:
+        """Run a core command and turn its result into a handle (``make``) *before* writing:
+        the handle must exist before anything else runs, or events arriving while the write
+        waits would be routed to a buffer that looks abandoned."""
+        handle = make(fn(*args, now=self.now(), **kwargs))
+        await self.send(urgent=urgent or kwargs.get("flush", False))
+        return handle
 
     def call_soon(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
         """Run a core command now; its bytes are written soon (for plain functions)."""
@@ -202,8 +238,9 @@ class SignalDriver:
 
     def changed(self) -> None:
         """Wake every waiter (the core may have changed)."""
-        self._signal.set()
-        self._signal = self._new_signal()
+        signal, self._signal_ = self._signal_, None
+        if signal is not None:
+            signal.set()
 
     async def until(self, ready: Callable[[], bool]) -> None:
         """Wait until ``ready()`` (re-checked whenever the core changed)."""
@@ -288,18 +325,24 @@ class _Handles(Generic[_H]):
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._core, self._make = core, make
-        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._lock = lock
         self._handles: weakref.WeakValueDictionary[EventBuffer, Any] = (
             weakref.WeakValueDictionary()
         )
 
     def get(self, buf: EventBuffer) -> _H:
-        with self._lock:
-            handle: _H | None = self._handles.get(buf)
+        handle: _H | None = self._handles.get(buf)
+        if handle is not None:
+            return handle
+        with self._lock if self._lock is not None else contextlib.nullcontext():
+            handle = self._handles.get(buf)
             if handle is None:
                 self._core.reclaim(buf)
                 handle = self._handles[buf] = self._make(buf)
         return handle
+
+    def get_or_none(self, buf: EventBuffer | None) -> _H | None:
+        return None if buf is None else self.get(buf)
 
 
 # -- the async API -------------------------------------------------------------------------------
@@ -340,7 +383,7 @@ class AsyncContext(AsyncEvents, _ContextHandle):
         await self._driver.call(self._driver.core.multi_send_text, self._buf, text, flush=flush)
 
     async def flush(self) -> None:
-        await self._driver.call(self._driver.core.multi_flush, self._buf)
+        await self._driver.call(self._driver.core.multi_flush, self._buf, urgent=True)
 
     async def cancel(self) -> None:
         """Barge-in on this context: its current cycle's audio is dropped from now on."""
@@ -391,12 +434,15 @@ class AsyncStream(_AsyncClient):
     async def send_text(self, text: str, *, flush: bool = False) -> AsyncTurn | None:
         """Send a text fragment now; returns its turn (None for empty text). Never waits for
         audio."""
-        buf = await self._driver.call(self._core.stream_send_text, text, flush=flush)
-        return None if buf is None else self._turns.get(buf)
+        return await self._driver.call_handle(
+            self._turns.get_or_none, self._core.stream_send_text, text, flush=flush
+        )
 
     async def flush(self) -> AsyncTurn:
         """End the open turn (exactly once per turn)."""
-        return self._turns.get(await self._driver.call(self._core.stream_flush))
+        return await self._driver.call_handle(
+            self._turns.get, self._core.stream_flush, urgent=True
+        )
 
     async def cancel(self) -> None:
         """Barge-in: no audio of the cancelled turns is handed out after this returns."""
@@ -411,7 +457,7 @@ class AsyncMulti(_AsyncClient):
         cfg_scale: float | None = None, max_new_tokens: int | None = None,
     ) -> AsyncContext:
         given = {"voice_id": voice_id, "cfg_scale": cfg_scale, "max_new_tokens": max_new_tokens}
-        options = {k: v for k, v in given.items() if v is not None}
+        options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         buf = await self._driver.call(self._core.multi_create, context_id, **options)
         return AsyncContext(self._driver, buf)
 
@@ -462,6 +508,86 @@ def async_connectors(
     )
 
 
+class Scoped(Generic[_AC]):
+    """What an anyio ``connect_*`` returns: ``async with connect_stream(url) as stream:``.
+
+    Entering opens a task group for the connection's reader and timer tasks, connects and
+    waits for the upgrade; leaving closes the connection (gracefully, or at once when the block
+    raised) and then the task group. There is no plain ``await`` form: anyio has no tasks that
+    outlive the code that started them, so the connection cannot outlive a block either.
+    """
+
+    def __init__(
+        self, open_: Callable[[Any], Coroutine[Any, Any, _AC]], task_group: Callable[[], Any]
+    ) -> None:
+        self._open = open_
+        self._task_group = task_group
+        self._group: Any = None
+        self._client: _AC | None = None
+
+    def __await__(self) -> Any:
+        raise LocalProtocolError(
+            "anyio connections are task-group scoped: use `async with connect_...(url) as c:`"
+        )
+
+    async def __aenter__(self) -> _AC:
+        if self._group is not None:
+            raise LocalProtocolError("this connect_*() was entered already")
+        group = self._group = self._task_group()
+        await group.__aenter__()
+        try:
+            self._client = await self._open(group)
+        except BaseException:
+            await self._leave_group()
+            raise
+        return self._client
+
+    async def _leave_group(self) -> None:
+        """Cancel and leave the task group; the block's own exception (if any) is not handed
+        to it, so it propagates as raised instead of wrapped in an exception group (the
+        connection's tasks never raise)."""
+        group = self._group
+        group.cancel_scope.cancel()
+        await group.__aexit__(None, None, None)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool | None:
+        client = self._client
+        try:
+            if client is not None:
+                await client.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._leave_group()
+        return None
+
+
+def scoped_connectors(
+    new_driver: Callable[[ClientCore, ConnectOptions, Any], SignalDriver],
+    clock: Callable[[], float],
+    task_group: Callable[[], Any],
+    flavour: str,
+) -> tuple[
+    Connect[Scoped[AsyncStream]], Connect[Scoped[AsyncMulti]], Connect[Scoped[AsyncTTS]],
+]:
+    """``connect_stream``, ``connect_multi`` and ``connect_tts`` of a task-group scoped adapter:
+    ``new_driver(core, options, group)`` gets the connection's task group."""
+
+    def open_(kind: Kind, url: str, options: ConnectOptions) -> Any:
+        async def enter(group: Any) -> Any:
+            driver = new_driver(options.core(kind, url, clock()), options, group)
+            await driver.start()
+            return _ASYNC_CLIENTS[kind](driver)
+
+        return Scoped(enter, task_group)
+
+    return (
+        connector("stream", open_, flavour),
+        connector("multi", open_, flavour),
+        connector("tts", open_, flavour),
+    )
+
+
 # -- the blocking API ----------------------------------------------------------------------------
 class BlockingDriver(Protocol):
     """What the blocking API needs from the sync adapter's driver."""
@@ -473,6 +599,9 @@ class BlockingDriver(Protocol):
         """The lock guarding the core."""
 
     def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R: ...
+    def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> _H: ...
     def next_event(self, buf: EventBuffer) -> ClientEvent | None: ...
     def close(self, *, abort: bool = False) -> None: ...
 
@@ -553,11 +682,12 @@ class Stream(SyncClient):
         self._turns = _Handles(self._core, lambda buf: Turn(driver, buf), driver.cond)
 
     def send_text(self, text: str, *, flush: bool = False) -> Turn | None:
-        buf = self._driver.call(self._core.stream_send_text, text, flush=flush)
-        return None if buf is None else self._turns.get(buf)
+        return self._driver.call_handle(
+            self._turns.get_or_none, self._core.stream_send_text, text, flush=flush
+        )
 
     def flush(self) -> Turn:
-        return self._turns.get(self._driver.call(self._core.stream_flush))
+        return self._driver.call_handle(self._turns.get, self._core.stream_flush)
 
     def cancel(self) -> None:
         self._driver.call(self._core.stream_cancel)

@@ -12,8 +12,9 @@ session and does everything that is not moving bytes or waiting:
   reading the socket, so the kernel buffers fill and TCP flow control slows the server: memory
   stays bounded and no audio is dropped. Reading resumes as soon as the application consumes
   events (:meth:`ClientCore.pop`). Timers are suspended while paused (a keepalive pong may be
-  sitting unread in the socket) and get a short grace period after resuming. While ``close()``
-  drains the connection the bound is lifted (the server only finishes work already flushed).
+  sitting unread in the socket) and get a short grace period after resuming. The bound holds
+  while ``close()`` drains the connection too: output nobody consumes makes the close wait
+  (at most its timeout, then it aborts) instead of growing without limit.
   Events of a turn whose handle the application dropped (after its last flush) are discarded.
 * **Barge-in.** ``cancel`` removes the cancelled work's buffered output at once, so no audio of
   it is handed out after ``cancel()`` returns; its terminal event is :class:`Interrupted`.
@@ -33,6 +34,7 @@ Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`
 from __future__ import annotations
 
 import math
+import random as _random
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
@@ -59,6 +61,7 @@ from ..protocol._events import (
     ErrorCode,
     GenerationStarted,
     Interrupted,
+    Reconnecting,
     RequestFinal,
     ServerError,
     SettingsUpdated,
@@ -158,6 +161,12 @@ class ClientCore:
         max_message_size: int = 16 * 2**20,
         log_size: int = 256,
         resume_grace: float = 0.5,
+        handshake_timeout: float | None = None,
+        reconnect: bool = False,
+        max_reconnects: int = 8,
+        reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 5.0,
+        random: Callable[[], float] = _random.random,
         **session_options: Any,
     ) -> None:
         if kind not in ENDPOINT:
@@ -172,12 +181,23 @@ class ClientCore:
             "keepalive_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "max_message_size": max_message_size,
+            "handshake_timeout": handshake_timeout,
         }
         self._session_options = session_options
         self.max_buffered_bytes = max_buffered_bytes
         self.max_buffered_events = max_buffered_events
         self.restart_delay = restart_delay
         self.max_restarts = max_restarts
+        if max_reconnects < 0 or reconnect_delay < 0 or max_reconnect_delay < reconnect_delay:
+            raise LocalProtocolError(
+                "need max_reconnects >= 0 and 0 <= reconnect_delay <= max_reconnect_delay"
+            )
+        self.reconnect = reconnect
+        self.max_reconnects = max_reconnects
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self._random = random
+        self._aborted = False  # abort(): never reconnect
         self._resume_grace = resume_grace
         self.buffered_bytes = 0
         self.buffered_events = 0
@@ -193,6 +213,7 @@ class ClientCore:
         self._wake_reader = False
         self._hold_until = -math.inf
         self._gc_pending = False
+        self._dropped: deque[EventBuffer] = deque()  # handles gone: collect their buffers
         self._settings_applied: dict[str, Any] = {}
         self._live: list[EventBuffer] = []
         self._by_number: dict[int, EventBuffer] = {}
@@ -203,6 +224,7 @@ class ClientCore:
         self._closed: ConnectionClosed | None = None
         self._fatal: ServerError | None = None
         self._connect_exc: BaseException | None = None
+        self._io_error: KugelwireError | None = None  # set by fail()
         #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
         #: opened for this generation (adapters must not write them to an older socket).
         self.generation = 0
@@ -219,9 +241,14 @@ class ClientCore:
             return MultiClientSession(**opts)
         return TTSClientSession(**opts)
 
-    def _new_connection(self, now: float) -> ClientConnection:
+    def _new_connection(self, now: float, delay: float = 0.0) -> ClientConnection:
+        """A connection for the current session; ``delay``: it is opened that much later (its
+        handshake timeout counts from the connect)."""
+        options = dict(self._conn_options)
+        if options["handshake_timeout"] is not None:
+            options["handshake_timeout"] += delay
         try:
-            return ClientConnection(self.session, self.url, now=now, **self._conn_options)
+            return ClientConnection(self.session, self.url, now=now, **options)
         except ValueError as exc:
             raise LocalProtocolError(str(exc)) from None
 
@@ -254,7 +281,7 @@ class ClientCore:
         """Stop reading the socket (too much is buffered); resume when this turns false."""
         if self._gc_pending:
             self._collect_dropped()
-        return not self._user_closing and (
+        return (
             self.buffered_bytes >= self.max_buffered_bytes
             or self.buffered_events >= self.max_buffered_events
         )
@@ -309,11 +336,25 @@ class ClientCore:
         if self.conn.state is not ConnectionState.CLOSED:
             self.conn.close()
         self._process(now)
-        if not self.finished:  # no session to report through: close for good
+        if not self.finished and not self.wants_socket:  # no retry due: close for good
             self._terminate()
 
+    def fail(self, now: float, error: KugelwireError) -> None:
+        """Give up on the connection now because of ``error`` (the adapter's I/O verdict, e.g.
+        :class:`~kugelwire.errors.SendBufferFull`): every unfinished piece of work raises a
+        copy of it carrying its own unspoken text."""
+        if self.state == "closed":
+            return
+        if self._io_error is None:
+            self._io_error = error
+        self._drop(now)
+
     def abort(self, now: float, reason: str = "connection aborted") -> None:
-        """Give up on the connection now (close timeout, adapter shutdown)."""
+        """Give up on the connection now (close timeout, adapter shutdown); never reconnects."""
+        self._aborted = True
+        self._drop(now)
+
+    def _drop(self, now: float) -> None:
         if self.state == "closed":
             return
         if self.conn.state is not ConnectionState.CLOSED:
@@ -461,6 +502,7 @@ class ClientCore:
     def handle_dropped(self, buf: EventBuffer) -> None:
         """The application dropped ``buf``'s handle (a finaliser: only sets flags)."""
         buf.dropped = True
+        self._dropped.append(buf)
         self._gc_pending = True
 
     def reclaim(self, buf: EventBuffer) -> None:
@@ -512,10 +554,22 @@ class ClientCore:
         self._purge(buf, keep=lambda e: id(e) in before)
 
     def _collect_dropped(self) -> None:
+        """Discard what is buffered for work whose handle is gone (also work that ended before
+        its handle was dropped); a dropped turn still taking text is looked at again later."""
         self._gc_pending = False
-        for buf in self._live:
-            if buf.dropped and buf.flushed and buf.events:
-                self._discard(buf)
+        dropped, later = self._dropped, []
+        while dropped:
+            buf = dropped.popleft()
+            if not buf.dropped:
+                continue  # a new handle claimed it
+            if buf.flushed or buf.done:
+                if buf.events:
+                    self._discard(buf)
+            else:
+                later.append(buf)
+        if later:
+            dropped.extend(later)
+            self._gc_pending = True
 
     def _discard(self, buf: EventBuffer) -> None:
         self.buffered_events -= len(buf.events)
@@ -582,12 +636,53 @@ class ClientCore:
             self._terminate()  # a connection without session events ended
 
     def _should_restart(self) -> bool:
-        if self._user_closing or self._restarts_in_row >= self.max_restarts:
+        """Restart (1012/1013, HTTP 503) or, with ``reconnect=True``, reconnect after a drop."""
+        if self._user_closing or self._aborted:
+            return False
+        limit = self.max_reconnects if self.reconnect else self.max_restarts
+        if self._restarts_in_row >= limit:
             return False
         closed, rejection = self._closed, self._rejection
         if rejection is not None:
-            return rejection.kind == "restarting"
-        return closed is not None and closed.code in _RESTART
+            if rejection.kind == "restarting":
+                return True
+            return self.reconnect and rejection.kind not in ("auth", "rate_limited") and (
+                rejection.status_code >= 500
+            )
+        if closed is not None and closed.code in _RESTART:
+            return True
+        return self.reconnect and self._dropped_for_reconnect()
+
+    def _dropped_for_reconnect(self) -> bool:
+        """A drop worth reconnecting for: TCP reset / EOF (no close frame), 1001, 1006, 1011
+        (including our own keepalive ping timeout), 1014, a 4xxx that is not about credentials
+        or rate limits, a failed connect while reconnecting, or the server not reading
+        (:class:`~kugelwire.errors.SendBufferFull`). Protocol violations are not retried."""
+        if self._connect_exc is not None:
+            return self.state == "reconnecting"
+        if self._io_error is not None:
+            return True
+        closed, fatal = self._closed, self._fatal
+        if closed is None or closed.error is not None:
+            return False
+        if fatal is not None and fatal.code in (ErrorCode.UNAUTHORIZED, ErrorCode.RATE_LIMITED):
+            return False
+        code = closed.code
+        return (
+            code is None
+            or code in (1001, 1006, 1011, 1014)
+            or (4000 <= code < 5000 and code not in (4001, 4003, 4029))
+        )
+
+    def _restart_delay(self, retry: float | None) -> float:
+        if retry is not None:
+            return retry
+        closed = self._closed
+        if not self.reconnect or (closed is not None and closed.code in _RESTART):
+            return self.restart_delay
+        # bounded exponential backoff with jitter (half to all of the step)
+        step = self.reconnect_delay * 2.0 ** max(0, self._restarts_in_row - 1)
+        return min(self.max_reconnect_delay, step) * (0.5 + 0.5 * self._random())
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
         if type(event) is AudioChunk:  # the hot path
@@ -661,6 +756,7 @@ class ClientCore:
         return (
             self._user_closing
             and self._connect_exc is None
+            and self._io_error is None
             and self._rejection is None
             and closed is not None
             and closed.error is None
@@ -679,18 +775,28 @@ class ClientCore:
                     self._fail(buf, self._error(""))
         self._restarts_in_row += 1
         self.restarts += 1
+        delay = self._restart_delay(retry)
+        closed = self._closed
+        self.log.append(Reconnecting(
+            attempt=self._restarts_in_row,
+            code=None if closed is None else closed.code,
+            reason=self._drop_reason(),
+            delay=delay,
+            replayed=tuple(sorted(str(k) for k in replayed)),
+        ))
         old_numbers = dict(self._by_number)
         old_contexts = dict(self._by_context)
         self._by_number = {}
         self._by_context = {}
         self._rejection = self._closed = self._fatal = None
         self._connect_exc = None
+        self._io_error = None
         self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
         self.session = self._new_session()
-        self.conn = self._new_connection(now)
+        self.conn = self._new_connection(now, delay)
         self.generation += 1
         self.state = "reconnecting"
-        self.reconnect_at = now + (self.restart_delay if retry is None else retry)
+        self.reconnect_at = now + delay
         session = self.session
         if self._settings_applied:
             session.update_settings(now, **self._settings_applied)
@@ -722,12 +828,28 @@ class ClientCore:
             if not isinstance(event, TurnStarted):  # the replayed work announced itself already
                 self._route(event, False)
 
+    def _drop_reason(self) -> str:
+        if self._connect_exc is not None:
+            return f"connect failed: {self._connect_exc}"
+        if self._io_error is not None:
+            return self._io_error.message
+        if self._rejection is not None:
+            return f"HTTP {self._rejection.status_code} at the upgrade"
+        closed = self._closed
+        if closed is None or closed.code is None:
+            return "connection dropped (no close frame)"
+        return f"close {closed.code}{': ' + closed.reason if closed.reason else ''}"
+
     def _error(self, unspoken: str) -> KugelwireError:
         """The exception for how the connection ended (a fresh instance each call)."""
         rejection, closed, fatal = self._rejection, self._closed, self._fatal
         exc = self._connect_exc
         error: KugelwireError
-        if exc is not None:
+        io_error = self._io_error
+        if io_error is not None:
+            error = type(io_error)(io_error.message)
+            error.__cause__ = io_error.__cause__
+        elif exc is not None:
             error = ConnectionFailed(f"cannot connect to {self.url}: {exc}")
             error.__cause__ = exc
         elif rejection is not None:

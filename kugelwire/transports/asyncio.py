@@ -32,13 +32,16 @@ import contextlib
 import ssl as _ssl
 from typing import cast
 
-from ..errors import KugelwireError
+from ..errors import KugelwireError, SendBufferFull
 from . import _api
 from ._api import AsyncContext, AsyncMulti, AsyncRequest, AsyncStream, AsyncTTS, AsyncTurn
 from ._core import ClientCore
 
 __all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTTS", "AsyncTurn",
            "connect_multi", "connect_stream", "connect_tts"]
+
+
+_COALESCE = 16
 
 
 class _Pipe(asyncio.Protocol):
@@ -50,6 +53,9 @@ class _Pipe(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.eof = False
+        #: what arrived before the driver adopted this socket (a reset right after the
+        #: connect can beat ``create_connection``'s return); replayed on adoption
+        self.early: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -85,19 +91,43 @@ class _Driver(_api.SignalDriver):
         self._armed = 0.0
         self._generation = -1
         self._reconnect: asyncio.Task[None] | None = None
+        self._deferred = 0  # commands whose bytes wait for the coalesced write
 
     def now(self) -> float:
         return self._loop.time()
 
     def kick(self) -> None:
-        self._write()
+        """Write what the core queued at the next loop iteration: consecutive commands share
+        one write (a caller that never yields gets a write every :data:`_COALESCE` commands)."""
+        self._deferred += 1
+        if self._deferred > _COALESCE:
+            self._write_now()
+        elif self._deferred == 1:
+            self._loop.call_soon(self._write_now)
         self.changed()
 
-    async def send(self) -> None:
+    def _write_now(self) -> None:
+        if self._deferred:
+            self._deferred = 0
+            self._write()
+
+    async def send(self, *, urgent: bool = False) -> None:
         self.kick()
+        if urgent:
+            self._write_now()
         pipe = self._pipe
         if pipe is not None and not pipe.writable.is_set():
-            await pipe.writable.wait()  # errors show up as EOF (connection_lost)
+            # errors show up as EOF (connection_lost); a peer that takes nothing for
+            # write_timeout fails the connection (which aborts the socket and wakes us)
+            timeout = self._options.write_timeout
+            try:
+                await asyncio.wait_for(pipe.writable.wait(), timeout)
+            except asyncio.TimeoutError:
+                if pipe is self._pipe and not self.core.finished:
+                    self.core.fail(self.now(), SendBufferFull(
+                        f"the server took no data for {timeout:g} s (write_timeout)"
+                    ))
+                    self.changed()
 
     async def close(self, *, abort: bool = False) -> None:
         core = self.core
@@ -140,6 +170,9 @@ class _Driver(_api.SignalDriver):
     # -- internals -----------------------------------------------------------------------------
     def received(self, pipe: _Pipe, data: bytes) -> None:
         """Bytes (``b""``: EOF or a lost connection) from ``pipe``'s socket."""
+        if pipe.early is not None:
+            pipe.early.append(data)
+            return
         if pipe is not self._pipe or pipe.eof:
             return
         pipe.eof = not data
@@ -186,13 +219,25 @@ class _Driver(_api.SignalDriver):
         if pipe is None or pipe.transport is None or self._generation != self.core.generation:
             return
         data = self.core.data_to_send()
-        if data and not pipe.transport.is_closing():
-            pipe.transport.write(data)
+        transport = pipe.transport
+        if data and not transport.is_closing():
+            transport.write(data)
+            cap = self._options.max_send_buffer
+            if transport.get_write_buffer_size() > cap and not self.core.finished:
+                self.core.fail(self.now(), SendBufferFull(
+                    f"more than {cap} bytes wait to be written (max_send_buffer): "
+                    "the server stopped reading"
+                ))
+                self.changed()
 
     def _close_socket(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None and pipe.transport is not None:
-            pipe.transport.close()
+            if self.core.error is None:
+                pipe.transport.close()  # clean end: let the last bytes (close frame) go out
+            else:
+                pipe.transport.abort()  # a failed core: never wait on a peer that may not read
+            pipe.writable.set()
         if self.core.finished and self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -219,6 +264,9 @@ class _Driver(_api.SignalDriver):
         self._generation = self.core.generation
         self.core.socket_opened(self.now())
         self.kick()
+        early, pipe.early = pipe.early or [], None
+        for data in early:
+            self.received(pipe, data)
 
     async def _reopen(self) -> None:
         """Reconnect (1012/1013): last bytes to the old socket, wait, open a new one."""

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import SendBufferFull
 from ..protocol._events import ClientEvent
 from ._api import (
     TTS,
@@ -57,6 +58,7 @@ __all__ = [
 
 _READ_SIZE = 65536
 _R = TypeVar("_R")
+_H = TypeVar("_H")
 
 
 class _Driver:
@@ -73,6 +75,10 @@ class _Driver:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stop = False
+        self._write_timeout = options.write_timeout
+        self._max_send_buffer = options.max_send_buffer
+        self._pending = bytearray()  # written by the I/O thread as the socket takes it
+        self._stalled_since: float | None = None  # when a write last could not progress
         self._thread = threading.Thread(target=self._run, name="kugelwire-client", daemon=True)
 
     def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
@@ -81,6 +87,16 @@ class _Driver:
             result = fn(*args, now=time.monotonic(), **kwargs)
         self.kick()
         return result
+
+    def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+    ) -> _H:
+        """:meth:`call`, turning the result into a handle under the same lock (events the
+        I/O thread routes meanwhile must find the buffer claimed)."""
+        with self.cond:
+            handle = make(fn(*args, now=time.monotonic(), **kwargs))
+        self.kick()
+        return handle
 
     def kick(self) -> None:
         with contextlib.suppress(OSError):
@@ -118,6 +134,8 @@ class _Driver:
     # -- I/O thread ----------------------------------------------------------------------------
     def _close_sock(self) -> None:
         sock, self._sock = self._sock, None
+        self._pending.clear()
+        self._stalled_since = None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -130,7 +148,7 @@ class _Driver:
             if secure:
                 ctx = self._ssl if self._ssl is not None else _ssl.create_default_context()
                 sock = ctx.wrap_socket(sock, server_hostname=host)
-            sock.settimeout(None)
+            sock.setblocking(False)  # writes never block the I/O thread (timers keep firing)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, ValueError) as exc:
             with self.cond:
@@ -141,16 +159,30 @@ class _Driver:
             self._sock, self._generation = sock, self.core.generation
             self.core.socket_opened(time.monotonic())
 
-    def _write(self) -> None:
-        with self.cond:
-            sock = self._sock
-            ok = sock is not None and self._generation == self.core.generation
-            data = self.core.data_to_send() if ok else b""
+    def _last_write(self, sock: socket.socket | None, data: bytes) -> None:
+        """Best-effort final bytes (a close frame) to a socket about to close: at most 1 s."""
         if data and sock is not None:
-            try:
+            with contextlib.suppress(OSError):
+                sock.settimeout(1.0)
                 sock.sendall(data)
-            except OSError:
-                self._feed(b"")
+
+    def _fail_write(self, message: str) -> None:
+        with self.cond:
+            self.core.fail(time.monotonic(), SendBufferFull(message))
+            self.cond.notify_all()
+
+    def _write_some(self, sock: socket.socket) -> None:
+        """Write what the socket takes now; the rest waits in ``_pending``."""
+        try:
+            sent = sock.send(self._pending)
+        except (BlockingIOError, _ssl.SSLWantWriteError, _ssl.SSLWantReadError):
+            sent = 0
+        except OSError:
+            self._feed(b"")
+            return
+        if sent:
+            del self._pending[:sent]
+            self._stalled_since = None
 
     def _feed(self, data: bytes | None) -> None:
         with self.cond:
@@ -178,6 +210,7 @@ class _Driver:
 
     def _run(self) -> None:
         core = self.core
+        pending = self._pending
         try:
             while not self._stop:
                 with self.cond:  # one look at the core per round
@@ -186,30 +219,50 @@ class _Driver:
                     reconnect_at = core.reconnect_at if core.wants_socket else None
                     sock = self._sock
                     current = sock is not None and self._generation == core.generation
-                    out = core.data_to_send() if current and reconnect_at is None else b""
+                    if current and reconnect_at is None:
+                        pending += core.data_to_send()
                     paused, deadline = core.reading_paused, core.next_deadline()
                 if reconnect_at is not None:
                     with self.cond:
-                        stale = core.take_stale_data()
-                    if stale and self._sock is not None:
-                        with contextlib.suppress(OSError):
-                            self._sock.sendall(stale)
+                        stale = bytes(pending) + core.take_stale_data()
+                    self._last_write(self._sock, stale)
                     self._close_sock()
                     time.sleep(max(0.0, reconnect_at - time.monotonic()))
                     self._open()
                     continue
-                if out and sock is not None:
-                    try:
-                        sock.sendall(out)
-                    except OSError:
-                        self._feed(b"")
-                        continue
+                if len(pending) > self._max_send_buffer:
+                    self._fail_write(
+                        f"more than {self._max_send_buffer} bytes wait to be written "
+                        "(max_send_buffer): the server stopped reading"
+                    )
+                    continue
+                now = time.monotonic()
+                if pending and sock is not None:
+                    self._write_some(sock)
+                    if pending:
+                        if self._stalled_since is None:
+                            self._stalled_since = now
+                        elif now - self._stalled_since >= self._write_timeout:
+                            self._fail_write(
+                                f"the server took no data for {self._write_timeout:g} s "
+                                "(write_timeout)"
+                            )
+                            continue
                 watch: list[Any] = [self._wake_r]
                 if not paused and sock is not None:
                     watch.append(sock)
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                pending = isinstance(sock, _ssl.SSLSocket) and not paused and sock.pending()
-                ready = [sock] if pending else select.select(watch, [], [], timeout)[0]
+                wants_write = [sock] if pending and sock is not None else []
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                if wants_write and self._stalled_since is not None:
+                    left = max(0.0, self._stalled_since + self._write_timeout - now)
+                    timeout = left if timeout is None else min(timeout, left)
+                ssl_ready = isinstance(sock, _ssl.SSLSocket) and not paused and sock.pending()
+                if ssl_ready:
+                    ready: list[Any] = [sock]
+                else:
+                    ready, writable, _ = select.select(watch, wants_write, [], timeout)
+                    if writable:
+                        continue  # write at the top of the next round
                 if self._wake_r in ready:
                     with contextlib.suppress(OSError):
                         while self._wake_r.recv(4096):
@@ -217,16 +270,23 @@ class _Driver:
                 if sock is not None and sock in ready:
                     try:
                         data = sock.recv(_READ_SIZE)
+                    except (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+                        continue  # a partial TLS record: nothing to hand on yet
                     except OSError:
                         data = b""
                     self._feed(data)
-                elif not ready:
-                    self._feed(None)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._feed(None)  # also while wake-ups keep select busy
         except Exception:  # never leave waiters hanging
             with self.cond:
                 core.abort(time.monotonic())
         finally:
-            self._write()
+            with self.cond:
+                sock = self._sock
+                ok = sock is not None and self._generation == core.generation
+                failed = isinstance(core.error, SendBufferFull)
+                last = b"" if failed or not ok else bytes(pending) + core.data_to_send()
+            self._last_write(sock, last)
             self._close_sock()
             with self.cond:
                 self.cond.notify_all()

@@ -135,3 +135,26 @@ def test_fast_path_is_taken() -> None:
         conn.receive_data(payload[i : i + 7], 1.0)
     assert session.messages == [f"m{i}" for i in range(50)]
     assert calls == []  # wsproto never saw a byte of them
+
+
+def test_masked_text_frames_decode_like_wsproto_frames() -> None:
+    """The client's one-step text framing is read back exactly by a wsproto server."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import Request, TextMessage
+
+    from kugelwire.protocol._ws import _masked_text_frame
+
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="x", target="/")))
+    [request] = list(server.events())
+    client.receive_data(server.send(__import__("wsproto").events.AcceptConnection()))
+    list(client.events())
+    for n in (0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 70001):
+        text = "".join(chr(0x41 + (i * 7) % 26) if i % 5 else "ü" for i in range(n))
+        frame = _masked_text_frame(text.encode())
+        assert frame[1] & 0x80, "client frames are masked"
+        server.receive_data(frame)
+        got = list(server.events())
+        assert [type(e) for e in got] == [TextMessage] and got[0].data == text, n
+    del request

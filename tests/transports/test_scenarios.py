@@ -250,3 +250,21 @@ def test_sync_adapter_in_executor_of_running_loop(server: Any) -> None:
 
     events = asyncio.run(main())
     check_turn(events, 0)
+
+
+def test_anyio_connections_are_task_group_scoped(server: Any) -> None:
+    import anyio
+
+    from kugelwire.transports import anyio as kw_anyio
+
+    async def main() -> None:
+        with pytest.raises(LocalProtocolError, match="async with"):
+            await kw_anyio.connect_stream(server.url)  # type: ignore[misc]
+        async with kw_anyio.connect_stream(server.url, voice_id=1) as stream:
+            turn = await stream.send_text("Scoped.", flush=True)
+            events = await turn.collect()
+            check_turn(events, 0)
+        assert stream.closed  # leaving the block closed the connection
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(main, backend=backend)

@@ -1,0 +1,132 @@
+"""The client's I/O limits against hostile servers, on every adapter (real sockets, bounded time):
+
+* ``close()`` keeps the buffer bound (a server streaming audio for a turn whose handle is kept
+  must not make the close buffer without limit);
+* a server that stops reading cannot hang the client: the keepalive's ping timeout fails the
+  connection and ``send_text`` returns (asyncio aborts instead of closing; sync never blocks its
+  I/O thread in a write; trio/anyio cancel the pending write), and ``write_timeout`` does the
+  same without keepalive;
+* the outgoing buffer is capped: a server that floods pings and never reads gets
+  :class:`~kugelwire.errors.SendBufferFull`, not an ever-growing pong queue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kugelwire.errors import KugelwireError, SendBufferFull
+
+from ._hostile import HostileServer
+from .conftest import Harness
+
+pytestmark = pytest.mark.timeout(60)
+
+CAP = 256 * 1024
+SLACK = 96 * 1024  # one socket read of audio past the bound
+
+
+class Peak:
+    """Samples ``probe()`` from a thread (it only reads ints) and keeps the maximum."""
+
+    def __init__(self, probe: Any) -> None:
+        self.probe, self.value = probe, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.value = max(self.value, self.probe())
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(2)
+        return self.value
+
+
+def test_close_keeps_the_buffer_bound(h: Harness) -> None:
+    with HostileServer("flood_audio") as server:
+
+        async def scenario() -> None:
+            stream = await h.connect_stream(
+                server.url, voice_id=1, max_buffered_bytes=CAP, close_timeout=1.5
+            )
+            core = stream._core
+            peak = Peak(lambda: core.buffered_bytes)
+            turn = await stream.send_text("Speak this sentence please.", flush=True)
+            await h.sleep(0.3)  # the audio flows; nobody consumes it
+            started = time.monotonic()
+            await stream.close()
+            took = time.monotonic() - started
+            highest = peak.stop()
+            assert highest <= CAP + SLACK, f"{highest} bytes buffered (bound {CAP})"
+            assert took < 1.5 + 2.0, f"close() took {took:.1f} s"
+            with pytest.raises(KugelwireError):
+                await turn.collect()  # what was buffered, then the typed error
+
+        h.run(scenario)
+        assert server.sent < 20 * 2**20 * 4  # the flood was throttled by flow control
+
+
+def _stall_sends(h: Harness, **options: Any) -> tuple[KugelwireError | None, float]:
+    with HostileServer("stall") as server:
+        result: list[Any] = []
+
+        async def scenario() -> None:
+            async with await h.connect_stream(server.url, voice_id=1, **options) as stream:
+                text = "word " * 13_000  # 65 kB per message: the socket buffers fill quickly
+                started = time.monotonic()
+                error = None
+                while time.monotonic() - started < 10:
+                    try:
+                        await stream.send_text(text)
+                    except KugelwireError as exc:
+                        error = exc
+                        break
+                result[:] = [error, time.monotonic() - started]
+
+        h.run(scenario, timeout=30)
+        return result[0], result[1]
+
+
+def test_a_server_that_stops_reading_fails_at_the_ping_timeout(h: Harness) -> None:
+    error, took = _stall_sends(
+        h, ping_interval=0.3, ping_timeout=0.5, write_timeout=60.0, max_send_buffer=2**30
+    )
+    assert error is not None, "send_text kept going for 10 s against a server that reads nothing"
+    assert took < 5.0, f"the client noticed after {took:.1f} s (ping timeout 0.5 s)"
+
+
+def test_write_timeout_without_keepalive(h: Harness) -> None:
+    error, took = _stall_sends(h, ping_interval=None, write_timeout=0.5, max_send_buffer=2**30)
+    assert isinstance(error, SendBufferFull), error
+    assert took < 5.0, f"the write timeout (0.5 s) fired after {took:.1f} s"
+
+
+def test_outgoing_buffer_is_capped_against_a_ping_flood(h: Harness) -> None:
+    with HostileServer("ping_flood") as server:
+
+        async def scenario() -> None:
+            async with await h.connect_stream(
+                server.url, voice_id=1, max_send_buffer=CAP, write_timeout=1.0,
+                ping_interval=None,
+            ) as stream:
+                driver = stream._driver
+                pending = getattr(driver, "_pending", None)  # sync: bytes waiting to be written
+                peak = Peak(lambda: len(pending)) if pending is not None else None
+                started = time.monotonic()
+                turn = await stream.send_text("Hello there.", flush=True)
+                with pytest.raises(SendBufferFull):
+                    await turn.collect()
+                took = time.monotonic() - started
+                assert took < 15.0, f"the cap fired after {took:.1f} s"
+                if peak is not None:
+                    highest = peak.stop()
+                    assert highest <= CAP + 256 * 1024, highest  # cap + one read's pongs
+
+        h.run(scenario, timeout=30)
