@@ -1,7 +1,7 @@
 """The official KugelAudio Python SDK (``kugelaudio==2.7.0``), unmodified, against our server.
 
-The SDK is pointed at a loopback server with ``api_url`` (OFFICIAL-SDK.md §6). Our server runs in
-a background thread (``run_in_thread``) so the SDK owns its event loop, as in an application.
+The SDK is pointed at a loopback server with ``api_url``. Our server runs in a background thread
+(every backend, and the ASGI app under uvicorn and hypercorn) so the SDK owns its event loop.
 """
 
 from __future__ import annotations
@@ -17,16 +17,22 @@ import pytest
 os.environ["KUGELAUDIO_TELEMETRY"] = "0"
 import kugelaudio
 
-from kugelwire.server import ThreadedServer, run_in_thread
 from kugelwire.synth import ToneEngine
+from tests.server._servers import KINDS, running
 
 KEY = "local-test-key"
 pytestmark = pytest.mark.timeout(20)
 
 
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Every backend, and the ASGI app under uvicorn and hypercorn."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[ThreadedServer]:
-    with run_in_thread(api_key=KEY) as handle:
+def server(kind: str) -> Iterator[Any]:
+    with running(kind, api_key=KEY) as handle:
         yield handle
 
 
@@ -36,12 +42,12 @@ def slow_engine() -> ToneEngine:
 
 
 @pytest.fixture(scope="module")
-def slow_server(slow_engine: ToneEngine) -> Iterator[ThreadedServer]:
-    with run_in_thread(api_key=KEY, engine=slow_engine) as handle:
+def slow_server(kind: str, slow_engine: ToneEngine) -> Iterator[Any]:
+    with running(kind, api_key=KEY, engine=slow_engine) as handle:
         yield handle
 
 
-def run(handle: ThreadedServer, body: Callable[[Any], Awaitable[None]]) -> None:
+def run(handle: Any, body: Callable[[Any], Awaitable[None]]) -> None:
     """Run ``body(client)`` with an SDK client pointed at ``handle``; bounded at 18 s."""
 
     async def main() -> None:
@@ -56,7 +62,7 @@ def run(handle: ThreadedServer, body: Callable[[Any], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def test_streaming_session_several_turns(server: ThreadedServer) -> None:
+def test_streaming_session_several_turns(server: Any) -> None:
     tokens = ["Hello", " world,", " this is", " turn", " one"]
 
     async def body(client: Any) -> None:
@@ -93,7 +99,7 @@ def test_streaming_session_several_turns(server: ThreadedServer) -> None:
     run(server, body)
 
 
-def test_cancel_current_barge_in(slow_server: ThreadedServer, slow_engine: ToneEngine) -> None:
+def test_cancel_current_barge_in(slow_server: Any, slow_engine: ToneEngine) -> None:
     long_text = " ".join(f"word{i}" for i in range(40)) + "."
 
     async def body(client: Any) -> None:
@@ -117,7 +123,7 @@ def test_cancel_current_barge_in(slow_server: ThreadedServer, slow_engine: ToneE
     run(slow_server, body)
 
 
-def test_multi_context_session(server: ThreadedServer) -> None:
+def test_multi_context_session(server: Any) -> None:
     async def body(client: Any) -> None:
         async with client.tts.multi_context_session(
             default_voice_id=1, model_id="kugel-3", language="en", word_timestamps=True
@@ -155,7 +161,7 @@ def test_multi_context_session(server: ThreadedServer) -> None:
     run(server, body)
 
 
-def test_tts_stream_async(server: ThreadedServer) -> None:
+def test_tts_stream_async(server: Any) -> None:
     async def body(client: Any) -> None:
         for rate in (22050, 8000):  # the pooled /ws/tts socket is reused for the second
             items = [

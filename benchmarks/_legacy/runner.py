@@ -16,9 +16,22 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
-from ..protocol._server import _ServerSession
-from ..protocol._ws import Accepted, ConnectionClosed, ConnectionState, Rejected, ServerConnection
-from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
+from benchmarks._legacy.common import (
+    BUSY_RESPONSE,
+    EngineJob,
+    JobTable,
+    ServerOptions,
+    apply_item,
+    log,
+)
+from kugelwire.protocol._server import _ServerSession
+from kugelwire.protocol._ws import (
+    Accepted,
+    ConnectionClosed,
+    ConnectionState,
+    Rejected,
+    ServerConnection,
+)
 
 __all__ = ["ServerHandle"]
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import (
+from kugelwire.protocol._messages import WordTimestamp
+from kugelwire.protocol._server import (
     MultiServerSession,
     ServerLimits,
     StreamServerSession,
@@ -23,8 +23,8 @@ from ..protocol._server import (
     TTSServerSession,
     _ServerSession,
 )
-from ..protocol._ws import HttpHandler
-from ..synth._base import CancelToken, Engine, SynthesisItem
+from kugelwire.protocol._ws import HttpHandler
+from kugelwire.synth._base import CancelToken, Engine, SynthesisItem
 
 __all__ = ["BUSY_RESPONSE", "EngineJob", "JobTable", "ServerOptions", "apply_item", "log"]
 
