@@ -345,17 +345,25 @@ async def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import ServerOptions, run_in_thread, serve
 
     engine = make_engine(args.engine)
+    options = {f.name: getattr(args, f.name) for f in ServerOptions.cli_fields()}
     try:
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key)
-        server = await server_cm.__aenter__()
+        if args.backend == "asyncio":
+            server_cm: Any = serve(args.host, args.port, engine=engine, **options)
+            server = await server_cm.__aenter__()
+        else:  # the other backends run on their own thread (or loop) beside this one
+            server_cm = None
+            server = run_in_thread(args.host, args.port, backend=args.backend, engine=engine,
+                                   **options).start()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         print(f"kugelwire: serving {server.url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) "
-              f"with the {type(engine).__name__}; Ctrl-C stops", flush=True)
+              f"with the {type(engine).__name__} ({args.backend}); Ctrl-C stops", flush=True)
         print(f"kugelwire: browser playground at http{server.url[2:]}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -365,8 +373,30 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print("kugelwire: shutting down (busy turns finish first)", flush=True)
     finally:
-        await server_cm.__aexit__(None, None, None)
+        if server_cm is not None:
+            await server_cm.__aexit__(None, None, None)
+        else:
+            await loop.run_in_executor(None, server.stop)
     return 0
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and one ``--flag`` per :class:`ServerOptions` field marked for the CLI."""
+    from .server import BACKENDS, ServerOptions
+
+    parser.add_argument("--backend", choices=BACKENDS, default="asyncio",
+                        help="I/O backend (asyncio)")
+    for f in ServerOptions.cli_fields():
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        kind: Any = str if default is None or isinstance(default, str) else type(default)
+        if f.name == "ping_interval":
+            kind = _float_or_none
+        parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
+                            help=f.metadata["help"] + ("" if default is None else f" ({default})"))
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -401,7 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
-    serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    _serve_flags(serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")

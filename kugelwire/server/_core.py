@@ -588,6 +588,13 @@ class Handshake:
     def accepted(self) -> bool:
         return self.status == 101
 
+    def with_length(self) -> list[tuple[bytes, bytes]]:
+        """The headers, with ``content-length`` added when missing."""
+        headers = list(self.headers)
+        if not any(name.lower() == b"content-length" for name, _ in headers):
+            headers.append((b"content-length", str(len(self.body)).encode("ascii")))
+        return headers
+
 
 def _frame(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
@@ -602,7 +609,9 @@ def http_response(handler: HttpHandler | None, method: str, path: str) -> Handsh
         return Handshake(404, [(b"content-type", b"application/json")],
                          _frame(_NOT_FOUND).encode())
     status, headers, body = response
-    return Handshake(status, headers, b"" if method == "HEAD" else body)
+    if method == "HEAD":
+        return Handshake(status, Handshake(status, headers, body).with_length())
+    return Handshake(status, headers, body)
 
 
 class MessageConnectionCore(_Peer):

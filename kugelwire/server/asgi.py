@@ -66,7 +66,7 @@ class KugelwireASGI:
         elif kind == "http":
             answer = http_response(self.options.http_handler, scope["method"], _path(scope))
             await send({"type": "http.response.start", "status": answer.status,
-                        "headers": list(answer.headers)})
+                        "headers": answer.with_length()})
             await send({"type": "http.response.body", "body": answer.body})
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -137,7 +137,7 @@ class _Socket:
         if not answer.accepted:
             if denial:
                 await self.send({"type": "websocket.http.response.start",
-                                 "status": answer.status, "headers": list(answer.headers)})
+                                 "status": answer.status, "headers": answer.with_length()})
                 await self.send({"type": "websocket.http.response.body", "body": answer.body})
             else:
                 await self.send({"type": "websocket.close", "code": 1013})

@@ -7,8 +7,13 @@ The SDK is pointed at a loopback server with ``api_url``. Our server runs in a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,7 +23,7 @@ os.environ["KUGELAUDIO_TELEMETRY"] = "0"
 import kugelaudio
 
 from kugelwire.synth import ToneEngine
-from tests.server._servers import KINDS, running
+from tests.server._servers import KINDS, _free_port, running
 
 KEY = "local-test-key"
 pytestmark = pytest.mark.timeout(20)
@@ -187,3 +192,53 @@ def test_tts_stream_async(server: Any) -> None:
             )
 
     run(server, body)
+
+
+# -- the SDK against the shipped commands ---------------------------------------------------------
+def _command(kind: str, port: int) -> list[str]:
+    if kind == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "kugelwire.server.asgi:app", "--host",
+                "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if kind == "hypercorn":
+        return [sys.executable, "-m", "hypercorn", "kugelwire.server.asgi:app", "--bind",
+                f"127.0.0.1:{port}"]
+    return [sys.executable, "-m", "kugelwire", "serve", "--backend", kind, "--engine", "tone",
+            "--api-key", KEY, "--port", str(port)]
+
+
+@pytest.mark.parametrize("command", KINDS)
+def test_sdk_against_the_command_line_server(command: str) -> None:
+    """``kugelwire serve --backend X``, ``uvicorn kugelwire.server.asgi:app`` and ``hypercorn
+    kugelwire.server.asgi:app`` (``KUGELWIRE_ENGINE=tone``), each in its own process."""
+    if command in ("uvicorn", "hypercorn"):
+        pytest.importorskip(command)
+    port = _free_port()
+    env = {**os.environ, "KUGELWIRE_ENGINE": "tone", "KUGELWIRE_API_KEY": KEY}
+    proc = subprocess.Popen(_command(command, port), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+
+        async def body(client: Any) -> None:
+            async with client.tts.streaming_session(voice_id=1, language="en") as s:
+                for _ in range(2):
+                    chunks = [c async for c in s.send("Hello from a process.", flush=True)]
+                    assert chunks and s.last_final is not None
+                    assert s.last_final["total_audio_seconds"] == pytest.approx(
+                        sum(c.samples for c in chunks) / 24000, abs=1e-5)
+            items = [x async for x in client.tts.stream_async("One shot.", voice_id=1)]
+            assert isinstance(items[-1], dict) and items[-1]["total_samples"] > 0
+
+        run(_Port(port), body)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.port = port
