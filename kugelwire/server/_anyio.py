@@ -10,9 +10,8 @@ from typing import Any
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
-from ._adapter import linger_zero
 from ._core import ServerOptions
-from ._structured import StructuredServer, serve_structured
+from ._structured import Runtime, Stream, StructuredServer, serve_structured
 
 __all__ = ["AnyioServerHandle", "serve"]
 
@@ -25,63 +24,27 @@ class AnyioServerHandle(StructuredServer):
     backend = "anyio"
 
 
-class _AnyioStream:
-    __slots__ = ("_s",)
+async def _listen(handle: AnyioServerHandle, host: str, port: int, nursery: Any) -> Any:
+    listener = await anyio.create_tcp_listener(
+        local_host=host, local_port=port, backlog=handle.options.backlog)
 
-    def __init__(self, stream: SocketStream) -> None:
-        self._s = stream
+    async def handler(stream: SocketStream) -> None:
+        await handle.serve_stream(Stream(stream.send, stream.receive, stream.aclose,
+                                        stream.extra(SocketAttribute.raw_socket), _BROKEN))
 
-    async def send(self, data: bytes) -> bool:
-        try:
-            await self._s.send(data)
-        except _BROKEN:
-            return False
-        return True
+    async def run() -> None:
+        with handle._listen_scope:
+            async with listener:
+                await listener.serve(handler, task_group=nursery)
 
-    async def receive(self) -> bytes:
-        try:
-            return await self._s.receive(65536)
-        except _BROKEN:
-            return b""
-
-    async def close(self, reset: bool) -> None:
-        if reset:
-            linger_zero(self._s.extra(SocketAttribute.raw_socket))
-        await self._s.aclose()
-
-
-class _Runtime:
-    Event = anyio.Event
-    CancelScope = anyio.CancelScope
-    current_time = staticmethod(anyio.current_time)
-    open_nursery = staticmethod(anyio.create_task_group)
-    sleep = staticmethod(anyio.sleep)
-
-    def __init__(self, slots: int) -> None:
-        self._limiter = anyio.CapacityLimiter(slots)
-
-    async def to_thread(self, fn: Any, arg: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, arg, limiter=self._limiter)
-
-    async def listen(self, handle: AnyioServerHandle, host: str, port: int, nursery: Any) -> Any:
-        listener = await anyio.create_tcp_listener(
-            local_host=host, local_port=port, backlog=handle.options.backlog)
-
-        async def handler(stream: SocketStream) -> None:
-            await handle.serve_stream(_AnyioStream(stream))
-
-        async def run() -> None:
-            with handle._listen_scope:
-                async with listener:
-                    await listener.serve(handler, task_group=nursery)
-
-        nursery.start_soon(run)
-        return listener.extra(SocketAttribute.local_address)
+    nursery.start_soon(run)
+    return listener.extra(SocketAttribute.local_address)
 
 
 @asynccontextmanager
 async def serve(host: str, port: int, options: ServerOptions) -> AsyncIterator[AnyioServerHandle]:
     """Run an anyio server for the block (on whichever backend runs it)."""
-    handle = AnyioServerHandle(options, _Runtime(options.slots))
+    handle = AnyioServerHandle(
+        options, Runtime(anyio, anyio.create_task_group, options.slots, _listen))
     async with serve_structured(handle, host, port):
         yield handle

@@ -1,7 +1,7 @@
 """The byte pump of the structured-concurrency adapters (native trio, and anyio on either of
 its backends), written once against a small runtime the adapter supplies: ``Event``,
-``CancelScope``, ``current_time``, ``open_nursery``, ``to_thread`` and ``listen``, plus a
-stream with ``send`` / ``receive`` / ``close(reset)``.
+``CancelScope``, ``current_time``, ``open_nursery``, ``to_thread`` (:class:`Runtime`) and
+``listen``, and a :class:`Stream` around each accepted socket.
 
 Per connection a nursery runs a reader (socket -> core), a writer (core -> socket) and a timer
 (sleeps to the core's ``next_deadline()``); engine jobs run in the server's nursery, each step in
@@ -11,35 +11,75 @@ a worker thread. Every decision is the core's.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from ._adapter import HandleBase, advance
+from ._adapter import HandleBase, advance, linger_zero
 from ._core import ConnectionCore, EngineJob, ServerOptions, SocketAction
 
-__all__ = ["Stream", "StructuredServer", "serve_structured"]
+__all__ = ["Runtime", "Stream", "StructuredServer", "serve_structured"]
 
 _KEEP = SocketAction.KEEP
 
 
-class Stream(Protocol):
+class Stream:
+    """A trio or anyio socket stream as the pump sees it: a broken connection is ``False``
+    from :meth:`send` and ``b""`` from :meth:`receive`, never an exception."""
+
+    __slots__ = ("_broken", "_close", "_receive", "_send", "_sock")
+
+    def __init__(self, send: Callable[[bytes], Any], receive: Callable[[int], Any],
+                 close: Callable[[], Any], sock: Any, broken: tuple[type[BaseException], ...],
+                 ) -> None:
+        self._send, self._receive, self._close = send, receive, close
+        self._sock, self._broken = sock, broken
+
     async def send(self, data: bytes) -> bool:
         """Write all of ``data``; False when the connection broke."""
-        ...
+        try:
+            await self._send(data)
+        except self._broken:
+            return False
+        return True
 
     async def receive(self) -> bytes:
         """Some bytes; ``b""`` at EOF or when the connection broke."""
-        ...
+        try:
+            return bytes(await self._receive(65536))
+        except self._broken:
+            return b""
 
-    async def close(self, reset: bool) -> None: ...
+    async def close(self, reset: bool) -> None:
+        """Close (``reset``: with a TCP RST)."""
+        if reset:
+            linger_zero(self._sock)
+        await self._close()
+
+
+class Runtime:
+    """The primitives the pump needs; trio and anyio spell them alike (``lib`` is either
+    module), except how a nursery opens and how a listener starts (``listen``)."""
+
+    def __init__(self, lib: Any, open_nursery: Callable[[], Any], slots: int,
+                 listen: Callable[..., Any]) -> None:
+        self.Event, self.CancelScope = lib.Event, lib.CancelScope
+        self.current_time, self.sleep = lib.current_time, lib.sleep
+        self.open_nursery, self.listen = open_nursery, listen
+        self._run_sync = lib.to_thread.run_sync
+        self._limiter = lib.CapacityLimiter(slots)
+
+    async def to_thread(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        """``fn(arg)`` in a worker thread (at most ``slots`` at once)."""
+        return await self._run_sync(fn, arg, limiter=self._limiter)
 
 
 class StructuredServer(HandleBase):
     """A running trio / anyio server (what ``async with`` yields)."""
 
-    def __init__(self, options: ServerOptions, rt: Any) -> None:
+    def __init__(self, options: ServerOptions, rt: Runtime) -> None:
         super().__init__(options)
-        self.rt = rt
+        self.rt: Any = rt
         self._nursery: Any = None
         self._listen_scope = rt.CancelScope()
 
@@ -84,6 +124,8 @@ class _Pump:
     def __init__(self, server: StructuredServer, stream: Stream) -> None:
         self.server, self.rt, self.stream = server, server.rt, stream
         self._changed = self.rt.Event()
+        self._alarm = self.rt.Event()
+        self._asleep_until: float | None = None
         self._scope: Any = None
         self.core: ConnectionCore = server.core.connect(self.rt.current_time())
         self.core.owner = self
@@ -95,6 +137,9 @@ class _Pump:
             self._scope.cancel()
         changed, self._changed = self._changed, self.rt.Event()
         changed.set()
+        deadline = self.core.next_deadline()
+        if deadline is not None and (self._asleep_until is None or deadline < self._asleep_until):
+            self._alarm.set()  # the timer sleeps past the new deadline: wake it
         self.server._schedule()
 
     async def run(self) -> None:
@@ -139,16 +184,18 @@ class _Pump:
                 return
 
     async def _timer(self) -> None:
+        """Sleep until the core's deadline; a later deadline needs no wake-up (the sleep just
+        continues), an earlier one is signalled by :meth:`kick`."""
         core, rt = self.core, self.rt
         while True:
-            changed, deadline = self._changed, core.next_deadline()
-            if deadline is None:
-                await changed.wait()
-                continue
-            with rt.CancelScope(deadline=deadline):
-                await changed.wait()
-            if rt.current_time() >= deadline:
-                core.handle_timeout(rt.current_time())
+            deadline = self._asleep_until = core.next_deadline()
+            self._alarm = rt.Event()
+            with rt.CancelScope(deadline=math.inf if deadline is None else deadline):
+                await self._alarm.wait()
+            now = rt.current_time()
+            deadline = core.next_deadline()
+            if deadline is not None and now >= deadline:
+                core.handle_timeout(now)
                 self.kick()
 
 
