@@ -8,7 +8,7 @@ and peak RSS (the server process's own ``getrusage``).
 Then the 1,000-connection run once per server backend (asyncio, trio, anyio, sync) and once on
 the pre-core asyncio runner (``benchmarks/_legacy``, the old path), all in this one run: p99,
 errors and server CPU per streamed token (whole server run / (connections x tokens)), with the
-asyncio backend's CPU and p99 as ratios against the old runner.
+asyncio backend's CPU and p99 as ratios against the old runner (the two alternate, best of two).
 
     python -m benchmarks.bench_scale [--quick]      # --quick: only the per-backend runs
 """
@@ -71,23 +71,33 @@ async def _run(url: str, n: int) -> tuple[list[float], int, float]:
     return latencies, len(errors), window
 
 
+def _one(backend: str, n: int) -> tuple[float, float, int]:
+    """(server CPU per token in us, p99 in ms, errors) of one n-connection run on ``backend``."""
+    with ServerProcess("tone", 200, backend=backend) as server:
+        latencies, errors, _ = asyncio.run(_run(server.url, n))
+        cpu, _ = server.usage()
+    p99 = percentile(latencies, 99) * 1e3 if latencies else float("nan")
+    return cpu / (n * len(TOKENS)) * 1e6, p99, errors
+
+
 def _backends(n: int) -> None:
-    """The 1,000-connection run on every backend and on the old runner, in this one run."""
-    results: dict[str, tuple[float, float]] = {}
-    for backend in ("legacy", "asyncio", "trio", "anyio", "sync"):
-        with ServerProcess("tone", 200, backend=backend) as server:
-            latencies, errors, _ = asyncio.run(_run(server.url, n))
-            cpu, _ = server.usage()
-        p99 = percentile(latencies, 99) * 1e3 if latencies else float("nan")
-        per_token = cpu / (n * len(TOKENS)) * 1e6
-        results[backend] = (per_token, p99)
+    """The n-connection run on every backend and on the old runner, in this one run. The old
+    runner and the asyncio backend alternate twice (best of two each: the machine is noisy)."""
+    runs: dict[str, list[tuple[float, float, int]]] = {}
+    for backend in ("legacy", "asyncio", "trio", "anyio", "sync", "legacy", "asyncio"):
+        runs.setdefault(backend, []).append(_one(backend, n))
+    best: dict[str, tuple[float, float]] = {}
+    for backend, results in runs.items():
+        per_token, p99 = min(r[0] for r in results), min(r[1] for r in results)
+        errors = sum(r[2] for r in results)
+        best[backend] = (per_token, p99)
         name = "old runner" if backend == "legacy" else f"{backend} backend"
         figure(f"scale {n} [{name}]: server CPU per token", per_token, "us/token")
         figure(f"scale {n} [{name}]: sentence-end->first-audio p99", p99, "ms")
         figure(f"scale {n} [{name}]: errors", errors, "", "0", errors == 0)
-    (cpu_new, p99_new), (cpu_old, p99_old) = results["asyncio"], results["legacy"]
+    (cpu_new, p99_new), (cpu_old, p99_old) = best["asyncio"], best["legacy"]
     figure(f"scale {n}: asyncio backend / old runner, CPU per token", cpu_new / cpu_old, "x",
-           "<= 1.1x", cpu_new / cpu_old <= 1.1)
+           "<= 1.0x", cpu_new / cpu_old <= 1.0)
     figure(f"scale {n}: asyncio backend / old runner, p99", p99_new / p99_old, "x")
 
 
