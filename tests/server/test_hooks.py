@@ -4,7 +4,6 @@ connections can ask every backend for a TCP reset, and the round-robin engine sc
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
