@@ -105,6 +105,11 @@ def trio_serve(
     return serve(host, port, backend="trio", **kwargs)  # type: ignore[no-any-return]
 
 
+def _delegate(name: str, doc: str) -> Any:
+    """A read-only property answered by the running backend's handle."""
+    return property(lambda self: getattr(self.server, name), doc=doc)
+
+
 class ThreadedServer:
     """A server of any backend running in a background thread (its own event loop, or the
     sync backend's I/O thread). Use as a context manager (or :meth:`start` / :meth:`stop`);
@@ -130,21 +135,10 @@ class ThreadedServer:
             raise RuntimeError("the server is not running")
         return self._handle  # type: ignore[no-any-return]
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def connections(self) -> int:
-        return self.server.connections
-
-    @property
-    def peak_buffered(self) -> int:
-        return self.server.peak_buffered
+    url: str = _delegate("url", "``ws://host:port`` of the running server.")
+    port: int = _delegate("port", "The port it listens on.")
+    connections: int = _delegate("connections", "Open TCP connections.")
+    peak_buffered: int = _delegate("peak_buffered", "The most unsent bytes any connection held.")
 
     def stats(self) -> dict[str, int]:
         """The server's live counters (see :meth:`ServerHandle.stats`)."""

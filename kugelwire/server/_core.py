@@ -666,7 +666,8 @@ class MessageConnectionCore(_Peer):
         session = self.session
         if session is None or self.lost or self.close_code is not None:
             return
-        if len(text.encode("utf-8")) > self.server.options.max_message_size:
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if size > self.server.options.max_message_size:
             self.close_code = 1009
             self._pump(now)
             return

@@ -151,7 +151,8 @@ class _Socket:
                 await self._writer()
             finally:
                 reader.cancel()
-                conn.connection_lost(self._peer_code, anyio.current_time())
+                code = self._peer_code if self._peer_code is not None else conn.close_code
+                conn.connection_lost(code, anyio.current_time())
                 self.kick()  # jobs to close start in this task group, which waits for them
 
     async def _reader(self, scope: anyio.CancelScope) -> None:
