@@ -90,3 +90,27 @@ def test_engine_slots_go_round_robin_across_connections() -> None:
         order.append(job.peer)
         core.job_done(job, None, 0.0, None, 0.0)  # exhausted: the chunk is complete
     assert order[:2] in ([greedy, polite], [polite, greedy]), "the second connection waited"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_in_thread_serves_and_stops(backend: str) -> None:
+    from kugelwire.protocol._client import TTSClientSession
+    from kugelwire.protocol._events import RequestFinal
+    from kugelwire.server import run_in_thread
+
+    from ._client import RawClient
+
+    with run_in_thread(api_key="k", backend=backend) as handle:  # type: ignore[arg-type]
+        assert handle.url == f"ws://127.0.0.1:{handle.port}"
+
+        async def main() -> None:
+            session = TTSClientSession(voice_id=1)
+            client = await RawClient(session, handle.url, api_key="k").connect()
+            session.request("Threaded.", client.now)
+            client.flush()
+            await client.pump(lambda: bool(client.of(RequestFinal)))
+            await client.aclose()
+
+        asyncio.run(asyncio.wait_for(main(), 15))
+        handle.shutdown(1012, 2)
+        assert handle.stats() == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}

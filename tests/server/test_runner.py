@@ -21,7 +21,6 @@ from kugelwire.protocol._events import (
     TurnFinal,
     WordTimestamps,
 )
-from kugelwire.server import BACKENDS, run_in_thread
 from kugelwire.synth import ToneEngine
 
 from ._client import RawClient
@@ -230,23 +229,6 @@ def test_bad_key_is_401(kind: str) -> None:
             await client.aclose()
 
     run(main)
-
-
-def test_run_in_thread(kind: str) -> None:
-    if kind not in BACKENDS:
-        pytest.skip("run_in_thread runs the four backends")
-    with run_in_thread(api_key=KEY, backend=kind) as handle:
-        assert handle.url.startswith("ws://127.0.0.1:")
-
-        async def main() -> None:
-            session = TTSClientSession(voice_id=1)
-            client = await RawClient(session, handle.url, api_key=KEY).connect()
-            session.request("Threaded.", client.now)
-            client.flush()
-            await client.pump(lambda: bool(client.of(RequestFinal)))
-            await client.aclose()
-
-        run(main)
 
 
 class _FailingEngine:
