@@ -142,11 +142,16 @@ class SyncServerHandle(HandleBase):
             peer.owner.flush()
 
     def _timer(self, conn: _Conn, deadline: float) -> None:
+        self._prune(64)
+        heapq.heappush(self._heap, (deadline, next(self._seq), conn))
+
+    def _prune(self, slack: int) -> None:
+        """Drop stale deadlines (moved or of closed connections) once they outnumber the live
+        ones, so a closed connection is not kept alive by the heap."""
         heap = self._heap
-        if len(heap) > 2 * len(self.core.connections) + 64:  # drop stale entries
+        if len(heap) > 2 * len(self.core.connections) + slack:
             heap[:] = [e for e in heap if e[2].deadline == e[0] and not e[2].closed]
             heapq.heapify(heap)
-        heapq.heappush(heap, (deadline, next(self._seq), conn))
 
     def _schedule(self) -> None:
         for job in self.core.take_jobs():
@@ -235,6 +240,7 @@ class _Conn:
             linger_zero(self.sock)
         self.sock.close()
         self.core.connection_lost(_now())
+        self.server._prune(0)
 
 
 @contextlib.contextmanager
