@@ -629,12 +629,16 @@ class MessageConnectionCore(_Peer):
 
     def accept(self, path: str, query: str, headers: Sequence[tuple[bytes, bytes]],
                now: float, *, denial: bool) -> Handshake:
-        """Authorize and route; ``denial``: the server supports HTTP denial responses."""
+        """Authorize and route; ``denial``: the server supports HTTP denial responses (else a
+        refusal is an accepted socket closed with 4001, or 1013 when the server is full)."""
         self._now = now
         options = self.server.options
         if len(self.server.connections) > options.max_connections:
-            self._gone()
-            return Handshake(503, [(b"retry-after", b"1")])
+            if denial:
+                self._gone()
+                return Handshake(503, [(b"retry-after", b"1")])
+            self.close_code = 1013  # no denial response: accept and close "try again later"
+            return Handshake(101, [_AI_HEADER])
         key = options.api_key.encode() if options.api_key is not None else None
         if not authorized(key, query, headers):
             if denial and options.auth_failure == "http":

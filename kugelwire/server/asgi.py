@@ -134,13 +134,10 @@ class _Socket:
         denial = "websocket.http.response" in scope.get("extensions", {})
         answer = conn.accept(_path(scope), scope.get("query_string", b"").decode("latin-1"),
                              scope.get("headers", []), anyio.current_time(), denial=denial)
-        if not answer.accepted:
-            if denial:
-                await self.send({"type": "websocket.http.response.start",
-                                 "status": answer.status, "headers": answer.with_length()})
-                await self.send({"type": "websocket.http.response.body", "body": answer.body})
-            else:
-                await self.send({"type": "websocket.close", "code": 1013})
+        if not answer.accepted:  # only offered where the server has the denial extension
+            await self.send({"type": "websocket.http.response.start",
+                             "status": answer.status, "headers": answer.with_length()})
+            await self.send({"type": "websocket.http.response.body", "body": answer.body})
             return
         await self.send({"type": "websocket.accept", "headers": list(answer.headers)})
         async with anyio.create_task_group() as tasks:

@@ -157,3 +157,39 @@ def test_the_env_configured_app_under_a_real_server_process(server: str) -> None
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_without_the_denial_extension_a_full_server_accepts_and_closes_1013() -> None:
+    app = create_app(api_key=KEY, max_connections=1)
+
+    async def main() -> list[dict[str, Any]]:
+        first: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await first.put({"type": "websocket.connect"})
+        scope = {"type": "websocket", "path": "/ws/tts/stream", "root_path": "",
+                 "query_string": f"api_key={KEY}".encode(), "headers": []}
+
+        async def ignore(message: Any) -> None:
+            pass
+
+        busy = asyncio.ensure_future(app(scope, first.get, ignore))
+        while app.stats()["sessions"] < 1:
+            await asyncio.sleep(0.01)
+        sent: list[dict[str, Any]] = []
+
+        second: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await second.put({"type": "websocket.connect"})
+
+        async def record(message: Any) -> None:
+            sent.append(dict(message))
+            if message["type"] == "websocket.close":  # the ASGI server answers the close
+                await second.put({"type": "websocket.disconnect", "code": 1013})
+
+        await asyncio.wait_for(app(scope, second.get, record), 5)
+        await first.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(busy, 5)
+        return sent
+
+    sent = asyncio.run(main())
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"], sent
+    assert sent[1]["code"] == 1013
+    assert app.stats() == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}
