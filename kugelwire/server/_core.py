@@ -694,7 +694,13 @@ class MessageConnectionCore(_Peer):
             self._outbox.append(_frame(_BINARY))
         self._pump(now)
 
+    @property
+    def unsent(self) -> int:
+        return self.held + sum(len(m) for m in self._outbox)
+
     def messages_to_send(self) -> list[str]:
+        """The messages to send now; they count as unsent until :meth:`report_buffered` says
+        otherwise."""
         out, self._outbox = self._outbox, []
         self.held += sum(len(m) for m in out)
         return out

@@ -174,9 +174,13 @@ class _Socket:
         conn = self.conn
         while not conn.lost:
             try:
-                for text in conn.messages_to_send():
+                batch = conn.messages_to_send()
+                left = conn.held
+                for text in batch:  # send() waits while the ASGI server's buffer is full
                     await self.send({"type": "websocket.send", "text": text})
-                conn.report_buffered(0)
+                    left -= len(text)
+                    conn.report_buffered(left)
+                    self.app._schedule()
                 if conn.close_code is not None:
                     await self.send({"type": "websocket.close", "code": conn.close_code})
                     return

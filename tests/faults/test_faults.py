@@ -34,10 +34,10 @@ from kugelwire.protocol._events import (
 )
 from kugelwire.protocol._server import StreamServerSession
 from kugelwire.protocol._ws import ServerConnection
-from kugelwire.server import BACKENDS, ServerHandle, run_in_thread, serve
+from kugelwire.server import ServerHandle, run_in_thread, serve
 from kugelwire.synth import ToneEngine
 from kugelwire.synth._base import CancelToken
-from tests.server._servers import served
+from tests.server._servers import KINDS, served
 
 from ._util import (
     must,
@@ -380,7 +380,7 @@ def test_engine_raising_mid_chunk_is_internal_error_and_the_socket_stays_usable(
 
 
 # -- a consumer that stops reading ----------------------------------------------------------------
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KINDS)
 def test_slow_consumer_pauses_the_server_and_loses_nothing(backend: str) -> None:
     from kugelwire.transports.asyncio import connect_stream
 
