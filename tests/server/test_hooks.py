@@ -114,3 +114,46 @@ def test_run_in_thread_serves_and_stops(backend: str) -> None:
         asyncio.run(asyncio.wait_for(main(), 15))
         handle.shutdown(1012, 2)
         assert handle.stats() == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_the_anyio_backend_runs_on_both_anyio_backends(anyio_backend: str) -> None:
+    import threading
+
+    import anyio
+
+    from kugelwire.protocol._client import StreamClientSession
+    from kugelwire.protocol._events import TurnClosed
+    from kugelwire.server import serve
+
+    from ._client import RawClient
+
+    ready, stop, box = threading.Event(), threading.Event(), {}
+
+    async def server_main() -> None:
+        async with serve(backend="anyio", api_key="k") as server:
+            box["server"] = server
+            ready.set()
+            await anyio.to_thread.run_sync(stop.wait)
+            await server.shutdown(1012, 2)
+            box["stats"] = server.stats()
+
+    thread = threading.Thread(target=anyio.run, args=(server_main,),
+                              kwargs={"backend": anyio_backend}, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+
+    async def client_main() -> None:
+        session = StreamClientSession(voice_id=1)
+        client = await RawClient(session, box["server"].url, api_key="k").connect()
+        session.send_text("On anyio.", client.now, flush=True)
+        client.flush()
+        await client.pump(lambda: bool(client.of(TurnClosed)))
+        await client.aclose()
+
+    try:
+        asyncio.run(asyncio.wait_for(client_main(), 15))
+    finally:
+        stop.set()
+        thread.join(15)
+    assert box["stats"] == {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}
