@@ -8,7 +8,8 @@ and peak RSS (the server process's own ``getrusage``).
 Then the 1,000-connection run once per server backend (asyncio, trio, anyio, sync) and once on
 the pre-core asyncio runner (``benchmarks/_legacy``, the old path), all in this one run: p99,
 errors and server CPU per streamed token (whole server run / (connections x tokens)), with the
-asyncio backend's CPU and p99 as ratios against the old runner (the two alternate, best of two).
+asyncio backend's CPU and p99 as ratios against the old runner (the two alternate three times;
+medians).
 
     python -m benchmarks.bench_scale [--quick]      # --quick: only the per-backend runs
 """
@@ -82,13 +83,16 @@ def _one(backend: str, n: int) -> tuple[float, float, int]:
 
 def _backends(n: int) -> None:
     """The n-connection run on every backend and on the old runner, in this one run. The old
-    runner and the asyncio backend alternate twice (best of two each: the machine is noisy)."""
+    runner and the asyncio backend alternate three times (median of three each: the machine
+    is noisy)."""
     runs: dict[str, list[tuple[float, float, int]]] = {}
-    for backend in ("legacy", "asyncio", "trio", "anyio", "sync", "legacy", "asyncio"):
+    order = ("legacy", "asyncio", "trio", "anyio", "sync", "legacy", "asyncio", "legacy",
+             "asyncio")
+    for backend in order:
         runs.setdefault(backend, []).append(_one(backend, n))
     best: dict[str, tuple[float, float]] = {}
     for backend, results in runs.items():
-        per_token, p99 = min(r[0] for r in results), min(r[1] for r in results)
+        per_token, p99 = median([r[0] for r in results]), median([r[1] for r in results])
         errors = sum(r[2] for r in results)
         best[backend] = (per_token, p99)
         name = "old runner" if backend == "legacy" else f"{backend} backend"
