@@ -71,12 +71,14 @@ def _serve(args: argparse.Namespace) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
+    options = dict(engine=engine, api_key=KEY, limits=ServerLimits(frame_ms=args.frame_ms),
+                   max_connections=100_000, ping_interval=None, backlog=4096)
+    if args.backend != "asyncio":
+        _serve_other(args.backend, options)
+        return
+
     async def main() -> None:
-        async with serve(
-            "127.0.0.1", 0, engine=engine, api_key=KEY,  # type: ignore[arg-type]
-            limits=ServerLimits(frame_ms=args.frame_ms), max_connections=100_000,
-            ping_interval=None,
-        ) as server:
+        async with serve("127.0.0.1", 0, **options) as server:
             print(f"PORT {server.port}", flush=True)
             loop = asyncio.get_running_loop()
             reader = asyncio.StreamReader()
@@ -88,12 +90,38 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def _serve_other(backend: str, options: dict[str, object]) -> None:
+    """The same server on another backend, or on the pre-core asyncio runner (``legacy``)."""
+    if backend == "legacy":
+        from benchmarks._legacy.common import ServerOptions as LegacyOptions
+        from benchmarks._legacy.runner import serve as legacy_serve
+
+        del options["backlog"]
+
+        async def main() -> None:
+            async with legacy_serve("127.0.0.1", 0, LegacyOptions(**options)) as server:  # type: ignore[arg-type]
+                print(f"PORT {server.port}", flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+        asyncio.run(main())
+    else:
+        from kugelwire.server import run_in_thread
+
+        with run_in_thread("127.0.0.1", 0, backend=backend, **options) as server:  # type: ignore[arg-type]
+            print(f"PORT {server.port}", flush=True)
+            sys.stdin.read()  # until the parent closes our stdin
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"USAGE {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}", flush=True)
+
+
 class ServerProcess:
     """A kugelwire server in a child process; ``with ServerProcess(...) as s: s.url``."""
 
-    def __init__(self, engine: str = "frames", frame_ms: int = 200, piece_ms: int = 100) -> None:
+    def __init__(self, engine: str = "frames", frame_ms: int = 200, piece_ms: int = 100,
+                 backend: str = "asyncio") -> None:
         self.cmd = [sys.executable, "-m", "benchmarks._engine", "--engine", engine,
-                    "--frame-ms", str(frame_ms), "--piece-ms", str(piece_ms)]
+                    "--frame-ms", str(frame_ms), "--piece-ms", str(piece_ms),
+                    "--backend", backend]
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.cpu_s = 0.0  # server CPU (user+sys) over its whole life, after exit
@@ -141,4 +169,6 @@ if __name__ == "__main__":
     parser.add_argument("--engine", choices=("frames", "tone", "espeak"), default="frames")
     parser.add_argument("--frame-ms", type=int, default=200)
     parser.add_argument("--piece-ms", type=int, default=100)
+    parser.add_argument("--backend", default="asyncio",
+                        choices=("asyncio", "trio", "anyio", "sync", "legacy"))
     _serve(parser.parse_args())

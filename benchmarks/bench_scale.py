@@ -5,7 +5,13 @@ seconds (about 200 turns/s): LLM-paced tokens, the last one ending the sentence 
 ``flush``. Measured: sentence-end -> first audio per connection (p50/p99), errors, server CPU
 and peak RSS (the server process's own ``getrusage``).
 
-    python -m benchmarks.bench_scale [--quick]
+Then the 1,000-connection run once per server backend (asyncio, trio, anyio, sync) and once on
+the pre-core asyncio runner (``benchmarks/_legacy``, the old path), all in this one run: p99,
+errors and server CPU per streamed token (whole server run / (connections x tokens)), with the
+asyncio backend's CPU and p99 as ratios against the old runner (the two alternate three times;
+medians).
+
+    python -m benchmarks.bench_scale [--quick]      # --quick: only the per-backend runs
 """
 
 from __future__ import annotations
@@ -66,11 +72,44 @@ async def _run(url: str, n: int) -> tuple[list[float], int, float]:
     return latencies, len(errors), window
 
 
+def _one(backend: str, n: int) -> tuple[float, float, int]:
+    """(server CPU per token in us, p99 in ms, errors) of one n-connection run on ``backend``."""
+    with ServerProcess("tone", 200, backend=backend) as server:
+        latencies, errors, _ = asyncio.run(_run(server.url, n))
+        cpu, _ = server.usage()
+    p99 = percentile(latencies, 99) * 1e3 if latencies else float("nan")
+    return cpu / (n * len(TOKENS)) * 1e6, p99, errors
+
+
+def _backends(n: int) -> None:
+    """The n-connection run on every backend and on the old runner, in this one run. The old
+    runner and the asyncio backend alternate three times (median of three each: the machine
+    is noisy)."""
+    runs: dict[str, list[tuple[float, float, int]]] = {}
+    order = ("legacy", "asyncio", "trio", "anyio", "sync", "legacy", "asyncio", "legacy",
+             "asyncio")
+    for backend in order:
+        runs.setdefault(backend, []).append(_one(backend, n))
+    best: dict[str, tuple[float, float]] = {}
+    for backend, results in runs.items():
+        per_token, p99 = median([r[0] for r in results]), median([r[1] for r in results])
+        errors = sum(r[2] for r in results)
+        best[backend] = (per_token, p99)
+        name = "old runner" if backend == "legacy" else f"{backend} backend"
+        figure(f"scale {n} [{name}]: server CPU per token", per_token, "us/token")
+        figure(f"scale {n} [{name}]: sentence-end->first-audio p99", p99, "ms")
+        figure(f"scale {n} [{name}]: errors", errors, "", "0", errors == 0)
+    (cpu_new, p99_new), (cpu_old, p99_old) = best["asyncio"], best["legacy"]
+    figure(f"scale {n}: asyncio backend / old runner, CPU per token", cpu_new / cpu_old, "x",
+           "<= 1.0x", cpu_new / cpu_old <= 1.0)
+    figure(f"scale {n}: asyncio backend / old runner, p99", p99_new / p99_old, "x")
+
+
 def main() -> None:
-    parse_args(__doc__)  # --quick changes nothing here: the 1,000-connection target needs it all
+    quick = parse_args(__doc__).quick
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    sizes = (100, 500, 1000)
+    sizes = () if quick else (100, 500, 1000)
     for n in sizes:
         with ServerProcess("tone", 200) as server:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -88,7 +127,7 @@ def main() -> None:
                f"({cpu / wall * 100:.0f}% of one core over {wall:.1f} s)")
         figure(f"scale {n}: server peak RSS", rss / 1024, "MiB")
         figure(f"scale {n}: client process CPU (whole run)", client_cpu, "s")
-
+    _backends(1000)
 
 
 

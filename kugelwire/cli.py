@@ -585,6 +585,8 @@ def _log_to_stderr() -> None:
         logger.addHandler(handler)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+
+
 def _server_api_key(args: argparse.Namespace) -> str | None:
     """The key ``serve`` requires: ``--api-key``, else the first line of ``--api-key-file``,
     else ``KUGELWIRE_API_KEY`` (a file or the environment keep it out of ``ps``)."""
@@ -603,21 +605,30 @@ def _server_api_key(args: argparse.Namespace) -> str | None:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import ServerOptions, run_in_thread, serve
 
     _log_to_stderr()
     api_key = _server_api_key(args)
     engine = make_engine(args.engine)
+    options = {f.name: getattr(args, f.name) for f in ServerOptions.cli_fields()}
     try:
         faults = _fault_plan(args.fault)
-        server_cm = serve(args.host, args.port, engine=engine, api_key=api_key,
-                          lint=_serve_linter(args), lenient=args.lenient, faults=faults)
-        server = await server_cm.__aenter__()
+        extra = dict(api_key=api_key, lint=_serve_linter(args), lenient=args.lenient,
+                     faults=faults, **options)
+        if args.backend == "asyncio":
+            server_cm: Any = serve(args.host, args.port, engine=engine, **extra)
+            server = await server_cm.__aenter__()
+        else:  # the other backends run on their own thread (or loop) beside this one
+            server_cm = None
+            server = run_in_thread(args.host, args.port, backend=args.backend, engine=engine,
+                                   **extra).start()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         print(f"kugelwire: serving {server.url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) "
-              f"with the {type(engine).__name__}; Ctrl-C stops", flush=True)
+              f"with the {type(engine).__name__} ({args.backend}); Ctrl-C stops", flush=True)
         print(f"kugelwire: browser playground at http{server.url[2:]}/", flush=True)
         _print_serve_mode(args.lenient, faults)
         stop = asyncio.Event()
@@ -634,7 +645,10 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
             raise _Interrupted("interrupted; the server stopped") from None
         print("kugelwire: shutting down (busy turns finish first)", flush=True)
     finally:
-        await server_cm.__aexit__(None, None, None)
+        if server_cm is not None:
+            await server_cm.__aexit__(None, None, None)
+        else:
+            await loop.run_in_executor(None, server.stop)
     return 0
 
 
@@ -646,6 +660,25 @@ def _serve_linter(args: argparse.Namespace) -> Any:
 
     return Linter(on_finding=lambda f: print(f"kugelwire: lint: {f}", flush=True),
                   on_summary=None)
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and one ``--flag`` per :class:`ServerOptions` field marked for the CLI."""
+    from .server import BACKENDS, ServerOptions
+
+    parser.add_argument("--backend", choices=BACKENDS, default="asyncio",
+                        help="I/O backend (asyncio)")
+    for f in ServerOptions.cli_fields():
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        kind: Any = str if default is None or isinstance(default, str) else type(default)
+        if f.name in ("ping_interval", "message_timeout"):
+            kind = _float_or_none
+        parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
+                            help=f.metadata["help"] + ("" if default is None else f" ({default})"))
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -913,6 +946,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fault", action="append", default=[], metavar="KIND[:ARG][,k=v...]",
                        help="misbehave on purpose (repeatable): drop, restart, stall, delay, "
                             "error, reject, slow_handshake; e.g. restart:after=3, reject:429")
+    _serve_flags(serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL,

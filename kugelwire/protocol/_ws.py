@@ -74,6 +74,7 @@ __all__ = [
     "RestHandler",
     "ServerConnection",
     "ServerConnectionEvent",
+    "authorized",
     "build_url",
 ]
 
@@ -282,6 +283,40 @@ def _parse_query(query: str) -> list[tuple[str, str, str]]:
         name, _, value = part.partition("=")
         out.append((unquote_plus(name), unquote_plus(value), unquote(value)))
     return out
+
+
+def authorized(key: bytes | None, query: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an upgrade's query string (``api_key``) or ``Authorization: Bearer`` header
+    carries ``key`` (``None``: any key will do). The one auth check of every server adapter."""
+    return _authorized(key, _parse_query(query), headers)
+
+
+def _authorized(
+    key: bytes | None,
+    params: list[tuple[str, str, str]],
+    headers: Iterable[tuple[bytes, bytes]],
+    x_api_key: bool = False,
+) -> bool:
+    """``authorized`` on a parsed query; ``x_api_key``: an ``X-API-Key`` header counts too
+    (the REST routes)."""
+    if key is None:
+        return True
+    candidates: list[bytes] = []
+    for name, form_value, raw_value in params:
+        if name == "api_key":
+            # form-decoding turns a literal "+" into a space; try both readings
+            candidates += [form_value.encode("utf-8"), raw_value.encode("utf-8")]
+    for header, value in headers:
+        if header.lower() == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                candidates.append(credentials.strip())
+        elif x_api_key and header.lower() == b"x-api-key":  # REST only
+            candidates.append(value.strip())
+    ok = False
+    for candidate in candidates:
+        ok |= hmac.compare_digest(candidate, key)
+    return ok
 
 
 def _bytes(value: str | bytes) -> bytes:
@@ -1167,24 +1202,7 @@ class ServerConnection(_Connection):
         headers: list[tuple[bytes, bytes]],
         x_api_key: bool = False,
     ) -> bool:
-        if self.__key is None:
-            return True
-        candidates: list[bytes] = []
-        for name, form_value, raw_value in params:
-            if name == "api_key":
-                # form-decoding turns a literal "+" into a space; try both readings
-                candidates += [form_value.encode("utf-8"), raw_value.encode("utf-8")]
-        for header, value in headers:
-            if header.lower() == b"authorization":
-                scheme, _, credentials = value.strip().partition(b" ")
-                if scheme.lower() == b"bearer":
-                    candidates.append(credentials.strip())
-            elif x_api_key and header.lower() == b"x-api-key":  # REST only
-                candidates.append(value.strip())
-        ok = False
-        for candidate in candidates:
-            ok |= hmac.compare_digest(candidate, self.__key)
-        return ok
+        return _authorized(self.__key, params, headers, x_api_key)
 
     def _accept(self, session: MessageSession | None, initial_message: str) -> None:
         headers = [*self._response_headers, (b"x-request-id", self.request_id.encode("ascii"))]

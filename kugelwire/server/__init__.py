@@ -1,221 +1,151 @@
-"""Run a KugelAudio-compatible TTS server on a TCP port (``/ws/tts``, ``/ws/tts/stream``,
-``/ws/tts/multi``).
+"""Run a KugelAudio-compatible TTS server (``/ws/tts``, ``/ws/tts/stream``, ``/ws/tts/multi``)
+on a TCP port, on the event loop (or threads) of your choice.
 
-The runners only move bytes, drive timers and run the engine in worker threads; every protocol
-decision is made by the sans-IO core (:mod:`kugelwire.protocol`)::
+Every backend is a thin adapter over one sans-IO core (:mod:`kugelwire.server._core`): it only
+moves bytes, sleeps until the core's next deadline and runs the engine in worker threads::
 
     async with serve("127.0.0.1", 0, engine=ToneEngine(), api_key="secret") as server:
         print(server.url)            # ws://127.0.0.1:PORT
         await server.shutdown(1012)  # graceful rolling restart
 
-    with run_in_thread(api_key="secret") as handle:   # for sync code / pytest fixtures
+    async with serve(backend="anyio") as server: ...  # anyio, on asyncio or trio
+    async with trio_serve(...) as server: ...         # native trio (needs ``trio``)
+    with serve(backend="sync") as server: ...         # blocking sockets + threads, no event loop
+
+    with run_in_thread(api_key="secret") as handle:   # any backend, for sync code / fixtures
         print(handle.url)
 
-    async with trio_serve(...) as server: ...       # the same under trio (needs ``trio``)
-
-A plain HTTP ``GET /`` answers the browser playground (:func:`playground_handler`); pass your own
-``http_handler`` to replace it (``http_handler=lambda path: None`` answers 404 everywhere).
+Every keyword argument is a field of :class:`ServerOptions` (defined once; ``kugelwire serve``
+derives its flags from it). A plain HTTP ``GET /`` answers the browser playground
+(:func:`playground_handler`); pass your own ``http_handler`` to replace it. For ASGI servers
+(uvicorn, hypercorn) and Starlette/FastAPI mounts see :mod:`kugelwire.server.asgi`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
+import inspect
+import queue
 import threading
-from collections.abc import Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..lint import Linter
-from ..protocol._server import ServerLimits
-from ..protocol._ws import HttpHandler
-from ..synth import Engine, ToneEngine
-from . import _runner
-from ._common import ServerOptions
+from ._asyncio import ServerHandle
+from ._core import ServerOptions, SocketAction
 from ._faults import Fault, FaultPlan, FaultyConnection
-from ._playground import lint_handler, playground_handler, playground_handler_for
-from ._runner import ServerHandle
+from ._playground import playground_handler
 
 if TYPE_CHECKING:
+    from ..lint import Linter
+    from ._adapter import HandleBase
+    from ._sync import SyncServerHandle
     from ._trio import TrioServerHandle
 
-__all__ = [
-    "Fault",
-    "FaultPlan",
-    "FaultyConnection",
-    "ServerHandle",
-    "ServerOptions",
-    "ThreadedServer",
-    "playground_handler",
-    "run_in_thread",
-    "serve",
-    "trio_serve",
-]
+__all__ = ["BACKENDS", "Backend", "Fault", "FaultPlan", "FaultyConnection", "ServerHandle",
+           "ServerOptions", "SocketAction", "ThreadedServer",
+           "playground_handler", "run_in_thread", "serve", "trio_serve"]
 
-#: What ``faults=`` takes: a spec string, a list of specs / :class:`Fault` s, or a plan.
-FaultSpecs = str | Fault | Iterable[str | Fault] | FaultPlan | None
+Backend = Literal["asyncio", "trio", "anyio", "sync"]
+#: The backends ``serve()``, ``run_in_thread()`` and ``kugelwire serve --backend`` accept.
+BACKENDS: tuple[str, ...] = ("asyncio", "trio", "anyio", "sync")
 
 
-def _options(
-    *,
-    engine: Engine | None = None,
-    api_key: str | None = None,
-    limits: ServerLimits | None = None,
-    max_connections: int = 10_000,
-    max_message_size: int = 2**20,
-    handshake_timeout: float = 10.0,
-    close_timeout: float = 5.0,
-    write_buffer_limit: int = 2**20,
-    auth_failure: Literal["http", "close"] = "http",
-    shutdown_timeout: float = 10.0,
-    http_handler: HttpHandler | None = None,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float = 20.0,
-    lint: bool | Linter = True,
-    lenient: bool = False,
-    faults: FaultSpecs = None,
-) -> ServerOptions:
-    linter = Linter() if lint is True else (lint or None)
-    plan = FaultPlan.parse(faults)
-    if http_handler is None:
-        base = playground_handler_for(plan) if plan else playground_handler
-        http_handler = base if linter is None else lint_handler(linter, base)
-    return ServerOptions(
-        engine=engine if engine is not None else ToneEngine(),
-        api_key=api_key,
-        limits=limits,
-        max_connections=max_connections,
-        max_message_size=max_message_size,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        write_buffer_limit=write_buffer_limit,
-        auth_failure=auth_failure,
-        shutdown_timeout=shutdown_timeout,
-        http_handler=http_handler,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        lint=linter,
-        lenient=lenient,
-        faults=plan if plan else None,
-    )
+def _async_serve(backend: str, host: str, port: int,
+                 options: ServerOptions) -> AbstractAsyncContextManager[Any]:
+    if backend == "asyncio":
+        from . import _asyncio as module
+    elif backend == "trio":
+        from . import _trio as module  # type: ignore[no-redef]
+    elif backend == "anyio":
+        from . import _anyio as module  # type: ignore[no-redef]
+    else:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return module.serve(host, port, options)
 
 
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    engine: Engine | None = None,
-    api_key: str | None = None,
-    limits: ServerLimits | None = None,
-    max_connections: int = 10_000,
-    max_message_size: int = 2**20,
-    handshake_timeout: float = 10.0,
-    close_timeout: float = 5.0,
-    write_buffer_limit: int = 2**20,
-    auth_failure: Literal["http", "close"] = "http",
-    shutdown_timeout: float = 10.0,
-    http_handler: HttpHandler | None = None,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float = 20.0,
-    lint: bool | Linter = True,
-    lenient: bool = False,
-    faults: FaultSpecs = None,
-) -> AbstractAsyncContextManager[ServerHandle]:
-    """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
+def serve(host: str = "127.0.0.1", port: int = 0, *, backend: Backend = "asyncio",
+          **options: Any) -> Any:
+    """Serve the three endpoints on ``host:port`` for the ``async with`` block (``with`` for
+    ``backend="sync"``); the handle has ``url``, ``port``, ``connections``, ``peak_buffered``,
+    ``stats()`` and ``shutdown(code, timeout)``.
 
-    ``engine`` defaults to :class:`~kugelwire.synth.ToneEngine`. ``api_key=None`` accepts any key.
-    ``limits`` are the core's :class:`ServerLimits`. ``write_buffer_limit`` bounds each
-    connection's unsent bytes: above it that connection's synthesis pauses until the socket
-    drains. A connection silent for ``ping_interval`` seconds is pinged and closed (1011) when
-    the pong does not come within ``ping_timeout`` (``ping_interval=None``: never). Leaving the
-    block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
-    seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
-    HTTP GETs (default: the browser playground at ``/`` and the rule checks' findings at
-    ``/lint/findings``, 404 elsewhere); ``GET /v1/voices``, ``/v1/voices/{id}`` and
-    ``/v1/models`` answer from the engine's voice catalogue, with the sockets' auth.
-
-    ``lint`` checks how clients use the protocol (:mod:`kugelwire.lint`): True (default) for a
-    new :class:`~kugelwire.lint.Linter` with default thresholds, a ``Linter`` of your own, or
-    False for none. Findings are logged on ``kugelwire.lint``; read them from
-    ``handle.options.lint.findings``.
-
-    The server is as strict as the hosted service: a turn without ``voice_id``
-    (``MISSING_VOICE_ID``), a voice outside the engine's catalogue (``NOT_FOUND``) or an unknown
-    ``model_id`` (``VALIDATION_ERROR``) is refused. ``lenient=True`` accepts those and speaks
-    with defaults instead. ``faults`` is a fault plan (specs such as ``"restart:after=3"`` or
-    ``"reject:429"``, see :class:`FaultPlan`) applied to every connection.
+    Keyword arguments are the fields of :class:`ServerOptions`: ``engine`` defaults to
+    :class:`~kugelwire.synth.ToneEngine`, ``api_key=None`` accepts any key, ``limits`` are the
+    core's :class:`ServerLimits`, ``write_buffer_limit`` bounds each connection's unsent bytes
+    (above it that connection's synthesis pauses until the socket drains), a connection silent
+    for ``ping_interval`` seconds is pinged and closed (1011) when the pong does not come within
+    ``ping_timeout``. Leaving the block shuts down gracefully (1012), aborting what is still
+    open after ``shutdown_timeout`` seconds. Every limit and its default: ``docs/limits.md``.
     """
-    return _runner.serve(
-        host,
-        port,
-        _options(
-            engine=engine,
-            api_key=api_key,
-            limits=limits,
-            max_connections=max_connections,
-            max_message_size=max_message_size,
-            handshake_timeout=handshake_timeout,
-            close_timeout=close_timeout,
-            write_buffer_limit=write_buffer_limit,
-            auth_failure=auth_failure,
-            shutdown_timeout=shutdown_timeout,
-            http_handler=http_handler,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            lint=lint,
-            lenient=lenient,
-            faults=faults,
-        ),
-    )
+    opts = ServerOptions.from_kwargs(**options)
+    if backend == "sync":
+        from . import _sync
+
+        return _sync.serve(host, port, opts)
+    return _async_serve(backend, host, port, opts)
+
+
+def _signature() -> inspect.Signature:
+    params = [inspect.Parameter("host", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default="127.0.0.1"),
+              inspect.Parameter("port", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0),
+              inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="asyncio")]
+    for f in dataclasses.fields(ServerOptions):
+        default = None if f.name == "engine" else f.default
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    return inspect.Signature(params)
+
+
+serve.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def trio_serve(
     host: str = "127.0.0.1", port: int = 0, **kwargs: Any
 ) -> AbstractAsyncContextManager[TrioServerHandle]:
     """:func:`serve` for trio (same keyword arguments and handle attributes; needs ``trio``)."""
-    from . import _trio
+    return serve(host, port, backend="trio", **kwargs)  # type: ignore[no-any-return]
 
-    return _trio.serve(host, port, _options(**kwargs))
+
+def _delegate(name: str, doc: str) -> Any:
+    """A read-only property answered by the running backend's handle."""
+    return property(lambda self: getattr(self.server, name), doc=doc)
 
 
 class ThreadedServer:
-    """An asyncio server running on its own event loop in a background thread.
+    """A server of any backend running in a background thread (its own event loop, or the
+    sync backend's I/O thread). Use as a context manager (or :meth:`start` / :meth:`stop`);
+    attributes mirror :class:`ServerHandle` and are safe to read from any thread."""
 
-    Use as a context manager (or :meth:`start` / :meth:`stop`); attributes mirror
-    :class:`ServerHandle` (``url``, ``port``, ``connections``).
-    """
-
-    def __init__(self, host: str, port: int, options: ServerOptions) -> None:
-        self._host, self._port, self._options = host, port, options
+    def __init__(self, host: str, port: int, options: ServerOptions,
+                 backend: Backend = "asyncio") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        self._host, self._port, self._options, self.backend = host, port, options, backend
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._handle: ServerHandle | None = None
+        self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] = (
+            queue.SimpleQueue())
+        self._handle: Any = None
+        self._sync: AbstractContextManager[SyncServerHandle] | None = None
         self._error: BaseException | None = None
 
     @property
-    def server(self) -> ServerHandle:
-        """The asyncio handle (use its methods only from the server's loop)."""
+    def server(self) -> HandleBase:
+        """The backend's handle (call its async methods only through :meth:`call`)."""
         if self._handle is None:
             raise RuntimeError("the server is not running")
-        return self._handle
+        return self._handle  # type: ignore[no-any-return]
 
-    @property
-    def url(self) -> str:
-        return self.server.url
+    url: str = _delegate("url", "``ws://host:port`` of the running server.")
+    port: int = _delegate("port", "The port it listens on.")
+    connections: int = _delegate("connections", "Open TCP connections.")
+    peak_buffered: int = _delegate("peak_buffered", "The most unsent bytes any connection held.")
 
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def connections(self) -> int:
-        return self.server.connections
-
-    @property
-    def peak_buffered(self) -> int:
-        return self.server.peak_buffered
+    def stats(self) -> dict[str, int]:
+        """The server's live counters (see :meth:`ServerHandle.stats`)."""
+        return self.server.stats()
 
     @property
     def linter(self) -> Linter | None:
@@ -223,7 +153,13 @@ class ThreadedServer:
         return self._options.lint
 
     def start(self) -> ThreadedServer:
-        """Start the thread and wait until the server listens (re-raises startup errors)."""
+        """Start the server and wait until it listens (re-raises startup errors)."""
+        if self.backend == "sync":
+            from . import _sync
+
+            self._sync = _sync.serve(self._host, self._port, self._options)
+            self._handle = self._sync.__enter__()
+            return self
         self._thread = threading.Thread(target=self._main, name="kugelwire-server", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -231,51 +167,89 @@ class ThreadedServer:
             raise self._error
         return self
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` (a plain or async function) on the server's thread; its result."""
+        if self._sync is not None:
+            return fn()
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox.put((fn, reply))
+        ok, value = reply.get(timeout=60)
+        if not ok:
+            raise value
+        return value
+
     def shutdown(self, code: int = 1012, timeout: float | None = None) -> None:
         """Graceful shutdown (see :meth:`ServerHandle.shutdown`), blocking until done."""
-        if self._loop is None or self._handle is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._handle.shutdown(code, timeout), self._loop)
-        fut.result()
+        if self._handle is not None:
+            handle = self._handle
+            self.call(lambda: handle.shutdown(code, timeout))
 
     def stop(self) -> None:
-        """Shut down (1012) and join the thread."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stop.set)
-        if self._thread is not None:
+        """Shut down (1012) and wait for the server to end."""
+        if self._sync is not None:
+            self._sync.__exit__(None, None, None)
+            self._sync = None
+        elif self._thread is not None:
+            self._inbox.put((_STOP, queue.SimpleQueue()))
             self._thread.join()
             self._thread = None
 
     def __enter__(self) -> ThreadedServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
     def _main(self) -> None:
+        if self.backend == "trio":
+            import trio
+
+            run: Callable[[Callable[[], Any]], Any] = trio.run
+            sleep: Callable[[float], Any] = trio.sleep
+        elif self.backend == "anyio":
+            import anyio
+
+            run, sleep = anyio.run, anyio.sleep
+        else:
+            import asyncio
+
+            run, sleep = (lambda f: asyncio.run(f())), asyncio.sleep
         try:
-            asyncio.run(self._amain())
+            run(lambda: self._amain(sleep))
         except BaseException as exc:  # pragma: no cover - reported through start()
             self._error = exc
         finally:
             self._ready.set()
 
-    async def _amain(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with _runner.serve(self._host, self._port, self._options) as handle:
+    async def _amain(self, sleep: Callable[[float], Any]) -> None:
+        async with _async_serve(self.backend, self._host, self._port, self._options) as handle:
             self._handle = handle
             self._ready.set()
-            await self._stop.wait()
+            while True:  # calls from other threads (a 10 ms poll keeps this backend-neutral)
+                try:
+                    fn, reply = self._inbox.get_nowait()
+                except queue.Empty:
+                    await sleep(0.01)
+                    continue
+                if fn is _STOP:
+                    return
+                try:
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        result = await result
+                    reply.put((True, result))
+                except Exception as exc:
+                    reply.put((False, exc))
 
 
-def run_in_thread(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ThreadedServer:
-    """An asyncio server in a background thread (a context manager); keyword arguments as
-    for :func:`serve`."""
-    return ThreadedServer(host, port, _options(**kwargs))
+def _STOP() -> None:
+    """The stop request of :class:`ThreadedServer`."""
+
+
+def run_in_thread(host: str = "127.0.0.1", port: int = 0, *, backend: Backend = "asyncio",
+                  **kwargs: Any) -> ThreadedServer:
+    """A server of ``backend`` in a background thread (a context manager); keyword arguments
+    as for :func:`serve`."""
+    return ThreadedServer(host, port, ServerOptions.from_kwargs(**kwargs), backend)
+

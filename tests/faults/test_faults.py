@@ -37,6 +37,7 @@ from kugelwire.protocol._ws import ServerConnection
 from kugelwire.server import ServerHandle, run_in_thread, serve
 from kugelwire.synth import ToneEngine
 from kugelwire.synth._base import CancelToken
+from tests.server._servers import KINDS, served
 
 from ._util import (
     must,
@@ -272,10 +273,11 @@ class GatedEngine:
 
 def _restart(server: ServerHandle) -> None:
     """The server closes every WebSocket with 1012 right now, in the middle of the turn."""
-    for conn in list(server._conns):
-        assert conn._conn is not None
-        conn._conn.close(1012, "restarting")
-        conn._process()
+    for peer in list(server.core.connections):
+        assert peer.conn is not None
+        peer.conn.close(1012, "restarting")
+        peer._pump(0.0)
+        peer.owner.flush()
 
 
 def test_1012_before_any_audio_replays_the_turn() -> None:
@@ -378,7 +380,8 @@ def test_engine_raising_mid_chunk_is_internal_error_and_the_socket_stays_usable(
 
 
 # -- a consumer that stops reading ----------------------------------------------------------------
-def test_slow_consumer_pauses_the_server_and_loses_nothing() -> None:
+@pytest.mark.parametrize("backend", KINDS)
+def test_slow_consumer_pauses_the_server_and_loses_nothing(backend: str) -> None:
     from kugelwire.transports.asyncio import connect_stream
 
     engine = ToneEngine()
@@ -386,7 +389,7 @@ def test_slow_consumer_pauses_the_server_and_loses_nothing() -> None:
     text = " ".join(f"Backpressure sentence number {i} is here." for i in range(60))
 
     async def main() -> None:
-        async with serve(api_key=KEY, engine=engine, write_buffer_limit=limit) as server:
+        async with served(backend, api_key=KEY, engine=engine, write_buffer_limit=limit) as server:
             async with await connect_stream(server.url, api_key=KEY, voice_id=1,
                                             max_buffered_bytes=64 * 1024) as stream:
                 turn = must(await stream.send_text(text, flush=True))

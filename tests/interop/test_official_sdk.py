@@ -1,14 +1,19 @@
 """The official KugelAudio Python SDK (``kugelaudio==2.7.0``), unmodified, against our server.
 
-The SDK is pointed at a loopback server with ``api_url`` (OFFICIAL-SDK.md §6). Our server runs in
-a background thread (``run_in_thread``) so the SDK owns its event loop, as in an application.
+The SDK is pointed at a loopback server with ``api_url``. Our server runs in a background thread
+(every backend, and the ASGI app under uvicorn and hypercorn) so the SDK owns its event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -17,16 +22,22 @@ import pytest
 os.environ["KUGELAUDIO_TELEMETRY"] = "0"
 import kugelaudio
 
-from kugelwire.server import ThreadedServer, run_in_thread
 from kugelwire.synth import ToneEngine
+from tests.server._servers import KINDS, _free_port, running
 
 KEY = "local-test-key"
 pytestmark = pytest.mark.timeout(20)
 
 
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Every backend, and the ASGI app under uvicorn and hypercorn."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[ThreadedServer]:
-    with run_in_thread(api_key=KEY) as handle:
+def server(kind: str) -> Iterator[Any]:
+    with running(kind, api_key=KEY) as handle:
         yield handle
 
 
@@ -36,12 +47,12 @@ def slow_engine() -> ToneEngine:
 
 
 @pytest.fixture(scope="module")
-def slow_server(slow_engine: ToneEngine) -> Iterator[ThreadedServer]:
-    with run_in_thread(api_key=KEY, engine=slow_engine) as handle:
+def slow_server(kind: str, slow_engine: ToneEngine) -> Iterator[Any]:
+    with running(kind, api_key=KEY, engine=slow_engine) as handle:
         yield handle
 
 
-def run(handle: ThreadedServer, body: Callable[[Any], Awaitable[None]]) -> None:
+def run(handle: Any, body: Callable[[Any], Awaitable[None]]) -> None:
     """Run ``body(client)`` with an SDK client pointed at ``handle``; bounded at 18 s."""
 
     async def main() -> None:
@@ -56,7 +67,7 @@ def run(handle: ThreadedServer, body: Callable[[Any], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def test_streaming_session_several_turns(server: ThreadedServer) -> None:
+def test_streaming_session_several_turns(server: Any) -> None:
     tokens = ["Hello", " world,", " this is", " turn", " one"]
 
     async def body(client: Any) -> None:
@@ -93,7 +104,7 @@ def test_streaming_session_several_turns(server: ThreadedServer) -> None:
     run(server, body)
 
 
-def test_cancel_current_barge_in(slow_server: ThreadedServer, slow_engine: ToneEngine) -> None:
+def test_cancel_current_barge_in(slow_server: Any, slow_engine: ToneEngine) -> None:
     long_text = " ".join(f"word{i}" for i in range(40)) + "."
 
     async def body(client: Any) -> None:
@@ -117,7 +128,7 @@ def test_cancel_current_barge_in(slow_server: ThreadedServer, slow_engine: ToneE
     run(slow_server, body)
 
 
-def test_multi_context_session(server: ThreadedServer) -> None:
+def test_multi_context_session(server: Any) -> None:
     async def body(client: Any) -> None:
         async with client.tts.multi_context_session(
             default_voice_id=1, model_id="kugel-3", language="en", word_timestamps=True
@@ -155,7 +166,7 @@ def test_multi_context_session(server: ThreadedServer) -> None:
     run(server, body)
 
 
-def test_tts_stream_async(server: ThreadedServer) -> None:
+def test_tts_stream_async(server: Any) -> None:
     async def body(client: Any) -> None:
         for rate in (22050, 8000):  # the pooled /ws/tts socket is reused for the second
             items = [
@@ -184,13 +195,13 @@ def test_tts_stream_async(server: ThreadedServer) -> None:
 
 
 # -- the REST catalogue routes -----------------------------------------------------------------
-def _sdk_client(handle: ThreadedServer, key: str = KEY) -> Any:
+def _sdk_client(handle: Any, key: str = KEY) -> Any:
     return kugelaudio.KugelAudio(
         api_key=key, api_url=f"http://127.0.0.1:{handle.port}", telemetry=False
     )
 
 
-def test_voices_and_models_list_return_the_catalogue(server: ThreadedServer) -> None:
+def test_voices_and_models_list_return_the_catalogue(server: Any) -> None:
     from kugelwire.synth import TONE_VOICES
 
     client = _sdk_client(server)
@@ -212,7 +223,7 @@ def test_voices_and_models_list_return_the_catalogue(server: ThreadedServer) -> 
         client.close()
 
 
-def test_rest_routes_need_the_key(server: ThreadedServer) -> None:
+def test_rest_routes_need_the_key(server: Any) -> None:
     client = _sdk_client(server, key="not-the-key")
     try:
         with pytest.raises(kugelaudio.KugelAudioError) as info:
@@ -223,7 +234,7 @@ def test_rest_routes_need_the_key(server: ThreadedServer) -> None:
 
 
 def test_sdk_voice_from_the_catalogue_is_spoken_and_an_unknown_one_refused(
-    server: ThreadedServer,
+    server: Any,
 ) -> None:
     async def body(client: Any) -> None:
         async with client.tts.streaming_session(voice_id=2, language="en") as s:
@@ -236,3 +247,53 @@ def test_sdk_voice_from_the_catalogue_is_spoken_and_an_unknown_one_refused(
         assert result.audio
 
     run(server, body)
+
+
+# -- the SDK against the shipped commands ---------------------------------------------------------
+def _command(kind: str, port: int) -> list[str]:
+    if kind == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "kugelwire.server.asgi:app", "--host",
+                "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if kind == "hypercorn":
+        return [sys.executable, "-m", "hypercorn", "kugelwire.server.asgi:app", "--bind",
+                f"127.0.0.1:{port}"]
+    return [sys.executable, "-m", "kugelwire", "serve", "--backend", kind, "--engine", "tone",
+            "--api-key", KEY, "--port", str(port)]
+
+
+@pytest.mark.parametrize("command", KINDS)
+def test_sdk_against_the_command_line_server(command: str) -> None:
+    """``kugelwire serve --backend X``, ``uvicorn kugelwire.server.asgi:app`` and ``hypercorn
+    kugelwire.server.asgi:app`` (``KUGELWIRE_ENGINE=tone``), each in its own process."""
+    if command in ("uvicorn", "hypercorn"):
+        pytest.importorskip(command)
+    port = _free_port()
+    env = {**os.environ, "KUGELWIRE_ENGINE": "tone", "KUGELWIRE_API_KEY": KEY}
+    proc = subprocess.Popen(_command(command, port), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+
+        async def body(client: Any) -> None:
+            async with client.tts.streaming_session(voice_id=1, language="en") as s:
+                for _ in range(2):
+                    chunks = [c async for c in s.send("Hello from a process.", flush=True)]
+                    assert chunks and s.last_final is not None
+                    assert s.last_final["total_audio_seconds"] == pytest.approx(
+                        sum(c.samples for c in chunks) / 24000, abs=1e-5)
+            items = [x async for x in client.tts.stream_async("One shot.", voice_id=1)]
+            assert isinstance(items[-1], dict) and items[-1]["total_samples"] > 0
+
+        run(_Port(port), body)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.port = port

@@ -1,4 +1,5 @@
-"""The asyncio runner on loopback: real sockets, the sans-IO core, the ToneEngine."""
+"""Every server scenario on every backend (asyncio, trio, anyio, sync) and on the ASGI app under
+real uvicorn and real hypercorn: loopback sockets, the sans-IO core, the ToneEngine."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from kugelwire.protocol._events import (
     TurnFinal,
     WordTimestamps,
 )
-from kugelwire.server import run_in_thread, serve
 from kugelwire.synth import ToneEngine
 
 from ._client import RawClient
+from ._servers import KINDS, served
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.parametrize("kind", KINDS)]
 
 KEY = "local-test-key"
 TEXT = "Hello world. This is a streamed turn with several words! And a third sentence?"
@@ -46,9 +47,9 @@ def samples(client: RawClient, **match: Any) -> int:
     )
 
 
-def test_stream_turn_audio_final_session_closed() -> None:
+def test_stream_turn_audio_final_session_closed(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY) as server:
+        async with served(kind, api_key=KEY) as server:
             assert server.url == f"ws://127.0.0.1:{server.port}"
             session = StreamClientSession(voice_id=1, language="en", word_timestamps=True)
             client = await RawClient(session, server.url, api_key=KEY).connect()
@@ -77,9 +78,9 @@ def test_stream_turn_audio_final_session_closed() -> None:
     run(main)
 
 
-def test_multi_three_contexts() -> None:
+def test_multi_three_contexts(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY) as server:
+        async with served(kind, api_key=KEY) as server:
             session = MultiClientSession(language="en")
             client = await RawClient(session, server.url, api_key=KEY).connect()
             ids = ["a", "b", "c"]
@@ -100,9 +101,9 @@ def test_multi_three_contexts() -> None:
     run(main)
 
 
-def test_tts_request() -> None:
+def test_tts_request(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY) as server:
+        async with served(kind, api_key=KEY) as server:
             session = TTSClientSession(voice_id=1, sample_rate=16000)
             client = await RawClient(session, server.url, api_key=KEY).connect()
             session.request("One shot request. With two sentences.", client.now)
@@ -116,11 +117,11 @@ def test_tts_request() -> None:
     run(main)
 
 
-def test_barge_in_cancels_engine_mid_chunk() -> None:
+def test_barge_in_cancels_engine_mid_chunk(kind: str) -> None:
     engine = ToneEngine(piece_ms=20, realtime_factor=1.0)  # generation at real time
 
     async def main() -> None:
-        async with serve(api_key=KEY, engine=engine) as server:
+        async with served(kind, api_key=KEY, engine=engine) as server:
             session = StreamClientSession(voice_id=1)
             client = await RawClient(session, server.url, api_key=KEY).connect()
             words = " ".join(f"word{i}" for i in range(40))  # one chunk, ~10 s of audio
@@ -144,13 +145,13 @@ def test_barge_in_cancels_engine_mid_chunk() -> None:
     run(main)
 
 
-def test_backpressure_slow_reader_pauses_synthesis() -> None:
+def test_backpressure_slow_reader_pauses_synthesis(kind: str) -> None:
     limit = 256 * 1024
     engine = ToneEngine()
     text = " ".join(f"word{i % 97}" for i in range(1500)) + "."
 
     async def main() -> None:
-        async with serve(api_key=KEY, engine=engine, write_buffer_limit=limit) as server:
+        async with served(kind, api_key=KEY, engine=engine, write_buffer_limit=limit) as server:
             session = StreamClientSession(voice_id=1, sample_rate=24000)
             client = await RawClient(session, server.url, api_key=KEY, rcvbuf=64 * 1024).connect()
             session.send_text(text, client.now, flush=True)
@@ -181,11 +182,11 @@ def test_backpressure_slow_reader_pauses_synthesis() -> None:
     run(main, timeout=18)
 
 
-def test_shutdown_waits_for_busy_turn_then_1012() -> None:
+def test_shutdown_waits_for_busy_turn_then_1012(kind: str) -> None:
     engine = ToneEngine(piece_ms=50, realtime_factor=0.2)
 
     async def main() -> None:
-        async with serve(api_key=KEY, engine=engine) as server:
+        async with served(kind, api_key=KEY, engine=engine) as server:
             busy_s = StreamClientSession(voice_id=1)
             busy = await RawClient(busy_s, server.url, api_key=KEY).connect()
             idle = RawClient(StreamClientSession(voice_id=1), server.url, api_key=KEY)
@@ -216,30 +217,15 @@ def test_shutdown_waits_for_busy_turn_then_1012() -> None:
     run(main)
 
 
-def test_bad_key_is_401() -> None:
+def test_bad_key_is_401(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY) as server:
+        async with served(kind, api_key=KEY) as server:
             client = await RawClient(StreamClientSession(voice_id=1), server.url,
                                      api_key="wrong").connect()
             assert client.rejected is not None and client.rejected.status_code == 401
             await client.aclose()
 
     run(main)
-
-
-def test_run_in_thread() -> None:
-    with run_in_thread(api_key=KEY) as handle:
-        assert handle.url.startswith("ws://127.0.0.1:")
-
-        async def main() -> None:
-            session = TTSClientSession(voice_id=1)
-            client = await RawClient(session, handle.url, api_key=KEY).connect()
-            session.request("Threaded.", client.now)
-            client.flush()
-            await client.pump(lambda: bool(client.of(RequestFinal)))
-            await client.aclose()
-
-        run(main)
 
 
 class _FailingEngine:
@@ -252,9 +238,9 @@ class _FailingEngine:
         raise RuntimeError("boom")
 
 
-def test_engine_failure_is_an_error_frame_and_the_turn_ends() -> None:
+def test_engine_failure_is_an_error_frame_and_the_turn_ends(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY, engine=_FailingEngine()) as server:
+        async with served(kind, api_key=KEY, engine=_FailingEngine()) as server:
             session = StreamClientSession(voice_id=1)
             client = await RawClient(session, server.url, api_key=KEY).connect()
             session.send_text("It fails.", client.now, flush=True)
@@ -268,11 +254,11 @@ def test_engine_failure_is_an_error_frame_and_the_turn_ends() -> None:
     run(main)
 
 
-def test_disconnect_cancels_engine_mid_chunk() -> None:
+def test_disconnect_cancels_engine_mid_chunk(kind: str) -> None:
     engine = ToneEngine(piece_ms=20, realtime_factor=1.0)
 
     async def main() -> None:
-        async with serve(api_key=KEY, engine=engine) as server:
+        async with served(kind, api_key=KEY, engine=engine) as server:
             session = StreamClientSession(voice_id=1)
             client = await RawClient(session, server.url, api_key=KEY).connect()
             session.send_text(" ".join(["word"] * 40) + ".", client.now, flush=True)
@@ -291,9 +277,9 @@ def test_disconnect_cancels_engine_mid_chunk() -> None:
     run(main)
 
 
-def test_max_connections_refuses_with_503() -> None:
+def test_max_connections_refuses_with_503(kind: str) -> None:
     async def main() -> None:
-        async with serve(api_key=KEY, max_connections=1) as server:
+        async with served(kind, api_key=KEY, max_connections=1) as server:
             first = await RawClient(StreamClientSession(voice_id=1), server.url,
                                     api_key=KEY).connect()
             second = await RawClient(StreamClientSession(voice_id=1), server.url,

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import struct
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
-from ..protocol._server import _ServerSession
-from ..protocol._ws import Accepted, ConnectionClosed, ConnectionState, Rejected, ServerConnection
-from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
-from ._faults import server_connection
+from benchmarks._legacy.common import (
+    BUSY_RESPONSE,
+    EngineJob,
+    JobTable,
+    ServerOptions,
+    apply_item,
+    log,
+)
+from kugelwire.protocol._server import _ServerSession
+from kugelwire.protocol._ws import (
+    Accepted,
+    ConnectionClosed,
+    ConnectionState,
+    Rejected,
+    ServerConnection,
+)
 
 __all__ = ["ServerHandle"]
 
@@ -143,10 +153,8 @@ class _Connection(asyncio.Protocol):
             return
         limit = self._options.write_buffer_limit
         self._transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        self._conn = server_connection(
+        self._conn = ServerConnection(
             self._route,
-            faults=self._options.faults,
-            rest_handler=self._options.rest_handler(),
             api_key=self._options.api_key,
             now=self._loop.time(),
             max_message_size=self._options.max_message_size,
@@ -190,7 +198,7 @@ class _Connection(asyncio.Protocol):
 
     # -- the byte pump ---------------------------------------------------------------------
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path, self._loop.time())
+        session = self._options.new_session(path)
         if session is not None and self._server._draining is not None:
             session.shutdown(self._loop.time(), 1013)  # a draining replica: accept, close 1013
         return session
@@ -219,12 +227,6 @@ class _Connection(asyncio.Protocol):
             self._server.peak_buffered = max(self._server.peak_buffered, size)
             if size > 4 * self._options.write_buffer_limit:
                 transport.pause_reading()  # a peer flooding pings while not reading
-        if getattr(conn, "abort_requested", False):  # a fault plan's drop: TCP reset now
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

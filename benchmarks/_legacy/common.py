@@ -11,12 +11,10 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
-from ..lint import Linter
-from ..protocol._catalogue import VoiceCatalogue
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import (
+from kugelwire.protocol._messages import WordTimestamp
+from kugelwire.protocol._server import (
     MultiServerSession,
     ServerLimits,
     StreamServerSession,
@@ -25,10 +23,8 @@ from ..protocol._server import (
     TTSServerSession,
     _ServerSession,
 )
-from ..protocol._ws import HttpHandler, RestHandler
-from ..synth._base import CancelToken, Engine, SynthesisItem
-from ._faults import FaultPlan
-from ._rest import rest_handler
+from kugelwire.protocol._ws import HttpHandler
+from kugelwire.synth._base import CancelToken, Engine, SynthesisItem
 
 __all__ = ["BUSY_RESPONSE", "EngineJob", "JobTable", "ServerOptions", "apply_item", "log"]
 
@@ -66,13 +62,6 @@ class ServerOptions:
     #: within ``ping_timeout`` is closed with 1011 (a dead or half-open peer).
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
-    #: Rule checks of client behaviour (:mod:`kugelwire.lint`) on every session, or None.
-    lint: Linter | None = None
-    #: Accept what the hosted service refuses (no voice, unknown voice or model) and speak
-    #: with defaults; the default is to refuse it exactly as the service does.
-    lenient: bool = False
-    #: The fault plan applied to every connection (None: a well-behaved server).
-    faults: FaultPlan | None = None
 
     def __post_init__(self) -> None:
         if self.write_buffer_limit <= 0:
@@ -91,30 +80,10 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
-    @property
-    def catalogue(self) -> VoiceCatalogue | None:
-        """The engine's voices (None when the engine has no catalogue: any voice id)."""
-        voices = getattr(self.engine, "voices", None)
-        return voices if isinstance(voices, VoiceCatalogue) else None
-
-    def rest_handler(self) -> RestHandler | None:
-        """``GET /v1/voices``, ``/v1/voices/{id}``, ``/v1/models`` (with a catalogue)."""
-        catalogue = self.catalogue
-        return None if catalogue is None else rest_handler(catalogue)
-
-    def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
-        """The core session for an endpoint path accepted at ``now``, or None (404).
-
-        With :attr:`lint` the session is wrapped in a :class:`~kugelwire.lint.LintedSession`
-        (same interface, every call forwarded); ``now`` lets it time the first text."""
+    def new_session(self, path: str) -> _ServerSession | None:
+        """The core session for an endpoint path, or None (404)."""
         cls = _SESSIONS.get(path)
-        if cls is None:
-            return None
-        session = cls(limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
-        if self.lint is None:
-            return session
-        # the wrapper has the session's whole interface (it forwards every attribute)
-        return cast(_ServerSession, self.lint.wrap(session, path, now))
+        return None if cls is None else cls(limits=self.limits)
 
 
 class EngineJob:
