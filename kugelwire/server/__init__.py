@@ -30,13 +30,14 @@ from ..protocol._ws import HttpHandler
 from ..synth import Engine, ToneEngine
 from . import _runner
 from ._common import ServerOptions
+from ._metrics import Metrics, metrics_handler
 from ._playground import playground_handler
 from ._runner import ServerHandle
 
 if TYPE_CHECKING:
     from ._trio import TrioServerHandle
 
-__all__ = ["ServerHandle", "ServerOptions", "ThreadedServer", "playground_handler",
+__all__ = ["Metrics", "ServerHandle", "ServerOptions", "ThreadedServer", "playground_handler",
            "run_in_thread", "serve", "trio_serve"]
 
 
@@ -55,7 +56,12 @@ def _options(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    metrics: bool | Metrics = False,
 ) -> ServerOptions:
+    registry = Metrics() if metrics is True else (metrics or None)
+    handler = http_handler if http_handler is not None else playground_handler
+    if registry is not None:  # GET /metrics in front of the playground / the given handler
+        handler = metrics_handler(registry, handler)
     return ServerOptions(
         engine=engine if engine is not None else ToneEngine(),
         api_key=api_key,
@@ -67,9 +73,10 @@ def _options(
         write_buffer_limit=write_buffer_limit,
         auth_failure=auth_failure,
         shutdown_timeout=shutdown_timeout,
-        http_handler=http_handler if http_handler is not None else playground_handler,
+        http_handler=handler,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        metrics=registry,
     )
 
 
@@ -90,6 +97,7 @@ def serve(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    metrics: bool | Metrics = False,
 ) -> AbstractAsyncContextManager[ServerHandle]:
     """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
 
@@ -100,7 +108,8 @@ def serve(
     the pong does not come within ``ping_timeout`` (``ping_interval=None``: never). Leaving the
     block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
     seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
-    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere).
+    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere). ``metrics=True`` (or
+    a :class:`Metrics`) answers Prometheus text at ``GET /metrics`` (``docs/metrics.md``).
     """
     return _runner.serve(
         host,
@@ -119,6 +128,7 @@ def serve(
             http_handler=http_handler,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            metrics=metrics,
         ),
     )
 

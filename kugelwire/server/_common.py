@@ -25,6 +25,7 @@ from ..protocol._server import (
 )
 from ..protocol._ws import HttpHandler
 from ..synth._base import CancelToken, Engine, SynthesisItem
+from ._metrics import Metrics, observe
 
 __all__ = ["BUSY_RESPONSE", "EngineJob", "JobTable", "ServerOptions", "apply_item", "log"]
 
@@ -62,6 +63,9 @@ class ServerOptions:
     #: within ``ping_timeout`` is closed with 1011 (a dead or half-open peer).
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
+    #: Prometheus metrics (``GET /metrics``); None: off. Sessions are observed either way
+    #: (one log line per error frame).
+    metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
         if self.write_buffer_limit <= 0:
@@ -80,10 +84,11 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
-    def new_session(self, path: str) -> _ServerSession | None:
+    def new_session(self, path: str, peer: str = "") -> _ServerSession | None:
         """The core session for an endpoint path, or None (404)."""
         cls = _SESSIONS.get(path)
-        return None if cls is None else cls(limits=self.limits)
+        session = None if cls is None else cls(limits=self.limits)
+        return observe(session, path, self.metrics, peer)  # type: ignore[no-any-return]
 
 
 class EngineJob:

@@ -19,6 +19,7 @@ from typing import cast
 from ..protocol._server import _ServerSession
 from ..protocol._ws import Accepted, ConnectionClosed, ConnectionState, Rejected, ServerConnection
 from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
+from ._metrics import connection_closed, connection_opened, request_rejected
 
 __all__ = ["ServerHandle"]
 
@@ -127,14 +128,19 @@ class _Connection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._peer = "?"
+        self._opened_at = 0.0
+        self._closed_code: tuple[int | None, str] = (None, "connection lost")
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._peer = str(transport.get_extra_info("peername"))
         self._server._added(self)
+        self._opened_at = self._loop.time()
+        connection_opened(self._options.metrics, self._peer, self._opened_at)
         if len(self._server._conns) > self._options.max_connections:
             log.warning("refusing %s: max_connections reached", self._peer)
+            request_rejected(self._options.metrics, self._peer, 503, "", "busy", self._opened_at)
             self._transport.write(BUSY_RESPONSE)
             self._transport.close()
             return
@@ -174,6 +180,9 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._server._removed(self)
+        code, reason = self._closed_code
+        connection_closed(self._options.metrics, self._peer, self._session, code, reason,
+                          self._opened_at, self._loop.time())
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -185,7 +194,7 @@ class _Connection(asyncio.Protocol):
 
     # -- the byte pump ---------------------------------------------------------------------
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path)
+        session = self._options.new_session(path, self._peer)
         if session is not None and self._server._draining is not None:
             session.shutdown(self._loop.time(), 1013)  # a draining replica: accept, close 1013
         return session
@@ -200,10 +209,10 @@ class _Connection(asyncio.Protocol):
                 self._session = cast(_ServerSession, event.session)
                 log.debug("%s: accepted %s", self._peer, event.path)
             elif isinstance(event, Rejected):
-                log.info("%s: %s rejected (%d %s)", self._peer, event.path, event.status_code,
-                         event.reason)
+                request_rejected(self._options.metrics, self._peer, event.status_code,
+                                 event.path, event.reason, self._loop.time())
             elif isinstance(event, ConnectionClosed):
-                log.debug("%s: closed (code %s, %s)", self._peer, event.code, event.reason)
+                self._closed_code = (event.code, event.reason)
         if self._session is not None:
             for job in self._jobs.dispatch(self._session):
                 self._server._spawn(job, self)

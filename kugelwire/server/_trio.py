@@ -17,8 +17,15 @@ from typing import Any, cast
 import trio
 
 from ..protocol._server import _ServerSession
-from ..protocol._ws import Accepted, ConnectionState, Rejected, ServerConnection
+from ..protocol._ws import (
+    Accepted,
+    ConnectionClosed,
+    ConnectionState,
+    Rejected,
+    ServerConnection,
+)
 from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
+from ._metrics import connection_closed, connection_opened, request_rejected
 
 __all__ = ["TrioServerHandle"]
 
@@ -105,6 +112,7 @@ class _Connection:
         self._drained = trio.Event()
         self._wake = trio.Event()
         self._closing = False
+        self._closed_code: tuple[int | None, str] = (None, "connection lost")
 
     @property
     def buffered(self) -> int:
@@ -115,9 +123,12 @@ class _Connection:
         server = self._server
         server._conns.add(self)
         server._notify()
+        opened_at, peer = trio.current_time(), self._peer_name
+        connection_opened(self._options.metrics, peer, opened_at)
         try:
             if len(server._conns) > self._options.max_connections:
                 log.warning("refusing a connection: max_connections reached")
+                request_rejected(self._options.metrics, peer, 503, "", "busy", opened_at)
                 with trio.move_on_after(1):
                     await self._stream.send_all(BUSY_RESPONSE)
                 return
@@ -146,11 +157,21 @@ class _Connection:
             self._jobs.cancel_all()
             server._conns.discard(self)
             server._notify()
+            code, reason = self._closed_code
+            connection_closed(self._options.metrics, peer, self._session, code, reason,
+                              opened_at, trio.current_time())
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()
 
+    @property
+    def _peer_name(self) -> str:
+        try:
+            return str(self._stream.socket.getpeername())
+        except (AttributeError, OSError):
+            return "?"
+
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path)
+        session = self._options.new_session(path, self._peer_name)
         if session is not None and self._server._draining is not None:
             session.shutdown(trio.current_time(), 1013)
         return session
@@ -163,7 +184,10 @@ class _Connection:
             if isinstance(event, Accepted):
                 self._session = cast(_ServerSession, event.session)
             elif isinstance(event, Rejected):
-                log.info("%s rejected (%d %s)", event.path, event.status_code, event.reason)
+                request_rejected(self._options.metrics, self._peer_name, event.status_code,
+                                 event.path, event.reason, trio.current_time())
+            elif isinstance(event, ConnectionClosed):
+                self._closed_code = (event.code, event.reason)
         if self._session is not None:
             for job in self._jobs.dispatch(self._session):
                 nursery.start_soon(self._run_job, job)
