@@ -347,9 +347,12 @@ async def _cmd_stream(args: argparse.Namespace) -> int:
 async def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    if args.workers != 1:  # ops: several processes on one port (kugelwire/server/_workers.py)
+        return await _serve_workers(args)
     engine = make_engine(args.engine)
     try:
-        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key)
+        server_cm = serve(args.host, args.port, engine=engine, api_key=args.api_key,
+                          metrics=args.metrics)
         server = await server_cm.__aenter__()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -367,6 +370,37 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         await server_cm.__aexit__(None, None, None)
     return 0
+
+
+# -- ops: serve --workers N / --metrics -------------------------------------------------------
+def _ops_serve_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="server processes on the one port (default 1; SO_REUSEPORT)")
+    serve.add_argument("--metrics", action="store_true",
+                       help="answer Prometheus text at GET /metrics (no API key needed)")
+
+
+async def _serve_workers(args: argparse.Namespace) -> int:
+    from .server._workers import supervise
+
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    make_engine(args.engine, quiet=True)  # fail here, not in every worker
+
+    def ready(url: str, pids: list[int]) -> None:
+        print(f"kugelwire: serving {url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) with "
+              f"{len(pids)} workers (pids {' '.join(map(str, pids))}); Ctrl-C stops",
+              flush=True)
+        if args.metrics:
+            print(f"kugelwire: metrics at http{url[2:]}/metrics", flush=True)
+
+    try:
+        status = await supervise(args.workers, args.host, args.port, engine=args.engine,
+                                 metrics=args.metrics, api_key=args.api_key, ready=ready)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print("kugelwire: all workers stopped", flush=True)
+    return status
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -402,6 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=["auto", "espeak", "tone"], default="auto",
                        help="speech engine (auto: eSpeak NG when installed)")
     serve.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    _ops_serve_flags(serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")

@@ -232,6 +232,10 @@ class Metrics:
         self._errors.add((("endpoint", endpoint), ("error_code", error_code)))
 
     # -- reading -------------------------------------------------------------------------------
+    def gauge_names(self) -> frozenset[str]:
+        """Families whose samples are current levels (dropped from a dead worker's figures)."""
+        return frozenset(n for n, fam in self._families.items() if fam.kind == "gauge")
+
     def value(self, name: str, **labels: str) -> float:
         """A counter or gauge value (0 when never set); for a histogram, its observation count.
         Handy in tests: ``metrics.value("kugelwire_turns_total", endpoint="stream",

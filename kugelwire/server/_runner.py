@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
@@ -68,9 +69,12 @@ class ServerHandle:
             "tasks": len(self._tasks),
         }
 
-    async def _start(self, host: str, port: int) -> None:
+    async def _start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        if sock is not None:  # a listening socket made elsewhere (``serve --workers``)
+            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: _Connection(self), host, port)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
         if self.options.api_key is None:
@@ -287,10 +291,13 @@ class _Connection(asyncio.Protocol):
 
 
 @contextlib.asynccontextmanager
-async def serve(host: str, port: int, options: ServerOptions) -> AsyncIterator[ServerHandle]:
-    """Run an asyncio server for the block; see :func:`kugelwire.server.serve`."""
+async def serve(
+    host: str, port: int, options: ServerOptions, *, sock: socket.socket | None = None
+) -> AsyncIterator[ServerHandle]:
+    """Run an asyncio server for the block; see :func:`kugelwire.server.serve`. With ``sock``
+    (a bound, listening socket) ``host`` and ``port`` are ignored."""
     handle = ServerHandle(options)
-    await handle._start(host, port)
+    await handle._start(host, port, sock)
     try:
         yield handle
     finally:
