@@ -243,3 +243,11 @@ def test_observer_forwards_everything_unchanged() -> None:
     out = session.messages_to_send()
     assert out and out[0].startswith('{"generation_started"')
     assert options.new_session("/nope") is None
+
+
+def test_the_documented_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from ..docs._blocks import blocks
+
+    (block,) = blocks("metrics.md", "python")[:1]
+    exec(compile(block.source, block.id, "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out.strip() == "1.0"
