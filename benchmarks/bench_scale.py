@@ -88,8 +88,127 @@ def main() -> None:
                f"({cpu / wall * 100:.0f}% of one core over {wall:.1f} s)")
         figure(f"scale {n}: server peak RSS", rss / 1024, "MiB")
         figure(f"scale {n}: client process CPU (whole run)", client_cpu, "s")
+    scale_workers()  # ops: serve --workers 1 vs 2 (below)
 
 
+# -- ops: `serve --workers N` ---------------------------------------------------------------------
+# The same load (_run: all N connect first, then ~200 turns/s of LLM-paced tokens) against the
+# multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
+# connections and more, to find each one's sustainable connections: the most connections whose
+# sentence-end -> first-audio p99 stays <= 50 ms with no error. Targets: p99 <= 50 ms at 1,000
+# with one worker; 2 workers sustain >= 1.6x the connections of one. Run only this section with
+#     python -c "from benchmarks.bench_scale import scale_workers; scale_workers()"
+
+WORKER_SIZES = (1000, 1500, 2000, 2500, 3000)
+WORKER_P99_MS = 50.0
+
+
+def _bench_tone() -> object:
+    """The engine of ServerProcess("tone"): a ToneEngine allowed 64 chunks at once."""
+    from kugelwire.synth import ToneEngine
+
+    return ToneEngine(piece_ms=100, max_concurrency=64)
+
+
+_SUPERVISOR = """
+import asyncio, sys
+from kugelwire.server._workers import supervise
+def ready(url, pids):
+    print("READY", url, *pids, flush=True)
+sys.exit(asyncio.run(supervise(
+    int(sys.argv[1]), "127.0.0.1", 0, engine="benchmarks.bench_scale:_bench_tone",
+    api_key=sys.argv[2], ready=ready, max_connections=100_000, ping_interval=None,
+    limits={"frame_ms": 200})))
+"""
+
+
+class _Workers:
+    """`serve --workers n` (the supervisor API with ServerProcess's settings) in a child."""
+
+    def __init__(self, n: int) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(n), KEY],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("READY "):
+                _, self.url, *pids = line.split()
+                self.pids = [int(p) for p in pids]
+                return
+        raise RuntimeError("the workers did not start")
+
+    def cpu(self) -> list[float]:
+        """CPU seconds (user + sys) of each worker so far, from /proc."""
+        import os
+
+        tick = os.sysconf("SC_CLK_TCK")
+        out = []
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def stop(self) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
+    import os
+
+    if not os.path.isdir("/proc"):
+        print("scale workers: needs /proc (Linux) for per-worker CPU; skipped")
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sustained: dict[int, int] = {}
+    p99_at: dict[tuple[int, int], float] = {}
+    for workers in (1, 2):
+        sustained[workers] = 0
+        for n in sizes:
+            server = _Workers(workers)
+            try:
+                cpu0 = server.cpu()
+                t0 = time.perf_counter()
+                latencies, errors, window = asyncio.run(_run(server.url, n))
+                wall = time.perf_counter() - t0
+                cpu = [b - a for a, b in zip(cpu0, server.cpu(), strict=True)]
+            finally:
+                status = server.stop()
+            p50 = median(latencies) * 1e3 if latencies else float("nan")
+            p99 = percentile(latencies, 99) * 1e3
+            p99_at[workers, n] = p99
+            ok = errors == 0 and p99 <= WORKER_P99_MS
+            if ok and n > sustained[workers]:
+                sustained[workers] = n
+            tag = f"scale --workers {workers} {n}"
+            print(f"scale: --workers {workers}, {n} connections, turns over {window:.1f} s, "
+                  f"run {wall:.1f} s, supervisor exit {status}")
+            figure(f"{tag}: sentence-end->first-audio p50", p50, "ms")
+            first = workers == 1 and n == 1000
+            figure(f"{tag}: sentence-end->first-audio p99", p99, "ms",
+                   "<= 50 ms" if first else "", p99 <= WORKER_P99_MS if first else None)
+            figure(f"{tag}: errors", errors, "", "0" if first else "",
+                   errors == 0 if first else None)
+            for i, c in enumerate(cpu):
+                figure(f"{tag}: worker {i} CPU", c, "s", "", None,
+                       f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
+            if not ok and n >= 2000:
+                break  # past this worker count's limit: larger runs only take longer
+    one, two = sustained[1], sustained[2]
+    ratio = two / one if one else float("nan")
+    figure("scale workers: sustainable connections, 1 worker", one, "conns", "", None,
+           f"(p99 <= {WORKER_P99_MS:.0f} ms, no error; tried {', '.join(map(str, sizes))})")
+    figure("scale workers: sustainable connections, 2 workers", two, "conns")
+    capped = two == max(sizes)
+    figure("scale workers: 2 workers / 1 worker", ratio, "x", ">= 1.6x",
+           ratio >= 1.6 if one else False,
+           "(2 workers reached the largest size tried: a lower bound)" if capped else "")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ SCRIPTS = {
     "loopback": "benchmarks.bench_loopback",
     "tokens": "benchmarks.bench_tokens",
     "scale": "benchmarks.bench_scale",
+    "metrics": "benchmarks.bench_metrics",
     "voice": "benchmarks.bench_voice",
 }
 

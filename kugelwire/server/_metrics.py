@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
@@ -304,6 +305,18 @@ def _tail(text: str) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+_AUDIO_META = re.compile(r'"sr":(\d+),"samples":(\d+)')
+
+
+def _audio_seconds(text: str) -> float:
+    """``samples / sr`` of an audio frame, read after its base64 payload (no JSON parse)."""
+    m = _AUDIO_META.search(text, max(0, text.rfind('","enc":')))
+    if m is None:
+        return 0.0
+    sr = int(m.group(1))
+    return int(m.group(2)) / sr if sr > 0 else 0.0
+
+
 def _loads(text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
@@ -523,11 +536,10 @@ class ObservedSession:
 
     def _outbound(self, m: Metrics, text: str) -> None:
         if text.startswith('{"audio"'):
-            tail = _tail(text)
-            samples, sr = tail.get("samples"), tail.get("sr")
-            if isinstance(samples, int) and isinstance(sr, int) and sr > 0:
-                m.audio(self.endpoint, samples / sr)
-            turn = self._current(tail)
+            seconds = _audio_seconds(text)
+            if seconds:
+                m.audio(self.endpoint, seconds)
+            turn = self._current(None, text)
             if turn is not None and not turn.audio:
                 turn.audio = True
                 m.first_audio(self.endpoint, self._now - turn.started_at)

@@ -118,10 +118,13 @@ def _read_snapshots(directory: str, skip: Path | None) -> Iterator[Any]:
 
 async def _serve_asyncio(spec: WorkerSpec, stop: asyncio.Event, ready: Callable[[], None],
                          metrics: Any) -> None:
+    from ..protocol._server import ServerLimits
     from . import _options, _runner
 
-    options = _options(engine=_make_engine(spec.engine), metrics=metrics or False,
-                       **spec.options)
+    kwargs = dict(spec.options)
+    if isinstance(kwargs.get("limits"), dict):  # JSON: the fields of ServerLimits
+        kwargs["limits"] = ServerLimits(**kwargs["limits"])
+    options = _options(engine=_make_engine(spec.engine), metrics=metrics or False, **kwargs)
     async with _runner.serve(spec.host, spec.port, options, sock=_listening_socket(spec)):
         ready()
         await stop.wait()
@@ -235,7 +238,10 @@ async def supervise(
 ) -> int:
     """Run ``workers`` server processes on ``host:port`` until SIGTERM/SIGINT (or ``stop``),
     then drain them. Returns the exit status (0: every worker drained cleanly).
-    ``options`` are :func:`kugelwire.server.serve` keyword arguments (JSON-able ones).
+    ``options`` are :func:`kugelwire.server.serve` keyword arguments (JSON-able ones;
+    ``limits`` as a dict of :class:`~kugelwire.protocol.ServerLimits` fields). ``engine`` is a
+    ``kugelwire serve --engine`` name or ``"package.module:factory"`` (called with no
+    arguments in each worker).
     ``ready(url, pids)`` is called once every worker listens."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
