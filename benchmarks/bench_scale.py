@@ -174,9 +174,9 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
             server = _Workers(workers)
             try:
                 cpu0 = server.cpu()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 latencies, errors, window = asyncio.run(_run(server.url, n))
-                wall = time.perf_counter() - t0
+                wall, client_cpu = time.perf_counter() - t0, time.process_time() - c0
                 cpu = [b - a for a, b in zip(cpu0, server.cpu(), strict=True)]
             finally:
                 status = server.stop()
@@ -198,6 +198,8 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
             for i, c in enumerate(cpu):
                 figure(f"{tag}: worker {i} CPU", c, "s", "", None,
                        f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
+            figure(f"{tag}: client process CPU", client_cpu, "s", "", None,
+                   f"({client_cpu / wall * 100:.0f}% of one core; one asyncio client process)")
             if not ok and n >= 2000:
                 break  # past this worker count's limit: larger runs only take longer
     one, two = sustained[1], sustained[2]

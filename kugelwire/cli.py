@@ -396,7 +396,10 @@ async def _serve_workers(args: argparse.Namespace) -> int:
 
     try:
         status = await supervise(args.workers, args.host, args.port, engine=args.engine,
+                                 backend=getattr(args, "backend", None) or "asyncio",
                                  metrics=args.metrics, api_key=args.api_key, ready=ready)
+    except ValueError as exc:  # e.g. a backend the workers cannot run yet
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print("kugelwire: all workers stopped", flush=True)

@@ -161,10 +161,15 @@ async def _worker(spec: WorkerSpec) -> None:
             (Path(spec.ready_dir) / f"{spec.index}-{os.getpid()}").touch()
         print(f"kugelwire: worker {spec.index} pid {os.getpid()} ready", flush=True)
 
+    parent = os.getppid()
+
     async def publisher() -> None:
         while True:
             await asyncio.sleep(_SNAPSHOT_EVERY_S)
             publish()
+            if os.getppid() != parent:  # the supervisor is gone (killed): drain and exit
+                log.warning("worker %d: the supervisor is gone; shutting down", spec.index)
+                stop.set()
 
     task = loop.create_task(publisher())
     try:

@@ -251,3 +251,30 @@ def test_the_documented_example(capsys: pytest.CaptureFixture[str]) -> None:
     (block,) = blocks("metrics.md", "python")[:1]
     exec(compile(block.source, block.id, "exec"), {"__name__": "__main__"})
     assert capsys.readouterr().out.strip() == "1.0"
+
+
+def test_trio_server_counts_the_same() -> None:
+    trio = pytest.importorskip("trio")
+    from kugelwire.server import trio_serve
+
+    registry = Metrics()
+
+    def turns(url: str) -> None:
+        with kw_sync.connect_stream(url, voice_id=1) as stream:
+            for i in range(3):
+                turn = stream.send_text(f"Trio turn {i}.", flush=True)
+                assert turn is not None
+                turn.collect()
+
+    async def main() -> None:
+        async with trio_serve(metrics=registry) as server:
+            await trio.to_thread.run_sync(turns, server.url)
+            with trio.fail_after(10):
+                while registry.value("kugelwire_connections"):
+                    await trio.sleep(0.02)
+
+    trio.run(main)
+    assert registry.value("kugelwire_turns_total", endpoint="stream", outcome="completed") == 3
+    assert registry.value("kugelwire_first_audio_seconds", endpoint="stream") == 3
+    assert registry.value("kugelwire_connections_total") == 1
+    assert registry.value("kugelwire_sessions", endpoint="stream") == 0

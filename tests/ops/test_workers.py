@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +169,29 @@ def test_shared_socket_fallback_without_reuseport(monkeypatch: pytest.MonkeyPatc
         return await asyncio.wait_for(task, SHUTDOWN_TIMEOUT + 10)
 
     assert asyncio.run(main()) == 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, waiting for a reaper that may never come, counts as exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not re.search(r"^State:\s+Z", status, re.M)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_exit_when_the_supervisor_is_killed() -> None:
+    sup = Supervisor("--workers", "2")
+    try:
+        os.kill(sup.proc.pid, signal.SIGKILL)
+        sup.proc.wait(10)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT + 5
+        while any(_alive(pid) for pid in sup.pids):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            time.sleep(0.1)
+    finally:
+        for pid in sup.pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        sup.stop()
