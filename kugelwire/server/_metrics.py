@@ -556,7 +556,12 @@ class ObservedSession:
                     m.engine(self.endpoint, gen_ms / 1000, dur_ms / 1000)
             self._end(m, obj, "completed")
         elif text.startswith('{"interrupted"'):
-            self._end(m, _loads(text), "interrupted")
+            obj = _loads(text)
+            if self.endpoint == "multi" and "context_id" not in obj:
+                for key in list(self._cycles):  # a cancel of every context
+                    self._end(m, {"context_id": key}, "interrupted")
+            else:
+                self._end(m, obj, "interrupted")
         elif text.startswith('{"error"'):
             obj = _loads(text)
             self._on_error(obj)

@@ -278,3 +278,42 @@ def test_trio_server_counts_the_same() -> None:
     assert registry.value("kugelwire_first_audio_seconds", endpoint="stream") == 3
     assert registry.value("kugelwire_connections_total") == 1
     assert registry.value("kugelwire_sessions", endpoint="stream") == 0
+
+
+def test_multi_outcomes_cancel_all_close_and_refused(server: Any) -> None:
+    before = scrape(server.url)
+    long = " ".join(f"Sentence {i} of a long text." for i in range(40))
+    raw = _RawWS(server.port, "/ws/tts/multi")
+    raw.send('{"text":"' + long + '","context_id":"a","voice_id":1,"flush":true}')
+    raw.send('{"text":"' + long + '","context_id":"b","voice_id":2,"flush":true}')
+    raw.recv_until(b'"audio"')
+    raw.send('{"cancel":true}')  # every context
+    raw.recv_until(b'"interrupted"')
+    raw.send('{"text":"Unflushed text.","context_id":"c","voice_id":1}')
+    raw.recv_until(b'"context_created"')
+    raw.send('{"close_context":true,"context_id":"c"}')
+    raw.recv_until(b'"context_closed"')
+    raw.send('{"text":"Cut short.","context_id":"d","voice_id":1}')
+    raw.recv_until(b'"context_id":"d"')
+    raw.send('{"text":"' + long + '","context_id":"e","voice_id":1,"flush":true}')
+    raw.recv_until(b'"context_id":"e"')
+    raw.send('{"close_context":true,"context_id":"e","immediate":true}')
+    raw.recv_until(b'"context_closed":true,"context_id":"e"')
+    raw.send('{"close_socket":true}')
+    raw.recv_until(b'"session_closed"')
+    raw.sock.close()
+    _wait_for(lambda: get(scrape(server.url), "kugelwire_sessions", endpoint="multi") == 0)
+    after = scrape(server.url)
+
+    def delta(outcome: str) -> float:
+        return _turns(after, "multi", outcome) - _turns(before, "multi", outcome)
+
+    started = get(after, "kugelwire_turns_started_total", endpoint="multi") - get(
+        before, "kugelwire_turns_started_total", endpoint="multi")
+    assert delta("interrupted") == 2  # a and b, by one cancel of every context
+    # c: a graceful close speaks its unflushed text; d: so does close_socket
+    assert delta("completed") == 2
+    assert delta("closed") == 1  # e: closed at once, mid-cycle
+    assert started == 5
+    assert sum(delta(o) for o in ("completed", "interrupted", "closed", "disconnected",
+                                  "error")) == 5
