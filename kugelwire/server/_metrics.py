@@ -194,10 +194,12 @@ class Metrics:
 
     # -- connection glue ----------------------------------------------------------------------
     def connection_opened(self, now: float) -> None:
+        """A TCP connection was accepted."""
         self._connections.add((), 1)
         self._connections_total.add((), 1)
 
     def connection_closed(self, now: float) -> None:
+        """A TCP connection is gone (every opened one is closed exactly once)."""
         self._connections.add((), -1)
 
     def rejected(self, status: int, reason: str, now: float) -> None:
@@ -206,30 +208,39 @@ class Metrics:
 
     # -- fed by ObservedSession ------------------------------------------------------------
     def session_opened(self, endpoint: str) -> None:
+        """A WebSocket session began on ``endpoint`` (``stream`` / ``multi`` / ``tts``)."""
         self._sessions.add(_ep(endpoint), 1)
         self._sessions_total.add(_ep(endpoint), 1)
 
     def session_closed(self, endpoint: str) -> None:
+        """A WebSocket session ended."""
         self._sessions.add(_ep(endpoint), -1)
 
     def turn_started(self, endpoint: str) -> None:
+        """A turn (stream turn, tts request, multi flush cycle) got its first text."""
         self._started.add(_ep(endpoint))
 
     def turn_finished(self, endpoint: str, outcome: str) -> None:
+        """A turn ended: ``completed``, ``interrupted``, ``error``, ``closed`` or
+        ``disconnected``."""
         self._turns.add((("endpoint", endpoint), ("outcome", outcome)))
 
     def first_audio(self, endpoint: str, seconds: float) -> None:
+        """A turn's first audio frame went out ``seconds`` after its first text."""
         self._first_audio.observe(_ep(endpoint), max(0.0, seconds))
 
     def audio(self, endpoint: str, seconds: float) -> None:
+        """An audio frame of ``seconds`` went out."""
         self._audio.add(_ep(endpoint), seconds)
 
     def engine(self, endpoint: str, engine_s: float, audio_s: float) -> None:
+        """The engine spent ``engine_s`` seconds making ``audio_s`` seconds of audio."""
         self._engine.add(_ep(endpoint), engine_s)
         if audio_s > 0:
             self._rtf.observe(_ep(endpoint), engine_s / audio_s)
 
     def error(self, endpoint: str, error_code: str) -> None:
+        """An error frame with ``error_code`` went out."""
         self._errors.add((("endpoint", endpoint), ("error_code", error_code)))
 
     # -- reading -------------------------------------------------------------------------------
