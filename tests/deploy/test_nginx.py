@@ -33,6 +33,8 @@ from kugelwire.transports import sync as kw_sync
 from ..ops._prom import get, parse
 from ..ops._supervisor import KEY, Supervisor
 
+SHUTDOWN_TIMEOUT = 10.0  # serve's default shutdown_timeout
+
 ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
@@ -284,3 +286,37 @@ def test_the_documented_client_example(
     source = _replace(source, '"my-key"', repr(KEY))
     exec(compile(source, block.id, "exec"), {"__name__": "__main__"})
     assert re.search(r"^[1-9]\d* audio chunks$", capsys.readouterr().out, re.M)
+
+
+def test_drain_close_code_reaches_the_client_through_nginx(tmp_path: Path) -> None:
+    """SIGTERM to the supervisor: an idle ``wss://`` client gets close code 1012 through nginx
+    (the supervisor exits 0), so clients know to reconnect."""
+    import signal
+
+    sup = Supervisor("--workers", "2")
+    proxy = Proxy(tmp_path, int(sup.url.rsplit(":", 1)[1]))
+    try:
+        raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        sock = proxy.ssl.wrap_socket(raw, server_hostname="127.0.0.1")
+        sock.sendall(
+            f"GET /ws/tts/stream?api_key={KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, data = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sup.proc.send_signal(signal.SIGTERM)
+        while len(data) < 4:
+            chunk = sock.recv(4096)
+            assert chunk, "closed without a close frame"
+            data += chunk
+        assert data[0] == 0x88, data  # a close frame...
+        assert int.from_bytes(data[2:4], "big") == 1012  # ...with "service restart"
+        sock.close()
+        assert sup.proc.wait(SHUTDOWN_TIMEOUT + 5) == 0
+    finally:
+        proxy.stop()
+        sup.stop()
