@@ -26,6 +26,7 @@ SCRIPTS = {
     "scale": "benchmarks.bench_scale",
     "metrics": "benchmarks.bench_metrics",
     "voice": "benchmarks.bench_voice",
+    "lint": "benchmarks.bench_lint",
 }
 
 

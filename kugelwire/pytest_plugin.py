@@ -13,18 +13,27 @@ API::
 
 The official SDK takes ``KugelAudio(api_key=server.api_key, api_url=server.http_url)``.
 The tone engine (default) is deterministic: one tone per word, exact word timings.
+
+The server checks every client against the streaming rules (:mod:`kugelwire.lint`)::
+
+    def test_agent_follows_the_rules(kugelwire_server):
+        run_my_agent(kugelwire_server.url)
+        kugelwire_server.assert_follows_rules()     # fails listing every finding
+        # or inspect kugelwire_server.findings
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from .lint import Finding, Rule
     from .server import ThreadedServer
 
 __all__ = ["LocalServer", "kugelwire_server"]
@@ -46,6 +55,35 @@ class LocalServer:
     @property
     def port(self) -> int:
         return self.handle.port
+
+    @property
+    def findings(self) -> list[Finding]:
+        """The rule checks' findings so far (:class:`kugelwire.lint.Finding`), oldest first."""
+        linter = self.handle.linter
+        return [] if linter is None else linter.findings
+
+    def assert_follows_rules(
+        self, *, ignore: Iterable[Rule | str] = (), timeout: float = 2.0
+    ) -> None:
+        """Fail the test if any client broke a streaming rule.
+
+        Waits up to ``timeout`` seconds for open connections to close first (some rules are
+        decided when a connection closes). ``ignore`` lists rules (or their names, such as
+        ``"no-preconnect"``) to accept.
+        """
+        linter = self.handle.linter
+        if linter is None:
+            return
+        deadline = time.monotonic() + timeout
+        while linter.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        skip = {str(rule) for rule in ignore}
+        found = [f for f in linter.findings if f.rule.value not in skip]
+        if found:
+            lines = "\n".join(f"  {f}" for f in found)
+            raise AssertionError(
+                f"the client broke the streaming rules ({len(found)} finding(s)):\n{lines}"
+            )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,13 +25,14 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..lint import Linter
 from ..protocol._server import ServerLimits
 from ..protocol._ws import HttpHandler
 from ..synth import Engine, ToneEngine
 from . import _runner
 from ._common import ServerOptions
 from ._metrics import Metrics, metrics_handler
-from ._playground import playground_handler
+from ._playground import lint_handler, playground_handler
 from ._runner import ServerHandle
 
 if TYPE_CHECKING:
@@ -56,12 +57,17 @@ def _options(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    lint: bool | Linter = True,
     metrics: bool | Metrics = False,
 ) -> ServerOptions:
+    linter = Linter() if lint is True else (lint or None)
+    if http_handler is None:
+        http_handler = (
+            playground_handler if linter is None else lint_handler(linter, playground_handler)
+        )
     registry = Metrics() if metrics is True else (metrics or None)
-    handler = http_handler if http_handler is not None else playground_handler
     if registry is not None:  # GET /metrics in front of the playground / the given handler
-        handler = metrics_handler(registry, handler)
+        http_handler = metrics_handler(registry, http_handler)
     return ServerOptions(
         engine=engine if engine is not None else ToneEngine(),
         api_key=api_key,
@@ -73,9 +79,10 @@ def _options(
         write_buffer_limit=write_buffer_limit,
         auth_failure=auth_failure,
         shutdown_timeout=shutdown_timeout,
-        http_handler=handler,
+        http_handler=http_handler,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        lint=linter,
         metrics=registry,
     )
 
@@ -97,6 +104,7 @@ def serve(
     http_handler: HttpHandler | None = None,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
+    lint: bool | Linter = True,
     metrics: bool | Metrics = False,
 ) -> AbstractAsyncContextManager[ServerHandle]:
     """Serve the three endpoints on ``host:port`` (asyncio) for the ``async with`` block.
@@ -108,8 +116,14 @@ def serve(
     the pong does not come within ``ping_timeout`` (``ping_interval=None``: never). Leaving the
     block shuts down gracefully (1012), aborting what is still open after ``shutdown_timeout``
     seconds. Every limit and its default: ``docs/limits.md``. ``http_handler`` answers plain
-    HTTP GETs (default: the browser playground at ``/``, 404 elsewhere). ``metrics=True`` (or
-    a :class:`Metrics`) answers Prometheus text at ``GET /metrics`` (``docs/metrics.md``).
+    HTTP GETs (default: the browser playground at ``/`` and the rule checks' findings at
+    ``/lint/findings``, 404 elsewhere).
+
+    ``lint`` checks how clients use the protocol (:mod:`kugelwire.lint`): True (default) for a
+    new :class:`~kugelwire.lint.Linter` with default thresholds, a ``Linter`` of your own, or
+    False for none. Findings are logged on ``kugelwire.lint``; read them from
+    ``handle.options.lint.findings``. ``metrics=True`` (or a
+    :class:`Metrics`) answers Prometheus text at ``GET /metrics`` (``docs/metrics.md``).
     """
     return _runner.serve(
         host,
@@ -128,6 +142,7 @@ def serve(
             http_handler=http_handler,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            lint=lint,
             metrics=metrics,
         ),
     )
@@ -180,6 +195,11 @@ class ThreadedServer:
     @property
     def peak_buffered(self) -> int:
         return self.server.peak_buffered
+
+    @property
+    def linter(self) -> Linter | None:
+        """The server's rule checks (:mod:`kugelwire.lint`), or None when they are off."""
+        return self._options.lint
 
     def start(self) -> ThreadedServer:
         """Start the thread and wait until the server listens (re-raises startup errors)."""

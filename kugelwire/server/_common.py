@@ -11,8 +11,9 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+from ..lint import Linter
 from ..protocol._messages import WordTimestamp
 from ..protocol._server import (
     MultiServerSession,
@@ -63,6 +64,8 @@ class ServerOptions:
     #: within ``ping_timeout`` is closed with 1011 (a dead or half-open peer).
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
+    #: Rule checks of client behaviour (:mod:`kugelwire.lint`) on every session, or None.
+    lint: Linter | None = None
     #: Prometheus metrics (``GET /metrics``); None: off. Sessions are observed either way
     #: (one log line per error frame).
     metrics: Metrics | None = None
@@ -84,11 +87,23 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
-    def new_session(self, path: str, peer: str = "") -> _ServerSession | None:
-        """The core session for an endpoint path, or None (404)."""
+    def new_session(
+        self, path: str, now: float | None = None, peer: str = ""
+    ) -> _ServerSession | None:
+        """The core session for an endpoint path accepted at ``now``, or None (404).
+
+        With :attr:`lint` the session is wrapped in a :class:`~kugelwire.lint.LintedSession`
+        (same interface, every call forwarded); ``now`` lets it time the first text. Every
+        session is then observed for metrics and error log lines (:mod:`._metrics`; also a
+        transparent wrapper), ``peer`` naming the client in those lines."""
         cls = _SESSIONS.get(path)
-        session = None if cls is None else cls(limits=self.limits)
-        return observe(session, path, self.metrics, peer)  # type: ignore[no-any-return]
+        if cls is None:
+            return None
+        session: _ServerSession = cls(limits=self.limits)
+        if self.lint is not None:
+            # the wrapper has the session's whole interface (it forwards every attribute)
+            session = cast(_ServerSession, self.lint.wrap(session, path, now))
+        return cast(_ServerSession, observe(session, path, self.metrics, peer))
 
 
 class EngineJob:

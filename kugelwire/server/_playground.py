@@ -15,14 +15,29 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["PLAYGROUND_PATH", "playground_handler", "playground_headers", "playground_page"]
+from ..lint import Linter
+
+__all__ = [
+    "FINDINGS_PATH",
+    "PLAYGROUND_PATH",
+    "lint_handler",
+    "playground_handler",
+    "playground_headers",
+    "playground_page",
+]
 
 #: The only path the playground answers.
 PLAYGROUND_PATH = "/"
+#: Where :func:`lint_handler` answers the rule checks' latest findings (JSON).
+FINDINGS_PATH = "/lint/findings"
+#: The most findings one answer carries (the newest).
+FINDINGS_PAGE = 200
 
 _RESOURCE = "playground.html"
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
@@ -78,3 +93,37 @@ def playground_handler(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes
     if path != PLAYGROUND_PATH:
         return None
     return 200, list(playground_headers()), playground_page()
+
+
+_Handler = Callable[[str], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"]
+
+
+def lint_handler(linter: Linter, fallback: _Handler) -> _Handler:
+    """An HTTP handler answering ``GET /lint/findings`` from ``linter`` and everything else
+    with ``fallback``.
+
+    The answer is ``{"total": N, "open_connections": M, "findings": [...]}``: ``total`` counts
+    every finding ever made, ``findings`` are the newest (at most 200), each
+    :meth:`~kugelwire.lint.Finding.to_dict` plus ``n``, its 1-based number in ``total``. The
+    playground polls it to show the findings of its own turns.
+    """
+
+    def handler(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if path != FINDINGS_PATH:
+            return fallback(path)
+        total, findings = linter.findings_since(0)
+        findings = findings[-FINDINGS_PAGE:]
+        first = total - len(findings) + 1
+        body = {
+            "total": total,
+            "open_connections": linter.open_connections,
+            "findings": [{"n": first + i, **f.to_dict()} for i, f in enumerate(findings)],
+        }
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        return 200, headers, json.dumps(body).encode("utf-8")
+
+    return handler

@@ -198,7 +198,7 @@ class _Connection(asyncio.Protocol):
 
     # -- the byte pump ---------------------------------------------------------------------
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path, self._peer)
+        session = self._options.new_session(path, self._loop.time(), self._peer)
         if session is not None and self._server._draining is not None:
             session.shutdown(self._loop.time(), 1013)  # a draining replica: accept, close 1013
         return session

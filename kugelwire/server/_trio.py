@@ -171,7 +171,7 @@ class _Connection:
             return "?"
 
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path, self._peer_name)
+        session = self._options.new_session(path, trio.current_time(), self._peer_name)
         if session is not None and self._server._draining is not None:
             session.shutdown(trio.current_time(), 1013)
         return session

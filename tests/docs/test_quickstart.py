@@ -27,7 +27,8 @@ from ._blocks import Block, blocks
 pytestmark = pytest.mark.timeout(60)
 
 #: Pages whose Python blocks are run here (bring-your-own-io.md has its own test).
-PAGES = ("index.md", "quickstart.md", "server.md", "pytest-plugin.md", "build-an-sdk.md")
+PAGES = ("index.md", "quickstart.md", "server.md", "pytest-plugin.md", "build-an-sdk.md",
+         "cli.md")
 #: How many blocks of a page may carry ``<!-- skip-test -->`` (0 when not listed; none today).
 ALLOWED_SKIPS: dict[str, int] = {}
 DEFAULT_ADDRESS = "127.0.0.1:8765"

@@ -1,0 +1,68 @@
+"""Voice-agent framework services built on kugelwire's client.
+
+* :mod:`kugelwire.integrations.pipecat`: ``KugelwireTTSService``, a Pipecat websocket TTS service
+  (extra ``kugelwire[pipecat]``).
+* :mod:`kugelwire.integrations.livekit`: ``TTS``, a LiveKit Agents TTS plugin (extra
+  ``kugelwire[livekit]``).
+
+Both speak ``/ws/tts/multi`` through :func:`kugelwire.transports.asyncio.connect_multi`: one
+context per utterance, text streamed unflushed and flushed once, barge-in by closing the context
+at once, word timestamps converted to time since the start of the utterance's audio. Importing
+either module without its framework installed raises an ``ImportError`` naming the extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DEFAULT_URL", "audio_format", "closest_sample_rate", "language_code", "voice_id"]
+
+#: The hosted service's base URL (``ws://127.0.0.1:PORT`` for ``kugelwire serve``).
+DEFAULT_URL = "wss://api.kugelaudio.com"
+
+
+def closest_sample_rate(rate: int) -> int:
+    """The server sample rate to request for audio wanted at ``rate`` Hz (the rate itself when
+    the server offers it, else the smallest offered rate above it, else the largest)."""
+    from ..protocol import SAMPLE_RATES
+
+    if rate in SAMPLE_RATES:
+        return rate
+    above = sorted(r for r in SAMPLE_RATES if r > rate)
+    return above[0] if above else max(SAMPLE_RATES)
+
+
+def audio_format(encoding: str, sample_rate: int) -> tuple[dict[str, Any], int]:
+    """Connection config for ``encoding`` (``"pcm"``, ``"mulaw"`` or ``"alaw"``; G.711 is 8 kHz
+    on the wire) at ``sample_rate``, and the rate the server will send."""
+    if encoding == "pcm":
+        wire = closest_sample_rate(sample_rate)
+        return {"sample_rate": wire}, wire
+    if encoding in ("mulaw", "alaw"):
+        token = "ulaw_8000" if encoding == "mulaw" else "alaw_8000"
+        return {"output_format": token, "sample_rate": 8000}, 8000
+    raise ValueError(f"encoding must be 'pcm', 'mulaw' or 'alaw', not {encoding!r}")
+
+
+def language_code(language: object) -> str | None:
+    """An ISO 639-1 code the service accepts for a framework language value (``"en-US"``,
+    ``Language.EN_US``, ``"de"``...), or None when it has none."""
+    from ..protocol import LANGUAGES
+
+    value = getattr(language, "value", language)
+    if not isinstance(value, str) or not value:
+        return None
+    code = value.strip().lower()
+    if code in LANGUAGES:
+        return code
+    base = code.replace("_", "-").split("-")[0]
+    return base if base in LANGUAGES else None
+
+
+def voice_id(value: object) -> int | str:
+    """A voice id as the server expects it: numeric ids (frameworks often keep voices as
+    strings) travel as integers, other ids as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return int(text) if text.isdigit() else text
