@@ -87,15 +87,13 @@ class ServerOptions:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
 
-    def new_session(
-        self, path: str, now: float | None = None, peer: str = ""
-    ) -> _ServerSession | None:
+    def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
         """The core session for an endpoint path accepted at ``now``, or None (404).
 
         With :attr:`lint` the session is wrapped in a :class:`~kugelwire.lint.LintedSession`
         (same interface, every call forwarded); ``now`` lets it time the first text. Every
         session is then observed for metrics and error log lines (:mod:`._metrics`; also a
-        transparent wrapper), ``peer`` naming the client in those lines."""
+        transparent wrapper)."""
         cls = _SESSIONS.get(path)
         if cls is None:
             return None
@@ -103,7 +101,7 @@ class ServerOptions:
         if self.lint is not None:
             # the wrapper has the session's whole interface (it forwards every attribute)
             session = cast(_ServerSession, self.lint.wrap(session, path, now))
-        return cast(_ServerSession, observe(session, path, self.metrics, peer))
+        return cast(_ServerSession, observe(session, path, self.metrics))
 
 
 class EngineJob:

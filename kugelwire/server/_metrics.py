@@ -42,6 +42,7 @@ __all__ = [
     "connection_closed",
     "connection_opened",
     "metrics_handler",
+    "name_peer",
     "observe",
     "request_rejected",
 ]
@@ -614,6 +615,12 @@ class ObservedSession:
             extra={"kugelwire_event": "error", "endpoint": self.endpoint,
                    "error_code": error_code, "peer": self._peer},
         )
+
+
+def name_peer(session: Any, peer: str) -> None:
+    """Name the client of an observed session in its log lines (a runner's one call)."""
+    if isinstance(session, ObservedSession):
+        session._peer = peer
 
 
 def observe(session: Any, path: str, metrics: Metrics | None, peer: str = "") -> Any:

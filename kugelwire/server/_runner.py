@@ -20,7 +20,7 @@ from typing import cast
 from ..protocol._server import _ServerSession
 from ..protocol._ws import Accepted, ConnectionClosed, ConnectionState, Rejected, ServerConnection
 from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
-from ._metrics import connection_closed, connection_opened, request_rejected
+from ._metrics import connection_closed, connection_opened, name_peer, request_rejected
 
 __all__ = ["ServerHandle"]
 
@@ -198,7 +198,8 @@ class _Connection(asyncio.Protocol):
 
     # -- the byte pump ---------------------------------------------------------------------
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path, self._loop.time(), self._peer)
+        session = self._options.new_session(path, self._loop.time())
+        name_peer(session, self._peer)
         if session is not None and self._server._draining is not None:
             session.shutdown(self._loop.time(), 1013)  # a draining replica: accept, close 1013
         return session

@@ -25,7 +25,7 @@ from ..protocol._ws import (
     ServerConnection,
 )
 from ._common import BUSY_RESPONSE, EngineJob, JobTable, ServerOptions, apply_item, log
-from ._metrics import connection_closed, connection_opened, request_rejected
+from ._metrics import connection_closed, connection_opened, name_peer, request_rejected
 
 __all__ = ["TrioServerHandle"]
 
@@ -171,7 +171,8 @@ class _Connection:
             return "?"
 
     def _route(self, path: str) -> _ServerSession | None:
-        session = self._options.new_session(path, trio.current_time(), self._peer_name)
+        session = self._options.new_session(path, trio.current_time())
+        name_peer(session, self._peer_name)
         if session is not None and self._server._draining is not None:
             session.shutdown(trio.current_time(), 1013)
         return session
