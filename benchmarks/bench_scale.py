@@ -20,6 +20,7 @@ import asyncio
 import random
 import resource
 import time
+from typing import Any
 
 from benchmarks._common import figure, median, parse_args, percentile
 from benchmarks._engine import KEY, ServerProcess
@@ -128,7 +129,173 @@ def main() -> None:
         figure(f"scale {n}: server peak RSS", rss / 1024, "MiB")
         figure(f"scale {n}: client process CPU (whole run)", client_cpu, "s")
     _backends(1000)
+    scale_workers()  # ops: serve --workers 1 vs 2 (below)
 
+
+# -- ops: `serve --workers N` ---------------------------------------------------------------------
+# The same load (as _run: all N connect first, then ~200 turns/s of LLM-paced tokens, here from
+# CLIENT_PROCESSES client processes) against the
+# multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
+# connections and more, to find each one's sustainable connections: the most connections whose
+# sentence-end -> first-audio p99 stays <= 50 ms with no error. Targets: p99 <= 50 ms at 1,000
+# with one worker; 2 workers sustain >= 1.6x the connections of one. Run only this section with
+#     python -c "from benchmarks.bench_scale import scale_workers; scale_workers()"
+
+WORKER_SIZES = (1000, 1500, 2000, 2500, 3000)
+WORKER_P99_MS = 50.0
+
+
+def _bench_tone() -> object:
+    """The engine of ServerProcess("tone"): a ToneEngine allowed 64 chunks at once."""
+    from kugelwire.synth import ToneEngine
+
+    return ToneEngine(piece_ms=100, max_concurrency=64)
+
+
+_SUPERVISOR = """
+import asyncio, sys
+from kugelwire.server._workers import supervise
+def ready(url, pids):
+    print("READY", url, *pids, flush=True)
+sys.exit(asyncio.run(supervise(
+    int(sys.argv[1]), "127.0.0.1", 0, engine="benchmarks.bench_scale:_bench_tone",
+    api_key=sys.argv[2], ready=ready, max_connections=100_000, ping_interval=None,
+    limits={"frame_ms": 200})))
+"""
+
+
+#: Client processes that share the load (so one client process is not the bottleneck).
+CLIENT_PROCESSES = 2
+
+
+async def _part(url: str, n: int, ready_at: float, window: float, seed: int) -> list[Any]:
+    rng = random.Random(seed)
+    tasks = [asyncio.ensure_future(_connection(url, ready_at + rng.random() * window, rng))
+             for _ in range(n)]
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _client_process(url: str, n: int, ready_at: float, window: float,
+                    seed: int) -> tuple[list[float], int, str, float]:
+    """One client process's share: (latencies, errors, first error, its CPU seconds)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    c0 = time.process_time()
+    results = asyncio.run(_part(url, n, ready_at, window, seed))
+    latencies = [r for r in results if isinstance(r, float)]
+    errors = [r for r in results if not isinstance(r, float)]
+    return latencies, len(errors), repr(errors[0]) if errors else "", time.process_time() - c0
+
+
+def _run_clients(url: str, n: int) -> tuple[list[float], int, float, float]:
+    """_run's load from CLIENT_PROCESSES processes: (latencies, errors, window, client CPU)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = max(1.0, n / 200)
+    parts = [n // CLIENT_PROCESSES + (i < n % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
+    with ProcessPoolExecutor(CLIENT_PROCESSES) as pool:
+        ready_at = time.perf_counter() + 7.0 + n / 150  # process start + all N connect first
+        futures = [pool.submit(_client_process, url, k, ready_at, window, n * 10 + i)
+                   for i, k in enumerate(parts)]
+        done = [f.result() for f in futures]
+    latencies = [x for d in done for x in d[0]]
+    errors = sum(d[1] for d in done)
+    first = next((d[2] for d in done if d[2]), "")
+    if first:
+        print(f"    first error: {first}")
+    return latencies, errors, window, sum(d[3] for d in done)
+
+
+class _Workers:
+    """`serve --workers n` (the supervisor API with ServerProcess's settings) in a child."""
+
+    def __init__(self, n: int) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(n), KEY],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("READY "):
+                _, self.url, *pids = line.split()
+                self.pids = [int(p) for p in pids]
+                return
+        raise RuntimeError("the workers did not start")
+
+    def cpu(self) -> list[float]:
+        """CPU seconds (user + sys) of each worker so far, from /proc."""
+        import os
+
+        tick = os.sysconf("SC_CLK_TCK")
+        out = []
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def stop(self) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
+    import os
+
+    if not os.path.isdir("/proc"):
+        print("scale workers: needs /proc (Linux) for per-worker CPU; skipped")
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sustained: dict[int, int] = {}
+    p99_at: dict[tuple[int, int], float] = {}
+    for workers in (1, 2):
+        sustained[workers] = 0
+        for n in sizes:
+            server = _Workers(workers)
+            try:
+                cpu0 = server.cpu()
+                t0 = time.perf_counter()
+                latencies, errors, window, client_cpu = _run_clients(server.url, n)
+                wall = time.perf_counter() - t0
+                cpu = [b - a for a, b in zip(cpu0, server.cpu(), strict=True)]
+            finally:
+                status = server.stop()
+            p50 = median(latencies) * 1e3 if latencies else float("nan")
+            p99 = percentile(latencies, 99) * 1e3
+            p99_at[workers, n] = p99
+            ok = errors == 0 and p99 <= WORKER_P99_MS
+            if ok and n > sustained[workers]:
+                sustained[workers] = n
+            tag = f"scale --workers {workers} {n}"
+            print(f"scale: --workers {workers}, {n} connections, turns over {window:.1f} s, "
+                  f"run {wall:.1f} s, supervisor exit {status}")
+            figure(f"{tag}: sentence-end->first-audio p50", p50, "ms")
+            first = workers == 1 and n == 1000
+            figure(f"{tag}: sentence-end->first-audio p99", p99, "ms",
+                   "<= 50 ms" if first else "", p99 <= WORKER_P99_MS if first else None)
+            figure(f"{tag}: errors", errors, "", "0" if first else "",
+                   errors == 0 if first else None)
+            for i, c in enumerate(cpu):
+                figure(f"{tag}: worker {i} CPU", c, "s", "", None,
+                       f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
+            figure(f"{tag}: client processes CPU", client_cpu, "s", "", None,
+                   f"({client_cpu / wall * 100:.0f}% of one core; {CLIENT_PROCESSES} asyncio "
+                   "client processes)")
+            if not ok and n >= 2000:
+                break  # past this worker count's limit: larger runs only take longer
+    one, two = sustained[1], sustained[2]
+    ratio = two / one if one else float("nan")
+    figure("scale workers: sustainable connections, 1 worker", one, "conns", "", None,
+           f"(p99 <= {WORKER_P99_MS:.0f} ms, no error; tried {', '.join(map(str, sizes))})")
+    figure("scale workers: sustainable connections, 2 workers", two, "conns")
+    capped = two == max(sizes)
+    figure("scale workers: 2 workers / 1 worker", ratio, "x", ">= 1.6x",
+           ratio >= 1.6 if one else False,
+           "(2 workers reached the largest size tried: a lower bound)" if capped else "")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ SCRIPTS = {
     "client": "benchmarks.bench_client",
     "tokens": "benchmarks.bench_tokens",
     "scale": "benchmarks.bench_scale",
+    "metrics": "benchmarks.bench_metrics",
     "voice": "benchmarks.bench_voice",
     "lint": "benchmarks.bench_lint",
 }

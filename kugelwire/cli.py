@@ -607,6 +607,8 @@ def _server_api_key(args: argparse.Namespace) -> str | None:
 async def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, run_in_thread, serve
 
+    if args.workers != 1:  # ops: several processes on one port (kugelwire/server/_workers.py)
+        return await _serve_workers(args)
     _log_to_stderr()
     api_key = _server_api_key(args)
     engine = make_engine(args.engine)
@@ -614,7 +616,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         faults = _fault_plan(args.fault)
         extra = dict(api_key=api_key, lint=_serve_linter(args), lenient=args.lenient,
-                     faults=faults, **options)
+                     faults=faults, metrics=args.metrics, **options)
         if args.backend == "asyncio":
             server_cm: Any = serve(args.host, args.port, engine=engine, **extra)
             server = await server_cm.__aenter__()
@@ -679,6 +681,42 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def _float_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
+
+
+# -- ops: serve --workers N / --metrics -------------------------------------------------------
+def _ops_serve_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="server processes on the one port (default 1; SO_REUSEPORT)")
+    serve.add_argument("--metrics", action="store_true",
+                       help="answer Prometheus text at GET /metrics (no API key needed)")
+
+
+async def _serve_workers(args: argparse.Namespace) -> int:
+    from .server._workers import supervise
+
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    _log_to_stderr()
+    make_engine(args.engine, quiet=True)  # fail here, not in every worker
+
+    def ready(url: str, pids: list[int]) -> None:
+        print(f"kugelwire: serving {url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) with "
+              f"{len(pids)} workers (pids {' '.join(map(str, pids))}); Ctrl-C stops",
+              flush=True)
+        if args.metrics:
+            print(f"kugelwire: metrics at http{url[2:]}/metrics", flush=True)
+
+    try:
+        status = await supervise(args.workers, args.host, args.port, engine=args.engine,
+                                 backend=getattr(args, "backend", None) or "asyncio",
+                                 metrics=args.metrics, api_key=_server_api_key(args), ready=ready,
+                                 lint=not args.no_lint)
+    except ValueError as exc:  # e.g. a backend the workers cannot run yet
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print("kugelwire: all workers stopped", flush=True)
+    return status
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -947,6 +985,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="misbehave on purpose (repeatable): drop, restart, stall, delay, "
                             "error, reject, slow_handshake; e.g. restart:after=3, reject:429")
     _serve_flags(serve)
+    _ops_serve_flags(serve)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL,

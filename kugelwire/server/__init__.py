@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._asyncio import ServerHandle
 from ._core import ServerOptions, SocketAction
 from ._faults import Fault, FaultPlan, FaultyConnection
+from ._metrics import Metrics
 from ._playground import playground_handler
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
     from ._sync import SyncServerHandle
     from ._trio import TrioServerHandle
 
-__all__ = ["BACKENDS", "Backend", "Fault", "FaultPlan", "FaultyConnection", "ServerHandle",
-           "ServerOptions", "SocketAction", "ThreadedServer",
+__all__ = ["BACKENDS", "Backend", "Fault", "FaultPlan", "FaultyConnection", "Metrics",
+           "ServerHandle", "ServerOptions", "SocketAction", "ThreadedServer",
            "playground_handler", "run_in_thread", "serve", "trio_serve"]
 
 Backend = Literal["asyncio", "trio", "anyio", "sync"]

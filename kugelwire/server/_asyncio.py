@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
@@ -31,9 +32,13 @@ class ServerHandle(HandleBase):
         self._server: asyncio.AbstractServer | None = None
         self._pool = ThreadPoolExecutor(options.slots, thread_name_prefix="kugelwire-engine")
 
-    async def _start(self, host: str, port: int) -> None:
-        self._server = await self._loop.create_server(
-            lambda: _Connection(self), host, port, backlog=self.options.backlog)
+    async def _start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        if sock is not None:  # a listening socket made elsewhere (``serve --workers``)
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), sock=sock, backlog=self.options.backlog)
+        else:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), host, port, backlog=self.options.backlog)
         self._bound(self._server.sockets[0].getsockname())
 
     async def shutdown(self, code: int = 1012, timeout: float | None = None) -> None:
@@ -149,10 +154,13 @@ class _Connection(asyncio.Protocol):
 
 
 @contextlib.asynccontextmanager
-async def serve(host: str, port: int, options: ServerOptions) -> AsyncIterator[ServerHandle]:
-    """Run an asyncio server for the block; see :func:`kugelwire.server.serve`."""
+async def serve(
+    host: str, port: int, options: ServerOptions, *, sock: socket.socket | None = None
+) -> AsyncIterator[ServerHandle]:
+    """Run an asyncio server for the block; see :func:`kugelwire.server.serve`. With ``sock``
+    (a bound, listening socket) ``host`` and ``port`` are ignored."""
     handle = ServerHandle(options)
-    await handle._start(host, port)
+    await handle._start(host, port, sock)
     try:
         yield handle
     finally:

@@ -64,6 +64,14 @@ from ..protocol._ws import (
 from ..synth._base import CancelToken, Engine, SynthesisItem
 from ..synth.tone import ToneEngine
 from ._faults import FaultPlan, server_connection
+from ._metrics import (
+    Metrics,
+    connection_closed,
+    connection_opened,
+    metrics_handler,
+    observe,
+    request_rejected,
+)
 from ._playground import lint_handler, playground_handler, playground_handler_for
 from ._rest import rest_handler
 
@@ -150,6 +158,9 @@ class ServerOptions:
     faults: FaultPlan | None = None
     #: Rule checks of client behaviour (:mod:`kugelwire.lint`) on every session, or None.
     lint: Linter | None = None
+    #: Prometheus metrics (``GET /metrics``); None: off. Sessions are observed either way
+    #: (one log line per error frame).
+    metrics: Metrics | None = None
     #: Builds each connection's :class:`ServerConnection` (the one place they are made; fault
     #: injection wraps it). None: :func:`default_connection`.
     connection_factory: ConnectionFactory | None = None
@@ -184,7 +195,11 @@ class ServerOptions:
         if "http_handler" not in kwargs:
             base = playground_handler_for(plan) if plan else playground_handler
             kwargs["http_handler"] = base if linter is None else lint_handler(linter, base)
-        return cls(lint=linter, faults=plan if plan else None, **kwargs)
+        metrics = kwargs.pop("metrics", False)
+        registry = Metrics() if metrics is True else (metrics or None)
+        if registry is not None:  # GET /metrics in front of the playground / the given handler
+            kwargs["http_handler"] = metrics_handler(registry, kwargs["http_handler"])
+        return cls(lint=linter, faults=plan if plan else None, metrics=registry, **kwargs)
 
     @classmethod
     def cli_fields(cls) -> list[dataclasses.Field[Any]]:
@@ -216,11 +231,13 @@ class ServerOptions:
         cls = _SESSIONS.get(path)
         if cls is None:
             return None
-        session = cls(limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
-        if self.lint is None:
-            return session
-        # the wrapper has the session's whole interface (it forwards every attribute)
-        return cast(_ServerSession, self.lint.wrap(session, path, now))
+        session: _ServerSession = cls(
+            limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
+        if self.lint is not None:
+            # the wrapper has the session's whole interface (it forwards every attribute)
+            session = cast(_ServerSession, self.lint.wrap(session, path, now))
+        # observed for metrics and error log lines (also a transparent wrapper)
+        return cast(_ServerSession, observe(session, path, self.metrics))
 
 
 ConnectionFactory = Callable[
@@ -438,6 +455,11 @@ class _Peer:
         self._jobs: dict[int, EngineJob] = {}
         self._ready: deque[EngineJob] = deque()
         server.connections.add(self)
+        #: the peer's address for log lines (the adapter may set it; the core never reads it)
+        self.peer = "?"
+        self._opened_at = now
+        self._closed: tuple[int | None, str] = (None, "connection lost")
+        connection_opened(server.options.metrics, self.peer, now)
 
     @property
     def unsent(self) -> int:
@@ -517,6 +539,9 @@ class _Peer:
         if self.session is not None:
             server._sessions -= 1
         server.connections.discard(self)
+        code, reason = self._closed
+        connection_closed(server.options.metrics, self.peer, self.session, code, reason,
+                          self._opened_at, self._now)
 
 
 class ConnectionCore(_Peer):
@@ -530,6 +555,7 @@ class ConnectionCore(_Peer):
         self.conn: ServerConnection | None = None
         if len(server.connections) > server.options.max_connections:
             log.warning("refusing a connection: max_connections reached")
+            request_rejected(server.options.metrics, self.peer, 503, "", "busy", now)
             self._out += BUSY_RESPONSE
             self._close(now)
         else:
@@ -612,9 +638,10 @@ class ConnectionCore(_Peer):
                 self._accepted(event.session)  # type: ignore[arg-type]
                 log.debug("accepted %s", event.path)
             elif isinstance(event, Rejected):
-                log.info("%s rejected (%d %s)", event.path, event.status_code, event.reason)
+                request_rejected(self.server.options.metrics, self.peer, event.status_code,
+                                 event.path, event.reason, now)
             elif isinstance(event, ConnectionClosed):
-                log.debug("closed (code %s, %s)", event.code, event.reason)
+                self._closed = (event.code, event.reason)
         self._dispatch()
         if self.action is SocketAction.KEEP:
             self._out += conn.data_to_send()
@@ -691,6 +718,7 @@ class MessageConnectionCore(_Peer):
         self._now = now
         options = self.server.options
         if len(self.server.connections) > options.max_connections:
+            request_rejected(options.metrics, self.peer, 503, path, "busy", now)
             if denial:
                 self._gone()
                 return Handshake(503, [(b"retry-after", b"1")])
@@ -698,6 +726,7 @@ class MessageConnectionCore(_Peer):
             return Handshake(101, [_AI_HEADER])
         key = options.api_key.encode() if options.api_key is not None else None
         if not authorized(key, query, headers):
+            request_rejected(options.metrics, self.peer, 401, path, "unauthorized", now)
             if denial and options.auth_failure == "http":
                 self._gone()
                 return Handshake(401, [(b"content-type", b"application/json")],
@@ -707,6 +736,7 @@ class MessageConnectionCore(_Peer):
             return Handshake(101, [_AI_HEADER])
         session = self._route(path)
         if session is None:
+            request_rejected(options.metrics, self.peer, 404, path, "not found", now)
             if denial:
                 self._gone()
                 return Handshake(404, [(b"content-type", b"application/json")],
