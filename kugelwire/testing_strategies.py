@@ -54,7 +54,7 @@ CJK_TOKENS: tuple[str, ...] = (
     "Ünïcödé", " naïve", " 😀", "👩‍👩‍👧", " 🎉!", "你好", "。", "世界", "！", "こんにちは", "？",
     "한국어", " ß", "Ω", "\u00a0", "\u2028", "ﬁ",
 )
-#: ``<break>`` forms the scanner recognises (DECISIONS rule 20).
+#: ``<break>`` forms the scanner recognises (rulings.md#ruling-20).
 BREAK_TAGS: tuple[str, ...] = (
     '<break time="200ms"/>', "<break/>", "<break time='1.5s'/>", '<break strength="none"/>',
     '<break time="300ms"></break>',

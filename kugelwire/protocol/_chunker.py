@@ -1,4 +1,5 @@
-"""Server-side text buffer and sentence chunker for streamed turns (REFERENCE §5, DECISIONS 1-4).
+"""Server-side text buffer and sentence chunker for streamed turns (protocol.md#chunking,
+rulings.md#turns).
 
 :class:`Chunker` receives the client's text frames one by one (:meth:`Chunker.feed`) and hands out
 :class:`TextChunk` values as soon as a chunk is ready for the engine.  It is pure and deterministic:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._config import Config, SettingsUpdate
@@ -89,6 +89,8 @@ MAX_CONTEXTS = 20
 #: Abandoned (timed-out) cancels remembered to match a late ``interrupted``; older ones are
 #: forgotten (their late ack is then matched to a newer cancel, or dropped).
 _MAX_ABANDONED = 16
+#: Error codes that refuse a stream turn sent before any of its output (its text is dropped).
+_REFUSALS = frozenset({ErrorCode.MISSING_VOICE_ID.value, ErrorCode.NOT_FOUND.value})
 RESTART_CODES = frozenset({1012, 1013})
 _INF = math.inf
 
@@ -310,7 +312,7 @@ class _ClientSession:
         pending = next((p for p in self._pending_cancels if not p.timed_out), None)
         if pending is None:
             return None
-        # A quiet timer: it restarts on every frame received (REFERENCE §7.1).
+        # A quiet timer: it restarts on every frame received (protocol.md#barge-in).
         return max(pending.sent_at, self._last_rx) + self._cancel_timeout
 
     def _other_deadline(self) -> float | None:
@@ -368,7 +370,8 @@ class _ClientSession:
     def _spell_check(
         self, cycle: _Cycle, text: str, config: Config, context_id: str | None
     ) -> None:
-        """DECISIONS 20: say once per turn/context when <spell> is sent without its settings."""
+        """Say once per turn/context when <spell> is sent without its settings
+        (rulings.md#ruling-20)."""
         if cycle.spell_checked:
             return
         window = cycle.spell_tail + text
@@ -438,9 +441,10 @@ class StreamClientSession(_ClientSession):
       turn.
     * ``cancel()``: from that moment no audio of the cancelled turn(s) is delivered;
       :class:`Interrupted` is their terminal event.
-    * ``idle_flush_guard``: the server ends a turn after 5 s without text (DECISIONS 5). To keep
-      turn matching deterministic the client flushes such a turn itself after this many seconds
-      (default 4.5) and says so with a :class:`Diagnostic`; ``None`` disables it.
+    * ``idle_flush_guard``: the server ends a turn after 5 s without text
+      (rulings.md#ruling-5). To keep turn matching deterministic the client flushes such a
+      turn itself after this many seconds (default 4.5) and says so with a
+      :class:`Diagnostic`; ``None`` disables it.
     """
 
     endpoint = "/ws/tts/stream"
@@ -481,7 +485,7 @@ class StreamClientSession(_ClientSession):
     def send_text(self, text: str, now: float, *, flush: bool = False) -> int | None:
         """Queue a text fragment (an LLM token). Returns its turn number.
 
-        Empty text is not sent (it never starts a turn, DECISIONS 6); with ``flush=True`` it
+        Empty text is not sent (it never starts a turn, rulings.md#ruling-6); with ``flush=True`` it
         flushes the open turn.
         """
         self._check_usable()
@@ -622,7 +626,12 @@ class StreamClientSession(_ClientSession):
         head = self._turns[0] if self._turns else None
         if isinstance(msg, ErrorFrame):
             if not self._is_settings_error(msg):
-                self._events.append(self._server_error(msg, head.number if head else None))
+                event = self._server_error(msg, head.number if head else None)
+                if head is not None and self._refuses(head, msg):
+                    self._turns.popleft()
+                    self._send_config = True  # the next turn states its voice again
+                    event = replace(event, ends_turn=True)
+                self._events.append(event)
             return
         gated = head is not None and self._pending_cancels and self._cancel_gates()
         if gated or head is None:
@@ -695,6 +704,18 @@ class StreamClientSession(_ClientSession):
                 )
         else:
             self.unknown_frames += 1
+
+    def _refuses(self, head: _Turn, msg: ErrorFrame) -> bool:
+        """Does ``msg`` refuse the head turn? A voice error before any of its output: the
+        server dropped the turn's text, so no ``final`` follows (REFUSED ends it)."""
+        cycle = head.cycle
+        return (
+            msg.error_code in _REFUSALS
+            and not self._pending_cancels
+            and not cycle.audio_frames
+            and not cycle.chunk_texts
+            and self._advance(head, TurnInput.REFUSED)
+        )
 
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
@@ -813,7 +834,8 @@ class MultiClientSession(_ClientSession):
         max_new_tokens: int | None = None,
         text: str = " ",
     ) -> None:
-        """Send the init frame; the voice is bound from ``voice_settings.voice_id`` (§2.4)."""
+        """Send the init frame; the voice is bound from ``voice_settings.voice_id``
+        (protocol.md#multi-messages)."""
         self._check_usable()
         if not isinstance(context_id, str) or not context_id or len(context_id) > 256:
             raise LocalProtocolError("context_id must be a non-empty str of at most 256 chars")

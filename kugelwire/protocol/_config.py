@@ -1,4 +1,5 @@
-"""Generation parameters (REFERENCE §2.1, §2.3, §2.5) as immutable, validated values."""
+"""Generation parameters as immutable, validated values (protocol.md#generation-parameters,
+protocol.md#stream-messages, protocol.md#update-settings)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 SAMPLE_RATES = frozenset({8000, 16000, 22050, 24000, 44100})
-#: output_format token -> (enc, sample rate)  (REFERENCE §10)
+#: output_format token -> (enc, sample rate)  (protocol.md#audio-formats)
 OUTPUT_FORMATS: Mapping[str, tuple[str, int]] = {
     "pcm_8000": ("pcm_s16le", 8000),
     "pcm_16000": ("pcm_s16le", 16000),
@@ -143,8 +144,8 @@ class Config:
 
     One class serves every endpoint: the top-level config fields of a ``/ws/tts`` request, the
     sticky ``/ws/tts/stream`` config and the session-wide fields of a ``/ws/tts/multi`` frame.
-    ``cfg_scale`` is clamped into [1.2, 2.5] (DECISIONS 18); every other field out of range is
-    an error.
+    ``cfg_scale`` is clamped into [1.2, 2.5] (rulings.md#ruling-18); every other field out of
+    range is an error.
     """
 
     voice_id: int | str | None = None
@@ -252,7 +253,7 @@ def resolve_audio_format(config: Config, err: ErrT = RemoteProtocolError) -> tup
     """(enc, sample rate) a turn will use; ``output_format`` wins over ``sample_rate``.
 
     An explicit non-default ``sample_rate`` that contradicts ``output_format`` is an error
-    (24000 counts as the SDKs' serialised default, REFERENCE §10).
+    (24000 counts as the SDKs' serialised default, protocol.md#audio-formats).
     """
     if config.output_format is not None:
         enc, rate = OUTPUT_FORMATS[config.output_format]
@@ -278,7 +279,7 @@ class VoiceSettings:
     def from_dict(cls, obj: object, err: ErrT = RemoteProtocolError) -> VoiceSettings:
         if not isinstance(obj, dict):
             raise bad(err, "voice_settings", "an object", obj)
-        # ElevenLabs-style keys (stability, speed, ...) are ignored (DECISIONS 24).
+        # ElevenLabs-style keys (stability, speed, ...) are ignored (rulings.md#ruling-24).
         p = "voice_settings."
         return cls(
             voice_id=_opt_voice_id(obj, "voice_id", err, p),
@@ -299,7 +300,8 @@ class VoiceSettings:
 
 @dataclass(frozen=True, slots=True)
 class SettingsUpdate:
-    """The body of ``update_settings``: only the six updatable keys (REFERENCE §2.5)."""
+    """The body of ``update_settings``: only the six updatable keys
+    (protocol.md#update-settings)."""
 
     cfg_scale: float | None = None
     temperature: float | None = None

@@ -16,7 +16,7 @@ class ProtocolError(Exception):
 
     ``field`` names the offending JSON field (dotted for nested values, e.g.
     ``voice_settings.voice_id``) when one is to blame; ``error_code``/``code`` are the wire's
-    error category and HTTP-like status (REFERENCE §11.2).
+    error category and HTTP-like status (protocol.md#error-codes).
     """
 
     def __init__(

@@ -36,7 +36,7 @@ __all__ = [
 
 
 class ErrorCode(str, Enum):
-    """The wire's ``error_code`` values (REFERENCE §11.2); ``UNKNOWN`` for anything else."""
+    """The wire's ``error_code`` values (protocol.md#error-codes); ``UNKNOWN`` for anything else."""
 
     VALIDATION_ERROR = "VALIDATION_ERROR"
     MISSING_VOICE_ID = "MISSING_VOICE_ID"
@@ -58,7 +58,7 @@ class ErrorCode(str, Enum):
             return cls.UNKNOWN
 
 
-#: Error codes after which the server closes the socket (REFERENCE §11.4).
+#: Error codes after which the server closes the socket (protocol.md#fatal-errors).
 FATAL_CODES = frozenset(
     {
         ErrorCode.UNAUTHORIZED,
@@ -243,11 +243,15 @@ class ServerError:
     request_id: str | None = None
     retry_after: float | None = None
     fatal: bool = False
+    #: The error ended the turn it names: the server refused it before any output (no voice,
+    #: or a voice outside its catalogue), so no ``final`` will come.
+    ends_turn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """A non-fatal hint from the client core (e.g. DECISIONS 20: spell without normalize)."""
+    """A non-fatal hint from the client core (e.g. spell without normalize,
+    rulings.md#ruling-20)."""
 
     message: str
     turn: int | None = None

@@ -1,4 +1,5 @@
-"""Table-driven ITU-T G.711 µ-law / A-law codecs (REFERENCE §10: ``ulaw_8000``, ``alaw_8000``).
+"""Table-driven ITU-T G.711 µ-law / A-law codecs (``ulaw_8000``, ``alaw_8000``;
+protocol.md#audio-formats).
 
 The algorithms are the classic public-domain Sun Microsystems ``g711.c`` ones:
 

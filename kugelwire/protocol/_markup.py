@@ -1,11 +1,12 @@
-"""Inline markup of streamed text: ``<spell>``, ``<break>``, ``<prosody rate>`` (REFERENCE §6).
+"""Inline markup of streamed text: ``<spell>``, ``<break>``, ``<prosody rate>``
+(protocol.md#markup).
 
 The scanner is incremental and pure: :func:`scan` turns one received fragment (plus the incomplete
 tag held back from the previous fragment) into *atoms* — runs of plain text and recognised tags —
 and hands back whatever tail might still become a tag once more text arrives.  The chunker
 (:mod:`._chunker`) consumes the atoms; the value types below describe the markup of one chunk.
 
-Rules (DECISIONS rule 20, REFERENCE §6):
+Rules (rulings.md#ruling-20, protocol.md#markup):
 
 * ``<spell>`` / ``<spell group="N">`` opens a span (single or double quotes, unknown attributes
   ignored, an invalid group ignored).  Inside a span everything except ``</spell>`` is literal
@@ -120,7 +121,7 @@ def _attrs(text: str) -> dict[str, str]:
 
 
 def _snap_ms(ms: float) -> int:
-    """REFERENCE §6.5: nearest of 200/400/500 ms, ties to the longer (300 → 400, 450 → 500)."""
+    """protocol.md#break: nearest of 200/400/500 ms, ties to the longer (300 → 400, 450 → 500)."""
     if ms < 300:
         return 200
     if ms < 450:

@@ -1,7 +1,7 @@
 """The wire schema: every JSON message of ``/ws/tts``, ``/ws/tts/stream`` and ``/ws/tts/multi``.
 
-Messages carry no ``type`` field; the kind is the key that is present (REFERENCE §1.6). Parsing is
-strict about types and ranges (a :class:`RemoteProtocolError` naming the field, never a
+Messages carry no ``type`` field; the kind is the key that is present (protocol.md#framing).
+Parsing is strict about types and ranges (a :class:`RemoteProtocolError` naming the field, never a
 ``KeyError`` or ``JSONDecodeError``) and tolerant of unknown fields. Audio stays a base64 string
 until first accessed.
 """
@@ -96,7 +96,8 @@ def _truthy_flag(obj: Mapping[str, Any], key: str, err: ErrT) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
-    """One client frame. A frame may combine config fields, ``text`` and ``flush`` (§1.6)."""
+    """One client frame. A frame may combine config fields, ``text`` and ``flush``
+    (protocol.md#framing)."""
 
     text: str | None = None
     flush: bool = False
@@ -181,7 +182,7 @@ def parse_client_message(text: str | bytes, err: ErrT = RemoteProtocolError) -> 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Billing object (REFERENCE §3.5). ``cost_cents`` is ``None`` when undeterminable."""
+    """Billing object (protocol.md#usage). ``cost_cents`` is ``None`` when undeterminable."""
 
     audio_seconds: float
     characters: int | None = None
@@ -644,7 +645,7 @@ class ContextTimeoutFrame:
 
 @dataclass(frozen=True, slots=True)
 class SessionStartedFrame:
-    """Legacy multi greeting; tolerated, never sent by our server (DECISIONS 24)."""
+    """Legacy multi greeting; tolerated, never sent by our server (rulings.md#ruling-24)."""
 
     session_id: str | None = None
 

@@ -69,7 +69,7 @@ _INF = math.inf
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    """Server-side settings and limits (DECISIONS "Limits"; all configurable)."""
+    """Server-side settings and limits (rulings.md#limits; all configurable)."""
 
     idle_flush_s: float = 5.0
     max_text_chars: int = 100_000  # per turn / context / request
@@ -595,10 +595,10 @@ class _ServerSession:
 
 
 class StreamServerSession(_ServerSession):
-    """Server role of ``/ws/tts/stream`` (REFERENCE §4, DECISIONS 1-11)."""
+    """Server role of ``/ws/tts/stream`` (protocol.md#turns, rulings.md#turns)."""
 
     endpoint = "/ws/tts/stream"
-    temperature_default = None  # unset on /ws/tts/stream (DECISIONS 19)
+    temperature_default = None  # unset on /ws/tts/stream (rulings.md#ruling-19)
 
     def __init__(
         self,
@@ -693,14 +693,14 @@ class StreamServerSession(_ServerSession):
         else:
             assert self._turn is not None
             self._accept_text(self._turn, msg.text, now)
-            # Identity/format changes mid-turn apply from the next turn (DECISIONS 10).
+            # Identity/format changes mid-turn apply from the next turn (rulings.md#ruling-10).
             self._config = self._config.merged(msg.config)
             self._advance(ServerTurnInput.TEXT)
         self._last_text_at = now
 
     def _flush(self, now: float) -> None:
         if self.state is not ServerTurnState.ACTIVE:
-            return  # no turn: ignored (DECISIONS 7)
+            return  # no turn: ignored (rulings.md#ruling-7)
         assert self._turn is not None
         self._advance(ServerTurnInput.FLUSH)
         self._flush_work(self._turn, now)
@@ -782,7 +782,7 @@ class _Context:
 
 
 class MultiServerSession(_ServerSession):
-    """Server role of ``/ws/tts/multi`` (REFERENCE §8, DECISIONS 12-17)."""
+    """Server role of ``/ws/tts/multi`` (protocol.md#multi, rulings.md#multi)."""
 
     endpoint = "/ws/tts/multi"
 
@@ -885,7 +885,8 @@ class MultiServerSession(_ServerSession):
         self._config = self._config.merged(msg.config)
         config = self._config
         vs = msg.voice_settings
-        # The voice is bound only from voice_settings; per-context overrides win (§2.4).
+        # The voice is bound only from voice_settings; per-context overrides win
+        # (protocol.md#multi-messages).
         config = dataclasses.replace(
             config,
             voice_id=None if vs is None else vs.voice_id,
@@ -925,7 +926,8 @@ class MultiServerSession(_ServerSession):
     def _flush_work(self, work: _Work, now: float) -> None:
         """A context's flush: what is buffered becomes chunks, then a flush mark. The ``final``
         is sent when the mark is reached, i.e. right after this flush's own audio, even when
-        later text of the context is already queued behind it (REFERENCE §8.3)."""
+        later text of the context is already queued behind it
+        (protocol.md#context-flush-and-close)."""
         work.queue.extend(work.chunker.flush(now))
         work.queue.append(None)
         work.chunker.new_cycle()  # text from now on is the next cycle's: the schedule restarts
@@ -989,7 +991,7 @@ class MultiServerSession(_ServerSession):
 
     def _maybe_shutdown(self, now: float) -> None:
         if self._shutdown_code is not None and not self._busy() and self._close_code is None:
-            # session_closed precedes a server-initiated graceful close (DECISIONS 17).
+            # session_closed precedes a server-initiated graceful close (rulings.md#ruling-17).
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
             self._close_code = self._shutdown_code
 
@@ -1021,7 +1023,8 @@ class MultiServerSession(_ServerSession):
 
 
 class TTSServerSession(_ServerSession):
-    """Server role of ``/ws/tts``: one request at a time, the rest queued in order (DECISIONS 21).
+    """Server role of ``/ws/tts``: one request at a time, the rest queued in order
+    (rulings.md#ruling-21).
 
     A request ends with ``final`` (stats + usage), ``interrupted`` (cancel) or one error frame.
     """

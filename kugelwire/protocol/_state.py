@@ -3,7 +3,7 @@
 Each table maps ``(state, input) -> next state``. A pair that is not in a table is forbidden:
 for a local input (something the application asked for) the session raises
 :class:`LocalProtocolError`; for a remote input the frame is dropped and counted (the client is
-tolerant about what it accepts, DECISIONS "Guiding rule"). The documentation's state diagrams are
+tolerant about what it accepts, rulings.md#guiding-rule). The documentation's state diagrams are
 generated from these tables.
 """
 
@@ -33,6 +33,7 @@ class ClientTurnState(Enum):
     DONE = "done"  # session_closed (terminal)
     CANCELLED = "cancelled"  # interrupted (terminal)
     ABORTED = "aborted"  # connection lost (terminal)
+    REFUSED = "refused"  # the server refused the turn before any output: no voice (terminal)
 
 
 class TurnInput(Enum):
@@ -49,13 +50,15 @@ class TurnInput(Enum):
     SESSION_CLOSED = "session_closed"
     INTERRUPTED = "interrupted"
     CONNECTION_LOST = "connection_lost"
+    REFUSED = "refused"  # MISSING_VOICE_ID / NOT_FOUND before any output: the text is dropped
 
 
 LOCAL_TURN_INPUTS = frozenset(
     {TurnInput.SEND_TEXT, TurnInput.FLUSH, TurnInput.CLOSE, TurnInput.CANCEL}
 )
 TERMINAL_TURN_STATES = frozenset(
-    {ClientTurnState.DONE, ClientTurnState.CANCELLED, ClientTurnState.ABORTED}
+    {ClientTurnState.DONE, ClientTurnState.CANCELLED, ClientTurnState.ABORTED,
+     ClientTurnState.REFUSED}
 )
 
 _T, _I = ClientTurnState, TurnInput
@@ -69,12 +72,14 @@ CLIENT_TURN_TRANSITIONS: Mapping[tuple[ClientTurnState, TurnInput], ClientTurnSt
     (_T.OPEN, _I.FINAL): _T.FINAL,
     (_T.OPEN, _I.SESSION_CLOSED): _T.DONE,
     (_T.OPEN, _I.CONNECTION_LOST): _T.ABORTED,
+    (_T.OPEN, _I.REFUSED): _T.REFUSED,
     (_T.FLUSHED, _I.CANCEL): _T.CANCELLING,
     (_T.FLUSHED, _I.OUTPUT): _T.FLUSHED,
     (_T.FLUSHED, _I.IDLE_WARNING): _T.FLUSHED,
     (_T.FLUSHED, _I.FINAL): _T.FINAL,
     (_T.FLUSHED, _I.SESSION_CLOSED): _T.DONE,  # legacy servers without ``final``
     (_T.FLUSHED, _I.CONNECTION_LOST): _T.ABORTED,
+    (_T.FLUSHED, _I.REFUSED): _T.REFUSED,
     (_T.FINAL, _I.CANCEL): _T.CANCELLING,
     (_T.FINAL, _I.SESSION_CLOSED): _T.DONE,
     (_T.FINAL, _I.CONNECTION_LOST): _T.ABORTED,
@@ -147,7 +152,7 @@ CLIENT_CONTEXT_TRANSITIONS: Mapping[tuple[ClientContextState, ContextInput], Cli
 
 
 class ServerTurnState(Enum):
-    """A ``/ws/tts/stream`` server turn (REFERENCE §4.6, DECISIONS 5-9)."""
+    """A ``/ws/tts/stream`` server turn (protocol.md#turn-state-machine, rulings.md#turns)."""
 
     IDLE = "idle"  # no turn: the next non-empty text starts one
     ACTIVE = "active"  # text accumulates; chunks are cut at boundaries
@@ -164,8 +169,8 @@ class ServerTurnInput(Enum):
 _S, _SI = ServerTurnState, ServerTurnInput
 SERVER_TURN_TRANSITIONS: Mapping[tuple[ServerTurnState, ServerTurnInput], ServerTurnState] = {
     (_S.IDLE, _SI.TEXT): _S.ACTIVE,
-    (_S.IDLE, _SI.FLUSH): _S.IDLE,  # flush with no turn is ignored (DECISIONS 7)
-    (_S.IDLE, _SI.CANCEL): _S.IDLE,  # acknowledged with interrupted anyway (DECISIONS 9)
+    (_S.IDLE, _SI.FLUSH): _S.IDLE,  # flush with no turn is ignored (rulings.md#ruling-7)
+    (_S.IDLE, _SI.CANCEL): _S.IDLE,  # acknowledged with interrupted anyway (rulings.md#ruling-9)
     (_S.ACTIVE, _SI.TEXT): _S.ACTIVE,
     (_S.ACTIVE, _SI.FLUSH): _S.DRAINING,
     (_S.ACTIVE, _SI.CANCEL): _S.IDLE,

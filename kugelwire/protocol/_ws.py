@@ -78,7 +78,7 @@ __all__ = [
     "build_url",
 ]
 
-#: The three native endpoints (REFERENCE §1.2).
+#: The three native endpoints (protocol.md#endpoints).
 ENDPOINTS = ("/ws/tts", "/ws/tts/stream", "/ws/tts/multi")
 
 Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
@@ -180,7 +180,7 @@ class HandshakeRejected:
 
     @property
     def error_code(self) -> str | None:
-        """``error_code`` of a JSON error body (REFERENCE §11.1), if there is one."""
+        """``error_code`` of a JSON error body (protocol.md#error-envelope), if there is one."""
         obj = self._body_json()
         value = obj.get("error_code") if obj else None
         return value if isinstance(value, str) else None
@@ -724,7 +724,7 @@ class _Connection:
 
 # -- client ----------------------------------------------------------------------------------------
 def _masked_text_frame(payload: bytes) -> bytes:
-    """One final, masked text frame (RFC 6455 §5.2) carrying ``payload``."""
+    """One final, masked text frame (RFC 6455 section 5.2) carrying ``payload``."""
     n = len(payload)
     if n < 126:
         head = bytes((0x81, 0x80 | n))

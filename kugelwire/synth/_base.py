@@ -37,7 +37,8 @@ from ..protocol._server import SynthesisParams
 
 __all__ = ["SAMPLE_RATES", "CancelToken", "Engine", "SynthesisItem", "Voice", "VoiceCatalogue"]
 
-#: The sample rates the wire allows (REFERENCE §2.1); every engine must produce all of them.
+#: The sample rates the wire allows (protocol.md#generation-parameters); every engine must
+#: produce all of them.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100)
 
 #: What one step of :meth:`Engine.synthesize` yields.

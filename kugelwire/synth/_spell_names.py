@@ -1,4 +1,4 @@
-"""How ``<spell>`` spans name special characters, per language (REFERENCE §6.2).
+"""How ``<spell>`` spans name special characters, per language (protocol.md#spell).
 
 Letters and digits are not listed: the engine lets the speech engine say them as single
 characters. ``SPACE`` is what whitespace inside a spelled span is read as. A language missing
@@ -14,7 +14,7 @@ __all__ = ["NAMES", "SPACE", "names_for"]
 
 _EMPTY: Final[MappingProxyType[str, str]] = MappingProxyType({})
 
-#: Special-character names by primary language subtag. en/de/fr/es follow REFERENCE §6.2 exactly.
+#: Special-character names by primary language subtag. en/de/fr/es follow protocol.md#spell exactly.
 NAMES: Final[MappingProxyType[str, MappingProxyType[str, str]]] = MappingProxyType(
     {
         lang: MappingProxyType(table)

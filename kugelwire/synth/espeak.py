@@ -20,7 +20,7 @@ so a stale or max-buffer chunk flows into the next one. eSpeak renders 22050 Hz;
 :attr:`EspeakEngine.piece_ms`, each segment's word timings right after its audio.
 
 ``<spell>`` spans are spoken character by character: letters and digits as eSpeak says single
-characters, ``@ . - _`` and whitespace by their names in the language (REFERENCE §6.2: en
+characters, ``@ . - _`` and whitespace by their names in the language (protocol.md#spell: en
 at/dot/dash/underscore, de ät/Punkt/Strich/Unterstrich, fr, es, it, pt, nl; other languages
 leave them to eSpeak), with a 200 ms beat every ``group`` characters (only when the span holds
 no whitespace; rendered as silence between eSpeak calls, like breaks). ``params.speed`` sets

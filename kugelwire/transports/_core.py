@@ -714,7 +714,8 @@ class ClientCore:
                 self._fail(buf, self._error(event.unspoken_text))
             return
         if isinstance(event, ServerError):
-            ends = self.kind == "tts" or event.code is ErrorCode.TOO_MANY_CONTEXTS
+            ends = (self.kind == "tts" or event.code is ErrorCode.TOO_MANY_CONTEXTS
+                    or event.ends_turn)
             if ends:
                 self._fail(buf, ServerErrorResponse(event))
             else:

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCANNED = sorted(
     [ROOT / "README.md", ROOT / "mkdocs.yml", ROOT / "CHANGELOG.md",
      *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").glob("*.py"),
-     *(ROOT / "examples").glob("*.md")]
+     *(ROOT / "examples").glob("*.md"),
+     # the package's docstrings and comments (the API pages are built from them)
+     *(ROOT / "kugelwire").rglob("*.py"), *(ROOT / "kugelwire").rglob("*.html")]
 )
 OUTSIDE = re.compile(r"shared/|REFERENCE(\.md| ?§)|DECISIONS(\.md| [0-9]| \"|\b rule)|§ ?[0-9]")
 
@@ -39,3 +41,18 @@ def test_rulings_and_protocol_anchors_exist() -> None:
         for anchor in re.findall(r"\]\(#([\w-]+)\)", path.read_text("utf-8")):
             if path.name in anchors:
                 assert anchor in anchors[path.name], f"{path.name}: #{anchor}"
+
+
+def test_the_package_cites_anchors_that_exist() -> None:
+    """``docs/protocol.md#...`` / ``docs/rulings.md#...`` in the package name real anchors."""
+    anchors = {
+        page: set(re.findall(r"\{ #([\w-]+) \}", (ROOT / "docs" / page).read_text("utf-8")))
+        for page in ("protocol.md", "rulings.md")
+    }
+    cited = 0
+    for path in (ROOT / "kugelwire").rglob("*.py"):
+        for page, anchor in re.findall(r"(protocol\.md|rulings\.md)#([\w-]+)",
+                                       path.read_text("utf-8")):
+            cited += 1
+            assert anchor in anchors[page], f"{path.relative_to(ROOT)}: {page}#{anchor}"
+    assert cited > 20

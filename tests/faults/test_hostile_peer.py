@@ -229,9 +229,8 @@ def test_server_drip_into_a_frame_is_cut_at_the_message_deadline(
 ) -> None:
     """Item 7: one byte at a time into a frame announced as 60,000 bytes kept the connection
     open indefinitely (each byte reset keepalive)."""
-    with backend(api_key=KEY, engine=ToneEngine(piece_ms=20)) as short, Bystander(
-        short.url
-    ) as bystander:
+    with backend(api_key=KEY, engine=ToneEngine(piece_ms=20), message_timeout=SHORT) as short, \
+            Bystander(short.url) as bystander:
         sock, rest = _open(short.port)
         frame = client_frame(b"x" * 60_000)
         t0 = time.monotonic()

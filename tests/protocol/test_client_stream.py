@@ -361,13 +361,13 @@ def test_bad_frame_raises_remote_protocol_error() -> None:
 def test_server_error_reports_head_turn() -> None:
     h = H()
     h.s.send_text("x", h.now, flush=True)
-    h.feed({"error": "voice_id is required", "error_code": "MISSING_VOICE_ID", "code": 400})
+    # (a voice error would end the turn: see tests/transports/test_refused_turn.py)
+    h.feed({"error": "bad markup", "error_code": "VALIDATION_ERROR", "code": 400})
     h.feed({"error": "Model overloaded", "error_code": "MODEL_UNAVAILABLE", "code": 503,
             "request_id": "r1", "retry_after": 2})  # fmt: skip
     evs = h.events()[1:]
     assert evs == [
-        ServerError(ErrorCode.MISSING_VOICE_ID, "voice_id is required", 400,
-                    "MISSING_VOICE_ID", None, 0),
+        ServerError(ErrorCode.VALIDATION_ERROR, "bad markup", 400, "VALIDATION_ERROR", None, 0),
         ServerError(ErrorCode.MODEL_UNAVAILABLE, "Model overloaded", 503, "MODEL_UNAVAILABLE",
                     None, 0, "r1", 2.0, fatal=True),
     ]  # fmt: skip
