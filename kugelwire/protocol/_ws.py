@@ -285,10 +285,13 @@ def _parse_query(query: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def authorized(key: bytes | None, query: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+def authorized(
+    key: bytes | None, query: str, headers: Iterable[tuple[bytes, bytes]], x_api_key: bool = False
+) -> bool:
     """Whether an upgrade's query string (``api_key``) or ``Authorization: Bearer`` header
-    carries ``key`` (``None``: any key will do). The one auth check of every server adapter."""
-    return _authorized(key, _parse_query(query), headers)
+    carries ``key`` (``None``: any key will do); ``x_api_key``: an ``X-API-Key`` header counts
+    too (the REST routes). The one auth check of every server adapter."""
+    return _authorized(key, _parse_query(query), headers, x_api_key)
 
 
 def _authorized(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -684,8 +685,20 @@ def _frame(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def http_response(handler: HttpHandler | None, method: str, path: str) -> Handshake:
-    """The answer to a plain HTTP request (the playground; 404 / 405 otherwise)."""
+def http_response(
+    handler: HttpHandler | None,
+    method: str,
+    path: str,
+    *,
+    options: ServerOptions | None = None,
+    query: str = "",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> Handshake:
+    """The answer to a plain HTTP request: with ``options``, the REST routes under ``/v1/``
+    (the sockets' auth); the playground; 404 / 405 otherwise."""
+    rest = None if options is None or not path.startswith("/v1/") else options.rest_handler()
+    if rest is not None and options is not None:
+        return _rest_response(rest, options, method, path, query, headers)
     if method not in ("GET", "HEAD"):
         return Handshake(405, [(b"allow", b"GET, HEAD")])
     response = handler(path) if handler is not None else None
@@ -696,6 +709,31 @@ def http_response(handler: HttpHandler | None, method: str, path: str) -> Handsh
     if method == "HEAD":
         return Handshake(status, Handshake(status, headers, body).with_length())
     return Handshake(status, headers, body)
+
+
+def _rest_response(
+    rest: RestHandler,
+    options: ServerOptions,
+    method: str,
+    path: str,
+    query: str,
+    headers: Sequence[tuple[bytes, bytes]],
+) -> Handshake:
+    """``GET /v1/...`` as the byte-level connection answers it (405, 401, 404 or the route)."""
+    if method not in ("GET", "HEAD"):
+        return Handshake(405, [(b"allow", b"GET, HEAD")])
+    key = options.api_key.encode() if options.api_key is not None else None
+    if not authorized(key, query, headers, x_api_key=True):
+        return Handshake(401, [(b"content-type", b"application/json")],
+                         _frame(_UNAUTHORIZED).encode())
+    response = rest(path, query)
+    if response is None:
+        return Handshake(404, [(b"content-type", b"application/json")],
+                         _frame(_NOT_FOUND).encode())
+    status, extra, body = response
+    if method == "HEAD":
+        return Handshake(status, Handshake(status, extra, body).with_length())
+    return Handshake(status, extra, body)
 
 
 class MessageConnectionCore(_Peer):
@@ -709,6 +747,7 @@ class MessageConnectionCore(_Peer):
     def __init__(self, server: ServerCore, now: float) -> None:
         super().__init__(server, now)
         self.close_code: int | None = None
+        self.request_id = ""  # set when the upgrade is accepted
         self._outbox: list[str] = []
 
     def accept(self, path: str, query: str, headers: Sequence[tuple[bytes, bytes]],
@@ -745,6 +784,10 @@ class MessageConnectionCore(_Peer):
             self.close_code = 4001  # no denial response: accept and close
             return Handshake(101, [_AI_HEADER])
         self._accepted(session)
+        self.request_id = "req_" + secrets.token_hex(8)  # of every error frame, as over bytes
+        bind = getattr(session, "bind_request_id", None)
+        if bind is not None:
+            bind(self.request_id)
         if path == "/ws/tts":
             initial = next((v for n, v, _ in _parse_query(query) if n == "initial_message"), "")
             if initial:
@@ -778,7 +821,7 @@ class MessageConnectionCore(_Peer):
         if size > self.server.options.max_message_size:
             self.close_code = 1009
         elif self.session is not None and self.close_code is None:
-            self._outbox.append(_frame(_BINARY))
+            self._outbox.append(_frame({**_BINARY, "request_id": self.request_id}))
         self._pump(now)
 
     @property

@@ -350,7 +350,7 @@ class ObservedSession:
         self._s = session
         self._m = metrics
         self._peer = peer
-        self.endpoint = _ENDPOINTS.get(path, path)
+        self.label = _ENDPOINTS.get(path, path)
         self._now = 0.0
         self._open = True
         self._from_receive = False  # the outbox being drained answers a client message
@@ -365,7 +365,7 @@ class ObservedSession:
         self.turns = 0
         self.errors = 0
         if metrics is not None:
-            metrics.session_opened(self.endpoint)
+            metrics.session_opened(self.label)
 
     # -- forwarding ------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -419,7 +419,7 @@ class ObservedSession:
         self._opened_cycle.clear()
         m = self._m
         if m is not None and (
-            self.endpoint == "multi" or (self.endpoint == "tts" and '"text"' in text)
+            self.label == "multi" or (self.label == "tts" and '"text"' in text)
         ):
             self._inbound(text, now)
         try:
@@ -438,11 +438,11 @@ class ObservedSession:
                 if text.startswith('{"error"'):
                     self._on_error(_loads(text))
             return out
-        if self.endpoint == "stream":
+        if self.label == "stream":
             self._stream_started()
         for text in out:
             self._outbound(m, text)
-        if self.endpoint == "stream" and self._turn is None:
+        if self.label == "stream" and self._turn is None:
             self._stream_started()
         return out
 
@@ -464,17 +464,17 @@ class ObservedSession:
         self._turn = None
         self._requests.clear()
         self._cycles.clear()
-        m.session_closed(self.endpoint)
+        m.session_closed(self.label)
 
     # -- turn bookkeeping ------------------------------------------------------------------
     def _begin(self) -> _Turn:
         assert self._m is not None
-        self._m.turn_started(self.endpoint)
+        self._m.turn_started(self.label)
         return _Turn(self._now)
 
     def _finish(self, m: Metrics, outcome: str) -> None:
         self.turns += 1
-        m.turn_finished(self.endpoint, outcome)
+        m.turn_finished(self.label, outcome)
 
     def _stream_started(self) -> None:
         """A stream turn begins when the core says so (``turns_started``)."""
@@ -486,7 +486,7 @@ class ObservedSession:
     def _inbound(self, text: str, now: float) -> None:
         obj = _loads(text)
         value = obj.get("text")
-        if self.endpoint == "tts":
+        if self.label == "tts":
             if isinstance(value, str):
                 self._requests.append(self._begin())
                 self._received_text = True
@@ -505,9 +505,9 @@ class ObservedSession:
             queue[-1].flushed = True
 
     def _current(self, obj: Mapping[str, Any] | None, text: str = "") -> _Turn | None:
-        if self.endpoint == "stream":
+        if self.label == "stream":
             return self._turn
-        if self.endpoint == "tts":
+        if self.label == "tts":
             return self._requests[0] if self._requests else None
         if obj is None:
             obj = _tail(text)
@@ -517,13 +517,13 @@ class ObservedSession:
 
     def _end(self, m: Metrics, obj: Mapping[str, Any], outcome: str) -> bool:
         """End the turn a terminal frame belongs to; False when none was open."""
-        if self.endpoint == "stream":
+        if self.label == "stream":
             if self._turn is None:
                 self._stream_started()
             if self._turn is None:
                 return False
             self._turn = None
-        elif self.endpoint == "tts":
+        elif self.label == "tts":
             if not self._requests:
                 return False
             self._requests.popleft()
@@ -550,26 +550,26 @@ class ObservedSession:
         if text.startswith('{"audio"'):
             seconds = _audio_seconds(text)
             if seconds:
-                m.audio(self.endpoint, seconds)
+                m.audio(self.label, seconds)
             turn = self._current(None, text)
             if turn is not None and not turn.audio:
                 turn.audio = True
-                m.first_audio(self.endpoint, self._now - turn.started_at)
+                m.first_audio(self.label, self._now - turn.started_at)
         elif text.startswith('{"chunk_complete"'):
             obj = _loads(text)
             gen_ms, secs = obj.get("gen_ms"), obj.get("audio_seconds")
             if isinstance(gen_ms, (int, float)) and isinstance(secs, (int, float)):
-                m.engine(self.endpoint, gen_ms / 1000, float(secs))
+                m.engine(self.label, gen_ms / 1000, float(secs))
         elif text.startswith('{"final"'):
             obj = _loads(text)
-            if self.endpoint == "tts":
+            if self.label == "tts":
                 gen_ms, dur_ms = obj.get("gen_ms"), obj.get("dur_ms")
                 if isinstance(gen_ms, (int, float)) and isinstance(dur_ms, (int, float)):
-                    m.engine(self.endpoint, gen_ms / 1000, dur_ms / 1000)
+                    m.engine(self.label, gen_ms / 1000, dur_ms / 1000)
             self._end(m, obj, "completed")
         elif text.startswith('{"interrupted"'):
             obj = _loads(text)
-            if self.endpoint == "multi" and "context_id" not in obj:
+            if self.label == "multi" and "context_id" not in obj:
                 for key in list(self._cycles):  # a cancel of every context
                     self._end(m, {"context_id": key}, "interrupted")
             else:
@@ -584,7 +584,7 @@ class ObservedSession:
     def _error_ends_turn(self, m: Metrics, obj: Mapping[str, Any]) -> None:
         """A refused request or cycle: ``/ws/tts`` requests end with one error frame (an engine
         failure, ``INTERNAL_ERROR``, does not end it); a multi cycle opened by the refused text."""
-        if self.endpoint == "tts":
+        if self.label == "tts":
             if obj.get("error_code") == "INTERNAL_ERROR" or not self._requests:
                 return
             if self._from_receive and self._received_text:
@@ -593,7 +593,7 @@ class ObservedSession:
                 self._finish(m, "error")
             elif not self._from_receive:
                 self._end(m, obj, "error")  # a queued request failed its checks when it began
-        elif self.endpoint == "multi" and self._from_receive and self._opened_cycle:
+        elif self.label == "multi" and self._from_receive and self._opened_cycle:
             for key, turn in self._opened_cycle:  # the text that would have begun it was refused
                 queue = self._cycles.get(key)
                 if queue and turn in queue:
@@ -608,11 +608,11 @@ class ObservedSession:
         error_code = code if isinstance(code, str) else "UNKNOWN"
         self.errors += 1
         if self._m is not None:
-            self._m.error(self.endpoint, error_code)
+            self._m.error(self.label, error_code)
         log.info(
             "error endpoint=%s error_code=%s code=%s context_id=%s peer=%s",
-            self.endpoint, error_code, obj.get("code"), obj.get("context_id"), self._peer,
-            extra={"kugelwire_event": "error", "endpoint": self.endpoint,
+            self.label, error_code, obj.get("code"), obj.get("context_id"), self._peer,
+            extra={"kugelwire_event": "error", "endpoint": self.label,
                    "error_code": error_code, "peer": self._peer},
         )
 
@@ -648,7 +648,7 @@ def connection_closed(
     """The TCP connection is gone: one INFO line with its endpoint, close code and figures."""
     if metrics is not None:
         metrics.connection_closed(now)
-    endpoint = getattr(session, "endpoint", "-") if session is not None else "-"
+    endpoint = getattr(session, "label", "-") if session is not None else "-"
     turns = getattr(session, "turns", 0) if isinstance(session, ObservedSession) else 0
     errors = getattr(session, "errors", 0) if isinstance(session, ObservedSession) else 0
     duration = max(0.0, now - opened_at)

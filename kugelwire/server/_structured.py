@@ -153,9 +153,14 @@ class _Pump:
                 await self._writer()
                 nursery.cancel_scope.cancel()
         finally:
+            reset = core.action is SocketAction.RESET
+            last = core.data_to_send() if reset else b""  # written first, as every adapter does
             core.connection_lost(rt.current_time())
             with rt.CancelScope(shield=True):
-                await self.stream.close(core.action is SocketAction.RESET)
+                if last:
+                    with rt.CancelScope(deadline=rt.current_time() + 1.0):
+                        await self.stream.send(last)
+                await self.stream.close(reset)
             self.server._schedule()
 
     async def _writer(self) -> None:

@@ -64,7 +64,10 @@ class KugelwireASGI:
         if kind == "websocket":
             await _Socket(self, scope, receive, send).run()
         elif kind == "http":
-            answer = http_response(self.options.http_handler, scope["method"], _path(scope))
+            answer = http_response(
+                self.options.http_handler, scope["method"], _path(scope), options=self.options,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=scope.get("headers", ()))
             await send({"type": "http.response.start", "status": answer.status,
                         "headers": answer.with_length()})
             await send({"type": "http.response.body", "body": answer.body})

@@ -336,6 +336,7 @@ class HostileServer:
         self.port = self.listener.getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}"
         self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
         self._accept = threading.Thread(target=self._serve, daemon=True)
         self._accept.start()
 
@@ -343,6 +344,7 @@ class HostileServer:
         with contextlib.suppress(OSError):
             while True:
                 sock, _ = self.listener.accept()
+                self._socks.append(sock)
                 t = threading.Thread(target=self._one, args=(sock,), daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -368,6 +370,9 @@ class HostileServer:
 
     def close(self) -> None:
         self.listener.close()
+        for sock in self._socks:  # wake handlers blocked in recv (the test is over)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for t in self._threads:
             t.join(5)
 

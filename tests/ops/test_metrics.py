@@ -235,7 +235,9 @@ def test_observer_forwards_everything_unchanged() -> None:
     options = ServerOptions(engine=ToneEngine(), metrics=Metrics())
     session = options.new_session("/ws/tts/stream")
     assert isinstance(session, ObservedSession)
-    assert session.endpoint == "stream" and session.wrapped.endpoint == "/ws/tts/stream"
+    # transparent: the session's own endpoint shows through; the metrics label is separate
+    assert session.label == "stream" and session.endpoint == "/ws/tts/stream"
+    assert session.wrapped.endpoint == "/ws/tts/stream"
     session.receive_message('{"text":"Hi.","flush":true,"voice_id":1}', 1.0)
     events = list(session.events())
     assert events, "the synthesis request goes through the wrapper"
@@ -283,18 +285,21 @@ def test_multi_outcomes_cancel_all_close_and_refused(server: Any) -> None:
     before = scrape(server.url)
     long = " ".join(f"Sentence {i} of a long text." for i in range(40))
     raw = _RawWS(server.port, "/ws/tts/multi")
-    raw.send('{"text":"' + long + '","context_id":"a","voice_id":1,"flush":true}')
-    raw.send('{"text":"' + long + '","context_id":"b","voice_id":2,"flush":true}')
+    raw.send('{"text":"' + long + '","context_id":"a",'
+             '"voice_settings":{"voice_id":1},"flush":true}')
+    raw.send('{"text":"' + long + '","context_id":"b",'
+             '"voice_settings":{"voice_id":2},"flush":true}')
     raw.recv_until(b'"audio"')
     raw.send('{"cancel":true}')  # every context
     raw.recv_until(b'"interrupted"')
-    raw.send('{"text":"Unflushed text.","context_id":"c","voice_id":1}')
+    raw.send('{"text":"Unflushed text.","context_id":"c","voice_settings":{"voice_id":1}}')
     raw.recv_until(b'"context_created"')
     raw.send('{"close_context":true,"context_id":"c"}')
     raw.recv_until(b'"context_closed"')
-    raw.send('{"text":"Cut short.","context_id":"d","voice_id":1}')
+    raw.send('{"text":"Cut short.","context_id":"d","voice_settings":{"voice_id":1}}')
     raw.recv_until(b'"context_id":"d"')
-    raw.send('{"text":"' + long + '","context_id":"e","voice_id":1,"flush":true}')
+    raw.send('{"text":"' + long + '","context_id":"e",'
+             '"voice_settings":{"voice_id":1},"flush":true}')
     raw.recv_until(b'"context_id":"e"')
     raw.send('{"close_context":true,"context_id":"e","immediate":true}')
     raw.recv_until(b'"context_closed":true,"context_id":"e"')
