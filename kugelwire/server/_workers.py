@@ -350,7 +350,9 @@ async def supervise(
     ``options`` are :func:`kugelwire.server.serve` keyword arguments (JSON-able ones;
     ``limits`` as a dict of :class:`~kugelwire.protocol.ServerLimits` fields). ``engine`` is a
     ``kugelwire serve --engine`` name or ``"package.module:factory"`` (called with no
-    arguments in each worker).
+    arguments in each worker); ``backend`` is a name in :data:`BACKENDS`. ``lint`` (default
+    True) prints each worker's findings as ``kugelwire serve`` does; ``faults`` are fault
+    specs (strings).
     ``ready(url, pids)`` is called once every worker listens."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
