@@ -692,6 +692,7 @@ def _ops_serve_flags(serve: argparse.ArgumentParser) -> None:
 
 
 async def _serve_workers(args: argparse.Namespace) -> int:
+    from .server import ServerOptions
     from .server._workers import supervise
 
     if args.workers < 1:
@@ -705,13 +706,19 @@ async def _serve_workers(args: argparse.Namespace) -> int:
               flush=True)
         if args.metrics:
             print(f"kugelwire: metrics at http{url[2:]}/metrics", flush=True)
+        _print_serve_mode(args.lenient, faults)
 
+    faults = _fault_plan(args.fault)  # a bad --fault fails here, before any worker starts
+    # the single-process path's options, as JSON for the workers (faults as their specs)
+    options = {f.name: getattr(args, f.name) for f in ServerOptions.cli_fields()}
+    options.update(api_key=_server_api_key(args), lint=not args.no_lint, lenient=args.lenient,
+                   faults=list(args.fault))
     try:
+        ServerOptions.from_kwargs(**options)  # a bad value fails here too
         status = await supervise(args.workers, args.host, args.port, engine=args.engine,
                                  backend=getattr(args, "backend", None) or "asyncio",
-                                 metrics=args.metrics, api_key=_server_api_key(args), ready=ready,
-                                 lint=not args.no_lint)
-    except ValueError as exc:  # e.g. a backend the workers cannot run yet
+                                 metrics=args.metrics, ready=ready, **options)
+    except ValueError as exc:  # a bad option value, or a backend whose package is missing
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

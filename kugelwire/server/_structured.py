@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -206,13 +207,14 @@ class _Pump:
 
 @contextlib.asynccontextmanager
 async def serve_structured(
-    handle: StructuredServer, host: str, port: int
+    handle: StructuredServer, host: str, port: int, sock: socket.socket | None = None
 ) -> AsyncIterator[StructuredServer]:
-    """Listen on ``host:port`` in a nursery for the block; shut down gracefully on exit."""
+    """Listen on ``host:port`` (or accept on the listening ``sock``) in a nursery for the
+    block; shut down gracefully on exit."""
     rt = handle.rt
     async with rt.open_nursery() as nursery:
         handle._nursery = nursery
-        handle._bound(await rt.listen(handle, host, port, nursery))
+        handle._bound(await rt.listen(handle, host, port, nursery, sock))
         try:
             yield handle
         finally:

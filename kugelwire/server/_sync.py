@@ -47,8 +47,11 @@ class SyncServerHandle(HandleBase):
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="kugelwire-sync-io", daemon=True)
 
-    def start(self, host: str, port: int) -> SyncServerHandle:
-        sock = socket.create_server((host, port), backlog=self.options.backlog)
+    def start(self, host: str, port: int, sock: socket.socket | None = None) -> SyncServerHandle:
+        """Listen on ``host:port`` (or accept on the listening ``sock``) and start the I/O
+        thread."""
+        if sock is None:
+            sock = socket.create_server((host, port), backlog=self.options.backlog)
         sock.setblocking(False)
         self._listener = sock
         self._bound(sock.getsockname())
@@ -244,9 +247,11 @@ class _Conn:
 
 
 @contextlib.contextmanager
-def serve(host: str, port: int, options: ServerOptions) -> Iterator[SyncServerHandle]:
-    """Run a blocking-socket server for the ``with`` block (shut down gracefully on exit)."""
-    handle = SyncServerHandle(options).start(host, port)
+def serve(host: str, port: int, options: ServerOptions, *,
+          sock: socket.socket | None = None) -> Iterator[SyncServerHandle]:
+    """Run a blocking-socket server for the ``with`` block (shut down gracefully on exit).
+    With ``sock`` (a bound, listening socket) ``host`` and ``port`` are ignored."""
+    handle = SyncServerHandle(options).start(host, port, sock)
     try:
         yield handle
     finally:

@@ -21,13 +21,15 @@ The supervisor binds the port once, starts N worker processes and then only watc
 
 A worker is ``python -m kugelwire.server._workers`` with its settings in the
 ``KUGELWIRE_WORKER`` environment variable (JSON; the API key never appears on a command line).
-Workers run a backend by name (:data:`BACKENDS`; today ``asyncio``).
+Workers run a backend by name (:data:`BACKENDS`: ``asyncio``, ``trio``, ``anyio``, ``sync``),
+each on its own loop as the process's main one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -74,8 +76,6 @@ class WorkerSpec:
 # -- the worker side ----------------------------------------------------------------------------
 def _make_engine(spec: str) -> Any:
     if ":" in spec:
-        import importlib
-
         module, _, attr = spec.partition(":")
         factory = getattr(importlib.import_module(module), attr)
         return factory()
@@ -93,7 +93,7 @@ def _listening_socket(spec: WorkerSpec) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((spec.host, spec.port))
-        sock.listen(1024)
+        sock.listen(_backlog(spec.options))
     sock.setblocking(False)
     return sock
 
@@ -116,69 +116,157 @@ def _read_snapshots(directory: str, skip: Path | None) -> Iterator[Any]:
             yield json.loads(path.read_text(encoding="utf-8"))
 
 
-async def _serve_asyncio(spec: WorkerSpec, stop: asyncio.Event, ready: Callable[[], None],
-                         metrics: Any) -> None:
-    from ..protocol._server import ServerLimits
-    from . import _asyncio
-    from ._core import ServerOptions
-
-    kwargs = dict(spec.options)
-    if isinstance(kwargs.get("limits"), dict):  # JSON: the fields of ServerLimits
-        kwargs["limits"] = ServerLimits(**kwargs["limits"])
-    options = ServerOptions.from_kwargs(
-        engine=_make_engine(spec.engine), metrics=metrics or False, **kwargs)
-    async with _asyncio.serve(spec.host, spec.port, options, sock=_listening_socket(spec)):
-        ready()
-        await stop.wait()
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-#: Worker backends by name: ``async (spec, stop, ready, metrics)`` serving until ``stop``.
-BACKENDS: dict[str, Callable[[WorkerSpec, asyncio.Event, Callable[[], None], Any],
-                             Awaitable[None]]] = {"asyncio": _serve_asyncio}
+class _Life:
+    """What a worker does besides serving, on any backend: its options and socket, the ready
+    file, the metrics snapshot it publishes, and noticing that the supervisor is gone."""
 
+    def __init__(self, spec: WorkerSpec) -> None:
+        from ._metrics import Metrics
 
-async def _worker(spec: WorkerSpec) -> None:
-    from ._metrics import Metrics
+        self.spec = spec
+        self.metrics = Metrics() if spec.metrics else None
+        self._mine: Path | None = None
+        self._parent = os.getppid()
+        if self.metrics is not None and spec.metrics_dir is not None:
+            directory = spec.metrics_dir
+            mine = self._mine = _snapshot_path(directory, spec.index)
+            self.metrics.others = lambda: list(_read_snapshots(directory, mine))
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    metrics = Metrics() if spec.metrics else None
-    mine: Path | None = None
-    if metrics is not None and spec.metrics_dir is not None:
-        directory = spec.metrics_dir
-        mine = _snapshot_path(directory, spec.index)
-        path = mine
-        metrics.others = lambda: list(_read_snapshots(directory, path))
+    def options(self) -> Any:
+        """The :class:`ServerOptions` from the spec (the engine is made here, per worker)."""
+        from ..protocol._server import ServerLimits
+        from ._core import ServerOptions
 
-    def publish() -> None:
-        if metrics is not None and mine is not None:
+        kwargs = dict(self.spec.options)
+        if isinstance(kwargs.get("limits"), dict):  # JSON: the fields of ServerLimits
+            kwargs["limits"] = ServerLimits(**kwargs["limits"])
+        if kwargs.get("lint", True) is True:  # findings printed as they happen, as `serve` does
+            from ..lint import Linter
+
+            kwargs["lint"] = Linter(on_finding=lambda f: print(f"kugelwire: lint: {f}",
+                                                               flush=True), on_summary=None)
+        return ServerOptions.from_kwargs(
+            engine=_make_engine(self.spec.engine), metrics=self.metrics or False, **kwargs)
+
+    def socket(self) -> socket.socket:
+        return _listening_socket(self.spec)
+
+    def publish(self) -> None:
+        """Write this worker's metrics snapshot (call it where the server's loop runs)."""
+        if self.metrics is not None and self._mine is not None:
             with contextlib.suppress(OSError):
-                _write_json(mine, metrics.snapshot())
+                _write_json(self._mine, self.metrics.snapshot())
 
-    def ready() -> None:
-        publish()
-        if spec.ready_dir is not None:
-            (Path(spec.ready_dir) / f"{spec.index}-{os.getpid()}").touch()
-        print(f"kugelwire: worker {spec.index} pid {os.getpid()} ready", flush=True)
+    def ready(self) -> None:
+        self.publish()
+        if self.spec.ready_dir is not None:
+            (Path(self.spec.ready_dir) / f"{self.spec.index}-{os.getpid()}").touch()
+        print(f"kugelwire: worker {self.spec.index} pid {os.getpid()} ready", flush=True)
 
-    parent = os.getppid()
+    def orphaned(self) -> bool:
+        """True when the supervisor is gone (killed): the worker drains and exits."""
+        if os.getppid() == self._parent:
+            return False
+        log.warning("worker %d: the supervisor is gone; shutting down", self.spec.index)
+        return True
 
-    async def publisher() -> None:
-        while True:
-            await asyncio.sleep(_SNAPSHOT_EVERY_S)
-            publish()
-            if os.getppid() != parent:  # the supervisor is gone (killed): drain and exit
-                log.warning("worker %d: the supervisor is gone; shutting down", spec.index)
-                stop.set()
 
-    task = loop.create_task(publisher())
-    try:
-        await BACKENDS[spec.backend](spec, stop, ready, metrics)
-    finally:
-        task.cancel()
-        publish()
+def _run_asyncio(life: _Life) -> None:
+    from . import _asyncio
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+
+        async def every_second() -> None:
+            while True:
+                await asyncio.sleep(_SNAPSHOT_EVERY_S)
+                life.publish()
+                if life.orphaned():
+                    stop.set()
+
+        task = loop.create_task(every_second())
+        try:
+            async with _asyncio.serve("", 0, life.options(), sock=life.socket()):
+                life.ready()
+                await stop.wait()
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def _run_structured(lib: Any, open_nursery: Callable[[], Any], serve: Callable[..., Any],
+                    run: Callable[[Callable[[], Awaitable[None]]], Any]) -> Callable[[_Life], None]:
+    """A worker on trio or on anyio (``lib`` is either module; they spell these alike)."""
+
+    def worker(life: _Life) -> None:
+        async def main() -> None:
+            stop = lib.Event()
+            with lib.open_signal_receiver(*_SIGNALS) as signals:
+
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        stop.set()
+
+                async def every_second() -> None:
+                    while not life.orphaned():
+                        await lib.sleep(_SNAPSHOT_EVERY_S)
+                        life.publish()
+                    stop.set()
+
+                async with open_nursery() as nursery:
+                    nursery.start_soon(on_signal)
+                    nursery.start_soon(every_second)
+                    async with serve("", 0, life.options(), sock=life.socket()):
+                        life.ready()
+                        await stop.wait()
+                    nursery.cancel_scope.cancel()
+
+        run(main)
+
+    return worker
+
+
+def _run_trio(life: _Life) -> None:
+    import trio
+
+    from . import _trio
+
+    _run_structured(trio, trio.open_nursery, _trio.serve, trio.run)(life)
+
+
+def _run_anyio(life: _Life) -> None:
+    import anyio
+
+    from . import _anyio
+
+    _run_structured(anyio, anyio.create_task_group, _anyio.serve, anyio.run)(life)
+
+
+def _run_sync(life: _Life) -> None:
+    import threading
+
+    from . import _sync
+
+    stop = threading.Event()
+    for sig in _SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    with _sync.serve("", 0, life.options(), sock=life.socket()) as handle:
+        life.ready()
+        while not stop.wait(_SNAPSHOT_EVERY_S) and not life.orphaned():
+            handle.call(life.publish)  # the registry belongs to the I/O thread
+
+
+#: Worker backends by name: each runs one worker process's server until SIGTERM / SIGINT
+#: (or until the supervisor is gone), on that backend's own loop.
+BACKENDS: dict[str, Callable[[_Life], None]] = {
+    "asyncio": _run_asyncio, "trio": _run_trio, "anyio": _run_anyio, "sync": _run_sync}
 
 
 def worker_main() -> int:
@@ -188,8 +276,12 @@ def worker_main() -> int:
         print(f"kugelwire: {_ENV} is not set (workers are started by `kugelwire serve "
               "--workers N`)", file=sys.stderr)
         return 2
-    spec = WorkerSpec(**json.loads(raw))
-    asyncio.run(_worker(spec))
+    from ..cli import _log_to_stderr
+
+    _log_to_stderr()
+    life = _Life(WorkerSpec(**json.loads(raw)))
+    BACKENDS[life.spec.backend](life)
+    life.publish()  # the final figures (the server has stopped)
     return 0
 
 
@@ -202,7 +294,17 @@ class _Worker:
         self.restarts = 0
 
 
-def _reserve(host: str, port: int) -> tuple[socket.socket, int, bool]:
+def _backlog(options: dict[str, Any]) -> int:
+    """``--backlog``: each worker's accept queue (the shared socket's, without SO_REUSEPORT)."""
+    import dataclasses
+
+    from ._core import ServerOptions
+
+    default = next(f.default for f in dataclasses.fields(ServerOptions) if f.name == "backlog")
+    return int(options.get("backlog", default))
+
+
+def _reserve(host: str, port: int, backlog: int) -> tuple[socket.socket, int, bool]:
     """The supervisor's socket: bound (SO_REUSEPORT) or listening (to be inherited)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -212,7 +314,7 @@ def _reserve(host: str, port: int) -> tuple[socket.socket, int, bool]:
         sock.bind((host, port))  # holds the port; never listens, so it gets no connections
         return sock, int(sock.getsockname()[1]), True
     sock.bind((host, port))
-    sock.listen(1024)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock, int(sock.getsockname()[1]), False
 
@@ -248,13 +350,18 @@ async def supervise(
     ``options`` are :func:`kugelwire.server.serve` keyword arguments (JSON-able ones;
     ``limits`` as a dict of :class:`~kugelwire.protocol.ServerLimits` fields). ``engine`` is a
     ``kugelwire serve --engine`` name or ``"package.module:factory"`` (called with no
-    arguments in each worker).
+    arguments in each worker); ``backend`` is a name in :data:`BACKENDS`. ``lint`` (default
+    True) prints each worker's findings as ``kugelwire serve`` does; ``faults`` are fault
+    specs (strings).
     ``ready(url, pids)`` is called once every worker listens."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
-    sock, port, reuse = _reserve(host, port)
+    if backend in ("trio", "anyio") and importlib.util.find_spec(backend) is None:
+        raise ValueError(f"--backend {backend} needs the {backend} package "
+                         f"(pip install 'kugelwire[{backend}]')")
+    sock, port, reuse = _reserve(host, port, _backlog(options))
     directory = tempfile.mkdtemp(prefix="kugelwire-metrics-") if metrics else None
     options = {**options, "shutdown_timeout": shutdown_timeout}
     loop = asyncio.get_running_loop()

@@ -16,11 +16,12 @@ KEY = "sk-workers-key"
 class Supervisor:
     """``kugelwire serve --workers N`` in a subprocess, its output read on a thread."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, key: str | None = KEY) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("KUGELWIRE_API_KEY", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kugelwire", "serve", "--port", "0", "--engine", "tone",
-             "--api-key", KEY, *args],
+             *(("--api-key", key) if key is not None else ()), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         self.lines: list[str] = []

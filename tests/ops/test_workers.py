@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from kugelwire.protocol._client import StreamClientSession
 from kugelwire.protocol._events import AudioChunk, TurnClosed, TurnFinal
 from kugelwire.transports import asyncio as kw_asyncio
 from kugelwire.transports import sync as kw_sync
 
+from ..server._client import RawClient
 from ._prom import get, scrape
 from ._supervisor import KEY, Supervisor
 
@@ -195,3 +197,120 @@ def test_workers_exit_when_the_supervisor_is_killed() -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         sup.stop()
+
+
+# -- every backend ------------------------------------------------------------------------------
+BACKENDS = ("asyncio", "trio", "anyio", "sync")
+
+
+async def _drain_on_sigterm(sup: Supervisor) -> None:
+    """SIGTERM with idle connections and one busy turn open: the idle ones close with 1012 at
+    once, the busy turn finishes with its audio and then closes with 1012."""
+    idle = [await RawClient(StreamClientSession(voice_id=1), sup.url, api_key=KEY).connect()
+            for _ in range(4)]
+    busy_s = StreamClientSession(voice_id=1)
+    busy = await RawClient(busy_s, sup.url, api_key=KEY).connect()
+    assert all(c.connected for c in [*idle, busy])
+    busy_s.send_text("A busy turn, still open when the signal comes. ", busy.now)
+    busy.flush()
+    await asyncio.sleep(0.3)
+    sup.proc.send_signal(signal.SIGTERM)
+    for client in idle:
+        assert (await client.until_closed()).code == 1012
+    assert sup.proc.poll() is None  # the busy turn holds its worker
+    busy_s.flush(busy.now)
+    busy.flush()
+    closed = await busy.until_closed()
+    assert busy.of(TurnFinal) and busy.of(TurnClosed) and busy.of(AudioChunk)
+    assert closed.code == 1012
+    for client in [*idle, busy]:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_serves_counts_and_drains(backend: str) -> None:
+    """``serve --workers 2 --backend B``: two workers, concurrent turns with no error, metrics
+    aggregated over both counting exactly the turns run, SIGTERM drains (1012) and exits 0."""
+    sup = Supervisor("--workers", "2", "--metrics", "--backend", backend)
+    try:
+        assert len(sup.pids) == 2
+        if Path("/proc").is_dir():
+            assert sup.children() == sorted(sup.pids)
+        counts = asyncio.run(asyncio.wait_for(_many(sup.url, 40), 60))
+        assert all(n > 0 for n in counts)
+        time.sleep(1.5)  # each worker publishes its share every second
+        for _ in range(3):  # whichever worker answers the scrape, the totals are the same
+            samples = scrape(sup.url)
+            assert get(samples, "kugelwire_turns_total", endpoint="stream",
+                       outcome="completed") == 40
+            assert get(samples, "kugelwire_turns_started_total", endpoint="stream") == 40
+            assert get(samples, "kugelwire_first_audio_seconds_count", endpoint="stream") == 40
+        t0 = time.monotonic()
+        asyncio.run(asyncio.wait_for(_drain_on_sigterm(sup), 30))
+        assert sup.proc.wait(SHUTDOWN_TIMEOUT + 5) == 0, sup.lines
+        assert time.monotonic() - t0 < SHUTDOWN_TIMEOUT
+        assert sup.wait_for("all workers stopped")
+    finally:
+        sup.stop()
+
+
+# -- the server options reach every worker ------------------------------------------------------
+async def _no_voice_turn(url: str, key: str) -> int:
+    async with await kw_asyncio.connect_stream(url, api_key=key) as stream:
+        turn = await stream.send_text("No voice was chosen. ", flush=True)
+        assert turn is not None
+        events = await turn.collect()
+        assert any(isinstance(e, TurnFinal) for e in events), events
+        return sum(1 for e in events if isinstance(e, AudioChunk))
+
+
+async def _bad_key_closes_4001(url: str) -> None:
+    client = await RawClient(StreamClientSession(voice_id=1), url, api_key="sk-wrong").connect()
+    assert client.connected  # --auth-failure close: accepted, then closed
+    assert (await client.until_closed()).code == 4001
+    await client.aclose()
+
+
+def test_serve_options_reach_every_worker(tmp_path: Path) -> None:
+    """``--api-key-file``, ``--lenient`` and a generated flag (``--auth-failure``) apply in the
+    workers exactly as in one process."""
+    keyfile = tmp_path / "key"
+    keyfile.write_text("sk-from-the-file\n", encoding="utf-8")
+    sup = Supervisor("--workers", "2", "--lenient", "--api-key-file", str(keyfile),
+                     "--auth-failure", "close", "--no-lint", key=None)
+    try:
+        async def main() -> None:
+            # 16 connections: the kernel spreads them over both workers
+            counts = await asyncio.gather(
+                *(_no_voice_turn(sup.url, "sk-from-the-file") for _ in range(16)))
+            assert all(n > 0 for n in counts)
+            await asyncio.gather(*(_bad_key_closes_4001(sup.url) for _ in range(8)))
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+        assert sup.wait_for("lenient: requests without a voice")  # announced, as in one process
+        assert not any("lint:" in line for line in sup.lines)  # --no-lint reached them too
+    finally:
+        sup.stop()
+
+
+def test_a_bad_fault_spec_fails_before_any_worker_starts() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kugelwire", "serve", "--workers", "2", "--port", "0",
+         "--fault", "no-such-fault"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "fault 'no-such-fault'" in proc.stderr, proc.stderr
+    assert "worker" not in proc.stdout + proc.stderr
+
+
+def test_a_backend_whose_package_is_missing_is_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from kugelwire.server import _workers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trio" else real(name, *a))
+    with pytest.raises(ValueError, match=r"--backend trio needs the trio package"):
+        asyncio.run(_workers.supervise(2, "127.0.0.1", 0, backend="trio"))
