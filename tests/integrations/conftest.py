@@ -41,20 +41,12 @@ def server_open_contexts(server: ThreadedServer) -> int:
             total += len(contexts or ())
         return total
 
-    loop: asyncio.AbstractEventLoop | None = getattr(server, "_loop", None)
-    assert loop is not None, "the server's event loop is not reachable"
-    return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
+    return int(server.call(count))  # on the server's own thread
 
 
 def server_sessions(server: ThreadedServer) -> int:
-    """Accepted WebSocket sessions open on the server (its ``stats()``, read on its loop)."""
-
-    async def read() -> int:
-        return int(server.server.stats()["sessions"])
-
-    loop: asyncio.AbstractEventLoop | None = getattr(server, "_loop", None)
-    assert loop is not None
-    return asyncio.run_coroutine_threadsafe(read(), loop).result(5)
+    """Accepted WebSocket sessions open on the server (its ``stats()``)."""
+    return int(server.stats()["sessions"])
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
