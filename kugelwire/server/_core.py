@@ -146,6 +146,14 @@ class ServerOptions:
     ping_timeout: float = field(
         default=20.0, metadata=_cli("seconds a ping may go unanswered (then close 1011)"))
     backlog: int = field(default=100, metadata=_cli("the listening socket's accept backlog"))
+    #: WebSocket frames of one connection handled per turn of the event loop: the rest of its
+    #: input waits (and reading it pauses) for ``frame_burst_pause`` seconds, so a connection
+    #: flooding tiny frames yields to everyone else (32 frames / 2 ms: 16,000 frames a second
+    #: at most per connection; a large message is always one frame's worth).
+    frame_burst: int = field(default=32, metadata=_cli(
+        "WebSocket frames of one connection handled per event-loop turn (then it pauses)"))
+    frame_burst_pause: float = field(default=0.002, metadata=_cli(
+        "seconds a connection that sent a whole burst of frames waits for its next one"))
     #: Seconds a WebSocket message may take from its first byte to its last (then close 1008);
     #: None: no deadline.
     message_timeout: float | None = field(default=MESSAGE_TIMEOUT, metadata=_cli(
@@ -167,6 +175,7 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         for name in ("write_buffer_limit", "max_connections", "backlog", "ping_timeout",
+                     "frame_burst",
                      "max_message_size", "close_timeout", "handshake_timeout",
                      "shutdown_timeout"):
             if getattr(self, name) <= 0:
@@ -177,6 +186,8 @@ class ServerOptions:
             raise ValueError("api_key must be a non-empty string or None")
         if self.auth_failure not in ("http", "close"):
             raise ValueError(f"auth_failure must be 'http' or 'close', not {self.auth_failure!r}")
+        if self.frame_burst_pause < 0:
+            raise ValueError("frame_burst_pause must not be negative")
         if int(getattr(self.engine, "max_concurrency", 0)) < 1:
             raise ValueError("engine.max_concurrency must be at least 1")
 
@@ -324,6 +335,7 @@ class ServerCore:
         #: The most unsent bytes any connection held.
         self.peak_buffered = 0
         self._ring: deque[_Peer] = deque()
+        self._overflow: deque[_Peer] = deque()  # connections over their share of slots
         self._closing: deque[EngineJob] = deque()
         self._busy = 0
         self._sessions = 0
@@ -364,17 +376,31 @@ class ServerCore:
 
     # -- the engine-job scheduler ----------------------------------------------------------
     def take_jobs(self) -> list[EngineJob]:
-        """Jobs to advance now, one worker call each (marks them busy)."""
+        """Jobs to advance now, one worker call each (marks them busy).
+
+        A connection's fair share is ``ceil(slots / connections waiting)``; one that already
+        has that many jobs in workers moves to the overflow queue, served only when no
+        connection under its share is waiting (so no slot idles while work is ready). Within
+        a connection, each context has at most one job and a job goes to the back of its
+        connection's queue after every step, so contexts take turns too."""
         out: list[EngineJob] = []
         limit = self.options.write_buffer_limit
-        while self._busy < self.options.slots:
+        slots = self.options.slots
+        ring, overflow = self._ring, self._overflow
+        while self._busy < slots:
             if self._closing:
                 job = self._closing.popleft()
                 job.closing = False
-            elif self._ring:
-                peer = self._ring.popleft()
+            elif ring or overflow:
+                from_ring = bool(ring)
+                peer = ring.popleft() if from_ring else overflow.popleft()
                 peer._in_ring = False
                 if peer.lost or not peer._ready or peer.unsent >= limit:
+                    continue
+                waiting = len(ring) + len(overflow) + 1
+                if from_ring and peer.outstanding >= -(-slots // waiting):
+                    peer._in_ring = True  # over its share: after everyone under theirs
+                    overflow.append(peer)
                     continue
                 job = peer._ready.popleft()
                 peer.outstanding += 1
@@ -553,6 +579,11 @@ class ConnectionCore(_Peer):
         self._out = bytearray()
         self._reap_at: float | None = None
         self.conn: ServerConnection | None = None
+        #: input not handled yet (over ``receive_slice``), the peer's EOF behind it, and when
+        #: the rest is due (the next turn of the event loop)
+        self._backlog = bytearray()
+        self._eof = False
+        self._resume_at: float | None = None
         if len(server.connections) > server.options.max_connections:
             log.warning("refusing a connection: max_connections reached")
             request_rejected(server.options.metrics, self.peer, 503, "", "busy", now)
@@ -569,14 +600,45 @@ class ConnectionCore(_Peer):
     @property
     def reading(self) -> bool:
         """False while the peer should not be read (it floods us without reading)."""
-        return self.unsent <= 4 * self.server.options.write_buffer_limit
+        return not self._backlog and self.unsent <= 4 * self.server.options.write_buffer_limit
 
     def receive_data(self, data: bytes, now: float) -> None:
-        """Bytes from the socket; ``b""``: the peer closed its end."""
+        """Bytes from the socket; ``b""``: the peer closed its end. At most ``frame_burst``
+        WebSocket frames are handled now; the rest at :meth:`next_deadline`, ``frame_burst_pause``
+        later (reading pauses meanwhile), so one connection's flood cannot hold the loop."""
         self._now = now
         if self.conn is not None and not self.lost:
-            self.conn.receive_data(data, now)
-            self._pump(now)
+            if data:
+                self._backlog += data
+            else:
+                self._eof = True
+            self._feed(now)
+
+    def _feed(self, now: float) -> None:
+        conn = self.conn
+        assert conn is not None
+        if self.action is not SocketAction.KEEP:
+            self._backlog.clear()  # closing: the rest of the input is never read
+        backlog = self._backlog
+        if backlog:
+            options = self.server.options
+            if conn.state is ConnectionState.CONNECTING:
+                size = len(backlog)  # the upgrade request (its size is bounded by the head limit)
+            else:
+                size = _frames_end(backlog, options.frame_burst)
+            if size >= len(backlog):
+                piece = bytes(backlog)
+                backlog.clear()
+            else:
+                piece = bytes(backlog[:size])
+                del backlog[:size]
+            conn.receive_data(piece, now)
+        if not backlog and self._eof:
+            self._eof = False
+            conn.receive_data(b"", now)
+        # a whole burst was handled: the rest waits, so the loop serves everyone else
+        self._resume_at = now + self.server.options.frame_burst_pause + 1e-6 if backlog else None
+        self._pump(now)
 
     def data_to_send(self) -> bytes:
         """Bytes to write now; they count as unsent until :meth:`report_buffered` says
@@ -589,6 +651,9 @@ class ConnectionCore(_Peer):
     def next_deadline(self) -> float | None:
         conn = self.conn
         deadline = None if conn is None or self.lost else conn.next_deadline()
+        resume = self._resume_at
+        if resume is not None and not self.lost and (deadline is None or resume < deadline):
+            deadline = resume
         if self._reap_at is not None and (deadline is None or self._reap_at < deadline):
             return self._reap_at
         return deadline
@@ -599,14 +664,19 @@ class ConnectionCore(_Peer):
             # a peer that stopped reading (half-open) would hold the socket forever
             self.abort()
         elif self.conn is not None and not self.lost:
-            self.conn.handle_timeout(now)
-            self._pump(now)
+            if self._resume_at is not None and now >= self._resume_at:
+                self._feed(now)
+            if not self.lost:
+                self.conn.handle_timeout(now)
+                self._pump(now)
 
     def abort(self, reset: bool = False) -> None:
         """Drop the socket now (``reset``: with a TCP RST); the adapter obeys :attr:`action`
         and then calls :meth:`connection_lost`."""
         self.action = SocketAction.RESET if reset else SocketAction.ABORT
         self._out.clear()
+        self._backlog.clear()
+        self._resume_at = None
         self._reap_at = None
         for job in list(self._jobs.values()):
             self._forget(job)
@@ -620,6 +690,8 @@ class ConnectionCore(_Peer):
             conn.receive_data(b"", now)
             self._pump(now)
         self._out.clear()
+        self._backlog.clear()
+        self._resume_at = None
         if self.action is SocketAction.KEEP or self.action is SocketAction.CLOSE:
             self.action = SocketAction.ABORT
         self._reap_at = None
@@ -658,6 +730,32 @@ class ConnectionCore(_Peer):
                     self._forget(job)
                 self._ready.clear()
                 self._close(now)
+
+
+def _frames_end(data: bytes | bytearray, count: int) -> int:
+    """The offset just past the first ``count`` WebSocket frames that start ``data`` (its
+    length when fewer are there: a frame still arriving counts whole). Only a cut point for
+    pacing; the connection itself parses and validates every frame."""
+    offset, size = 0, len(data)
+    for _ in range(count):
+        if offset + 2 > size:
+            return size
+        length = data[offset + 1] & 0x7F
+        head = 2 + (4 if data[offset + 1] & 0x80 else 0)
+        if length == 126:
+            if offset + 4 > size:
+                return size
+            length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+            head += 2
+        elif length == 127:
+            if offset + 10 > size:
+                return size
+            length = int.from_bytes(data[offset + 2 : offset + 10], "big")
+            head += 8
+        offset += head + length
+        if offset >= size:
+            return size
+    return offset
 
 
 @dataclass(frozen=True, slots=True)
