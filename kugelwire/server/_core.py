@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,17 @@ class ServerOptions:
     #: at most per connection; a large message is always one frame's worth).
     frame_burst: int = field(default=32, metadata=_cli(
         "WebSocket frames of one connection handled per event-loop turn (then it pauses)"))
+    #: Characters of client text (buffered, queued or being spoken) plus unsent bytes one
+    #: connection may hold; a text frame that would go over it is refused with RATE_LIMITED
+    #: (429) and nothing of it applies.
+    max_connection_buffer: int = field(default=2**21, metadata=_cli(
+        "characters of text + unsent bytes one connection may hold (then RATE_LIMITED)"))
+    #: The same, summed over all connections: above it new turns, requests and contexts are
+    #: refused with RATE_LIMITED and new connections are closed with 1013; 0: a quarter of
+    #: the host's physical memory (see :attr:`budget`).
+    memory_budget: int = field(default=0, metadata=_cli(
+        "characters of text + unsent bytes all connections may hold before new work is "
+        "refused (RATE_LIMITED, close 1013); 0: a quarter of physical memory"))
     frame_burst_pause: float = field(default=0.002, metadata=_cli(
         "seconds a connection that sent a whole burst of frames waits for its next one"))
     #: Seconds a WebSocket message may take from its first byte to its last (then close 1008);
@@ -175,7 +187,7 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         for name in ("write_buffer_limit", "max_connections", "backlog", "ping_timeout",
-                     "frame_burst",
+                     "frame_burst", "max_connection_buffer",
                      "max_message_size", "close_timeout", "handshake_timeout",
                      "shutdown_timeout"):
             if getattr(self, name) <= 0:
@@ -186,6 +198,8 @@ class ServerOptions:
             raise ValueError("api_key must be a non-empty string or None")
         if self.auth_failure not in ("http", "close"):
             raise ValueError(f"auth_failure must be 'http' or 'close', not {self.auth_failure!r}")
+        if self.memory_budget < 0:
+            raise ValueError("memory_budget must not be negative (0: automatic)")
         if self.frame_burst_pause < 0:
             raise ValueError("frame_burst_pause must not be negative")
         if int(getattr(self.engine, "max_concurrency", 0)) < 1:
@@ -218,6 +232,16 @@ class ServerOptions:
         return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
 
     @property
+    def budget(self) -> int:
+        """:attr:`memory_budget` in bytes (0: a quarter of physical memory, else 1 GiB)."""
+        if self.memory_budget:
+            return self.memory_budget
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            return 2**30
+
+    @property
     def slots(self) -> int:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
@@ -233,7 +257,10 @@ class ServerOptions:
         catalogue = self.catalogue
         return None if catalogue is None else rest_handler(catalogue)
 
-    def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
+    def new_session(
+        self, path: str, now: float | None = None,
+        admission: Callable[[int, bool, str | None], None] | None = None,
+    ) -> _ServerSession | None:
         """The core session for an endpoint path accepted at ``now``, or None (404): the one
         place sessions are created.
 
@@ -244,6 +271,7 @@ class ServerOptions:
             return None
         session: _ServerSession = cls(
             limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
+        session.admission = admission
         if self.lint is not None:
             # the wrapper has the session's whole interface (it forwards every attribute)
             session = cast(_ServerSession, self.lint.wrap(session, path, now))
@@ -341,6 +369,9 @@ class ServerCore:
         self._sessions = 0
         self._jobs = 0
         self._factory = options.connection_factory or default_connection
+        #: characters of client text + unsent bytes held by all connections
+        self.memory = 0
+        self._budget = options.budget
 
     # -- connections -----------------------------------------------------------------------
     def connect(self, now: float) -> ConnectionCore:
@@ -475,6 +506,7 @@ class _Peer:
         self.session: _ServerSession | None = None
         self.lost = False
         self.held = 0  # bytes the adapter took from us and has not written yet
+        self._usage = 0  # this connection's part of server.memory
         #: this connection's jobs in a worker or waiting to be closed (0: none outlives it)
         self.outstanding = 0
         self._now = now
@@ -496,7 +528,32 @@ class _Peer:
         self.held = size
         server = self.server
         server.peak_buffered = max(server.peak_buffered, self.unsent)
+        self._account()
         self._offer()
+
+    def _held(self) -> int:
+        session = self.session
+        return self.unsent + (session.held_chars() if session is not None else 0)
+
+    def _account(self) -> None:
+        """Bring this connection's part of the server's memory count up to date."""
+        usage = 0 if self.lost else self._held()
+        self.server.memory += usage - self._usage
+        self._usage = usage
+
+    def _admit(self, chars: int, new: bool, context_id: str | None) -> None:
+        """The session's admission check of a text frame (the memory caps)."""
+        server, options = self.server, self.server.options
+        usage = self._held()
+        if usage + chars > options.max_connection_buffer:
+            raise RemoteProtocolError(
+                f"text: this connection already holds {usage} characters of text and unsent "
+                f"audio (at most {options.max_connection_buffer}); read the audio first",
+                field="text", error_code="RATE_LIMITED", code=429, context_id=context_id)
+        if new and server.memory - self._usage + usage + chars > server._budget:
+            raise RemoteProtocolError(
+                "Server busy: its memory budget is reached; try again later",
+                error_code="RATE_LIMITED", code=429, context_id=context_id)
 
     def shutdown(self, code: int, now: float) -> None:
         if self.session is not None and not self.lost:
@@ -511,9 +568,13 @@ class _Peer:
         raise NotImplementedError
 
     def _route(self, path: str) -> _ServerSession | None:
-        session = self.server.options.new_session(path, self._now)
-        if session is not None and self.server.draining is not None:
+        server = self.server
+        session = server.options.new_session(path, self._now, self._admit)
+        if session is not None and server.draining is not None:
             session.shutdown(self._now, 1013)  # a draining replica: accept, then close 1013
+        elif session is not None and server.memory > server._budget:
+            log.warning("closing a new connection 1013: the memory budget is reached")
+            session.shutdown(self._now, 1013)  # over the memory budget: try again later
         return session
 
     def _accepted(self, session: _ServerSession) -> None:
@@ -564,6 +625,8 @@ class _Peer:
         self._jobs.clear()
         if self.session is not None:
             server._sessions -= 1
+        server.memory -= self._usage
+        self._usage = 0
         server.connections.discard(self)
         code, reason = self._closed
         connection_closed(server.options.metrics, self.peer, self.session, code, reason,
@@ -715,6 +778,7 @@ class ConnectionCore(_Peer):
             elif isinstance(event, ConnectionClosed):
                 self._closed = (event.code, event.reason)
         self._dispatch()
+        self._account()
         if self.action is SocketAction.KEEP:
             self._out += conn.data_to_send()
             if getattr(conn, "abort_requested", False):
@@ -921,5 +985,6 @@ class MessageConnectionCore(_Peer):
             return
         self._dispatch()
         self._outbox.extend(session.messages_to_send())
+        self._account()
         if self.close_code is None:
             self.close_code = session.close_code

@@ -91,3 +91,79 @@ def test_a_flood_of_tiny_frames_is_handled_one_slice_per_turn() -> None:
     conn.receive_data(client_frame(json.dumps({"text": "Hi. ", "voice_id": 1,
                                                "flush": True}).encode()), now)
     assert core.take_jobs()
+
+
+def _stream(core: ServerCore) -> Any:
+    return _messages(core, "/ws/tts/stream")
+
+
+def _send(conn: Any, **msg: Any) -> list[dict[str, Any]]:
+    conn.receive_text(json.dumps(msg), 0.0)
+    out = [json.loads(m) for m in conn.messages_to_send()]
+    conn.report_buffered(0)  # written
+    return out
+
+
+def _errors(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(f["error_code"], f["code"]) for f in frames if "error_code" in f]
+
+
+def test_per_connection_cap_on_text_and_unsent_audio() -> None:
+    """``max_connection_buffer``: a text frame that would take one connection's held text +
+    unsent bytes over it is refused with RATE_LIMITED; what was accepted before stays."""
+    core = ServerCore(ServerOptions(engine=_Engine(), api_key=KEY, ping_interval=None,
+                                    max_connection_buffer=1000))
+    conn = _stream(core)
+    assert _errors(_send(conn, text="a" * 600, voice_id=1)) == []
+    assert _errors(_send(conn, text="b" * 600)) == [("RATE_LIMITED", 429)]
+    assert _errors(_send(conn, text="c" * 300)) == []  # under the cap: accepted
+    session = conn.session
+    assert session.held_chars() == 900
+    # unsent bytes count too: the adapter holds 200 bytes it could not write yet
+    conn.report_buffered(200)
+    assert _errors(_send(conn, text="d" * 1)) == [("RATE_LIMITED", 429)]
+    conn.report_buffered(0)
+    _send(conn, flush=True)
+    spoken = []
+    for _ in range(1000):
+        jobs = core.take_jobs()
+        if not jobs:
+            break
+        for job in jobs:
+            spoken.append(job.request.chunk.text)
+            item = job.advance()
+            while item is not None:
+                item = job.advance()
+            core.job_done(job, None, 0.001, None, 0.0)
+            conn.messages_to_send()
+            conn.report_buffered(0)
+    assert "".join(spoken).replace(" ", "") == "a" * 600 + "c" * 300  # nothing accepted lost
+    assert session.held_chars() == 0
+    assert core.memory == 0
+
+
+def test_global_memory_budget_sheds_new_work_then_recovers() -> None:
+    """``memory_budget``: above it a new turn (or context) is refused with RATE_LIMITED and a
+    new connection is closed with 1013; text of turns under way still goes in; once the held
+    text is spoken, new work is accepted again."""
+    core = ServerCore(ServerOptions(engine=_Engine(), api_key=KEY, ping_interval=None,
+                                    memory_budget=1300))
+    a, b = _stream(core), _stream(core)
+    multi = _messages(core, "/ws/tts/multi")
+    assert _errors(_send(a, text="a" * 1000, voice_id=1)) == []
+    assert _errors(_send(a, text="a" * 400)) == []  # not new work: only the connection's cap
+    assert core.memory == 1400
+    assert _errors(_send(b, text="b" * 200, voice_id=1)) == [("RATE_LIMITED", 429)]
+    frames = _send(multi, text="x" * 200, context_id="c", voice_settings={"voice_id": 1})
+    assert _errors(frames) == [("RATE_LIMITED", 429)], frames
+    assert _errors(_send(a, text="more")) == []  # the turn under way keeps going
+    assert core.memory == 1404
+    late = core.connect(0.0)
+    late.receive_data(upgrade_request("/ws/tts/stream", key=KEY), 0.0)
+    out = late.data_to_send()
+    assert out.startswith(b"HTTP/1.1 101") and b"\x88\x02\x03\xf5" in out  # close 1013
+    a.connection_lost(1000, 0.0)  # a's text is gone with it
+    while core.take_jobs():
+        pass
+    assert core.memory == 0
+    assert _errors(_send(b, text="b" * 200, voice_id=1)) == []
