@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +189,31 @@ class _Work:
     first_audio_at: float | None = None
     started_at: float = 0.0
     original_text: str = ""
+    #: characters of the chunks in :attr:`queue`
+    queued_chars: int = 0
+
+    def push(self, chunks: Iterable[TextChunk | None]) -> None:
+        for chunk in chunks:
+            self.queue.append(chunk)
+            if chunk is not None:
+                self.queued_chars += len(chunk.text)
+
+    def pop(self) -> TextChunk | None:
+        chunk = self.queue.popleft()
+        if chunk is not None:
+            self.queued_chars -= len(chunk.text)
+        return chunk
+
+    def drop(self) -> None:
+        self.queue.clear()
+        self.queued_chars = 0
+
+    @property
+    def held_chars(self) -> int:
+        """Characters of text this work still holds (buffered, queued, being spoken)."""
+        job = self.job
+        return (self.chunker.buffered_chars + self.queued_chars
+                + (len(job.chunk.text) if job is not None else 0))
 
     @property
     def busy(self) -> bool:
@@ -239,6 +264,11 @@ class _ServerSession:
         self._closed = False  # connection lost or close sent: everything else is ignored
         #: Audio handed in for cancelled/unknown chunks (barge-in races), in calls.
         self.dropped_audio = 0
+        #: Called with (characters of text, starts new work, context id) before a text frame
+        #: applies; it
+        #: raises :class:`RemoteProtocolError` to refuse the whole frame (the server's memory
+        #: caps). None: no caps beyond :class:`ServerLimits`.
+        self.admission: Callable[[int, bool, str | None], None] | None = None
 
     # -- the MessageSession protocol -------------------------------------------------------
     @property
@@ -272,6 +302,8 @@ class _ServerSession:
             msg = parse_client_message(text)
             if not self.lenient:
                 self._check_identity(msg)
+            if self.admission is not None and msg.text:
+                self.admission(len(msg.text), self._starts_work(msg), msg.context_id)
             self._handle(msg, now)
         except RemoteProtocolError as exc:
             self._error(exc.message, exc.error_code, exc.code, exc.context_id)
@@ -284,6 +316,20 @@ class _ServerSession:
         for job in list(self._jobs.values()):
             self._cancel_job(job)
         self._outbox.clear()
+
+    def held_chars(self) -> int:
+        """Characters of client text this session holds: buffered, queued or being spoken."""
+        return sum(work.held_chars for work in self._works()) + self._waiting_chars()
+
+    def _works(self) -> Iterator[_Work]:  # pragma: no cover - overridden
+        return iter(())
+
+    def _waiting_chars(self) -> int:
+        return 0
+
+    def _starts_work(self, msg: ClientMessage) -> bool:
+        """Whether a text frame ``msg`` would start a new turn, request or context."""
+        return True
 
     def next_deadline(self) -> float | None:
         best = _INF
@@ -466,12 +512,12 @@ class _ServerSession:
 
     def _enqueue(self, work: _Work, chunks: Sequence[TextChunk], now: float) -> None:
         if chunks:
-            work.queue.extend(chunks)
+            work.push(chunks)
             self._pump(work, now)
 
     def _flush_work(self, work: _Work, now: float) -> None:
         work.flushed = True
-        work.queue.extend(work.chunker.flush(now))
+        work.push(work.chunker.flush(now))
         self._pump(work, now)
 
     def _pump(self, work: _Work, now: float) -> None:
@@ -479,7 +525,7 @@ class _ServerSession:
         if work.job is not None or self._closed:
             return
         while work.queue:
-            chunk = work.queue.popleft()
+            chunk = work.pop()
             if chunk is None:
                 self._flush_mark_reached(work, now)
                 if self._closed or work.job is not None:
@@ -555,7 +601,7 @@ class _ServerSession:
         """Barge-in: stop the engine, drop buffered and queued text."""
         if work.job is not None:
             self._cancel_job(work.job)
-        work.queue.clear()
+        work.drop()
         work.chunker.clear()
 
     def _update_settings(self, msg: ClientMessage) -> None:
@@ -627,6 +673,16 @@ class StreamServerSession(_ServerSession):
     @property
     def turns_started(self) -> int:
         return self._turns
+
+    def _works(self) -> Iterator[_Work]:
+        if self._turn is not None:
+            yield self._turn
+
+    def _waiting_chars(self) -> int:
+        return self._deferred_chars
+
+    def _starts_work(self, msg: ClientMessage) -> bool:
+        return self.state is not ServerTurnState.ACTIVE
 
     def _advance(self, event: ServerTurnInput) -> None:
         new = SERVER_TURN_TRANSITIONS.get((self.state, event))
@@ -928,8 +984,8 @@ class MultiServerSession(_ServerSession):
         is sent when the mark is reached, i.e. right after this flush's own audio, even when
         later text of the context is already queued behind it
         (protocol.md#context-flush-and-close)."""
-        work.queue.extend(work.chunker.flush(now))
-        work.queue.append(None)
+        work.push(work.chunker.flush(now))
+        work.push((None,))
         work.chunker.new_cycle()  # text from now on is the next cycle's: the schedule restarts
         self._pump(work, now)
 
@@ -995,6 +1051,13 @@ class MultiServerSession(_ServerSession):
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
             self._close_code = self._shutdown_code
 
+    def _works(self) -> Iterator[_Work]:
+        for ctx in self._contexts.values():
+            yield ctx.work
+
+    def _starts_work(self, msg: ClientMessage) -> bool:
+        return msg.context_id not in self._contexts
+
     def _deadlines(self) -> Iterator[float | None]:
         for ctx in self._contexts.values():
             yield ctx.work.chunker.next_deadline()
@@ -1051,6 +1114,13 @@ class TTSServerSession(_ServerSession):
         self._queued_chars = 0
         self._current: _Work | None = None
         self._requests = 0
+
+    def _works(self) -> Iterator[_Work]:
+        if self._current is not None:
+            yield self._current
+
+    def _waiting_chars(self) -> int:
+        return self._queued_chars
 
     def _handle(self, msg: ClientMessage, now: float) -> None:
         if msg.cancel:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -147,6 +148,25 @@ class ServerOptions:
     ping_timeout: float = field(
         default=20.0, metadata=_cli("seconds a ping may go unanswered (then close 1011)"))
     backlog: int = field(default=100, metadata=_cli("the listening socket's accept backlog"))
+    #: WebSocket frames of one connection handled per turn of the event loop: the rest of its
+    #: input waits (and reading it pauses) for ``frame_burst_pause`` seconds, so a connection
+    #: flooding tiny frames yields to everyone else (32 frames / 2 ms: 16,000 frames a second
+    #: at most per connection; a large message is always one frame's worth).
+    frame_burst: int = field(default=32, metadata=_cli(
+        "WebSocket frames of one connection handled per event-loop turn (then it pauses)"))
+    #: Characters of client text (buffered, queued or being spoken) plus unsent bytes one
+    #: connection may hold; a text frame that would go over it is refused with RATE_LIMITED
+    #: (429) and nothing of it applies.
+    max_connection_buffer: int = field(default=2**21, metadata=_cli(
+        "characters of text + unsent bytes one connection may hold (then RATE_LIMITED)"))
+    #: The same, summed over all connections: above it new turns, requests and contexts are
+    #: refused with RATE_LIMITED and new connections are closed with 1013; 0: a quarter of
+    #: the host's physical memory (see :attr:`budget`).
+    memory_budget: int = field(default=0, metadata=_cli(
+        "characters of text + unsent bytes all connections may hold before new work is "
+        "refused (RATE_LIMITED, close 1013); 0: a quarter of physical memory"))
+    frame_burst_pause: float = field(default=0.002, metadata=_cli(
+        "seconds a connection that sent a whole burst of frames waits for its next one"))
     #: Seconds a WebSocket message may take from its first byte to its last (then close 1008);
     #: None: no deadline.
     message_timeout: float | None = field(default=MESSAGE_TIMEOUT, metadata=_cli(
@@ -168,6 +188,7 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         for name in ("write_buffer_limit", "max_connections", "backlog", "ping_timeout",
+                     "frame_burst", "max_connection_buffer",
                      "max_message_size", "close_timeout", "handshake_timeout",
                      "shutdown_timeout"):
             if getattr(self, name) <= 0:
@@ -178,6 +199,10 @@ class ServerOptions:
             raise ValueError("api_key must be a non-empty string or None")
         if self.auth_failure not in ("http", "close"):
             raise ValueError(f"auth_failure must be 'http' or 'close', not {self.auth_failure!r}")
+        if self.memory_budget < 0:
+            raise ValueError("memory_budget must not be negative (0: automatic)")
+        if self.frame_burst_pause < 0:
+            raise ValueError("frame_burst_pause must not be negative")
         if int(getattr(self.engine, "max_concurrency", 0)) < 1:
             raise ValueError("engine.max_concurrency must be at least 1")
 
@@ -208,6 +233,16 @@ class ServerOptions:
         return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
 
     @property
+    def budget(self) -> int:
+        """:attr:`memory_budget` in bytes (0: a quarter of physical memory, else 1 GiB)."""
+        if self.memory_budget:
+            return self.memory_budget
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            return 2**30
+
+    @property
     def slots(self) -> int:
         """Engine calls allowed at once (the engine's own limit, capped at 64 threads)."""
         return max(1, min(int(self.engine.max_concurrency), 64))
@@ -223,7 +258,10 @@ class ServerOptions:
         catalogue = self.catalogue
         return None if catalogue is None else rest_handler(catalogue)
 
-    def new_session(self, path: str, now: float | None = None) -> _ServerSession | None:
+    def new_session(
+        self, path: str, now: float | None = None,
+        admission: Callable[[int, bool, str | None], None] | None = None,
+    ) -> _ServerSession | None:
         """The core session for an endpoint path accepted at ``now``, or None (404): the one
         place sessions are created.
 
@@ -234,6 +272,7 @@ class ServerOptions:
             return None
         session: _ServerSession = cls(
             limits=self.limits, catalogue=self.catalogue, lenient=self.lenient)
+        session.admission = admission
         if self.lint is not None:
             # the wrapper has the session's whole interface (it forwards every attribute)
             session = cast(_ServerSession, self.lint.wrap(session, path, now))
@@ -325,11 +364,15 @@ class ServerCore:
         #: The most unsent bytes any connection held.
         self.peak_buffered = 0
         self._ring: deque[_Peer] = deque()
+        self._overflow: deque[_Peer] = deque()  # connections over their share of slots
         self._closing: deque[EngineJob] = deque()
         self._busy = 0
         self._sessions = 0
         self._jobs = 0
         self._factory = options.connection_factory or default_connection
+        #: characters of client text + unsent bytes held by all connections
+        self.memory = 0
+        self._budget = options.budget
 
     # -- connections -----------------------------------------------------------------------
     def connect(self, now: float) -> ConnectionCore:
@@ -365,17 +408,31 @@ class ServerCore:
 
     # -- the engine-job scheduler ----------------------------------------------------------
     def take_jobs(self) -> list[EngineJob]:
-        """Jobs to advance now, one worker call each (marks them busy)."""
+        """Jobs to advance now, one worker call each (marks them busy).
+
+        A connection's fair share is ``ceil(slots / connections waiting)``; one that already
+        has that many jobs in workers moves to the overflow queue, served only when no
+        connection under its share is waiting (so no slot idles while work is ready). Within
+        a connection, each context has at most one job and a job goes to the back of its
+        connection's queue after every step, so contexts take turns too."""
         out: list[EngineJob] = []
         limit = self.options.write_buffer_limit
-        while self._busy < self.options.slots:
+        slots = self.options.slots
+        ring, overflow = self._ring, self._overflow
+        while self._busy < slots:
             if self._closing:
                 job = self._closing.popleft()
                 job.closing = False
-            elif self._ring:
-                peer = self._ring.popleft()
+            elif ring or overflow:
+                from_ring = bool(ring)
+                peer = ring.popleft() if from_ring else overflow.popleft()
                 peer._in_ring = False
                 if peer.lost or not peer._ready or peer.unsent >= limit:
+                    continue
+                waiting = len(ring) + len(overflow) + 1
+                if from_ring and peer.outstanding >= -(-slots // waiting):
+                    peer._in_ring = True  # over its share: after everyone under theirs
+                    overflow.append(peer)
                     continue
                 job = peer._ready.popleft()
                 peer.outstanding += 1
@@ -450,6 +507,7 @@ class _Peer:
         self.session: _ServerSession | None = None
         self.lost = False
         self.held = 0  # bytes the adapter took from us and has not written yet
+        self._usage = 0  # this connection's part of server.memory
         #: this connection's jobs in a worker or waiting to be closed (0: none outlives it)
         self.outstanding = 0
         self._now = now
@@ -471,7 +529,32 @@ class _Peer:
         self.held = size
         server = self.server
         server.peak_buffered = max(server.peak_buffered, self.unsent)
+        self._account()
         self._offer()
+
+    def _held(self) -> int:
+        session = self.session
+        return self.unsent + (session.held_chars() if session is not None else 0)
+
+    def _account(self) -> None:
+        """Bring this connection's part of the server's memory count up to date."""
+        usage = 0 if self.lost else self._held()
+        self.server.memory += usage - self._usage
+        self._usage = usage
+
+    def _admit(self, chars: int, new: bool, context_id: str | None) -> None:
+        """The session's admission check of a text frame (the memory caps)."""
+        server, options = self.server, self.server.options
+        usage = self._held()
+        if usage + chars > options.max_connection_buffer:
+            raise RemoteProtocolError(
+                f"text: this connection already holds {usage} characters of text and unsent "
+                f"audio (at most {options.max_connection_buffer}); read the audio first",
+                field="text", error_code="RATE_LIMITED", code=429, context_id=context_id)
+        if new and server.memory - self._usage + usage + chars > server._budget:
+            raise RemoteProtocolError(
+                "Server busy: its memory budget is reached; try again later",
+                error_code="RATE_LIMITED", code=429, context_id=context_id)
 
     def shutdown(self, code: int, now: float) -> None:
         if self.session is not None and not self.lost:
@@ -486,9 +569,13 @@ class _Peer:
         raise NotImplementedError
 
     def _route(self, path: str) -> _ServerSession | None:
-        session = self.server.options.new_session(path, self._now)
-        if session is not None and self.server.draining is not None:
+        server = self.server
+        session = server.options.new_session(path, self._now, self._admit)
+        if session is not None and server.draining is not None:
             session.shutdown(self._now, 1013)  # a draining replica: accept, then close 1013
+        elif session is not None and server.memory > server._budget:
+            log.warning("closing a new connection 1013: the memory budget is reached")
+            session.shutdown(self._now, 1013)  # over the memory budget: try again later
         return session
 
     def _accepted(self, session: _ServerSession) -> None:
@@ -539,6 +626,8 @@ class _Peer:
         self._jobs.clear()
         if self.session is not None:
             server._sessions -= 1
+        server.memory -= self._usage
+        self._usage = 0
         server.connections.discard(self)
         code, reason = self._closed
         connection_closed(server.options.metrics, self.peer, self.session, code, reason,
@@ -554,6 +643,11 @@ class ConnectionCore(_Peer):
         self._out = bytearray()
         self._reap_at: float | None = None
         self.conn: ServerConnection | None = None
+        #: input not handled yet (over ``receive_slice``), the peer's EOF behind it, and when
+        #: the rest is due (the next turn of the event loop)
+        self._backlog = bytearray()
+        self._eof = False
+        self._resume_at: float | None = None
         if len(server.connections) > server.options.max_connections:
             log.warning("refusing a connection: max_connections reached")
             request_rejected(server.options.metrics, self.peer, 503, "", "busy", now)
@@ -570,14 +664,45 @@ class ConnectionCore(_Peer):
     @property
     def reading(self) -> bool:
         """False while the peer should not be read (it floods us without reading)."""
-        return self.unsent <= 4 * self.server.options.write_buffer_limit
+        return not self._backlog and self.unsent <= 4 * self.server.options.write_buffer_limit
 
     def receive_data(self, data: bytes, now: float) -> None:
-        """Bytes from the socket; ``b""``: the peer closed its end."""
+        """Bytes from the socket; ``b""``: the peer closed its end. At most ``frame_burst``
+        WebSocket frames are handled now; the rest at :meth:`next_deadline`, ``frame_burst_pause``
+        later (reading pauses meanwhile), so one connection's flood cannot hold the loop."""
         self._now = now
         if self.conn is not None and not self.lost:
-            self.conn.receive_data(data, now)
-            self._pump(now)
+            if data:
+                self._backlog += data
+            else:
+                self._eof = True
+            self._feed(now)
+
+    def _feed(self, now: float) -> None:
+        conn = self.conn
+        assert conn is not None
+        if self.action is not SocketAction.KEEP:
+            self._backlog.clear()  # closing: the rest of the input is never read
+        backlog = self._backlog
+        if backlog:
+            options = self.server.options
+            if conn.state is ConnectionState.CONNECTING:
+                size = len(backlog)  # the upgrade request (its size is bounded by the head limit)
+            else:
+                size = _frames_end(backlog, options.frame_burst)
+            if size >= len(backlog):
+                piece = bytes(backlog)
+                backlog.clear()
+            else:
+                piece = bytes(backlog[:size])
+                del backlog[:size]
+            conn.receive_data(piece, now)
+        if not backlog and self._eof:
+            self._eof = False
+            conn.receive_data(b"", now)
+        # a whole burst was handled: the rest waits, so the loop serves everyone else
+        self._resume_at = now + self.server.options.frame_burst_pause + 1e-6 if backlog else None
+        self._pump(now)
 
     def data_to_send(self) -> bytes:
         """Bytes to write now; they count as unsent until :meth:`report_buffered` says
@@ -590,6 +715,9 @@ class ConnectionCore(_Peer):
     def next_deadline(self) -> float | None:
         conn = self.conn
         deadline = None if conn is None or self.lost else conn.next_deadline()
+        resume = self._resume_at
+        if resume is not None and not self.lost and (deadline is None or resume < deadline):
+            deadline = resume
         if self._reap_at is not None and (deadline is None or self._reap_at < deadline):
             return self._reap_at
         return deadline
@@ -600,14 +728,19 @@ class ConnectionCore(_Peer):
             # a peer that stopped reading (half-open) would hold the socket forever
             self.abort()
         elif self.conn is not None and not self.lost:
-            self.conn.handle_timeout(now)
-            self._pump(now)
+            if self._resume_at is not None and now >= self._resume_at:
+                self._feed(now)
+            if not self.lost:
+                self.conn.handle_timeout(now)
+                self._pump(now)
 
     def abort(self, reset: bool = False) -> None:
         """Drop the socket now (``reset``: with a TCP RST); the adapter obeys :attr:`action`
         and then calls :meth:`connection_lost`."""
         self.action = SocketAction.RESET if reset else SocketAction.ABORT
         self._out.clear()
+        self._backlog.clear()
+        self._resume_at = None
         self._reap_at = None
         for job in list(self._jobs.values()):
             self._forget(job)
@@ -621,6 +754,8 @@ class ConnectionCore(_Peer):
             conn.receive_data(b"", now)
             self._pump(now)
         self._out.clear()
+        self._backlog.clear()
+        self._resume_at = None
         if self.action is SocketAction.KEEP or self.action is SocketAction.CLOSE:
             self.action = SocketAction.ABORT
         self._reap_at = None
@@ -644,6 +779,7 @@ class ConnectionCore(_Peer):
             elif isinstance(event, ConnectionClosed):
                 self._closed = (event.code, event.reason)
         self._dispatch()
+        self._account()
         if self.action is SocketAction.KEEP:
             self._out += conn.data_to_send()
             if getattr(conn, "abort_requested", False):
@@ -659,6 +795,32 @@ class ConnectionCore(_Peer):
                     self._forget(job)
                 self._ready.clear()
                 self._close(now)
+
+
+def _frames_end(data: bytes | bytearray, count: int) -> int:
+    """The offset just past the first ``count`` WebSocket frames that start ``data`` (its
+    length when fewer are there: a frame still arriving counts whole). Only a cut point for
+    pacing; the connection itself parses and validates every frame."""
+    offset, size = 0, len(data)
+    for _ in range(count):
+        if offset + 2 > size:
+            return size
+        length = data[offset + 1] & 0x7F
+        head = 2 + (4 if data[offset + 1] & 0x80 else 0)
+        if length == 126:
+            if offset + 4 > size:
+                return size
+            length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+            head += 2
+        elif length == 127:
+            if offset + 10 > size:
+                return size
+            length = int.from_bytes(data[offset + 2 : offset + 10], "big")
+            head += 8
+        offset += head + length
+        if offset >= size:
+            return size
+    return offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -866,5 +1028,6 @@ class MessageConnectionCore(_Peer):
             return
         self._dispatch()
         self._outbox.extend(session.messages_to_send())
+        self._account()
         if self.close_code is None:
             self.close_code = session.close_code
