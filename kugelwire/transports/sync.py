@@ -58,6 +58,8 @@ __all__ = [
 
 _READ_SIZE = 65536
 _R = TypeVar("_R")
+#: Unwritten bytes above which a command waits for the I/O thread to write (see _drain).
+_HIGH_WATER = 2**20
 _H = TypeVar("_H")
 
 
@@ -86,6 +88,7 @@ class _Driver:
         with self.cond:
             result = fn(*args, now=time.monotonic(), **kwargs)
         self.kick()
+        self._drain()
         return result
 
     def call_handle(
@@ -96,7 +99,18 @@ class _Driver:
         with self.cond:
             handle = make(fn(*args, now=time.monotonic(), **kwargs))
         self.kick()
+        self._drain()
         return handle
+
+    def _drain(self) -> None:
+        """Like a socket's send buffer: while more than the high-water mark waits to be
+        written, the caller waits (releasing the lock), so the I/O thread and its timers run;
+        a stuck peer ends the wait through the ping or write timeout."""
+        high = min(_HIGH_WATER, self._max_send_buffer // 2)
+        core = self.core
+        with self.cond:
+            while len(self._pending) > high and not core.finished and not self._stop:
+                self.cond.wait(0.02)
 
     def kick(self) -> None:
         with contextlib.suppress(OSError):

@@ -133,8 +133,8 @@ class BrokenOptions(ServerOptions):
 
     mode: str = "skip-final"
 
-    def new_session(self, path: str, now: float | None = None) -> Any:
-        session = super().new_session(path, now)
+    def new_session(self, path: str, now: float | None = None, *args: Any, **kwargs: Any) -> Any:
+        session = super().new_session(path, now, *args, **kwargs)
         return None if session is None else _Broken(session, self.mode)
 
 
