@@ -59,7 +59,7 @@ __all__ = [
 _READ_SIZE = 65536
 _R = TypeVar("_R")
 #: Unwritten bytes above which a command waits for the I/O thread to write (see _drain).
-_HIGH_WATER = 2**20
+_HIGH_WATER = 8 * 2**20
 _H = TypeVar("_H")
 
 
