@@ -28,10 +28,8 @@ else:
     PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 if PROFILE not in ("ci", "fuzz", "mutmut"):
     raise ValueError(f"HYPOTHESIS_PROFILE={PROFILE!r}: expected ci, fuzz or mutmut")
-# Loaded globally only when asked for (so a plain run of the whole suite keeps every other
-# test's own settings); the machines always derive from it (machine_settings).
-if "HYPOTHESIS_PROFILE" in os.environ or PROFILE == "mutmut":
-    settings.load_profile(PROFILE)
+# tests/conftest.py loads the profile for the whole suite; the machines also derive from it
+# (machine_settings).
 
 #: Examples per machine for each profile (the machines take ``examples(name)``).
 EXAMPLES = {"ci": 1.0, "fuzz": 50.0, "mutmut": 0.05}

@@ -6,7 +6,7 @@ import contextlib
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kugelwire.protocol._server import (
@@ -190,9 +190,19 @@ def test_multi_bad_input_table() -> None:
     st.sampled_from(["create", "text", "flush", "close", "immediate", "cancel", "engine",
                      "advance", "deliver"]),
     st.integers(0, 3)), max_size=40))
+# Found by CI: the context times out with its text still on the wire.
+@example(script=[("create", 0), ("text", 0), ("deliver", 1), ("advance", 1), ("advance", 3),
+                 ("advance", 3)])
 def test_multi_pair_contexts_end_exactly_once(script: list[tuple[str, int]]) -> None:
-    from kugelwire.protocol._errors import LocalProtocolError
-    from kugelwire.protocol._events import AudioChunk, ContextClosed, ContextCreated, ServerError
+    from kugelwire.protocol import (
+        AudioChunk,
+        ContextClosed,
+        ContextCreated,
+        ContextTimeout,
+        ErrorCode,
+        LocalProtocolError,
+        ServerError,
+    )
 
     pair = SessionPair.multi(engine=PairEngine(auto=False, pieces=2))
     created: list[str] = []
@@ -230,7 +240,14 @@ def test_multi_pair_contexts_end_exactly_once(script: list[tuple[str, int]]) -> 
         pair.pump(engine=True)
         pair.advance(25.0)
     events = pair.client_events()
-    assert not any(isinstance(e, ServerError) for e in events)
+    # The one error allowed: the server timed a context out (inactivity) while the client's
+    # text for it was still on the wire; that text then names a context the server no longer
+    # has, so it opens a new one without a voice and answers MISSING_VOICE_ID, as the service
+    # does. Any other error is a bug.
+    timed_out = {e.context_id for e in events if isinstance(e, ContextTimeout)}
+    errors = [e for e in events if isinstance(e, ServerError)]
+    assert all(e.code is ErrorCode.MISSING_VOICE_ID and e.context_id in timed_out
+               for e in errors), errors
     closed = [e.context_id for e in events if isinstance(e, ContextClosed)]
     made = [e.context_id for e in events if isinstance(e, ContextCreated)]
     assert sorted(closed) == sorted(created)
