@@ -206,6 +206,7 @@ class _ClientSession:
         if cancel_timeout <= 0:
             raise LocalProtocolError("cancel_timeout must be positive")
         self._outbox: list[str] = []
+        self._outbox_size = 0
         self._events: deque[ClientEvent] = deque()
         self._pending_cancels: deque[_PendingCancel] = deque()
         self._cancel_timeout = cancel_timeout
@@ -225,7 +226,14 @@ class _ClientSession:
 
     def messages_to_send(self) -> list[str]:
         out, self._outbox = self._outbox, []
+        self._outbox_size = 0
         return out
+
+    @property
+    def unsent_size(self) -> int:
+        """Characters of the messages queued and not yet taken by :meth:`messages_to_send`
+        (for a transport's high-water mark)."""
+        return self._outbox_size
 
     def next_event(self) -> ClientEvent | None:
         return self._events.popleft() if self._events else None
@@ -293,7 +301,9 @@ class _ClientSession:
 
     # -- internals ----------------------------------------------------------------------------
     def _send(self, obj: dict[str, Any]) -> None:
-        self._outbox.append(dumps(obj))
+        text = dumps(obj)
+        self._outbox.append(text)
+        self._outbox_size += len(text)
 
     def _check_usable(self) -> None:
         if self._terminated is not None:

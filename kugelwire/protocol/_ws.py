@@ -440,6 +440,12 @@ class _Connection:
     def session(self) -> MessageSession | None:
         return self._session
 
+    @property
+    def unsent_size(self) -> int:
+        """Bytes framed and not yet taken by :meth:`data_to_send` (the session's queued
+        messages are not counted: they are framed when taken)."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Everything to write to the socket now (handshake, framed messages, control frames)."""
         self._flush_session()

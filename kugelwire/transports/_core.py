@@ -298,6 +298,13 @@ class ClientCore:
     def data_to_send(self) -> bytes:
         return self.conn.data_to_send()
 
+    @property
+    def unsent_size(self) -> int:
+        """What commands queued and :meth:`data_to_send` has not taken yet: framed bytes plus
+        the characters of queued messages (an adapter adds its own unwritten bytes to this
+        for its high-water mark)."""
+        return self.conn.unsent_size + self.session.unsent_size
+
     def take_stale_data(self) -> bytes:
         """Last bytes for the *previous* socket (write them before closing it on reconnect)."""
         data, self._stale = self._stale, b""

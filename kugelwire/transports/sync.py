@@ -23,7 +23,7 @@ import socket
 import ssl as _ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ..errors import SendBufferFull
@@ -68,7 +68,15 @@ class _Driver:
 
     def __init__(self, core: ClientCore, options: ConnectOptions) -> None:
         self.core = core
-        self.cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self.cond = threading.Condition(lock)
+        # Python's locks are not fair: a caller looping on commands could take the lock again
+        # and again while the I/O thread waits for it, and timers would fire late. So the I/O
+        # thread announces that it wants the lock, and a command steps aside (once) for it.
+        self._io_wants = False
+        self._aside = threading.Condition(lock)
+        self._aside_waiters = 0
+        self._draining = 0  # commands waiting in _drain
         self._ssl, self._connect_timeout = options.ssl, options.connect_timeout
         self._close_timeout = options.close_timeout
         self._sock: socket.socket | None = None
@@ -86,6 +94,7 @@ class _Driver:
     def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
         """Run a core command under the lock, then wake the I/O thread to write."""
         with self.cond:
+            self._step_aside()
             result = fn(*args, now=time.monotonic(), **kwargs)
         self.kick()
         self._drain()
@@ -97,10 +106,32 @@ class _Driver:
         """:meth:`call`, turning the result into a handle under the same lock (events the
         I/O thread routes meanwhile must find the buffer claimed)."""
         with self.cond:
+            self._step_aside()
             handle = make(fn(*args, now=time.monotonic(), **kwargs))
         self.kick()
         self._drain()
         return handle
+
+    def _step_aside(self) -> None:
+        """(Lock held.) If the I/O thread is waiting for the lock, let it have it first."""
+        if self._io_wants and not self._stop:
+            self._aside_waiters += 1
+            try:
+                self._aside.wait(0.01)  # releases the lock; the I/O thread notifies when done
+            finally:
+                self._aside_waiters -= 1
+
+    @contextlib.contextmanager
+    def _io_lock(self) -> Iterator[None]:
+        """The I/O thread's hold of the lock (see ``_io_wants``)."""
+        self._io_wants = True
+        with self.cond:
+            self._io_wants = False
+            try:
+                yield
+            finally:
+                if self._aside_waiters:
+                    self._aside.notify_all()
 
     def _drain(self) -> None:
         """Like a socket's send buffer: while more than the high-water mark waits to be
@@ -109,8 +140,16 @@ class _Driver:
         high = min(_HIGH_WATER, self._max_send_buffer // 2)
         core = self.core
         with self.cond:
-            while len(self._pending) > high and not core.finished and not self._stop:
-                self.cond.wait(0.02)
+            while (
+                len(self._pending) + core.unsent_size > high
+                and not core.finished
+                and not self._stop
+            ):
+                self._draining += 1
+                try:
+                    self.cond.wait(0.02)  # the I/O thread notifies after each write
+                finally:
+                    self._draining -= 1
 
     def kick(self) -> None:
         with contextlib.suppress(OSError):
@@ -155,7 +194,7 @@ class _Driver:
                 sock.close()
 
     def _open(self) -> None:
-        with self.cond:
+        with self._io_lock():
             (host, port), secure = self.core.address, self.core.secure
         try:
             sock = socket.create_connection((host, port), timeout=self._connect_timeout)
@@ -165,11 +204,11 @@ class _Driver:
             sock.setblocking(False)  # writes never block the I/O thread (timers keep firing)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, ValueError) as exc:
-            with self.cond:
+            with self._io_lock():
                 self.core.connect_failed(exc, time.monotonic())
                 self.cond.notify_all()
             return
-        with self.cond:
+        with self._io_lock():
             self._sock, self._generation = sock, self.core.generation
             self.core.socket_opened(time.monotonic())
 
@@ -181,7 +220,7 @@ class _Driver:
                 sock.sendall(data)
 
     def _fail_write(self, message: str) -> None:
-        with self.cond:
+        with self._io_lock():
             self.core.fail(time.monotonic(), SendBufferFull(message))
             self.cond.notify_all()
 
@@ -197,9 +236,12 @@ class _Driver:
         if sent:
             del self._pending[:sent]
             self._stalled_since = None
+            if self._draining:
+                with self._io_lock():
+                    self.cond.notify_all()
 
     def _feed(self, data: bytes | None) -> None:
-        with self.cond:
+        with self._io_lock():
             if data is None:
                 self.core.handle_timeout(time.monotonic())
             else:
@@ -227,7 +269,7 @@ class _Driver:
         pending = self._pending
         try:
             while not self._stop:
-                with self.cond:  # one look at the core per round
+                with self._io_lock():  # one look at the core per round
                     if core.finished:
                         break
                     reconnect_at = core.reconnect_at if core.wants_socket else None
@@ -237,7 +279,7 @@ class _Driver:
                         pending += core.data_to_send()
                     paused, deadline = core.reading_paused, core.next_deadline()
                 if reconnect_at is not None:
-                    with self.cond:
+                    with self._io_lock():
                         stale = bytes(pending) + core.take_stale_data()
                     self._last_write(self._sock, stale)
                     self._close_sock()
@@ -292,10 +334,10 @@ class _Driver:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._feed(None)  # also while wake-ups keep select busy
         except Exception:  # never leave waiters hanging
-            with self.cond:
+            with self._io_lock():
                 core.abort(time.monotonic())
         finally:
-            with self.cond:
+            with self._io_lock():
                 sock = self._sock
                 ok = sock is not None and self._generation == core.generation
                 failed = isinstance(core.error, SendBufferFull)
