@@ -20,13 +20,13 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring_ascii as _json_string  # what dumps() uses
 from typing import Any
 
 from ._config import Config, SettingsUpdate
 from ._errors import LocalProtocolError
 from ._events import (
     FATAL_CODES,
-    AudioChunk,
     ChunkComplete,
     ClientEvent,
     ConnectionTerminated,
@@ -48,6 +48,7 @@ from ._events import (
     TurnStarted,
     Warning,
     WordTimestamps,
+    _audio_chunk,
 )
 from ._messages import (
     AudioFrame,
@@ -151,7 +152,8 @@ class _Cycle:
         if msg.chunk_id is not None:
             self.chunk_offsets.setdefault(msg.chunk_id, offset)
             self.last_chunk = msg.chunk_id
-        self.audio_s = offset + msg.duration_s
+        sr = msg.sr
+        self.audio_s = offset + (msg.samples / sr if sr else 0.0)
         self.audio_frames += 1
         return offset
 
@@ -301,7 +303,9 @@ class _ClientSession:
 
     # -- internals ----------------------------------------------------------------------------
     def _send(self, obj: dict[str, Any]) -> None:
-        text = dumps(obj)
+        self._send_json(dumps(obj))
+
+    def _send_json(self, text: str) -> None:
         self._outbox.append(text)
         self._outbox_size += len(text)
 
@@ -521,7 +525,10 @@ class StreamClientSession(_ClientSession):
             self._advance(turn, TurnInput.FLUSH)
             turn.flushed = True
             msg["flush"] = True
-        self._send(msg)
+        if len(msg) == 1:  # a plain token (the hot path): dumps({"text": text}), by hand
+            self._send_json('{"text":' + _json_string(text) + "}")
+        else:
+            self._send(msg)
         return turn.number
 
     def flush(self, now: float) -> int:
@@ -625,7 +632,7 @@ class StreamClientSession(_ClientSession):
                 if offset is None:
                     self._repeated_audio(cycle, msg)
                 else:
-                    self._events.append(AudioChunk(cycle.number, msg, offset))
+                    self._events.append(_audio_chunk(cycle.number, msg, offset))
                 return
         if isinstance(msg, InterruptedFrame):
             self._on_interrupted(msg)
@@ -676,7 +683,7 @@ class StreamClientSession(_ClientSession):
                 if offset is None:
                     self._repeated_audio(cycle, msg)
                 else:
-                    self._events.append(AudioChunk(n, msg, offset))
+                    self._events.append(_audio_chunk(n, msg, offset))
         elif isinstance(msg, GenerationStartedFrame):
             if self._advance(head, TurnInput.OUTPUT):
                 cycle.on_generation_started(msg)
@@ -1098,7 +1105,7 @@ class MultiClientSession(_ClientSession):
             if offset is None:
                 self._repeated_audio(cycle, msg, cid)
             else:
-                self._events.append(AudioChunk(n, msg, offset, cid))
+                self._events.append(_audio_chunk(n, msg, offset, cid))
         elif isinstance(msg, GenerationStartedFrame):
             cycle.on_generation_started(msg)
             self._events.append(GenerationStarted(n, msg.chunk_id, msg.text, cid))
@@ -1270,7 +1277,7 @@ class TTSClientSession(_ClientSession):
             if offset is None:
                 self._repeated_audio(cycle, msg)
             else:
-                self._events.append(AudioChunk(n, msg, offset))
+                self._events.append(_audio_chunk(n, msg, offset))
         elif isinstance(msg, WordTimestampsFrame):
             self._events.append(
                 WordTimestamps(n, msg.chunk_id, msg.words, cycle.words_offset_ms(msg))

@@ -127,6 +127,25 @@ class AudioChunk:
         return self.frame.duration_s
 
 
+# The frozen dataclass __init__ sets each field through object.__setattr__; the client's hot path
+# (one AudioChunk per audio message) sets the slots directly instead.
+_set_turn, _set_frame, _set_offset, _set_context = (
+    getattr(AudioChunk, name).__set__ for name in ("turn", "frame", "offset_s", "context_id")
+)
+
+
+def _audio_chunk(
+    turn: int, frame: AudioFrame, offset_s: float, context_id: str | None = None
+) -> AudioChunk:
+    """``AudioChunk(turn, frame, offset_s, context_id)``, about twice as fast."""
+    chunk: AudioChunk = object.__new__(AudioChunk)
+    _set_turn(chunk, turn)
+    _set_frame(chunk, frame)
+    _set_offset(chunk, offset_s)
+    _set_context(chunk, context_id)
+    return chunk
+
+
 @dataclass(frozen=True, slots=True)
 class WordTimestamps:
     """Word timings of one text chunk: wire times (chunk-relative) plus the chunk's turn offset."""

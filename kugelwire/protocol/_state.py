@@ -25,7 +25,14 @@ __all__ = [
 ]
 
 
-class ClientTurnState(Enum):
+class _State(Enum):
+    """An enum whose members hash by identity (they are singletons; equality is identity too):
+    the transition tables are looked up on every frame, and ``Enum.__hash__`` is Python code."""
+
+    __hash__ = object.__hash__
+
+
+class ClientTurnState(_State):
     OPEN = "open"  # text may still be sent
     FLUSHED = "flushed"  # flush/close sent (or server auto-flushed): waiting for final
     FINAL = "final"  # final received: waiting for session_closed
@@ -36,7 +43,7 @@ class ClientTurnState(Enum):
     REFUSED = "refused"  # the server refused the turn before any output: no voice (terminal)
 
 
-class TurnInput(Enum):
+class TurnInput(_State):
     # local
     SEND_TEXT = "send_text"
     FLUSH = "flush"
@@ -89,7 +96,7 @@ CLIENT_TURN_TRANSITIONS: Mapping[tuple[ClientTurnState, TurnInput], ClientTurnSt
 }
 
 
-class ClientContextState(Enum):
+class ClientContextState(_State):
     CREATING = "creating"  # init frame sent, context_created not yet seen
     OPEN = "open"
     CLOSING = "closing"  # graceful close_context sent: audio still flows until context_closed
@@ -98,7 +105,7 @@ class ClientContextState(Enum):
     CLOSED = "closed"  # terminal (tombstoned)
 
 
-class ContextInput(Enum):
+class ContextInput(_State):
     # local
     SEND = "send"  # text, flush, keep-alive, cancel
     CLOSE = "close"
@@ -151,7 +158,7 @@ CLIENT_CONTEXT_TRANSITIONS: Mapping[tuple[ClientContextState, ContextInput], Cli
 # Server role
 
 
-class ServerTurnState(Enum):
+class ServerTurnState(_State):
     """A ``/ws/tts/stream`` server turn (protocol.md#turn-state-machine, rulings.md#turns)."""
 
     IDLE = "idle"  # no turn: the next non-empty text starts one
@@ -159,7 +166,7 @@ class ServerTurnState(Enum):
     DRAINING = "draining"  # flushed: remaining chunks are spoken, then final + session_closed
 
 
-class ServerTurnInput(Enum):
+class ServerTurnInput(_State):
     TEXT = "text"  # non-empty text
     FLUSH = "flush"  # flush, close/end_session, or the idle auto-flush
     CANCEL = "cancel"

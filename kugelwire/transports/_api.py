@@ -326,19 +326,20 @@ class _Handles(Generic[_H]):
     ) -> None:
         self._core, self._make = core, make
         self._lock = lock
-        self._handles: weakref.WeakValueDictionary[EventBuffer, Any] = (
-            weakref.WeakValueDictionary()
-        )
 
     def get(self, buf: EventBuffer) -> _H:
-        handle: _H | None = self._handles.get(buf)
+        # The buffer keeps a weak reference to its handle (one C call per token to find it).
+        ref = buf.handle
+        handle: _H | None = None if ref is None else ref()
         if handle is not None:
             return handle
         with self._lock if self._lock is not None else contextlib.nullcontext():
-            handle = self._handles.get(buf)
+            ref = buf.handle
+            handle = None if ref is None else ref()
             if handle is None:
                 self._core.reclaim(buf)
-                handle = self._handles[buf] = self._make(buf)
+                handle = self._make(buf)
+                buf.handle = weakref.ref(handle)
         return handle
 
     def get_or_none(self, buf: EventBuffer | None) -> _H | None:

@@ -121,6 +121,7 @@ class EventBuffer:
         "events",
         "exhausted",
         "flushed",
+        "handle",
         "nbytes",
         "number",
     )
@@ -136,6 +137,8 @@ class EventBuffer:
         self.flushed = False  # stream: no more text can be sent to it
         self.dropped = False  # the application dropped its handle
         self.closing = False  # multi: close_context() was called
+        #: a weak reference to the API's handle object for this buffer (set by the API layer)
+        self.handle: Any = None
 
     def __repr__(self) -> str:
         return f"<EventBuffer {self.context_id or self.number} events={len(self.events)}>"
@@ -482,16 +485,25 @@ class ClientCore:
         Raises the buffer's error once its events are consumed; check :attr:`EventBuffer.exhausted`
         before calling (then the stream of events is over).
         """
-        if buf.events:
-            paused = self.reading_paused
-            event = buf.events.popleft()
-            size = _audio_size(event)
-            buf.nbytes -= size
-            self.buffered_bytes -= size
+        events = buf.events
+        if events:
+            if self._gc_pending:
+                self._collect_dropped()
+            most_bytes, most_events = self.max_buffered_bytes, self.max_buffered_events
+            paused = self.buffered_bytes >= most_bytes or self.buffered_events >= most_events
+            event = events.popleft()
+            if type(event) is AudioChunk:  # _audio_size, inline (the hot path)
+                size = len(event.frame.audio) * 3 // 4
+                buf.nbytes -= size
+                self.buffered_bytes -= size
             self.buffered_events -= 1
-            if buf.done and not buf.events and buf.error is None:
+            if buf.done and not events and buf.error is None:
                 buf.exhausted = True
-            if paused and not self.reading_paused:
+            if (
+                paused
+                and self.buffered_bytes < most_bytes
+                and self.buffered_events < most_events
+            ):
                 self._resumed = self._wake_reader = True
             return event
         if buf.done:
@@ -626,8 +638,13 @@ class ClientCore:
                 self._rejection = cev
             else:
                 self._closed = cev
-        events = list(self.session.events())
-        term = next((e for e in events if isinstance(e, ConnectionTerminated)), None)
+        session = self.session
+        events = list(session.events())
+        term = (
+            next((e for e in events if isinstance(e, ConnectionTerminated)), None)
+            if session.terminated
+            else None
+        )
         restart = term is not None and self._should_restart()
         for event in events:
             self._route(event, restart)
@@ -700,7 +717,12 @@ class ClientCore:
             )
             if buf is not None:
                 self._restarts_in_row = 0
-                self._push(buf, event)
+                if not buf.done and not (buf.dropped and buf.flushed):  # _push, inline
+                    buf.events.append(event)
+                    size = len(event.frame.audio) * 3 // 4
+                    buf.nbytes += size
+                    self.buffered_bytes += size
+                    self.buffered_events += 1
                 return
         if isinstance(event, SettingsUpdated):
             self.settings = dict(event.settings)

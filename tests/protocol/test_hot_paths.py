@@ -1,0 +1,138 @@
+"""The client's hot paths give exactly what the plain code gives (differential, hypothesis).
+
+* ``parse_server_message`` reads a message with json's C scanner when it can; forcing the plain
+  ``json.loads`` path must give an equal frame or the same error, for any text.
+* A plain token is framed as ``dumps({"text": token})`` by hand; it must be the same string.
+* ``_audio_chunk`` / ``_audio_frame`` build the same objects as the dataclass constructors.
+* The masking keys come from the OS's random source, four bytes per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kugelwire.protocol import RemoteProtocolError, StreamClientSession, _messages
+from kugelwire.protocol._events import AudioChunk, _audio_chunk
+from kugelwire.protocol._messages import AudioFrame, _audio_frame, dumps, parse_server_message
+from kugelwire.protocol._ws import _Masks
+
+_KEYS = ["audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "error", "final",
+         "session_closed", "generation_started", "text", "word_timestamps", "chunk_complete"]
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 2**54), st.floats(allow_nan=False),
+    st.sampled_from(["", "pcm_s16le", "mulaw", "AAAA", "AAA=", "AA==", "A===", "ctx", "x" * 257]),
+    st.text(max_size=8),
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=3), max_leaves=6)
+_OBJECTS = st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=7)
+
+
+def _audio_objects() -> st.SearchStrategy[dict[str, Any]]:
+    """Well-formed audio frames (and near misses: every field may be off)."""
+    def build(pcm: bytes, idx: int, sr: int, chunk: int | None, ctx: str | None,
+              samples_off: int, enc: str) -> dict[str, Any]:
+        frame = AudioFrame.from_bytes(pcm, enc=enc, idx=idx, sr=sr, chunk_id=chunk,
+                                      context_id=ctx)
+        obj = frame.to_dict()
+        obj["samples"] = obj["samples"] + samples_off
+        return obj
+
+    return st.builds(
+        build, st.binary(max_size=40), st.integers(0, 2**54), st.integers(0, 48000),
+        st.none() | st.integers(-1, 2**54), st.none() | st.text(max_size=3),
+        st.sampled_from([0, 0, 0, 1, -1]), st.sampled_from(["pcm_s16le", "mulaw", "alaw"]),
+    )
+
+
+def _texts() -> st.SearchStrategy[str]:
+    seps = st.sampled_from([(",", ":"), (", ", ": "), (" ,", " :")])
+    obj = st.one_of(_OBJECTS, _audio_objects())
+    return st.one_of(
+        st.builds(lambda o, s, pre, post: pre + json.dumps(o, separators=s) + post, obj, seps,
+                  st.sampled_from(["", "", " ", "\n"]), st.sampled_from(["", "", " ", "x", "}",
+                                                                        "{}", "\t"])),
+        st.text(max_size=30),
+    )
+
+
+def _plain(text: str) -> Any:
+    """parse_server_message through json.loads only (the scanner always declines)."""
+    real = _messages._scan_object
+
+    def decline(text: str, idx: int) -> Any:
+        raise StopIteration(idx)
+
+    _messages._scan_object = decline
+    try:
+        return _outcome(text)
+    finally:
+        _messages._scan_object = real
+
+
+def _outcome(text: str) -> Any:
+    try:
+        return ("ok", parse_server_message(text))
+    except RemoteProtocolError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=600, deadline=None)
+@given(_texts())
+def test_the_scanner_path_parses_like_json_loads(text: str) -> None:
+    fast, plain = _outcome(text), _plain(text)
+    assert fast == plain
+    if fast[0] == "ok" and isinstance(fast[1], AudioFrame):
+        assert fast[1]._has_idx == plain[1]._has_idx
+        assert fast[1].data == plain[1].data
+
+
+def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failing test is the only way to see that the hot path is used at all.
+    calls = []
+    real = _messages._scan_object
+    monkeypatch.setattr(_messages, "_scan_object", lambda t, i: calls.append(t) or real(t, i))
+    text = AudioFrame.from_bytes(b"\x01\x02", idx=0, sr=24000, chunk_id=0).to_json()
+    assert isinstance(parse_server_message(text), AudioFrame)
+    assert calls == [text]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40), st.booleans())
+def test_a_plain_token_is_framed_like_dumps(token: str, flush: bool) -> None:
+    session = StreamClientSession(voice_id=1)
+    session.send_text("Hello ", 0.0)  # the first message of a turn carries the config
+    session.send_text(token, 0.0, flush=flush)
+    first, second = session.messages_to_send()
+    assert json.loads(first)["voice_id"] == 1
+    expected = {"text": token, "flush": True} if flush else {"text": token}
+    assert second == dumps(expected)
+
+
+@given(st.integers(0, 2**53), st.floats(0, 1e6), st.none() | st.text(max_size=4))
+def test_fast_constructors_build_equal_objects(turn: int, offset: float, ctx: str | None) -> None:
+    frame = _audio_frame("AAAA", "pcm_s16le", 3, 24000, 1, 7, ctx)
+    assert frame == AudioFrame("AAAA", "pcm_s16le", 3, 24000, 1, 7, ctx)
+    assert frame.data == b"\x00\x00\x00" and frame._has_idx
+    assert _audio_chunk(turn, frame, offset, ctx) == AudioChunk(turn, frame, offset, ctx)
+
+
+def test_masks_are_four_fresh_bytes_from_a_refilled_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    pools: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        pools.append(random.Random(len(pools)).randbytes(n))
+        return pools[-1]
+
+    monkeypatch.setattr("kugelwire.protocol._ws._urandom", urandom)
+    masks = _Masks()
+    got = [masks() for _ in range(1025)]
+    assert [len(p) for p in pools] == [4096, 4096]  # one system call per 1,024 masks
+    assert got[:1024] == [pools[0][i : i + 4] for i in range(0, 4096, 4)]  # each byte once
+    assert got[1024] == pools[1][:4]
