@@ -77,6 +77,9 @@ class _Driver:
         self._aside = threading.Condition(lock)
         self._aside_waiters = 0
         self._draining = 0  # commands waiting in _drain
+        #: what the I/O thread's current wait is based on (commands wake it when that changes)
+        self._armed: float | None = None
+        self._armed_paused = False
         self._ssl, self._connect_timeout = options.ssl, options.connect_timeout
         self._close_timeout = options.close_timeout
         self._sock: socket.socket | None = None
@@ -96,7 +99,9 @@ class _Driver:
         with self.cond:
             self._step_aside()
             result = fn(*args, now=time.monotonic(), **kwargs)
-        self.kick()
+            wake = self._write_direct()
+        if wake:
+            self.kick()
         self._drain()
         return result
 
@@ -108,9 +113,43 @@ class _Driver:
         with self.cond:
             self._step_aside()
             handle = make(fn(*args, now=time.monotonic(), **kwargs))
-        self.kick()
+            wake = self._write_direct()
+        if wake:
+            self.kick()
         self._drain()
         return handle
+
+    def _write_direct(self) -> bool:
+        """(Lock held, after a command.) Write the command's bytes from the caller's thread
+        when nothing else waits to be written (no hand-off to the I/O thread on the way to the
+        server); return whether the I/O thread must still look (bytes left over, an earlier
+        deadline, a change of reading or connection state)."""
+        core = self.core
+        sock = self._sock
+        if (
+            sock is None
+            or self._pending
+            or self._generation != core.generation
+            or core.finished
+            or core.wants_socket
+            or core.connecting
+        ):
+            return True
+        data = core.data_to_send()
+        if data:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, _ssl.SSLWantWriteError, _ssl.SSLWantReadError):
+                sent = 0
+            except OSError:
+                sent = 0  # the I/O thread's own write sees the error
+            if sent < len(data):
+                self._pending += data[sent:] if sent else data
+                return True
+        deadline, armed = core.next_deadline(), self._armed
+        if deadline is not None and (armed is None or deadline < armed):
+            return True
+        return core.reading_paused != self._armed_paused or core.finished
 
     def _step_aside(self) -> None:
         """(Lock held.) If the I/O thread is waiting for the lock, let it have it first."""
@@ -225,20 +264,22 @@ class _Driver:
             self.cond.notify_all()
 
     def _write_some(self, sock: socket.socket) -> None:
-        """Write what the socket takes now; the rest waits in ``_pending``."""
-        try:
-            sent = sock.send(self._pending)
-        except (BlockingIOError, _ssl.SSLWantWriteError, _ssl.SSLWantReadError):
-            sent = 0
-        except OSError:
-            self._feed(b"")
-            return
-        if sent:
-            del self._pending[:sent]
-            self._stalled_since = None
-            if self._draining:
-                with self._io_lock():
+        """Write what the socket takes now; the rest waits in ``_pending`` (under the lock:
+        commands write directly too, see :meth:`_write_direct`)."""
+        with self._io_lock():
+            try:
+                sent = sock.send(self._pending) if self._pending else 0
+            except (BlockingIOError, _ssl.SSLWantWriteError, _ssl.SSLWantReadError):
+                sent = 0
+            except OSError:
+                sent = -1
+            if sent > 0:
+                del self._pending[:sent]
+                self._stalled_since = None
+                if self._draining:
                     self.cond.notify_all()
+        if sent < 0:
+            self._feed(b"")
 
     def _feed(self, data: bytes | None) -> None:
         with self._io_lock():
@@ -278,6 +319,7 @@ class _Driver:
                     if current and reconnect_at is None:
                         pending += core.data_to_send()
                     paused, deadline = core.reading_paused, core.next_deadline()
+                    self._armed, self._armed_paused = deadline, paused
                 if reconnect_at is not None:
                     with self._io_lock():
                         stale = bytes(pending) + core.take_stale_data()
