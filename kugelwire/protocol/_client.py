@@ -323,6 +323,8 @@ class _ClientSession:
         """A cancel timed out (after its Interrupted events): endpoint-specific cleanup."""
 
     def _cancel_deadline(self) -> float | None:
+        if not self._pending_cancels:
+            return None
         pending = next((p for p in self._pending_cancels if not p.timed_out), None)
         if pending is None:
             return None

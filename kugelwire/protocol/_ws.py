@@ -1047,6 +1047,22 @@ class ClientConnection(_Connection):
         reason = "binary frames are not supported"
         self._fail(1003, reason, RemoteProtocolError(reason))
 
+    def next_deadline(self) -> float | None:
+        """The earliest of :meth:`_deadlines`, without building the list (it is asked after
+        every command and every socket read)."""
+        if self._state is not ConnectionState.OPEN:
+            return super().next_deadline()
+        session = self._session
+        best = None if session is None else session.next_deadline()
+        if self._partial_since is not None and self._message_timeout is not None:
+            partial = self._partial_since + self._message_timeout
+            if best is None or partial < best:
+                best = partial
+        keepalive = self._pong_deadline if self._pong_payload is not None else self._ping_at
+        if keepalive is not None and (best is None or keepalive < best):
+            best = keepalive
+        return best
+
     def _deadlines(self) -> list[float | None]:
         out = super()._deadlines()
         if self._state is ConnectionState.CONNECTING:

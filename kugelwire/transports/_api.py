@@ -599,9 +599,12 @@ class BlockingDriver(Protocol):
     def cond(self) -> AbstractContextManager[Any]:
         """The lock guarding the core."""
 
-    def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R: ...
+    def call(
+        self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any
+    ) -> _R: ...
     def call_handle(
-        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
+        urgent: bool = False, **kwargs: Any,
     ) -> _H: ...
     def next_event(self, buf: EventBuffer) -> ClientEvent | None: ...
     def close(self, *, abort: bool = False) -> None: ...
@@ -641,10 +644,10 @@ class Context(Events, _ContextHandle):
         self._driver.call(self._driver.core.multi_send_text, self._buf, text, flush=flush)
 
     def flush(self) -> None:
-        self._driver.call(self._driver.core.multi_flush, self._buf)
+        self._driver.call(self._driver.core.multi_flush, self._buf, urgent=True)
 
     def cancel(self) -> None:
-        self._driver.call(self._driver.core.multi_cancel, self._buf)
+        self._driver.call(self._driver.core.multi_cancel, self._buf, urgent=True)
 
     def close(self, *, immediate: bool = False) -> None:
         self._driver.call(self._driver.core.multi_close, self._buf, immediate=immediate)
@@ -688,10 +691,10 @@ class Stream(SyncClient):
         )
 
     def flush(self) -> Turn:
-        return self._driver.call_handle(self._turns.get, self._core.stream_flush)
+        return self._driver.call_handle(self._turns.get, self._core.stream_flush, urgent=True)
 
     def cancel(self) -> None:
-        self._driver.call(self._core.stream_cancel)
+        self._driver.call(self._core.stream_cancel, urgent=True)
 
 
 class Multi(SyncClient):
@@ -702,14 +705,16 @@ class Multi(SyncClient):
         return Context(self._driver, buf)
 
     def cancel(self) -> None:
-        self._driver.call(self._core.multi_cancel, None)
+        self._driver.call(self._core.multi_cancel, None, urgent=True)
 
 
 class TTS(SyncClient):
     """``/ws/tts``: one-shot requests queued in order on one socket."""
 
     def synthesize(self, text: str, **params: Any) -> Request:
-        return Request(self._driver, self._driver.call(self._core.tts_request, text, **params))
+        return Request(
+            self._driver, self._driver.call(self._core.tts_request, text, urgent=True, **params)
+        )
 
     def cancel(self) -> None:
-        self._driver.call(self._core.tts_cancel)
+        self._driver.call(self._core.tts_cancel, urgent=True)

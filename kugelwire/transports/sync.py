@@ -94,36 +94,42 @@ class _Driver:
         self._stalled_since: float | None = None  # when a write last could not progress
         self._thread = threading.Thread(target=self._run, name="kugelwire-client", daemon=True)
 
-    def call(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
-        """Run a core command under the lock, then wake the I/O thread to write."""
+    def call(self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any) -> _R:
+        """Run a core command under the lock, then wake the I/O thread to write (``urgent``,
+        or a flush: write it from this thread, see :meth:`_write_direct`)."""
+        urgent = urgent or bool(kwargs.get("flush"))
         with self.cond:
             self._step_aside()
             result = fn(*args, now=time.monotonic(), **kwargs)
-            wake = self._write_direct()
+            wake = self._write_direct() if urgent else True
         if wake:
             self.kick()
         self._drain()
         return result
 
     def call_handle(
-        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any, **kwargs: Any
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
+        urgent: bool = False, **kwargs: Any,
     ) -> _H:
         """:meth:`call`, turning the result into a handle under the same lock (events the
         I/O thread routes meanwhile must find the buffer claimed)."""
+        urgent = urgent or bool(kwargs.get("flush"))
         with self.cond:
             self._step_aside()
             handle = make(fn(*args, now=time.monotonic(), **kwargs))
-            wake = self._write_direct()
+            wake = self._write_direct() if urgent else True
         if wake:
             self.kick()
         self._drain()
         return handle
 
     def _write_direct(self) -> bool:
-        """(Lock held, after a command.) Write the command's bytes from the caller's thread
-        when nothing else waits to be written (no hand-off to the I/O thread on the way to the
-        server); return whether the I/O thread must still look (bytes left over, an earlier
-        deadline, a change of reading or connection state)."""
+        """(Lock held, after an urgent command: a flush, a cancel, a request.) Write the
+        command's bytes from the caller's thread when nothing else waits to be written (no
+        hand-off to the I/O thread on the way to the server: the turn's first audio comes
+        sooner); return whether the I/O thread must still look (bytes left over, an earlier
+        deadline, a change of reading or connection state). Plain tokens are written by the
+        I/O thread instead: the caller only pays for the lock and a wake-up."""
         core = self.core
         sock = self._sock
         if (

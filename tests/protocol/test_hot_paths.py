@@ -136,3 +136,50 @@ def test_masks_are_four_fresh_bytes_from_a_refilled_pool(monkeypatch: pytest.Mon
     assert [len(p) for p in pools] == [4096, 4096]  # one system call per 1,024 masks
     assert got[:1024] == [pools[0][i : i + 4] for i in range(0, 4096, 4)]  # each byte once
     assert got[1024] == pools[1][:4]
+
+
+def _reference_deadline(conn: Any) -> float | None:
+    found = [d for d in conn._deadlines() if d is not None]
+    return min(found) if found else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["text", "cancel", "partial", "rest", "time", "audio"]),
+                          st.floats(0.0, 40.0)), max_size=25))
+def test_the_client_connection_deadline_is_the_earliest_of_its_timers(
+    ops: list[tuple[str, float]],
+) -> None:
+    import base64
+    import hashlib
+
+    from kugelwire.transports._api import ConnectOptions
+
+    core = ConnectOptions(api_key="k", config={"voice_id": 1}).core(
+        "stream", "ws://127.0.0.1:9/ws/tts/stream", 0.0)
+    conn = core.conn
+    assert conn.next_deadline() == _reference_deadline(conn)  # connecting
+    request = core.data_to_send()
+    key = next(line.split(b": ", 1)[1] for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key"))
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    core.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n", 0.0)
+    frame = AudioFrame.from_bytes(b"\x00\x01" * 40, idx=0, sr=24000, chunk_id=0).to_json().encode()
+    assert 126 <= len(frame) < 65536
+    now = 0.0
+    for op, t in ops:
+        now += t
+        if core.finished:
+            break
+        if op == "text":
+            core.stream_send_text("Hello. ", now)
+        elif op == "cancel":
+            core.stream_cancel(now)
+        elif op == "partial":
+            core.receive_data(b"\x81\x7e\x01\x00" + b"{", now)  # a frame that never finishes
+        elif op == "audio":
+            core.receive_data(bytes([0x81, 126]) + len(frame).to_bytes(2, "big") + frame, now)
+        elif op == "time":
+            core.handle_timeout(now)
+        core.data_to_send()
+        assert conn.next_deadline() == _reference_deadline(conn), (op, conn.state)
