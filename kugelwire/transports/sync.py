@@ -5,9 +5,12 @@
         for event in turn: ...
 
 No event loop is created or used, so it works anywhere, including inside a running asyncio
-loop's thread pool (``loop.run_in_executor``). One I/O thread per connection does all socket
-I/O (reads, writes, TLS, timers); commands only update the core under a lock and wake that
-thread through a socket pair, so sends go out at once and never wait for audio.
+loop's thread pool (``loop.run_in_executor``). One I/O thread per connection reads, runs the
+timers and writes; commands update the core under a lock and wake that thread through a socket
+pair, so sends go out at once and never wait for audio. A flush, a cancel or a one-shot request
+is written by the calling thread itself when nothing else waits to be written (no hand-off on
+the way to the server); a caller with more than the high-water mark unwritten waits, and the
+I/O thread always gets the lock when it asks (a loop of commands cannot starve its timers).
 
 Backpressure policy (as in every adapter): events wait in bounded per-turn / per-request /
 per-context buffers; above ``max_buffered_bytes`` of audio the I/O thread stops reading, so TCP
