@@ -8,7 +8,9 @@ noise and warm caches hit them alike); each client decodes every frame's audio. 
 
 * flush -> first audio median (``send_text("1 frame.", flush=True)`` to the first audio event);
 * wall time per 480-sample frame over long turns (receive path throughput);
-* ``send_text`` blocking time median (200 tokens into an open turn; websockets: ``ws.send``).
+* ``send_text`` blocking time median (200 tokens into an open turn; websockets: ``ws.send``);
+* the server's pace: the wall time per frame of a websockets client that parses nothing, in the
+  same rounds (when it is close to websockets' own, the server, not the client, sets the pace).
 
 Targets (ratios to websockets in the same run): first audio <= 1.0x (asyncio), <= 1.1x (trio,
 sync); wall per frame <= 0.8x (asyncio), <= 0.9x (trio, sync); send_text <= 1.0x.
@@ -253,15 +255,42 @@ def open_websockets(portals: dict[str, Any], url: str) -> Runner:
     return runner
 
 
+class _Pace(_Websockets):
+    """The server's pace: a websockets client that parses and decodes nothing (it only looks
+    for the end of the turn). No client can take frames faster than the server sends them,
+    so its wall time per frame is the floor of every client's."""
+
+    async def _drain(self, first: list[float]) -> int:
+        frames = 0
+        while True:
+            text = await self.ws.recv()
+            if text.startswith('{"audio"'):
+                if not frames:
+                    first[0] = time.perf_counter()
+                frames += 1
+            elif '"session_closed"' in text:
+                return frames
+
+
+def open_pace(portals: dict[str, Any], url: str) -> Runner:
+    runner = open_websockets(portals, url)
+    probe = runner.probe
+    assert isinstance(probe, _Websockets)
+    runner.probe = _Pace(probe.ws)
+    return runner
+
+
 CLIENTS: dict[str, Callable[[dict[str, Any], str], Runner]] = {
     "websockets": open_websockets,
+    "pace": open_pace,
     "asyncio": open_asyncio,
     "trio": open_trio,
     "anyio": open_anyio,
     "sync": open_sync,
 }
 #: (first-audio ratio, wall-per-frame ratio) targets against websockets
-TARGETS = {"asyncio": (1.0, 0.8), "trio": (1.1, 0.9), "sync": (1.1, 0.9), "anyio": (None, None)}
+TARGETS = {"asyncio": (1.0, 0.8), "trio": (1.1, 0.9), "sync": (1.1, 0.9), "anyio": (None, None),
+           "pace": (None, None)}
 
 
 def _ratios(ws: Result, ours: Result) -> tuple[float, float, float]:
@@ -342,7 +371,14 @@ def main() -> None:
     for name in names:
         figure(f"client: {name} CPU per 480-sample frame", total[name].cpu / total[name].frames
                * 1e6, "us", note="(with wall per frame ~1x, the server sets the pace)")
+    pace = total["pace"]
+    figure("client: server pace (a client that parses nothing) wall per frame",
+           pace.wall / pace.frames * 1e6, "us",
+           note="no client's wall per frame can be below this; ratios to websockets under "
+           f"{pace.wall / pace.frames / (ws.wall / ws.frames):.2f}x are out of any client's reach")
     for name in names[1:]:
+        if name == "pace":
+            continue
         lat, wall, send = _ratios(ws, total[name])
         spread = [_ratios(r["websockets"], r[name]) for r in per_round]
         lat_t, wall_t = TARGETS[name]
