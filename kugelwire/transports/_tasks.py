@@ -85,15 +85,19 @@ class TaskDriver(_api.SignalDriver):
         self.changed()
 
     async def send(self, *, urgent: bool = False) -> None:
-        """Hand what the core queued to the writer task without a scheduling round of our own;
-        while a write is in progress, or more than :data:`HIGH_WATER` bytes handed over are
-        still unwritten (the writer did not get to run: a caller that never yields), write
-        here and wait (backpressure). An urgent write (a flush) is written here at once."""
-        if urgent or self._send_lock.locked() or len(self._pending) >= HIGH_WATER:
+        """Leave what the core queued to the writer task (which frames and writes it) without
+        a scheduling round of our own; while a write is in progress, or more than
+        :data:`HIGH_WATER` bytes are queued or unwritten (the writer did not get to run: a
+        caller that never yields), write here and wait (backpressure). An urgent write (a
+        flush) is written here at once."""
+        if (
+            urgent
+            or self._send_lock.locked()
+            or len(self._pending) + self.core.unsent_size >= HIGH_WATER
+        ):
             await self._flush()
             self.changed()
         else:
-            self._take()
             self.kick()
 
     def _take(self) -> None:
