@@ -122,6 +122,8 @@ class ServerProcess:
         self.cmd = [sys.executable, "-m", "benchmarks._engine", "--engine", engine,
                     "--frame-ms", str(frame_ms), "--piece-ms", str(piece_ms),
                     "--backend", backend]
+        if engine == "replay":  # benchmarks/_replay.py: pre-encoded turns, written at once
+            self.cmd = [sys.executable, "-m", "benchmarks._replay"]
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.cpu_s = 0.0  # server CPU (user+sys) over its whole life, after exit

@@ -12,6 +12,10 @@ noise and warm caches hit them alike); each client decodes every frame's audio. 
 * the server's pace: the wall time per frame of a websockets client that parses nothing, in the
   same rounds (when it is close to websockets' own, the server, not the client, sets the pace).
 
+All of it twice: against the kugelwire server (FrameEngine: the server encodes every frame, so
+it often sets the pace), then against :mod:`benchmarks._replay` (each turn written at once as
+pre-encoded bytes: the clients set the pace). The same targets apply to both.
+
 Targets (ratios to websockets in the same run): first audio <= 1.0x (asyncio), <= 1.1x (trio,
 sync); wall per frame <= 0.8x (asyncio), <= 0.9x (trio, sync); send_text <= 1.0x.
 
@@ -337,18 +341,14 @@ def _round(runners: dict[str, Runner], r: int, turns: int, probes: int) -> dict[
     return results
 
 
-def main() -> None:
+def _measure(server_kind: str, label: str, rounds: int, turns: int, probes: int) -> None:
+    """Every client against one server (``frames``: the kugelwire server with FrameEngine;
+    ``replay``: benchmarks/_replay.py), rounds alternating; print the figures under ``label``."""
     from anyio.from_thread import start_blocking_portal
 
-    args = parse_args(__doc__)
-    rounds, turns, probes = (3, 3, 40) if args.quick else (5, 8, 150)
-    print(f"client side by side: {FRAME_MS} ms (480-sample) frames, {rounds} rounds x "
-          f"({turns} turns x {FRAMES} frames, {probes} latency probes, {TOKENS} tokens); "
-          "default install (stdlib base64); all clients connected at once, every step run "
-          "client after client in a rotating order")
     names = list(CLIENTS)
     per_round: list[dict[str, Result]] = []
-    with stdlib_base64(), ServerProcess("frames", FRAME_MS) as server, \
+    with stdlib_base64(), ServerProcess(server_kind, FRAME_MS) as server, \
             start_blocking_portal("asyncio") as pa, start_blocking_portal("trio") as pt:
         portals = {"asyncio": pa, "trio": pt}
         runners = {name: CLIENTS[name](portals, server.url) for name in names}
@@ -365,14 +365,14 @@ def main() -> None:
         for name, result in results.items():
             total[name].add(result)
     ws = total["websockets"]
-    figure("client: websockets flush->first-audio median", median(ws.latencies) * 1e3, "ms")
-    figure("client: websockets wall per 480-sample frame", ws.wall / ws.frames * 1e6, "us")
-    figure("client: websockets send median", median(ws.sends) * 1e6, "us")
+    figure(f"{label}: websockets flush->first-audio median", median(ws.latencies) * 1e3, "ms")
+    figure(f"{label}: websockets wall per 480-sample frame", ws.wall / ws.frames * 1e6, "us")
+    figure(f"{label}: websockets send median", median(ws.sends) * 1e6, "us")
     for name in names:
-        figure(f"client: {name} CPU per 480-sample frame", total[name].cpu / total[name].frames
-               * 1e6, "us", note="(with wall per frame ~1x, the server sets the pace)")
+        figure(f"{label}: {name} CPU per 480-sample frame", total[name].cpu / total[name].frames
+               * 1e6, "us")
     pace = total["pace"]
-    figure("client: server pace (a client that parses nothing) wall per frame",
+    figure(f"{label}: server pace (a client that parses nothing) wall per frame",
            pace.wall / pace.frames * 1e6, "us",
            note="no client's wall per frame can be below this; ratios to websockets under "
            f"{pace.wall / pace.frames / (ws.wall / ws.frames):.2f}x are out of any client's reach")
@@ -386,12 +386,24 @@ def main() -> None:
         def note(i: int, spread: list[tuple[float, float, float]] = spread) -> str:
             return "rounds " + " ".join(f"{s[i]:.2f}" for s in spread)
 
-        figure(f"client: {name} flush->first-audio / websockets", lat, "x",
+        figure(f"{label}: {name} flush->first-audio / websockets", lat, "x",
                f"<= {lat_t}x" if lat_t else "", lat <= lat_t if lat_t else None, note(0))
-        figure(f"client: {name} wall per frame / websockets", wall, "x",
+        figure(f"{label}: {name} wall per frame / websockets", wall, "x",
                f"<= {wall_t}x" if wall_t else "", wall <= wall_t if wall_t else None, note(1))
-        figure(f"client: {name} send_text blocking / websockets send", send, "x",
+        figure(f"{label}: {name} send_text blocking / websockets send", send, "x",
                "<= 1.0x", send <= 1.0, note(2))
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    rounds, turns, probes = (3, 3, 40) if args.quick else (5, 8, 150)
+    print(f"client side by side: {FRAME_MS} ms (480-sample) frames, {rounds} rounds x "
+          f"({turns} turns x {FRAMES} frames, {probes} latency probes, {TOKENS} tokens); "
+          "default install (stdlib base64); all clients connected at once, every step run "
+          "client after client in a rotating order; first against the kugelwire server "
+          "(engine-paced), then against a replay server (client-bound)")
+    _measure("frames", "client", rounds, turns, probes)
+    _measure("replay", "client (replay server)", rounds, turns, probes)
 
 
 if __name__ == "__main__":
