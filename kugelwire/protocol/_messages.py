@@ -712,14 +712,21 @@ ServerMessage: TypeAlias = (
 
 _E = RemoteProtocolError
 _MAX_INT = 2**53
+_MAX_FLOAT = sys.float_info.max
 
 
 def _uint(obj: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    value = obj.get(key)
+    if type(value) is int and 0 <= value <= _MAX_INT:  # the usual case, checked inline
+        return value
     value = opt_int(obj, key, _E, lo=0, hi=_MAX_INT)
     return default if value is None else value
 
 
 def _nnfloat(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if type(value) is float and 0.0 <= value <= _MAX_FLOAT:  # the usual case (NaN, inf: no)
+        return value
     return opt_float(obj, key, _E, lo=0.0)
 
 
@@ -899,52 +906,96 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
                 obj = None  # trailing whitespace or garbage: json.loads decides
     if obj is None:
         obj = loads_object(text)
+    return _parse_object(obj)
+
+
+def _parse_object(obj: dict[str, Any]) -> ServerMessage:
+    """A server frame from its JSON object: by the kind its first key names when no key of an
+    earlier kind is present (how the server writes them), else by :func:`_parse_ladder`."""
     if "audio" in obj and "error" not in obj:
         return _parse_audio(obj)  # the hot path
-    if _truthy(obj, "error"):
-        return _parse_error(obj)
-    if _truthy(obj, "generation_started"):
-        return GenerationStartedFrame(
-            _uint(obj, "chunk_id", 0) or 0,
-            opt_str(obj, "text", _E) or "",
-            _opt_context_id(obj, _E),
-        )
-    if "word_timestamps" in obj:
-        return _parse_words(obj)
-    if _truthy(obj, "final"):
-        return _parse_final(obj)
-    if _truthy(obj, "session_closed"):
-        return SessionClosedFrame(
-            _nnfloat(obj, "total_audio_seconds"),
-            _uint(obj, "total_text_chunks"),
-            _uint(obj, "total_audio_chunks"),
-            _parse_usage(obj),
-        )
-    if _truthy(obj, "chunk_complete"):
-        return ChunkCompleteFrame(
-            _uint(obj, "chunk_id", 0) or 0,
-            _nnfloat(obj, "audio_seconds") or 0.0,
-            _nnfloat(obj, "gen_ms") or 0.0,
-            _opt_context_id(obj, _E),
-        )
-    if _truthy(obj, "interrupted"):
-        return InterruptedFrame(_opt_context_id(obj, _E))
-    if _truthy(obj, "settings_updated"):
-        return _parse_settings(obj)
-    if _truthy(obj, "context_created"):
-        return ContextCreatedFrame(_req_ctx(obj, "context_created"))
-    if _truthy(obj, "context_closed"):
-        return ContextClosedFrame(_req_ctx(obj, "context_closed"), _parse_usage(obj))
-    if _truthy(obj, "context_timeout"):
-        return ContextTimeoutFrame(_req_ctx(obj, "context_timeout"))
-    if "warning" in obj:
-        warning = obj["warning"]
-        return WarningFrame(
-            warning if isinstance(warning, str) else str(warning), _opt_context_id(obj, _E)
-        )
-    if _truthy(obj, "session_started"):
-        sid = obj.get("session_id")
-        return SessionStartedFrame(None if sid is None else str(sid))
-    if _truthy(obj, "is_final"):
-        return IsFinalFrame(_opt_context_id(obj, _E))
+    for key in obj:
+        kind = _BY_KEY.get(key)
+        if kind is not None:
+            flag, parse, earlier = kind
+            value = obj[key]
+            truthy = value is not None and value is not False and value != 0 and value != ""
+            if (truthy or not flag) and earlier.isdisjoint(obj):
+                return parse(obj)
+        break
+    return _parse_ladder(obj)
+
+
+def _parse_ladder(obj: dict[str, Any]) -> ServerMessage:
+    """The general rule: the first kind of :data:`_KINDS` whose key is present (a flag key:
+    present and truthy) decides; audio first unless there is an error."""
+    if "audio" in obj and "error" not in obj:
+        return _parse_audio(obj)
+    for key, flag, parse in _KINDS:
+        if _truthy(obj, key) if flag else key in obj:
+            return parse(obj)
     return UnknownFrame(tuple(obj))
+
+
+def _parse_generation_started(obj: dict[str, Any]) -> GenerationStartedFrame:
+    return GenerationStartedFrame(
+        _uint(obj, "chunk_id", 0) or 0, opt_str(obj, "text", _E) or "", _opt_context_id(obj, _E)
+    )
+
+
+def _parse_session_closed(obj: dict[str, Any]) -> SessionClosedFrame:
+    return SessionClosedFrame(
+        _nnfloat(obj, "total_audio_seconds"),
+        _uint(obj, "total_text_chunks"),
+        _uint(obj, "total_audio_chunks"),
+        _parse_usage(obj),
+    )
+
+
+def _parse_chunk_complete(obj: dict[str, Any]) -> ChunkCompleteFrame:
+    return ChunkCompleteFrame(
+        _uint(obj, "chunk_id", 0) or 0,
+        _nnfloat(obj, "audio_seconds") or 0.0,
+        _nnfloat(obj, "gen_ms") or 0.0,
+        _opt_context_id(obj, _E),
+    )
+
+
+def _parse_warning(obj: dict[str, Any]) -> WarningFrame:
+    warning = obj["warning"]
+    return WarningFrame(
+        warning if isinstance(warning, str) else str(warning), _opt_context_id(obj, _E)
+    )
+
+
+def _parse_session_started(obj: dict[str, Any]) -> SessionStartedFrame:
+    sid = obj.get("session_id")
+    return SessionStartedFrame(None if sid is None else str(sid))
+
+
+#: Server frame kinds in precedence order (protocol.md, the message catalogue): (key, whether
+#: it is a flag that must be truthy rather than merely present, parser).
+_KINDS: tuple[tuple[str, bool, Callable[[dict[str, Any]], ServerMessage]], ...] = (
+    ("error", True, _parse_error),
+    ("generation_started", True, _parse_generation_started),
+    ("word_timestamps", False, _parse_words),
+    ("final", True, _parse_final),
+    ("session_closed", True, _parse_session_closed),
+    ("chunk_complete", True, _parse_chunk_complete),
+    ("interrupted", True, lambda obj: InterruptedFrame(_opt_context_id(obj, _E))),
+    ("settings_updated", True, _parse_settings),
+    ("context_created", True,
+     lambda obj: ContextCreatedFrame(_req_ctx(obj, "context_created"))),
+    ("context_closed", True,
+     lambda obj: ContextClosedFrame(_req_ctx(obj, "context_closed"), _parse_usage(obj))),
+    ("context_timeout", True,
+     lambda obj: ContextTimeoutFrame(_req_ctx(obj, "context_timeout"))),
+    ("warning", False, _parse_warning),
+    ("session_started", True, _parse_session_started),
+    ("is_final", True, lambda obj: IsFinalFrame(_opt_context_id(obj, _E))),
+)
+#: key -> (flag, parser, the keys of every kind before it, "audio" included)
+_BY_KEY: dict[str, tuple[bool, Callable[[dict[str, Any]], ServerMessage], frozenset[str]]] = {
+    key: (flag, parse, frozenset(["audio", *(k for k, _, _ in _KINDS[:i])]))
+    for i, (key, flag, parse) in enumerate(_KINDS)
+}

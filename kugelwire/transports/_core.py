@@ -105,6 +105,19 @@ def resolve_url(url: str, endpoint: str) -> str:
         raise LocalProtocolError(str(exc)) from None
 
 
+#: Event types that _route only queues on their buffer: (output that resets the restart count,
+#: ends the buffer). The same rules as _route's general path, looked up once by type.
+_QUEUED: dict[type[Any], tuple[bool, bool]] = {
+    TurnStarted: (False, False),
+    GenerationStarted: (False, False),
+    WordTimestamps: (False, False),
+    ChunkComplete: (False, False),
+    TurnFinal: (True, False),
+    TurnClosed: (True, True),
+    RequestFinal: (True, True),
+}
+
+
 def _audio_size(event: ClientEvent) -> int:
     return len(event.frame.audio) * 3 // 4 if isinstance(event, AudioChunk) else 0
 
@@ -724,6 +737,17 @@ class ClientCore:
                     self.buffered_bytes += size
                     self.buffered_events += 1
                 return
+        queued = _QUEUED.get(type(event))
+        if queued is not None:  # other output that only queues (the same rules as below)
+            buf = self._target(event)
+            if buf is None:
+                self.log.append(event)
+                return
+            resets, terminal = queued
+            if resets:
+                self._restarts_in_row = 0
+            self._push(buf, event, terminal=terminal)
+            return
         if isinstance(event, SettingsUpdated):
             self.settings = dict(event.settings)
         if isinstance(event, ServerError) and event.fatal:

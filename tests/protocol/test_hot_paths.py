@@ -93,6 +93,32 @@ def test_the_scanner_path_parses_like_json_loads(text: str) -> None:
         assert fast[1].data == plain[1].data
 
 
+_KINDS = [k for k, _, _ in _messages._KINDS]
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([*_KINDS, *_KEYS]), _VALUES), max_size=6))
+def test_the_first_key_dispatch_parses_like_the_ladder(items: list[tuple[str, Any]]) -> None:
+    obj = dict(items)  # any keys, in any order, with any values
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return ("ok", parse(dict(obj)))
+        except RemoteProtocolError as exc:
+            return ("error", str(exc))
+
+    assert outcome(_messages._parse_object) == outcome(_messages._parse_ladder)
+
+
+def test_the_first_key_dispatch_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_messages, "_parse_ladder", lambda obj: pytest.fail("ladder used"))
+    for text in ['{"final":true,"chunk_id":0}', '{"session_closed":true}',
+                 '{"generation_started":true,"chunk_id":3,"text":"Hi."}',
+                 '{"chunk_complete":true,"chunk_id":0,"audio_seconds":1.5}',
+                 '{"error":"voice_id is required","error_code":"MISSING_VOICE_ID","code":400}']:
+        assert type(parse_server_message(text)).__name__ != "UnknownFrame"
+
+
 def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) -> None:
     # A failing test is the only way to see that the hot path is used at all.
     calls = []
