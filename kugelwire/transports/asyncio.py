@@ -112,9 +112,12 @@ class _Driver(_api.SignalDriver):
             self._write()
 
     async def send(self, *, urgent: bool = False) -> None:
-        self.kick()
-        if urgent:
+        if urgent:  # write now (with whatever earlier commands left for the coalesced write)
+            self._deferred += 1
             self._write_now()
+            self.changed()
+        else:
+            self.kick()
         pipe = self._pipe
         if pipe is not None and not pipe.writable.is_set():
             # errors show up as EOF (connection_lost); a peer that takes nothing for
