@@ -18,6 +18,7 @@ of :mod:`kugelwire.errors` (and ``LocalProtocolError``) escape.
 
 from __future__ import annotations
 
+import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,14 +34,27 @@ __all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTT
 
 
 class _Driver(TaskDriver):
-    """The task driver on trio streams; the background task is a system task."""
+    """The task driver on trio streams; the background task is a system task.
+
+    On a plain TCP connection the reads and writes use a duplicate of the stream's socket
+    with trio's I/O waits directly: a read costs one scheduling round (``receive_some`` takes
+    two: the wait, then a checkpoint), and a write that the socket takes at once costs none.
+    TLS connections use the ``SSLStream``.
+    """
 
     lib = trio
     io_errors = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, _ssl.SSLError)
+    _raw: tuple[Any, socket.socket] | None = None  # (the stream, its duplicated socket)
 
     async def connect(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> Any:
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-        if ssl is not None:
+        tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
+        if ssl is None:
+            raw = socket.fromfd(tcp.socket.fileno(), tcp.socket.family, tcp.socket.type)
+            raw.setblocking(False)
+            self._drop_raw()
+            self._raw = (stream, raw)
+        else:
             ssl_stream = trio.SSLStream(stream, ssl, server_hostname=host)
             try:
                 await ssl_stream.do_handshake()
@@ -51,10 +65,40 @@ class _Driver(TaskDriver):
         return stream
 
     async def receive(self, stream: Any) -> bytes:
-        return bytes(await stream.receive_some(READ_SIZE))
+        raw = self._raw
+        if raw is None or raw[0] is not stream:
+            return bytes(await stream.receive_some(READ_SIZE))
+        sock = raw[1]
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue  # woken without data: wait again
 
     async def send_all(self, stream: Any, data: bytes) -> None:
-        await stream.send_all(data)
+        raw = self._raw
+        if raw is None or raw[0] is not stream:
+            await stream.send_all(data)
+            return
+        sock = raw[1]
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += sock.send(view[sent:])
+                except (BlockingIOError, InterruptedError):
+                    await trio.lowlevel.wait_writable(sock)
+
+    async def _close_stream(self) -> None:
+        self._drop_raw()
+        await super()._close_stream()
+
+    def _drop_raw(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            trio.lowlevel.notify_closing(raw[1])  # wakes a wait on it (ClosedResourceError)
+            raw[1].close()
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         trio.lowlevel.spawn_system_task(fn)
