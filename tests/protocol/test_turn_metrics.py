@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import kugelwire
 from kugelwire.protocol import (
     AudioChunk,
@@ -23,6 +26,7 @@ from kugelwire.protocol import (
     TurnClosed,
     TurnFinal,
     TurnMetrics,
+    TurnStarted,
 )
 from kugelwire.testing import SessionPair
 
@@ -287,3 +291,65 @@ def test_stream_final_carries_no_metrics() -> None:
     pair.pump()
     finals = pair.events_of(TurnFinal)
     assert finals and all(f.metrics is None for f in finals)  # stream: TurnClosed carries them
+
+
+# -- property: every terminal event's metrics match what the session delivered, when ------------
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["text", "text", "text", "flush", "cancel", "engine", "engine", "pump"]),
+        st.sampled_from(["Hello", " there.", " How", " are you?", " Fine. ", "Ok"]),
+        st.integers(min_value=0, max_value=3),  # clock step, in quarter seconds (exact floats)
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ACTIONS)
+def test_stream_metrics_match_the_delivered_events(actions: list[tuple[str, str, int]]) -> None:
+    pair = SessionPair.stream(client_kwargs={"idle_flush_guard": None})
+    c = pair.client
+    stamped: list[tuple[float, Any]] = []  # every event with the clock it was emitted at
+    flushed: dict[int, float] = {}
+
+    def collect() -> None:
+        events = pair.client_events()
+        stamped.extend((pair.now, e) for e in events[len(stamped):])
+
+    for what, text, step in actions:
+        pair.clock.now += step / 4
+        if what == "text":
+            c.send_text(text, pair.now)
+        elif what == "flush" and c.current_turn is not None:
+            flushed[c.flush(pair.now)] = pair.now
+        elif what == "cancel":
+            c.cancel(pair.now)
+        elif what == "engine":
+            pair.deliver_to_server()
+            pair.step_engine()
+            pair.deliver_to_client()
+        elif what == "pump":
+            pair.pump()
+        collect()
+    pair.clock.now += 1
+    if c.current_turn is not None:
+        flushed[c.flush(pair.now)] = pair.now
+    pair.pump()
+    collect()
+
+    started = {e.turn: t for t, e in stamped if isinstance(e, TurnStarted)}
+    terminals = [(t, e) for t, e in stamped if isinstance(e, TurnClosed)
+                 or (isinstance(e, Interrupted) and e.turn is not None)]
+    assert sorted(e.turn for _, e in terminals) == sorted(started)  # one terminal per turn
+    for ended, event in terminals:
+        m = event.metrics
+        assert m is not None and m.turn == event.turn and m.context_id is None
+        chunks = [(t, a) for t, a in stamped if isinstance(a, AudioChunk) and a.turn == m.turn]
+        assert m.audio_chunks == len(chunks)
+        assert m.audio_seconds == sum(a.duration_s for _, a in chunks)
+        assert m.first_audio_at == (chunks[0][0] if chunks else None)
+        assert m.first_text_at == started[m.turn]
+        assert m.flushed_at == flushed.get(m.turn)
+        assert m.ended_at == ended
+        assert m.cancelled is isinstance(event, Interrupted)
+        assert m.reconnects == 0
