@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -353,3 +354,79 @@ def test_stream_metrics_match_the_delivered_events(actions: list[tuple[str, str,
         assert m.ended_at == ended
         assert m.cancelled is isinstance(event, Interrupted)
         assert m.reconnects == 0
+
+
+_MULTI_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["text", "text", "text", "flush", "cancel", "engine", "engine", "pump"]),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["Hello", " there.", " How", " are you?", " Fine. "]),
+        st.integers(min_value=0, max_value=3),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_MULTI_ACTIONS, st.booleans())
+def test_multi_metrics_match_the_delivered_events(
+    actions: list[tuple[str, str, str, int]], immediate: bool
+) -> None:
+    pair = SessionPair.multi()
+    c = pair.client
+    stamped: list[tuple[float, Any]] = []
+
+    def collect() -> None:
+        events = pair.client_events()
+        stamped.extend((pair.now, e) for e in events[len(stamped):])
+
+    for cid in ("a", "b"):
+        c.create_context(cid, pair.now)
+    for what, cid, text, step in actions:
+        pair.clock.now += step / 4
+        if what == "text":
+            c.send_text(cid, text, pair.now)
+        elif what == "flush":
+            c.flush(cid, pair.now)
+        elif what == "cancel":
+            c.cancel(pair.now, cid)
+        elif what == "engine":
+            pair.deliver_to_server()
+            pair.step_engine()
+            pair.deliver_to_client()
+        elif what == "pump":
+            pair.pump()
+        collect()
+    pair.clock.now += 1
+    c.close_context("a", pair.now, immediate=immediate)
+    c.close_context("b", pair.now)
+    pair.pump()
+    collect()
+
+    for cid in ("a", "b"):
+        chunks = [(t, e) for t, e in stamped if isinstance(e, AudioChunk) and e.context_id == cid]
+        cycles = [(t, e) for t, e in stamped if isinstance(e, TurnFinal | Interrupted)
+                  and e.context_id == cid]
+        counted = 0
+        for ended, event in cycles:
+            m = event.metrics
+            assert m is not None and (m.turn, m.context_id) == (event.turn, cid)
+            mine = [(t, a) for t, a in chunks if a.turn == m.turn]
+            counted += len(mine)
+            assert m.audio_chunks == len(mine)
+            assert m.audio_seconds == sum(a.duration_s for _, a in mine)
+            assert m.first_audio_at == (mine[0][0] if mine else None)
+            assert m.ended_at == ended
+            assert m.cancelled is isinstance(event, Interrupted)
+            if m.first_text_at is not None and m.flushed_at is not None and not m.cancelled:
+                assert m.first_text_at <= m.flushed_at  # text after a flush is the next cycle's
+            if m.first_audio_at is not None:
+                assert m.first_text_at is not None and m.first_text_at <= m.first_audio_at
+        [(closed_at, closed)] = [(t, e) for t, e in stamped
+                                 if isinstance(e, ContextClosed) and e.context_id == cid]
+        total = closed.metrics
+        assert total is not None and total.ended_at == closed_at
+        assert total.audio_chunks == len(chunks) >= counted
+        assert total.audio_seconds == pytest.approx(sum(a.duration_s for _, a in chunks))
+        assert total.first_audio_at == (chunks[0][0] if chunks else None)
+        assert total.cancelled is (immediate and cid == "a")
