@@ -192,6 +192,14 @@ class _Cycle:
         if self.first_audio_at is None:
             self.first_audio_at = other.first_audio_at
 
+    def adopt(self, replay: TurnReplay) -> None:
+        """Replayed text keeps the times it was first sent at (its latency spans the loss)."""
+        first, flushed = replay.first_text_at, replay.flushed_at
+        if first is not None and (self.first_text_at is None or first < self.first_text_at):
+            self.first_text_at = first
+        if flushed is not None and self.flushed_at is not None and flushed < self.flushed_at:
+            self.flushed_at = flushed
+
     def replay(self, flushed: bool, context_id: str | None = None) -> TurnReplay:
         text = self.text
         delivered = self.audio_frames > 0
@@ -612,6 +620,8 @@ class StreamClientSession(_ClientSession):
     def replay(self, replay: TurnReplay, now: float) -> int | None:
         """Re-send a turn lost to a restart close (on a fresh session/connection)."""
         number = self.send_text(replay.text, now, flush=replay.flushed)
+        if number is not None:
+            self._turns[-1].cycle.adopt(replay)
         return number
 
     # -- timers -------------------------------------------------------------------------------
@@ -1056,7 +1066,11 @@ class MultiClientSession(_ClientSession):
         if replay.context_id not in self._contexts:
             self.create_context(replay.context_id, now, voice_id=voice_id)
         if replay.text:
+            ctx = self._contexts[replay.context_id]
+            current = not ctx.flush_marks  # the text starts the current cycle
             self.send_text(replay.context_id, replay.text, now, flush=replay.flushed)
+            if current:
+                ctx.cycle.adopt(replay)
 
     # -- timers -------------------------------------------------------------------------------
     def _other_deadline(self) -> float | None:

@@ -191,6 +191,40 @@ def test_stream_connection_lost_reports_times_and_replay_keeps_them() -> None:
     assert (replay.first_text_at, replay.flushed_at) == (1.0, 1.5)
 
 
+def test_replay_on_a_fresh_session_keeps_the_first_times() -> None:
+    lost = StreamClientSession(voice_id=1)
+    lost.send_text("Say this ", 1.0)
+    lost.send_text("again.", 1.25, flush=True)
+    lost.connection_lost(1012, "restarting", 2.0)
+    [terminated] = [e for e in lost.events() if isinstance(e, ConnectionTerminated)]
+    [replay] = terminated.replay
+    pair = SessionPair.stream()
+    pair.client.replay(replay, at(pair, 3.0))
+    at(pair, 3.5)
+    pair.pump()
+    [closed] = pair.events_of(TurnClosed)
+    m = closed.metrics
+    assert (m.first_text_at, m.flushed_at, m.first_audio_at, m.ended_at) == (1.0, 1.25, 3.5, 3.5)
+    assert m.time_to_first_audio == 2.5  # the loss and the replay are in the latency
+
+
+def test_multi_replay_keeps_the_first_times() -> None:
+    lost = MultiClientSession(voice_id=1)
+    lost.create_context("a", 0.0)
+    lost.send_text("a", "Say this again.", 0.5, flush=True)
+    lost.connection_lost(1012, "restarting", 1.0)
+    [terminated] = [e for e in lost.events() if isinstance(e, ConnectionTerminated)]
+    [replay] = terminated.replay
+    pair = SessionPair.multi()
+    pair.client.replay(replay, at(pair, 2.0))
+    at(pair, 2.25)
+    pair.pump()
+    [final] = pair.events_of(TurnFinal)
+    m = final.metrics
+    assert (m.first_text_at, m.flushed_at, m.first_audio_at, m.ended_at) == (
+        0.5, 0.5, 2.25, 2.25)
+
+
 def test_tts_request_exact_times() -> None:
     pair = SessionPair.tts()
     pair.client.request("One shot of speech.", at(pair, 2.0))
