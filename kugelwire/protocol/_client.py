@@ -220,7 +220,7 @@ class _PendingCancel:
     """A cancel waiting for ``interrupted``; output before the ack belongs to cancelled work."""
 
     sent_at: float
-    turns: list[Any]  # _Turn / _Request / (_Context, cycle number)
+    turns: list[Any]  # _Turn / _Request / (_Context, cycle number, its _Cycle)
     context_ids: frozenset[str] | None = None  # multi: which contexts; None = all
     sent_before: int = 0  # tts: requests numbered below this were sent before the cancel
     reported: bool = False  # tts: an Interrupted was already emitted for this cancel
