@@ -337,3 +337,83 @@ def test_reconnect_is_logged(h: Harness, caplog: pytest.LogCaptureFixture) -> No
     assert [r.connection for r in records if r.kugelwire_event in ("open", "close")] == [
         0, 0, 1, 1]
     _no_key(caplog)
+
+
+# -- the core alone, on a fake clock: the reconnect's figures to the exact value ---------------
+class _MemoryServer:
+    """One in-memory server connection (the sans-IO server core) for a ClientCore; with
+    ``restart`` it closes 1012 when the first chunk reaches its engine, before any audio."""
+
+    def __init__(self, now: float, *, restart: bool) -> None:
+        from kugelwire.protocol._server import StreamServerSession
+        from kugelwire.protocol._ws import ServerConnection
+
+        self.restart = restart
+        self.session = StreamServerSession()
+        self.conn = ServerConnection(lambda path: self.session, now=now)
+
+    def exchange(self, core: Any, now: float) -> None:
+        """Move bytes both ways (answering synthesis at once) until both sides are quiet."""
+        from kugelwire.protocol._server import SynthesisRequested
+
+        for _ in range(100):
+            if core.wants_socket:  # its bytes are for the next socket now
+                return
+            out = core.data_to_send()
+            if out:
+                self.conn.receive_data(out, now)
+            list(self.conn.events())
+            for event in self.session.events():
+                if not isinstance(event, SynthesisRequested):
+                    continue
+                if self.restart:
+                    self.conn.close(1012, "restarting")
+                    break
+                pcm = bytes(2 * event.params.sample_rate // 10)  # 100 ms
+                self.session.send_audio(event.ref, pcm, now)
+                self.session.complete_chunk(event.ref, 1.0, now)
+            back = self.conn.data_to_send()
+            if back:
+                core.receive_data(back, now)
+            if not out and not back:
+                return
+        raise AssertionError("the exchange did not settle")
+
+
+def test_core_reconnect_metrics_and_log_durations_exact(caplog: pytest.LogCaptureFixture) -> None:
+    from kugelwire.transports._core import ClientCore
+
+    caplog.set_level(logging.DEBUG, logger="kugelwire.client")
+    core = ClientCore("stream", "ws://127.0.0.1:9", now=0.0, restart_delay=0.5,
+                      ping_interval=None, api_key=AUTH_KEY, voice_id=1)
+    first = _MemoryServer(0.0, restart=True)
+    first.exchange(core, 0.25)  # the upgrade completes at 0.25
+    assert core.state == "open"
+    buf = core.stream_send_text("Replay me.", now=1.0, flush=True)
+    first.exchange(core, 1.0)  # the server restarts: the turn had no audio, it is replayed
+    assert core.wants_socket and core.reconnect_at == 1.5
+    core.take_stale_data()
+    core.socket_opened(1.5)
+    second = _MemoryServer(1.5, restart=False)
+    second.exchange(core, 2.0)
+    events = []
+    while not buf.exhausted:
+        event = core.pop(buf)
+        assert event is not None
+        events.append(event)
+    closed = events[-1]
+    assert isinstance(closed, TurnClosed)
+    chunks = audio(events)
+    assert closed.metrics == TurnMetrics(
+        turn=0, context_id=None, first_text_at=1.0, flushed_at=1.0, first_audio_at=2.0,
+        ended_at=2.0, audio_seconds=sum(c.duration_s for c in chunks), audio_chunks=len(chunks),
+        cancelled=False, reconnects=1,
+    )
+    assert closed.metrics.time_to_first_audio == 1.0  # the restart is in the latency
+    records = [r for r in caplog.records if hasattr(r, "kugelwire_event")]
+    kinds = [r.kugelwire_event for r in records]
+    assert kinds == ["open", "close", "reconnect", "open", "turn"]
+    assert records[1].duration_s == 0.75 and records[1].code == 1012
+    assert records[2].delay_s == 0.5
+    assert records[4].metrics == closed.metrics
+    _no_key(caplog)
