@@ -44,6 +44,7 @@ from ._events import (
     TurnAborted,
     TurnClosed,
     TurnFinal,
+    TurnMetrics,
     TurnReplay,
     TurnStarted,
     Warning,
@@ -133,13 +134,17 @@ class _Cycle:
     last_idx: int = -1  # idx and chunk_id of the last audio frame: within a chunk idx increases
     last_idx_chunk: int | None = None
     duplicates: int = 0
+    #: ``now`` of the first text, the flush and the first audio frame (for TurnMetrics).
+    first_text_at: float | None = None
+    flushed_at: float | None = None
+    first_audio_at: float | None = None
 
     def on_generation_started(self, msg: GenerationStartedFrame) -> None:
         self.chunk_offsets.setdefault(msg.chunk_id, self.audio_s)
         self.chunk_texts[msg.chunk_id] = msg.text
         self.last_chunk = msg.chunk_id
 
-    def on_audio(self, msg: AudioFrame) -> float | None:
+    def on_audio(self, msg: AudioFrame, now: float) -> float | None:
         """The frame's offset in the cycle's audio; None for a repeated frame (an ``idx`` not
         above the previous frame's of the same chunk), which is not delivered."""
         if msg._has_idx:
@@ -154,6 +159,8 @@ class _Cycle:
             self.last_chunk = msg.chunk_id
         sr = msg.sr
         self.audio_s = offset + (msg.samples / sr if sr else 0.0)
+        if not self.audio_frames:
+            self.first_audio_at = now
         self.audio_frames += 1
         return offset
 
@@ -168,6 +175,33 @@ class _Cycle:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def metrics(
+        self, ended_at: float, context_id: str | None = None, *, cancelled: bool = False
+    ) -> TurnMetrics:
+        return TurnMetrics(
+            self.number, context_id, self.first_text_at, self.flushed_at, self.first_audio_at,
+            ended_at, self.audio_s, self.audio_frames, cancelled,
+        )
+
+    def fold(self, other: _Cycle) -> None:
+        """Add ``other``'s audio to this one's (a context's totals); first times are kept."""
+        self.audio_s += other.audio_s
+        self.audio_frames += other.audio_frames
+        if self.first_text_at is None:
+            self.first_text_at = other.first_text_at
+        if self.flushed_at is None:
+            self.flushed_at = other.flushed_at
+        if self.first_audio_at is None:
+            self.first_audio_at = other.first_audio_at
+
+    def adopt(self, replay: TurnReplay) -> None:
+        """Replayed text keeps the times it was first sent at (its latency spans the loss)."""
+        first, flushed = replay.first_text_at, replay.flushed_at
+        if first is not None and (self.first_text_at is None or first < self.first_text_at):
+            self.first_text_at = first
+        if flushed is not None and self.flushed_at is not None and flushed < self.flushed_at:
+            self.flushed_at = flushed
+
     def replay(self, flushed: bool, context_id: str | None = None) -> TurnReplay:
         text = self.text
         delivered = self.audio_frames > 0
@@ -178,6 +212,8 @@ class _Cycle:
             replayable=not delivered,
             unspoken_text=unspoken_text(text, self.spoken) if delivered else text,
             context_id=context_id,
+            first_text_at=self.first_text_at,
+            flushed_at=self.flushed_at,
         )
 
 
@@ -186,7 +222,7 @@ class _PendingCancel:
     """A cancel waiting for ``interrupted``; output before the ack belongs to cancelled work."""
 
     sent_at: float
-    turns: list[Any]  # _Turn / _Request / (_Context, cycle number)
+    turns: list[Any]  # _Turn / _Request / (_Context, cycle number, its _Cycle)
     context_ids: frozenset[str] | None = None  # multi: which contexts; None = all
     sent_before: int = 0  # tts: requests numbered below this were sent before the cancel
     reported: bool = False  # tts: an Interrupted was already emitted for this cancel
@@ -213,6 +249,7 @@ class _ClientSession:
         self._pending_cancels: deque[_PendingCancel] = deque()
         self._cancel_timeout = cancel_timeout
         self._last_rx = -_INF
+        self._now = -_INF  # the latest ``now`` of handle_timeout / connection_lost
         self._settings_pending = 0
         self._terminated: ConnectionTerminated | None = None
         self._closing = False
@@ -261,6 +298,7 @@ class _ClientSession:
         return deadline
 
     def handle_timeout(self, now: float) -> None:
+        self._now = now
         while (deadline := self._cancel_deadline()) is not None and now >= deadline:
             pending = next(p for p in self._pending_cancels if not p.timed_out)
             pending.timed_out = True
@@ -281,6 +319,7 @@ class _ClientSession:
     def connection_lost(self, code: int | None, reason: str, now: float) -> None:
         if self._terminated is not None:
             return
+        self._now = now
         while self._pending_cancels:
             pending = self._pending_cancels.popleft()
             if not pending.timed_out:
@@ -308,6 +347,11 @@ class _ClientSession:
     def _send_json(self, text: str) -> None:
         self._outbox.append(text)
         self._outbox_size += len(text)
+
+    def _time(self) -> float:
+        """The latest ``now`` the session was given by the server side (a receive, a timeout,
+        the connection's loss): when an event emitted outside ``_dispatch`` happened."""
+        return max(self._last_rx, self._now)
 
     def _check_usable(self) -> None:
         if self._terminated is not None:
@@ -512,7 +556,7 @@ class StreamClientSession(_ClientSession):
         turn = self._open_turn()
         msg: dict[str, Any] = {"text": text}
         if turn is None:
-            turn = _Turn(_Cycle(self._next_turn))
+            turn = _Turn(_Cycle(self._next_turn, first_text_at=now))
             self._next_turn += 1
             self._turns.append(turn)
             self._events.append(TurnStarted(turn.number))
@@ -526,6 +570,7 @@ class StreamClientSession(_ClientSession):
         if flush:
             self._advance(turn, TurnInput.FLUSH)
             turn.flushed = True
+            turn.cycle.flushed_at = now
             msg["flush"] = True
         if len(msg) == 1:  # a plain token (the hot path): dumps({"text": text}), by hand
             self._send_json('{"text":' + _json_string(text) + "}")
@@ -546,6 +591,7 @@ class StreamClientSession(_ClientSession):
             raise LocalProtocolError("no open turn to flush: send text first")
         self._advance(turn, TurnInput.FLUSH)
         turn.flushed = True
+        turn.cycle.flushed_at = now
         self._send({"flush": True})
         return turn.number
 
@@ -557,6 +603,7 @@ class StreamClientSession(_ClientSession):
             return None
         self._advance(turn, TurnInput.CLOSE)
         turn.flushed = True
+        turn.cycle.flushed_at = now
         self._send_config = True
         self._send({"close": True})
         return turn.number
@@ -582,6 +629,8 @@ class StreamClientSession(_ClientSession):
     def replay(self, replay: TurnReplay, now: float) -> int | None:
         """Re-send a turn lost to a restart close (on a fresh session/connection)."""
         number = self.send_text(replay.text, now, flush=replay.flushed)
+        if number is not None:
+            self._turns[-1].cycle.adopt(replay)
         return number
 
     # -- timers -------------------------------------------------------------------------------
@@ -630,7 +679,7 @@ class StreamClientSession(_ClientSession):
             first = self._turns[0]
             if first.state is ClientTurnState.OPEN or first.state is ClientTurnState.FLUSHED:
                 cycle = first.cycle
-                offset = cycle.on_audio(msg)
+                offset = cycle.on_audio(msg, now)
                 if offset is None:
                     self._repeated_audio(cycle, msg)
                 else:
@@ -681,7 +730,7 @@ class StreamClientSession(_ClientSession):
         n = cycle.number
         if isinstance(msg, AudioFrame):
             if self._advance(head, TurnInput.OUTPUT):
-                offset = cycle.on_audio(msg)
+                offset = cycle.on_audio(msg, now)
                 if offset is None:
                     self._repeated_audio(cycle, msg)
                 else:
@@ -719,6 +768,7 @@ class StreamClientSession(_ClientSession):
                         msg.total_audio_seconds,
                         msg.total_text_chunks,
                         msg.total_audio_chunks,
+                        cycle.metrics(now),
                     )
                 )
         else:
@@ -741,7 +791,10 @@ class StreamClientSession(_ClientSession):
             self._events.append(Interrupted(None, acknowledged=acknowledged))
         for turn in pending.turns:
             self._advance(turn, TurnInput.INTERRUPTED if acknowledged else TurnInput.CANCEL_TIMEOUT)
-            self._events.append(Interrupted(turn.number, acknowledged=acknowledged))
+            metrics = turn.cycle.metrics(self._time(), cancelled=True)
+            self._events.append(
+                Interrupted(turn.number, acknowledged=acknowledged, metrics=metrics)
+            )
 
     def _abandon(self, pending: _PendingCancel) -> None:
         """Turns sent after the abandoned cancel whose output may have been dropped with the
@@ -754,7 +807,8 @@ class StreamClientSession(_ClientSession):
             self._advance(turn, TurnInput.CANCEL)
             self._advance(turn, TurnInput.CANCEL_TIMEOUT)
             self._send_config = True
-            self._events.append(Interrupted(turn.number, acknowledged=False))
+            metrics = turn.cycle.metrics(self._time(), cancelled=True)
+            self._events.append(Interrupted(turn.number, acknowledged=False, metrics=metrics))
             self._events.append(
                 Diagnostic(
                     f"turn {turn.number} ended: its output may have been dropped with the "
@@ -769,7 +823,10 @@ class StreamClientSession(_ClientSession):
             self._advance(turn, TurnInput.CONNECTION_LOST)
             replay = turn.cycle.replay(turn.flushed)
             self._events.append(
-                TurnAborted(turn.number, code, not replay.replayable, replay.unspoken_text)
+                TurnAborted(
+                    turn.number, code, not replay.replayable, replay.unspoken_text,
+                    metrics=turn.cycle.metrics(self._time()),
+                )
             )
             yield replay
 
@@ -786,10 +843,31 @@ class _Context:
     last_sent_at: float = -_INF
     flush_marks: list[int] = field(default_factory=list)  # len(cycle.parts) at each flush
     announced: bool = True  # TurnStarted emitted for the current cycle
+    #: Per flush mark: when it was sent, and when the first text after it was (the times of
+    #: the cycles still to come); ``totals``: the audio of the context's finished cycles.
+    flush_times: list[float] = field(default_factory=list)
+    text_times: list[float | None] = field(default_factory=list)
+    totals: _Cycle = field(default_factory=lambda: _Cycle(0))
 
     @property
     def number(self) -> int:
         return self.cycle.number
+
+    def text_sent(self, now: float) -> None:
+        """Text went out: the first text of the current cycle, or of one still to come."""
+        times = self.text_times
+        if times:
+            if times[-1] is None:
+                times[-1] = now
+        elif self.cycle.first_text_at is None:
+            self.cycle.first_text_at = now
+
+    def mark_flush(self, now: float) -> None:
+        if not self.flush_marks:
+            self.cycle.flushed_at = now
+        self.flush_marks.append(len(self.cycle.parts))
+        self.flush_times.append(now)
+        self.text_times.append(None)
 
 
 class MultiClientSession(_ClientSession):
@@ -890,7 +968,9 @@ class MultiClientSession(_ClientSession):
         if vs.to_dict():
             msg["voice_settings"] = vs.to_dict()
         self._tombstones.discard(context_id)
-        ctx = _Context(context_id, _Cycle(0), last_sent_at=now)
+        ctx = _Context(
+            context_id, _Cycle(0, first_text_at=now if text.strip() else None), last_sent_at=now
+        )
         self._contexts[context_id] = ctx
         self._events.append(TurnStarted(0, context_id))
         self._send(msg)
@@ -904,9 +984,11 @@ class MultiClientSession(_ClientSession):
         ctx.cycle.parts.append(text)
         self._spell_check(ctx.cycle, text, self._config, context_id)
         msg: dict[str, Any] = {"text": text, "context_id": context_id}
+        if text:
+            ctx.text_sent(now)
         if flush:
             msg["flush"] = True
-            ctx.flush_marks.append(len(ctx.cycle.parts))
+            ctx.mark_flush(now)
         ctx.last_sent_at = now
         self._send(msg)
         return ctx.number
@@ -915,7 +997,7 @@ class MultiClientSession(_ClientSession):
         self._check_usable()
         ctx = self._usable_context(context_id, "flush")
         self._announce(ctx)
-        ctx.flush_marks.append(len(ctx.cycle.parts))
+        ctx.mark_flush(now)
         ctx.last_sent_at = now
         self._send({"flush": True, "context_id": context_id})
         return ctx.number
@@ -940,7 +1022,7 @@ class MultiClientSession(_ClientSession):
         self._advance_local(ctx, event)
         if graceful_from_open:  # a graceful close flushes: the server sends a final first
             self._announce(ctx)
-            ctx.flush_marks.append(len(ctx.cycle.parts))
+            ctx.mark_flush(now)
         msg: dict[str, Any] = {"close_context": True, "context_id": context_id}
         if immediate:
             msg["immediate"] = True
@@ -959,9 +1041,14 @@ class MultiClientSession(_ClientSession):
             ]
         ids = frozenset(c.context_id for c in targets)
         # The cancelled cycles end at the ack; text sent from now on is the next cycle's.
-        self._pending_cancels.append(_PendingCancel(now, [(c, c.number) for c in targets], ids))
+        self._pending_cancels.append(
+            _PendingCancel(now, [(c, c.number, c.cycle) for c in targets], ids)
+        )
         for ctx in targets:
             ctx.flush_marks.clear()
+            ctx.flush_times.clear()
+            ctx.text_times.clear()
+            ctx.totals.fold(ctx.cycle)
             ctx.cycle = _Cycle(ctx.cycle.number + 1)
             ctx.announced = False
         msg: dict[str, Any] = {"cancel": True}
@@ -978,7 +1065,7 @@ class MultiClientSession(_ClientSession):
         for ctx in self._contexts.values():
             if ctx.state in (ClientContextState.CREATING, ClientContextState.OPEN):
                 self._announce(ctx)
-                ctx.flush_marks.append(len(ctx.cycle.parts))
+                ctx.mark_flush(now)
         self._send({"close_socket": True})
 
     def replay(self, replay: TurnReplay, now: float, *, voice_id: int | str | None = None) -> None:
@@ -988,7 +1075,11 @@ class MultiClientSession(_ClientSession):
         if replay.context_id not in self._contexts:
             self.create_context(replay.context_id, now, voice_id=voice_id)
         if replay.text:
+            ctx = self._contexts[replay.context_id]
+            current = not ctx.flush_marks  # the text starts the current cycle
             self.send_text(replay.context_id, replay.text, now, flush=replay.flushed)
+            if current:
+                ctx.cycle.adopt(replay)
 
     # -- timers -------------------------------------------------------------------------------
     def _other_deadline(self) -> float | None:
@@ -1087,8 +1178,10 @@ class MultiClientSession(_ClientSession):
                 self._events.append(ContextCreated(cid))
             return
         if isinstance(msg, ContextClosedFrame):
+            immediate = ctx.state is ClientContextState.CLOSING_IMMEDIATE
             if self._advance(ctx, ContextInput.CLOSED):
-                self._events.append(ContextClosed(cid, msg.usage))
+                metrics = self._context_metrics(ctx, now, immediate)
+                self._events.append(ContextClosed(cid, msg.usage, metrics))
             return
         if isinstance(msg, ContextTimeoutFrame):
             immediate = ctx.state is ClientContextState.CLOSING_IMMEDIATE
@@ -1103,7 +1196,7 @@ class MultiClientSession(_ClientSession):
         cycle = ctx.cycle
         n = cycle.number
         if isinstance(msg, AudioFrame):
-            offset = cycle.on_audio(msg)
+            offset = cycle.on_audio(msg, now)
             if offset is None:
                 self._repeated_audio(cycle, msg, cid)
             else:
@@ -1121,7 +1214,8 @@ class MultiClientSession(_ClientSession):
         elif isinstance(msg, FinalFrame):
             self._events.append(
                 TurnFinal(
-                    n, msg.total_audio_seconds, msg.total_text_chunks, msg.total_audio_chunks, cid
+                    n, msg.total_audio_seconds, msg.total_text_chunks, msg.total_audio_chunks, cid,
+                    cycle.metrics(now, cid),
                 )
             )
             self._new_cycle(ctx)
@@ -1136,12 +1230,26 @@ class MultiClientSession(_ClientSession):
     def _new_cycle(self, ctx: _Context) -> None:
         """A ``final`` ended the oldest flush: text sent after that flush carries over."""
         parts = ctx.cycle.parts
+        ctx.totals.fold(ctx.cycle)
         mark = ctx.flush_marks.pop(0) if ctx.flush_marks else len(parts)
         ctx.flush_marks = [m - mark for m in ctx.flush_marks]
         ctx.cycle = _Cycle(ctx.cycle.number + 1, parts=parts[mark:])
+        if ctx.flush_times:  # the next cycle's times, kept since they were sent
+            ctx.flush_times.pop(0)
+            ctx.cycle.first_text_at = ctx.text_times.pop(0)
+            ctx.cycle.flushed_at = ctx.flush_times[0] if ctx.flush_times else None
         ctx.announced = False
         if ctx.cycle.parts or ctx.flush_marks:
             self._announce(ctx)
+
+    def _context_metrics(self, ctx: _Context, now: float, immediate: bool) -> TurnMetrics:
+        """The whole context's figures at its ``context_closed``."""
+        totals = ctx.totals
+        totals.fold(ctx.cycle)
+        return TurnMetrics(
+            ctx.number, ctx.context_id, totals.first_text_at, totals.flushed_at,
+            totals.first_audio_at, now, totals.audio_s, totals.audio_frames, immediate,
+        )
 
     def _on_error(self, msg: ErrorFrame) -> None:
         if self._is_settings_error(msg):
@@ -1155,8 +1263,9 @@ class MultiClientSession(_ClientSession):
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
-        for ctx, number in pending.turns:
-            self._events.append(Interrupted(number, ctx.context_id, acknowledged))
+        for ctx, number, cycle in pending.turns:
+            metrics = cycle.metrics(self._time(), ctx.context_id, cancelled=True)
+            self._events.append(Interrupted(number, ctx.context_id, acknowledged, metrics))
 
     def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
         for ctx in list(self._contexts.values()):
@@ -1176,6 +1285,7 @@ class MultiClientSession(_ClientSession):
                         not replay.replayable,
                         replay.unspoken_text,
                         ctx.context_id,
+                        ctx.cycle.metrics(self._time(), ctx.context_id),
                     )
                 )
                 yield replay
@@ -1229,7 +1339,7 @@ class TTSClientSession(_ClientSession):
         if not isinstance(text, str) or not text.strip():
             raise LocalProtocolError("text must be a non-empty str")
         config = self._config.merged(Config.build(**params)) if params else self._config
-        req = _Request(_Cycle(self._next))
+        req = _Request(_Cycle(self._next, first_text_at=now, flushed_at=now))
         self._next += 1
         req.cycle.parts.append(text)
         self._requests.append(req)
@@ -1275,7 +1385,7 @@ class TTSClientSession(_ClientSession):
         cycle = head.cycle
         n = cycle.number
         if isinstance(msg, AudioFrame):
-            offset = cycle.on_audio(msg)
+            offset = cycle.on_audio(msg, now)
             if offset is None:
                 self._repeated_audio(cycle, msg)
             else:
@@ -1302,6 +1412,7 @@ class TTSClientSession(_ClientSession):
                     msg.rtf,
                     msg.usage,
                     msg.debug,
+                    cycle.metrics(now),
                 )
             )
         elif isinstance(msg, ErrorFrame):
@@ -1318,7 +1429,8 @@ class TTSClientSession(_ClientSession):
         self._requests.popleft()
         pending = next((p for p in self._pending_cancels if head in p.turns), None)
         if not head.announced:
-            self._events.append(Interrupted(head.number))
+            metrics = head.cycle.metrics(self._time(), cancelled=True)
+            self._events.append(Interrupted(head.number, metrics=metrics))
         if pending is None:
             return
         pending.turns.remove(head)
@@ -1333,7 +1445,10 @@ class TTSClientSession(_ClientSession):
             self._events.append(Interrupted(None, acknowledged=acknowledged))
         for req in pending.turns:
             if not req.announced:
-                self._events.append(Interrupted(req.number, acknowledged=acknowledged))
+                metrics = req.cycle.metrics(self._time(), cancelled=True)
+                self._events.append(
+                    Interrupted(req.number, acknowledged=acknowledged, metrics=metrics)
+                )
             req.announced = True
             if req in self._requests:  # abandoned on a timeout: later requests flow
                 self._requests.remove(req)
@@ -1345,6 +1460,9 @@ class TTSClientSession(_ClientSession):
             req = self._requests.popleft()
             replay = req.cycle.replay(True)
             self._events.append(
-                TurnAborted(req.number, code, not replay.replayable, replay.unspoken_text)
+                TurnAborted(
+                    req.number, code, not replay.replayable, replay.unspoken_text,
+                    metrics=req.cycle.metrics(self._time()),
+                )
             )
             yield replay

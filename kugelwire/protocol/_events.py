@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeAlias
 
@@ -28,6 +28,7 @@ __all__ = [
     "TurnAborted",
     "TurnClosed",
     "TurnFinal",
+    "TurnMetrics",
     "TurnReplay",
     "TurnStarted",
     "Warning",
@@ -67,6 +68,54 @@ FATAL_CODES = frozenset(
         ErrorCode.MODEL_UNAVAILABLE,
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnMetrics:
+    """Timing and volume of one finished turn (stream), request (tts), flush-cycle or whole
+    context (multi), on its terminal event's ``metrics``.
+
+    Times are the ``now`` values the session was given (monotonic seconds), so two of them
+    subtract to an exact interval. ``first_text_at``: the turn's first text was sent (tts: the
+    request; a replayed turn keeps its first connection's times); ``flushed_at``: its flush (or
+    ``close``) was sent, None when it never was (cancelled before, or ended by the server's idle
+    flush); ``first_audio_at``: its first audio frame was received, None without audio;
+    ``ended_at``: its terminal event arrived. ``audio_seconds`` / ``audio_chunks``: the audio
+    delivered (duplicates and frames dropped after a cancel do not count). ``cancelled``: ended by
+    a cancel (or an immediate context close); ``reconnects``: how many times the connection was
+    re-established while the turn was unfinished (it was replayed on the new connection).
+    """
+
+    turn: int
+    context_id: str | None
+    first_text_at: float | None
+    flushed_at: float | None
+    first_audio_at: float | None
+    ended_at: float
+    audio_seconds: float
+    audio_chunks: int
+    cancelled: bool = False
+    reconnects: int = 0
+
+    @property
+    def time_to_first_audio(self) -> float | None:
+        """Seconds from the first text to the first audio (None without audio)."""
+        if self.first_audio_at is None or self.first_text_at is None:
+            return None
+        return self.first_audio_at - self.first_text_at
+
+    @property
+    def flush_to_first_audio(self) -> float | None:
+        """Seconds from the flush to the first audio (None without audio or flush; negative
+        when audio of complete sentences began before the flush)."""
+        if self.first_audio_at is None or self.flushed_at is None:
+            return None
+        return self.first_audio_at - self.flushed_at
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first text to the terminal event."""
+        return None if self.first_text_at is None else self.ended_at - self.first_text_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +235,9 @@ class TurnFinal:
     total_text_chunks: int | None = None
     total_audio_chunks: int | None = None
     context_id: str | None = None
+    #: multi: the flush-cycle's timing and volume (None on ``/ws/tts/stream``, where
+    #: :class:`TurnClosed` carries the turn's); not compared.
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +249,8 @@ class TurnClosed:
     total_audio_seconds: float | None = None
     total_text_chunks: int | None = None
     total_audio_chunks: int | None = None
+    #: Timing and volume of the turn (not compared: two events equal without it).
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +265,8 @@ class RequestFinal:
     rtf: float | None
     usage: Usage | None
     debug: Mapping[str, Any] | None = None
+    #: Timing and volume of the turn (not compared: two events equal without it).
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +280,8 @@ class Interrupted:
     turn: int | None
     context_id: str | None = None
     acknowledged: bool = True
+    #: Timing and volume of the turn (not compared: two events equal without it).
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +293,8 @@ class TurnAborted:
     audio_delivered: bool
     unspoken_text: str
     context_id: str | None = None
+    #: Timing and volume of the turn (not compared: two events equal without it).
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +348,8 @@ class ContextClosed:
 
     context_id: str
     usage: Usage | None = None
+    #: The whole context's timing and volume (``turn``: its last flush-cycle); not compared.
+    metrics: TurnMetrics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +379,9 @@ class TurnReplay:
     replayable: bool
     unspoken_text: str
     context_id: str | None = None
+    #: When the lost turn's first text and flush were sent (kept by a replay); not compared.
+    first_text_at: float | None = field(default=None, compare=False)
+    flushed_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

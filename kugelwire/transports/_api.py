@@ -160,8 +160,8 @@ def connector(
 def connect_error(core: ClientCore, timed_out: bool = False) -> KugelwireError:
     """What a failed ``connect_*`` raises."""
     if timed_out:
-        return ConnectionFailed(f"timed out connecting to {core.url}")
-    return core.error or ConnectionFailed(f"cannot connect to {core.url}")
+        return ConnectionFailed(f"timed out connecting to {core.display_url}")
+    return core.error or ConnectionFailed(f"cannot connect to {core.display_url}")
 
 
 # -- the async drivers' shared half ----------------------------------------------------------

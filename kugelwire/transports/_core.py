@@ -27,18 +27,27 @@ session and does everything that is not moving bytes or waiting:
   :class:`~kugelwire.errors.ServerRestarting` carrying its unspoken text. One attempt per
   incident (``max_restarts``); the counter resets once the new connection produced output.
 
+* **Metrics and logs.** The session puts a :class:`~kugelwire.protocol.TurnMetrics` on each
+  terminal event; the core adds the reconnects a replayed turn survived (and its first
+  connection's send times). It logs, with :mod:`logging`, one line per connection open and
+  close, per reconnect and per error frame (logger ``kugelwire.client``) and, at DEBUG, one line
+  per finished turn (``kugelwire.client.turns``); never per frame, never the API key.
+
 Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`,
 :meth:`next_deadline` and the command methods, always with a monotonic ``now``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random as _random
+import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import replace
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlsplit
 
 from ..errors import (
     AuthenticationError,
@@ -68,6 +77,7 @@ from ..protocol._events import (
     TurnAborted,
     TurnClosed,
     TurnFinal,
+    TurnMetrics,
     TurnReplay,
     TurnStarted,
     WordTimestamps,
@@ -90,6 +100,16 @@ Session = StreamClientSession | MultiClientSession | TTSClientSession
 _OUTPUT = (AudioChunk, GenerationStarted, WordTimestamps, ChunkComplete, TurnFinal)
 _RESTART = frozenset({1012, 1013})
 State = Literal["connecting", "open", "reconnecting", "closing", "closed"]
+#: Events that carry a turn's (or a multi flush-cycle's, or a context's) TurnMetrics.
+_WITH_METRICS = (TurnClosed, RequestFinal, Interrupted, TurnFinal, ContextClosed)
+_M = TypeVar("_M", bound=TurnClosed | RequestFinal | Interrupted | TurnFinal | ContextClosed)
+_API_KEY_IN_QUERY = re.compile(r"(api_key=)[^&#\s'\"]*", re.IGNORECASE)
+
+_log = logging.getLogger("kugelwire.client")
+# A library's logs are the application's to show: without a configured handler they go nowhere
+# (not to Python's last-resort stderr handler, which would print warnings into a CLI's output).
+_log.addHandler(logging.NullHandler())
+_turn_log = logging.getLogger("kugelwire.client.turns")
 
 
 def resolve_url(url: str, endpoint: str) -> str:
@@ -106,16 +126,36 @@ def resolve_url(url: str, endpoint: str) -> str:
 
 
 #: Event types that _route only queues on their buffer: (output that resets the restart count,
-#: ends the buffer). The same rules as _route's general path, looked up once by type.
+#: ends the buffer). The same rules as _route's general path, looked up once by type (terminal
+#: events, which carry metrics, take the general path).
 _QUEUED: dict[type[Any], tuple[bool, bool]] = {
     TurnStarted: (False, False),
     GenerationStarted: (False, False),
     WordTimestamps: (False, False),
     ChunkComplete: (False, False),
-    TurnFinal: (True, False),
-    TurnClosed: (True, True),
-    RequestFinal: (True, True),
 }
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _combined(before: TurnMetrics | None, after: TurnMetrics) -> TurnMetrics:
+    """``after`` with the audio and the first times of ``before`` (earlier work) added."""
+    if before is None:
+        return after
+    return replace(
+        after,
+        first_text_at=_earliest(before.first_text_at, after.first_text_at),
+        flushed_at=_earliest(before.flushed_at, after.flushed_at),
+        first_audio_at=_earliest(before.first_audio_at, after.first_audio_at),
+        audio_seconds=before.audio_seconds + after.audio_seconds,
+        audio_chunks=before.audio_chunks + after.audio_chunks,
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _audio_size(event: ClientEvent) -> int:
@@ -126,8 +166,10 @@ class EventBuffer:
     """Bounded-by-the-core queue of one turn's / request's / context's events."""
 
     __slots__ = (
+        "carried",
         "closing",
         "context_id",
+        "cycle_reconnects",
         "done",
         "dropped",
         "error",
@@ -137,6 +179,9 @@ class EventBuffer:
         "handle",
         "nbytes",
         "number",
+        "origin",
+        "reconnects",
+        "seen",
     )
 
     def __init__(self, number: int | None, context_id: str | None = None) -> None:
@@ -152,6 +197,13 @@ class EventBuffer:
         self.closing = False  # multi: close_context() was called
         #: a weak reference to the API's handle object for this buffer (set by the API layer)
         self.handle: Any = None
+        self.reconnects = 0  # reconnects this work was replayed across
+        self.cycle_reconnects = 0  # those not yet on a TurnMetrics (multi: the current cycle)
+        self.origin: TurnReplay | None = None  # its first replay: when its text was first sent
+        #: multi: the finished cycles' figures, all of them (``seen``) and those before the
+        #: last reconnect (``carried``: a ContextClosed only covers its own connection's).
+        self.seen: TurnMetrics | None = None
+        self.carried: TurnMetrics | None = None
 
     def __repr__(self) -> str:
         return f"<EventBuffer {self.context_id or self.number} events={len(self.events)}>"
@@ -245,6 +297,8 @@ class ClientCore:
         #: opened for this generation (adapters must not write them to an older socket).
         self.generation = 0
         self._stale = b""
+        self._attempt_at = now  # this connection's attempt began (its socket was opened)
+        self._opened_at: float | None = None  # its upgrade completed
         self.session: Session = self._new_session()
         self.conn = self._new_connection(now)
 
@@ -271,6 +325,11 @@ class ClientCore:
     @property
     def address(self) -> tuple[str, int]:
         return self.conn.address
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` with an API key in its query string masked (for messages and logs)."""
+        return self._redact(self.url)
 
     @property
     def secure(self) -> bool:
@@ -351,6 +410,7 @@ class ClientCore:
     def socket_opened(self, now: float) -> None:
         """The adapter opened the socket for a reconnect; the handshake bytes are queued."""
         self.reconnect_at = None
+        self._attempt_at = now
 
     def connect_failed(self, exc: BaseException, now: float) -> None:
         """Opening the socket failed (``OSError``, ``TimeoutError``, ``ssl.SSLError``...)."""
@@ -360,7 +420,7 @@ class ClientCore:
             self.conn.close()
         self._process(now)
         if not self.finished and not self.wants_socket:  # no retry due: close for good
-            self._terminate()
+            self._terminate(now)
 
     def fail(self, now: float, error: KugelwireError) -> None:
         """Give up on the connection now because of ``error`` (the adapter's I/O verdict, e.g.
@@ -384,7 +444,7 @@ class ClientCore:
             self.conn.receive_data(b"", now)
         self._process(now)
         if not self.finished:
-            self._terminate()
+            self._terminate(now)
 
     # -- commands ------------------------------------------------------------------------------
     def check_usable(self) -> None:
@@ -647,6 +707,8 @@ class ClientCore:
             if isinstance(cev, Connected):
                 if self.state in ("connecting", "reconnecting"):
                     self.state = "closing" if self._user_closing else "open"
+                    self._opened_at = now
+                    self._log_open()
             elif isinstance(cev, HandshakeRejected):
                 self._rejection = cev
             else:
@@ -665,12 +727,12 @@ class ClientCore:
             if restart:
                 self._restart([r for r in term.replay if r.replayable], now)
             else:
-                self._terminate()
+                self._terminate(now)
         elif self.kind == "tts" and self._user_closing:
             self._maybe_close_tts()
         closed = self.conn.state is ConnectionState.CLOSED and term is None
         if closed and not self.finished and not self.wants_socket:
-            self._terminate()  # a connection without session events ended
+            self._terminate(now)  # a connection without session events ended
 
     def _should_restart(self) -> bool:
         """Restart (1012/1013, HTTP 503) or, with ``reconnect=True``, reconnect after a drop."""
@@ -750,8 +812,10 @@ class ClientCore:
             return
         if isinstance(event, SettingsUpdated):
             self.settings = dict(event.settings)
-        if isinstance(event, ServerError) and event.fatal:
-            self._fatal = event
+        if isinstance(event, ServerError):
+            self._log_error(event)
+            if event.fatal:
+                self._fatal = event
         if isinstance(event, ConnectionTerminated):
             self.log.append(event)
             return
@@ -774,6 +838,15 @@ class ClientCore:
             else:
                 self._push(buf, event)
             return
+        if isinstance(event, _WITH_METRICS) and event.metrics is not None:
+            if buf.reconnects:
+                event = self._stamp(buf, event)
+            if self.kind == "multi" and not isinstance(event, ContextClosed):
+                metrics = event.metrics
+                assert metrics is not None
+                buf.seen = _combined(buf.seen, metrics)
+            if _turn_log.isEnabledFor(logging.DEBUG):
+                self._log_turn(event)
         terminal = isinstance(event, TurnClosed | RequestFinal | ContextClosed) or (
             isinstance(event, Interrupted) and self.kind != "multi"
         )
@@ -795,9 +868,10 @@ class ClientCore:
         ):
             self.conn.close(1000)
 
-    def _terminate(self) -> None:
+    def _terminate(self, now: float) -> None:
         """The connection is over for good: fail everything still waiting."""
         self.error = None if self._clean_end() else self._error("")
+        self._log_close(now, self.error)
         for buf in list(self._live):
             if buf.closing and self.kind == "multi":
                 self._end(buf)
@@ -831,15 +905,28 @@ class ClientCore:
         self.restarts += 1
         delay = self._restart_delay(retry)
         closed = self._closed
-        self.log.append(Reconnecting(
+        reconnecting = Reconnecting(
             attempt=self._restarts_in_row,
             code=None if closed is None else closed.code,
             reason=self._drop_reason(),
             delay=delay,
             replayed=tuple(sorted(str(k) for k in replayed)),
-        ))
+        )
+        self.log.append(reconnecting)
+        self._log_close(now, None)
+        self._log_reconnect(reconnecting)
         old_numbers = dict(self._by_number)
         old_contexts = dict(self._by_context)
+        for r in replays:  # the work carried over counts the reconnect in its TurnMetrics
+            carried = (
+                old_numbers.get(r.turn) if r.context_id is None else old_contexts.get(r.context_id)
+            )
+            if carried is not None:
+                carried.reconnects += 1
+                carried.cycle_reconnects += 1
+                carried.carried = carried.seen
+                if carried.origin is None:
+                    carried.origin = r
         self._by_number = {}
         self._by_context = {}
         self._rejection = self._closed = self._fatal = None
@@ -849,6 +936,7 @@ class ClientCore:
         self.session = self._new_session()
         self.conn = self._new_connection(now, delay)
         self.generation += 1
+        self._attempt_at, self._opened_at = now + delay, None
         self.state = "reconnecting"
         self.reconnect_at = now + delay
         session = self.session
@@ -882,6 +970,118 @@ class ClientCore:
             if not isinstance(event, TurnStarted):  # the replayed work announced itself already
                 self._route(event, False)
 
+    # -- metrics and logs (once per turn or connection, never per frame) ---------------------
+    def _stamp(self, buf: EventBuffer, event: _M) -> _M:
+        """``event`` with the reconnects ``buf`` survived (and, for the turn / cycle that was
+        replayed, its first connection's send times) on its metrics."""
+        metrics = event.metrics
+        assert metrics is not None
+        changes: dict[str, Any]
+        origin = buf.origin
+        if isinstance(event, ContextClosed):
+            changes = {"reconnects": buf.reconnects}
+            if buf.carried is not None:
+                metrics = _combined(buf.carried, metrics)
+        elif buf.cycle_reconnects:
+            changes = {"reconnects": buf.cycle_reconnects}
+            buf.cycle_reconnects = 0
+            buf.origin = None
+        else:
+            return event
+        if origin is not None:
+            first = origin.first_text_at
+            if first is not None and (metrics.first_text_at is None or
+                                      first < metrics.first_text_at):
+                changes["first_text_at"] = first
+            if origin.flushed_at is not None and not isinstance(event, ContextClosed):
+                changes["flushed_at"] = origin.flushed_at
+        return replace(event, metrics=replace(metrics, **changes))
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key (given, percent-encoded, or in a URL's query)."""
+        key = self._conn_options["api_key"]
+        if key:
+            text = text.replace(key, "***").replace(quote(key, safe=""), "***")
+        return _API_KEY_IN_QUERY.sub(r"\1***", text)
+
+    def _fields(self) -> dict[str, Any]:
+        host, port = self.conn.address
+        return {"endpoint": ENDPOINT[self.kind], "peer": f"{host}:{port}"}
+
+    def _log_open(self) -> None:
+        if not _log.isEnabledFor(logging.INFO):
+            return
+        fields = self._fields()
+        _log.info(
+            "open endpoint=%s peer=%s secure=%s connection=%d", fields["endpoint"],
+            fields["peer"], self.secure, self.generation,
+            extra={"kugelwire_event": "open", **fields, "connection": self.generation},
+        )
+
+    def _log_close(self, now: float, error: KugelwireError | None) -> None:
+        level = logging.INFO if error is None else logging.WARNING
+        if not _log.isEnabledFor(level):
+            return
+        closed, rejection = self._closed, self._rejection
+        code = None if closed is None else closed.code
+        reason = self._redact(closed.reason) if closed is not None else ""
+        status = None if rejection is None else rejection.status_code
+        start = self._opened_at if self._opened_at is not None else self._attempt_at
+        duration = max(0.0, now - start)
+        what = None if error is None else self._redact(f"{type(error).__name__}: {error.message}")
+        fields = self._fields()
+        _log.log(
+            level,
+            "close endpoint=%s peer=%s code=%s reason=%r connected=%s duration_s=%.3f%s%s",
+            fields["endpoint"], fields["peer"], code, reason, self._opened_at is not None,
+            duration, "" if status is None else f" http_status={status}",
+            "" if what is None else f" error={what!r}",
+            extra={"kugelwire_event": "close", **fields, "code": code, "reason": reason,
+                   "http_status": status, "connected": self._opened_at is not None,
+                   "duration_s": duration, "error": what, "connection": self.generation},
+        )
+
+    def _log_reconnect(self, event: Reconnecting) -> None:
+        if not _log.isEnabledFor(logging.INFO):
+            return
+        fields = self._fields()
+        reason = self._redact(event.reason)
+        _log.info(
+            "reconnect endpoint=%s peer=%s attempt=%d code=%s reason=%r delay_s=%.3f replayed=%s",
+            fields["endpoint"], fields["peer"], event.attempt, event.code, reason, event.delay,
+            ",".join(event.replayed) or "-",
+            extra={"kugelwire_event": "reconnect", **fields, "attempt": event.attempt,
+                   "code": event.code, "reason": reason, "delay_s": event.delay,
+                   "replayed": event.replayed},
+        )
+
+    def _log_error(self, event: ServerError) -> None:
+        if not _log.isEnabledFor(logging.WARNING):
+            return
+        fields = self._fields()
+        message = self._redact(event.message)
+        _log.warning(
+            "error endpoint=%s peer=%s error_code=%s status=%s message=%r turn=%s "
+            "context_id=%s fatal=%s",
+            fields["endpoint"], fields["peer"], event.code.value, event.status, message,
+            event.turn, event.context_id, event.fatal,
+            extra={"kugelwire_event": "error", **fields, "error_code": event.code.value,
+                   "status": event.status, "error_message": message, "turn": event.turn,
+                   "context_id": event.context_id, "fatal": event.fatal},
+        )
+
+    def _log_turn(self, event: Any) -> None:
+        m: TurnMetrics = event.metrics
+        what = "context" if isinstance(event, ContextClosed) else "turn"
+        _turn_log.debug(
+            "%s endpoint=%s turn=%d context_id=%s ttfa_s=%s flush_ttfa_s=%s audio_s=%.3f "
+            "chunks=%d cancelled=%s reconnects=%d",
+            what, ENDPOINT[self.kind], m.turn, m.context_id, _seconds(m.time_to_first_audio),
+            _seconds(m.flush_to_first_audio), m.audio_seconds, m.audio_chunks, m.cancelled,
+            m.reconnects,
+            extra={"kugelwire_event": what, "endpoint": ENDPOINT[self.kind], "metrics": m},
+        )
+
     def _drop_reason(self) -> str:
         if self._connect_exc is not None:
             return f"connect failed: {self._connect_exc}"
@@ -904,7 +1104,7 @@ class ClientCore:
             error = type(io_error)(io_error.message)
             error.__cause__ = io_error.__cause__
         elif exc is not None:
-            error = ConnectionFailed(f"cannot connect to {self.url}: {exc}")
+            error = ConnectionFailed(f"cannot connect to {self.display_url}: {exc}")
             error.__cause__ = exc
         elif rejection is not None:
             msg = f"HTTP {rejection.status_code} at the upgrade: {rejection.message}"
@@ -938,7 +1138,7 @@ class ClientCore:
             elif fatal is not None:
                 error = ServerErrorResponse(fatal)
             elif self.state == "connecting" and code is None:
-                error = ConnectionFailed(f"cannot connect to {self.url}: {reason}")
+                error = ConnectionFailed(f"cannot connect to {self.display_url}: {reason}")
             else:
                 error = ConnectionClosedError(
                     msg, code=code, reason=reason, unspoken_text=unspoken
