@@ -153,10 +153,21 @@ def rss_of(pid: int | None = None) -> int:
     raise RuntimeError(f"no VmRSS in {path}")
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``), so memory an earlier
+    test freed is not silently reused by the next attack without its RSS growing."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 class RssPeak:
     """The peak RSS of a process while an attack runs, sampled every 5 ms in a thread.
 
-    ``baseline`` is taken when the sampler starts (start it after a warm-up); ``stop()``
+    ``baseline`` is taken when the sampler starts (start it after a warm-up; for this process
+    after handing freed heap memory back, see :func:`_trim`); ``stop()``
     returns the growth of the peak over it in KiB, so a short spike between two end readings
     still counts."""
 
@@ -164,6 +175,8 @@ class RssPeak:
         import threading
 
         self.pid = pid
+        if pid is None:
+            _trim()
         self.baseline = rss_of(pid)
         self.peak = self.baseline
         self._stop = threading.Event()
