@@ -228,6 +228,8 @@ class _Conn:
 
     def _register(self, mask: int) -> None:
         sel = self.server._sel
+        if mask == self.mask:  # e.g. closing a paused connection: it is not registered
+            return
         if not self.mask:
             sel.register(self.sock, mask, self._ready)
         elif not mask:

@@ -100,17 +100,24 @@ class KugelwireASGI:
         for peer in list(self.core.connections):
             peer.owner.kick()
 
-    def _schedule(self) -> None:
+    def _schedule(self, here: _Socket) -> None:
+        """Start the jobs the core hands out, each in its socket's task group; a job of a
+        socket whose task group has ended (a generator of a closed connection, closed once a
+        slot is free) runs in the task group of ``here``, the socket whose task calls this
+        (none yet before its handshake: the jobs wait in the core for the next call)."""
+        if here.tasks is None:
+            return
         for job in self.core.take_jobs():
-            job.peer.owner.tasks.start_soon(self._run_job, job)
+            host = job.peer.owner if job.peer.owner.tasks is not None else here
+            host.tasks.start_soon(self._run_job, job, host)
 
-    async def _run_job(self, job: EngineJob) -> None:
+    async def _run_job(self, job: EngineJob, host: _Socket) -> None:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.options.slots)
         item, seconds, error = await anyio.to_thread.run_sync(advance, job, limiter=self._limiter)
         self.core.job_done(job, item, seconds, error, anyio.current_time())
         job.peer.owner.kick()
-        self._schedule()
+        self._schedule(host)
 
 
 class _Socket:
@@ -127,7 +134,7 @@ class _Socket:
     def kick(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
-        self.app._schedule()
+        self.app._schedule(self)
 
     async def run(self) -> None:
         scope, conn = self.scope, self.conn
@@ -143,20 +150,25 @@ class _Socket:
             await self.send({"type": "websocket.http.response.body", "body": answer.body})
             return
         await self.send({"type": "websocket.accept", "headers": list(answer.headers)})
-        async with anyio.create_task_group() as tasks:
-            self.tasks = tasks
-            reader = anyio.CancelScope()
-            tasks.start_soon(self._reader, reader)
-            try:
-                await self._writer()
-            finally:
-                reader.cancel()
-                code = self._peer_code if self._peer_code is not None else conn.close_code
-                conn.connection_lost(code, anyio.current_time())
-                self.kick()  # jobs to close start in this task group, which waits for them
+        try:
+            async with anyio.create_task_group() as tasks:
+                self.tasks = tasks
+                reader = anyio.CancelScope()
+                tasks.start_soon(self._reader, reader)
+                try:
+                    await self._writer()
+                finally:
+                    reader.cancel()
+                    code = self._peer_code if self._peer_code is not None else conn.close_code
+                    conn.connection_lost(code, anyio.current_time())
+                    self.kick()  # jobs to close start in this task group, which waits for them
+        finally:
+            self.tasks = None  # ended: later jobs of this connection run elsewhere
 
     async def _reader(self, scope: anyio.CancelScope) -> None:
         conn = self.conn
+        burst, pause = self.app.options.frame_burst, self.app.options.frame_burst_pause
+        handled = 0
         with scope:
             while True:
                 message = await self.receive()
@@ -172,6 +184,14 @@ class _Socket:
                     self.kick()
                     return
                 self.kick()
+                # receive() returns queued messages without suspending, so a flood of tiny
+                # frames would hold the event loop: as on the other backends, a whole burst
+                # of frames waits frame_burst_pause, and the others run between two messages
+                handled += 1
+                if handled % burst:
+                    await anyio.lowlevel.checkpoint()
+                else:
+                    await anyio.sleep(pause)
 
     async def _writer(self) -> None:
         conn = self.conn
@@ -183,7 +203,7 @@ class _Socket:
                     await self.send({"type": "websocket.send", "text": text})
                     left -= len(text)
                     conn.report_buffered(left)
-                    self.app._schedule()
+                    self.app._schedule(self)
                 if conn.close_code is not None:
                     await self.send({"type": "websocket.close", "code": conn.close_code})
                     return
@@ -194,7 +214,7 @@ class _Socket:
                 await changed.wait()
             if deadline is not None and anyio.current_time() >= deadline:
                 conn.handle_timeout(anyio.current_time())
-                self.app._schedule()
+                self.app._schedule(self)
 
 
 def create_app(options: ServerOptions | None = None, **kwargs: Any) -> KugelwireASGI:

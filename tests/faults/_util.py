@@ -141,3 +141,63 @@ def server_process(api_key: str, realtime_factor: float = 1.0) -> Iterator[tuple
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def rss_of(pid: int | None = None) -> int:
+    """``VmRSS`` in KiB of process ``pid`` (default: this process)."""
+    path = "/proc/self/status" if pid is None else f"/proc/{pid}/status"
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS in {path}")
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``), so memory an earlier
+    test freed is not silently reused by the next attack without its RSS growing."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+class RssPeak:
+    """The peak RSS of a process while an attack runs, sampled every 5 ms in a thread.
+
+    ``baseline`` is taken when the sampler starts (start it after a warm-up; for this process
+    after handing freed heap memory back, see :func:`_trim`); ``stop()``
+    returns the growth of the peak over it in KiB, so a short spike between two end readings
+    still counts."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        import threading
+
+        self.pid = pid
+        if pid is None:
+            _trim()
+        self.baseline = rss_of(pid)
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError):  # the process may be gone
+                self.peak = max(self.peak, rss_of(self.pid))
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(2)
+        with contextlib.suppress(OSError, RuntimeError):
+            self.peak = max(self.peak, rss_of(self.pid))
+        return self.peak - self.baseline
+
+    def __enter__(self) -> RssPeak:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

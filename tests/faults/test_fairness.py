@@ -24,39 +24,60 @@ from typing import Any
 
 import pytest
 
-from kugelwire.server import run_in_thread
+from kugelwire.server import BACKENDS, run_in_thread
 from kugelwire.synth import ToneEngine
-from tests.faults._util import client_frame, server_frames, text_frame, upgrade_request
+from tests.faults._util import (
+    RssPeak,
+    client_frame,
+    server_frames,
+    text_frame,
+    upgrade_request,
+)
 from tests.faults.test_hostile_peer import KEY, Bystander, _open
 
 pytestmark = pytest.mark.timeout(90)
 
-BACKENDS = ["asyncio", "trio", "anyio", "sync"]
 
 
 _CHILD = """
-import sys, time
-from kugelwire.server import run_in_thread
+import json, socket, sys, time
 from kugelwire.synth import ToneEngine
-with run_in_thread(backend=sys.argv[1], api_key=sys.argv[2],
-                   engine=ToneEngine(piece_ms=20)) as server:
-    print(server.port, flush=True)
-    time.sleep(120)
+kind, key, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+engine = ToneEngine(piece_ms=options.pop("piece_ms", 20))
+if kind == "uvicorn":
+    import uvicorn
+    from kugelwire.server.asgi import create_app
+    sock = socket.create_server(("127.0.0.1", 0))  # listening: early connects queue
+    print(sock.getsockname()[1], flush=True)
+    app = create_app(api_key=key, engine=engine, **options)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+else:
+    from kugelwire.server import BACKENDS, run_in_thread
+    with run_in_thread(backend=kind, api_key=key, engine=engine, **options) as server:
+        print(server.port, flush=True)
+        time.sleep(120)
 """
+
+#: Every backend and the ASGI app under uvicorn, each in a child process.
+SERVER_KINDS = [*BACKENDS, "uvicorn"]
 
 
 class _Child:
-    """A server of ``backend`` in a child process (its own interpreter lock, like a real
-    deployment), with ``url`` and ``port`` like a handle."""
+    """A server of ``backend`` (or the ASGI app under uvicorn) in a child process (its own
+    interpreter lock, like a real deployment, and its own RSS: ``pid``), with ``url`` and
+    ``port`` like a handle. ``options`` are server options, and ``piece_ms`` the tone engine's
+    piece size (default 20)."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, **options: Any) -> None:
+        pytest.importorskip({"uvicorn": "uvicorn", "trio": "trio"}.get(backend, "anyio"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, backend, KEY], stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-c", _CHILD, backend, KEY, json.dumps(options)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the server process did not start")
+        self.pid = self.proc.pid
         self.port = int(line)
         self.url = f"ws://127.0.0.1:{self.port}"
 
@@ -91,10 +112,13 @@ class _Drain:
             self.bytes += len(chunk)
 
     def join(self) -> None:
+        """End the socket (a blocked ``recv`` wakes: closing alone would not) and the thread."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "sync", "trio"])
+@pytest.mark.parametrize("backend", SERVER_KINDS)
 def test_tiny_frame_flood_does_not_starve_another_turn(backend: str) -> None:
     """One connection sending 8-byte ``{}`` frames as fast as it can (the attack
     sent 1.4 M in 20 s) made every other turn take ~6 s. The core now handles a bounded number
@@ -103,25 +127,23 @@ def test_tiny_frame_flood_does_not_starve_another_turn(backend: str) -> None:
     server runs in a child process: its own interpreter lock, as deployed)."""
     tiny = client_frame(b"{}", opcode=0x1)
     burst = tiny * 8192  # 64 KiB
-    if backend == "trio":
-        pytest.importorskip("trio")
     with _Child(backend) as server, Bystander(server.url) as bystander:
         sock, rest = _open(server.port)
-        sock.settimeout(10)  # the drain's reads and the flood's writes alike
+        sock.settimeout(0.2)  # the drain retries its reads; a blocked write is retried too
         drain = _Drain(sock, rest)
-        sent = 0
+        sent = 0  # bytes
         start = time.monotonic()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(ConnectionError):  # the flood lasts 4 s, however throttled
             while time.monotonic() - start < 4.0:
-                sock.sendall(burst)
-                sent += 8192
+                with contextlib.suppress(TimeoutError):
+                    sent += sock.send(burst[sent % len(burst):])
+        sent //= len(tiny)  # frames
         end = time.monotonic()
-        with contextlib.suppress(OSError):
-            sock.close()
         drain.join()
+        sock.close()
         time.sleep(0.3)
         print(f"flood: {sent} frames in {end - start:.1f} s; bystander turns "
-              f"{len(bystander.latencies)}, max {max(bystander.latencies):.3f} s")
+              f"{len(bystander.latencies)}, max {max(bystander.latencies, default=0):.3f} s")
     assert sent > 50_000  # it really flooded
     bystander.check(start, end)
 
@@ -207,30 +229,67 @@ def test_memory_budget_sheds_new_turns_and_connections(backend: str) -> None:
     assert _errors(frames) == [] and any(isinstance(f, dict) and "final" in f for f in frames)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "sync"])
+#: One tenant's attack: 20 contexts of 100,000 characters each (every limit at its default:
+#: ``max_contexts`` and ``max_text_chars``), 2 M characters, within ``max_connection_buffer``.
+CONTEXTS, CHARS = 20, 100_000
+#: What ``docs/limits.md`` lets one connection hold: about 8 MiB of RSS for its 2 MiB counted
+#: (text + unsent audio), and one message still arriving (1 MiB). The tenants never read.
+PER_CONNECTION_KIB = (8 + 1) * 1024
+TENANTS = 3
+SLACK_KIB = 16 * 1024  # allocator arenas, engine threads, the bystander's connection
+PIECE_MS = 200  # big pieces: audio piles up fast where nothing bounds it
+#: How long the idle tenants hold on: the capped server plateaus within ~2 s, while without
+#: the caps the pure-Python tone engine's output piles up at ~20 MiB/s (past the bound at ~3 s).
+IDLE_S = 4.0
+
+
+def _tenant(port: int) -> tuple[socket.socket, bytes]:
+    """A connection that opens 20 contexts of 100,000 characters each and never reads."""
+    sock, rest = _open(port, upgrade_request("/ws/tts/multi", key=KEY))
+    sock.settimeout(10)
+    text = "Hello there, how are you. " * (CHARS // 26)
+    sock.sendall(b"".join(
+        text_frame({"text": " ", "context_id": f"c{i}", "voice_settings": {"voice_id": 1}})
+        + text_frame({"text": text, "context_id": f"c{i}"})
+        + text_frame({"flush": True, "context_id": f"c{i}"})
+        for i in range(CONTEXTS)))
+    return sock, rest
+
+
+@pytest.mark.parametrize("backend", SERVER_KINDS)
 def test_twenty_busy_contexts_do_not_starve_another_connection(backend: str) -> None:
     """Ten connections holding 20 contexts of long text each made another client's turn take
-    11.4 s on the old FIFO scheduler. Another client's turns must stay under 1 s while one
-    connection keeps 20 contexts busy (a guard on sockets; the slot-share rule itself is
-    pinned by the sans-IO test in ``tests/server/test_fair_share.py``)."""
-    with _Child(backend) as server:
-        sock, rest = _open(server.port, upgrade_request("/ws/tts/multi", key=KEY))
-        sock.settimeout(10)
-        drain = _Drain(sock, rest)
-        burst = b"".join(
-            text_frame({"text": " ", "context_id": f"c{i}", "voice_settings": {"voice_id": 1}})
-            + text_frame({"text": "Hello there, how are you. " * 300, "context_id": f"c{i}"})
-            + text_frame({"flush": True, "context_id": f"c{i}"})
-            for i in range(20))
-        sock.sendall(burst)
+    11.4 s on the old FIFO scheduler, and 20 of them added 681 MiB.
+
+    Memory: three tenants that never read (their audio stays unsent) may grow the server's
+    peak RSS (the child process, sampled every 5 ms after a warm-up turn) by at most the
+    documented per-connection budget each. Without the caps (``max_connection_buffer``,
+    ``write_buffer_limit``, ``memory_budget`` lifted) the same 4 s grew it by 48-119 MiB.
+
+    Fairness: another client's turns must stay under 1 s while one connection keeps 20
+    contexts busy (a guard on sockets; the slot-share rule itself is pinned by the sans-IO
+    test in ``tests/server/test_fair_share.py``)."""
+    with _Child(backend, piece_ms=PIECE_MS) as server:
+        with Bystander(server.url):  # warm-up: imports, engine, the first turn
+            pass
+        peak = RssPeak(server.pid)
+        idle = [_tenant(server.port) for _ in range(TENANTS)]  # these never read
+        time.sleep(IDLE_S)
+        growth = peak.stop()
+        for other, _ in idle:
+            other.close()
+        sock, rest = _tenant(server.port)
+        drain = _Drain(sock, rest)  # this tenant reads: its contexts keep the engine busy
         time.sleep(0.3)
         with Bystander(server.url) as bystander:
             start = time.monotonic()
-            time.sleep(3.0)
+            time.sleep(2.0)
             end = time.monotonic()
-        with contextlib.suppress(OSError):
-            sock.close()
         drain.join()
-    print(f"busy contexts: bystander turns {len(bystander.latencies)}, "
-          f"max {max(bystander.latencies):.3f} s")
+        sock.close()
+    print(f"busy contexts ({backend}): bystander turns {len(bystander.latencies)}, "
+          f"max {max(bystander.latencies, default=0):.3f} s; server RSS +{growth} KiB at its peak "
+          f"(baseline {peak.baseline} KiB)")
+    bound = TENANTS * PER_CONNECTION_KIB + SLACK_KIB
+    assert growth <= bound, f"server RSS grew {growth} KiB at its peak (bound {bound} KiB)"
     bystander.check(start, end)
