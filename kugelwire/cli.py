@@ -576,11 +576,20 @@ async def _cmd_stream(args: argparse.Namespace) -> int:
     return await _run_client(args, _stdin_tokens(sys.stdin))
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when the
+    handler was made (a program, or a test, may replace it later)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _log_to_stderr() -> None:
     """The server's log lines (warnings and up) on stderr, prefixed like every CLI line."""
     logger = logging.getLogger("kugelwire")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("kugelwire: %(message)s"))
         logger.addHandler(handler)
         if logger.level == logging.NOTSET:

@@ -707,3 +707,24 @@ def test_serve_uses_the_key_file(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
+
+
+def test_cli_log_lines_go_to_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The handler must not keep the stderr of its set-up: a later replacement (a test's capture,
+    # an application's redirect) gets the lines, and a closed one is never written to.
+    import io
+    import logging
+
+    from kugelwire import cli
+
+    logger = logging.getLogger("kugelwire")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    cli._log_to_stderr()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("kugelwire.client").warning("a line for the current stderr")
+    assert second.getvalue() == "kugelwire: a line for the current stderr\n"
