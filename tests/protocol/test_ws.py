@@ -141,11 +141,13 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Split unmasked server→client bytes into ``(opcode, payload)``."""
+    """Split frames into ``(opcode, payload)``: unmasked (server→client) or masked (a client's,
+    unmasked here with the frame's own key)."""
     out = []
     i = 0
     while i < len(data):
         opcode = data[i] & 0x0F
+        masked = data[i + 1] & 0x80
         n = data[i + 1] & 0x7F
         i += 2
         if n == 126:
@@ -154,7 +156,12 @@ def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
         elif n == 127:
             (n,) = struct.unpack("!Q", data[i : i + 8])
             i += 8
-        out.append((opcode, data[i : i + n]))
+        key = data[i : i + 4] if masked else b""
+        i += len(key)
+        payload = data[i : i + n]
+        if key:
+            payload = bytes(b ^ key[j % 4] for j, b in enumerate(payload))
+        out.append((opcode, payload))
         i += n
     return out
 
@@ -617,7 +624,9 @@ def test_ping_timeout_closes_1011() -> None:
     client.data_to_send()  # the ping is lost
     client.handle_timeout(20.0)
     assert client.state is ConnectionState.CLOSED
-    assert parse_frames(client.data_to_send().replace(KEY, b""))  # a close frame went out
+    frames = parse_frames(client.data_to_send())
+    assert frames and frames[0][0] == 0x8  # a close frame went out
+    assert struct.unpack("!H", frames[0][1][:2]) == (1011,)
     closed = [e for e in client.events() if isinstance(e, ConnectionClosed)]
     assert closed == [ConnectionClosed(1011, "keepalive ping timeout", False)]
     assert csess.lost == [(1011, "keepalive ping timeout")]
