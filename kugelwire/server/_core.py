@@ -858,12 +858,22 @@ def http_response(
 ) -> Handshake:
     """The answer to a plain HTTP request: with ``options``, the REST routes under ``/v1/``
     (the sockets' auth); the playground; 404 / 405 otherwise."""
-    rest = None if options is None or not path.startswith("/v1/") else options.rest_handler()
-    if rest is not None and options is not None:
-        return _rest_response(rest, options, method, path, query, headers)
     if method not in ("GET", "HEAD"):
         return Handshake(405, [(b"allow", b"GET, HEAD")])
-    response = handler(path) if handler is not None else None
+    rest = None if options is None or not path.startswith("/v1/") else options.rest_handler()
+    if rest is not None and options is not None:
+        key = options.api_key.encode() if options.api_key is not None else None
+        if not authorized(key, query, headers, x_api_key=True):
+            return Handshake(401, [(b"content-type", b"application/json")],
+                             _frame(_UNAUTHORIZED).encode())
+        return _answer(method, rest(path, query))
+    return _answer(method, handler(path) if handler is not None else None)
+
+
+def _answer(
+    method: str, response: tuple[int, list[tuple[bytes, bytes]], bytes] | None
+) -> Handshake:
+    """A route's answer (None: 404); a HEAD request gets its headers without the body."""
     if response is None:
         return Handshake(404, [(b"content-type", b"application/json")],
                          _frame(_NOT_FOUND).encode())
@@ -871,31 +881,6 @@ def http_response(
     if method == "HEAD":
         return Handshake(status, Handshake(status, headers, body).with_length())
     return Handshake(status, headers, body)
-
-
-def _rest_response(
-    rest: RestHandler,
-    options: ServerOptions,
-    method: str,
-    path: str,
-    query: str,
-    headers: Sequence[tuple[bytes, bytes]],
-) -> Handshake:
-    """``GET /v1/...`` as the byte-level connection answers it (405, 401, 404 or the route)."""
-    if method not in ("GET", "HEAD"):
-        return Handshake(405, [(b"allow", b"GET, HEAD")])
-    key = options.api_key.encode() if options.api_key is not None else None
-    if not authorized(key, query, headers, x_api_key=True):
-        return Handshake(401, [(b"content-type", b"application/json")],
-                         _frame(_UNAUTHORIZED).encode())
-    response = rest(path, query)
-    if response is None:
-        return Handshake(404, [(b"content-type", b"application/json")],
-                         _frame(_NOT_FOUND).encode())
-    status, extra, body = response
-    if method == "HEAD":
-        return Handshake(status, Handshake(status, extra, body).with_length())
-    return Handshake(status, extra, body)
 
 
 class MessageConnectionCore(_Peer):
