@@ -54,6 +54,9 @@ __all__ = [
     "connector",
 ]
 
+#: Bytes asked of the socket per read, in every adapter: at most one such read arrives past
+#: the buffering bound before reading pauses.
+READ_SIZE = 65536
 _R = TypeVar("_R")
 _R_co = TypeVar("_R_co", covariant=True)
 _H = TypeVar("_H")

@@ -28,7 +28,7 @@ from ._core import ClientCore
 
 __all__ = ["TaskDriver"]
 
-READ_SIZE = 65536
+READ_SIZE = _api.READ_SIZE
 #: Unwritten bytes above which ``send()`` writes (and waits) itself instead of handing over.
 HIGH_WATER = 65536
 

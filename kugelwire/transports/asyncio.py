@@ -42,19 +42,18 @@ __all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTT
 
 
 _COALESCE = 16
-_READ_SIZE = 65536  # bytes per socket read
 
 
 class _Pipe(asyncio.BufferedProtocol):
     """One socket's callbacks, handed to the driver (late ones of an old socket are ignored).
 
-    Reads go into a buffer of :data:`_READ_SIZE` bytes (as in the other adapters): the most
-    that can arrive past the buffering bound before reading pauses is one such read (a plain
+    Reads go into a buffer of ``READ_SIZE`` bytes (as in the other adapters): the most that
+    can arrive past the buffering bound before reading pauses is one such read (a plain
     ``Protocol`` gets whatever the transport reads at once, up to 256 KiB)."""
 
     def __init__(self, driver: _Driver) -> None:
         self.driver = driver
-        self._buffer = memoryview(bytearray(_READ_SIZE))
+        self._buffer = memoryview(bytearray(_api.READ_SIZE))
         self.transport: asyncio.Transport | None = None
         self.writable = asyncio.Event()
         self.writable.set()

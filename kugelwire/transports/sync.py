@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from ..errors import SendBufferFull
 from ..protocol._events import ClientEvent
 from ._api import (
+    READ_SIZE,
     TTS,
     Connect,
     ConnectOptions,
@@ -59,7 +60,6 @@ __all__ = [
     "connect_tts",
 ]
 
-_READ_SIZE = 65536
 _R = TypeVar("_R")
 #: Unwritten bytes above which a command waits for the I/O thread to write (see _drain).
 _HIGH_WATER = 8 * 2**20
@@ -376,7 +376,7 @@ class _Driver:
                             pass
                 if sock is not None and sock in ready:
                     try:
-                        data = sock.recv(_READ_SIZE)
+                        data = sock.recv(READ_SIZE)
                     except (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
                         continue  # a partial TLS record: nothing to hand on yet
                     except OSError:
