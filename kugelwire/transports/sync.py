@@ -27,7 +27,7 @@ import ssl as _ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..errors import SendBufferFull
 from ..protocol._events import ClientEvent
@@ -100,15 +100,7 @@ class _Driver:
     def call(self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any) -> _R:
         """Run a core command under the lock, then wake the I/O thread to write (``urgent``,
         or a flush: write it from this thread, see :meth:`_write_direct`)."""
-        urgent = urgent or bool(kwargs.get("flush"))
-        with self.cond:
-            self._step_aside()
-            result = fn(*args, now=time.monotonic(), **kwargs)
-            wake = self._write_direct() if urgent else True
-        if wake:
-            self.kick()
-        self._drain()
-        return result
+        return cast(_R, self._command(None, fn, args, kwargs, urgent))
 
     def call_handle(
         self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
@@ -116,15 +108,23 @@ class _Driver:
     ) -> _H:
         """:meth:`call`, turning the result into a handle under the same lock (events the
         I/O thread routes meanwhile must find the buffer claimed)."""
+        return cast(_H, self._command(make, fn, args, kwargs, urgent))
+
+    def _command(
+        self, make: Callable[[Any], Any] | None, fn: Callable[..., Any],
+        args: tuple[Any, ...], kwargs: dict[str, Any], urgent: bool,
+    ) -> Any:
         urgent = urgent or bool(kwargs.get("flush"))
         with self.cond:
             self._step_aside()
-            handle = make(fn(*args, now=time.monotonic(), **kwargs))
+            result = fn(*args, now=time.monotonic(), **kwargs)
+            if make is not None:
+                result = make(result)
             wake = self._write_direct() if urgent else True
         if wake:
             self.kick()
         self._drain()
-        return handle
+        return result
 
     def _write_direct(self) -> bool:
         """(Lock held, after an urgent command: a flush, a cancel, a request.) Write the
@@ -148,10 +148,8 @@ class _Driver:
         if data:
             try:
                 sent = sock.send(data)
-            except (BlockingIOError, _ssl.SSLWantWriteError, _ssl.SSLWantReadError):
+            except OSError:  # would block (TLS too), or an error the I/O thread's write sees
                 sent = 0
-            except OSError:
-                sent = 0  # the I/O thread's own write sees the error
             if sent < len(data):
                 self._pending += data[sent:] if sent else data
                 return True
