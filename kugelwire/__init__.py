@@ -1,6 +1,6 @@
 """kugelwire: the KugelAudio streaming TTS WebSocket protocol, sans-IO."""
 
-from kugelwire.protocol._events import TurnMetrics
+from kugelwire.protocol.events import TurnMetrics
 
 __all__ = ["TurnMetrics", "__version__"]
 

@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import AuthenticationError, ConnectionFailed, KugelwireError, RateLimitError
-from .protocol import OUTPUT_FORMATS, SAMPLE_RATES
-from .protocol._errors import LocalProtocolError
-from .protocol._events import (
+from .protocol.config import OUTPUT_FORMATS, SAMPLE_RATES
+from .protocol.errors import LocalProtocolError
+from .protocol.events import (
     AudioChunk,
     ClientEvent,
     ContextClosed,
@@ -54,7 +54,8 @@ from .protocol._events import (
     TurnClosed,
     WordTimestamps,
 )
-from .protocol._messages import Usage, WordTimestamp
+from .protocol.messages import Usage, WordTimestamp
+from .protocol.ws import ENDPOINT_KINDS
 from .synth import Engine, ToneEngine
 
 __all__ = [
@@ -251,10 +252,10 @@ def _on_event(ev: ClientEvent, result: SpeakResult, progress: _Progress, now: fl
                 ev.usage.model_id,
             )
     elif isinstance(ev, ServerError):
-        if ev.code in _REFUSED:  # the turn never started on the server: nothing will come
-            raise CliError(f"the server refused the request: {ev.code.value}: {ev.message}"
+        if ev.error_code in _REFUSED:  # the turn never started on the server: nothing will come
+            raise CliError(f"the server refused the request: {ev.error_code.value}: {ev.message}"
                            + (" (list the voices with: kugelwire voices)"
-                              if ev.code is ErrorCode.NOT_FOUND else ""))
+                              if ev.error_code is ErrorCode.NOT_FOUND else ""))
         result.errors.append(f"{ev.code.value}: {ev.message}")
     elif isinstance(ev, Interrupted):
         result.errors.append("the turn was interrupted")
@@ -857,7 +858,7 @@ def _conformance(args: argparse.Namespace) -> int:
         from .conformance import format_transcript, run
     except ImportError as exc:  # pragma: no cover - hypothesis is a dev dependency here
         raise CliError(str(exc)) from None
-    endpoints = [{"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}[e]
+    endpoints = [ENDPOINT_KINDS[e]
                  for e in (args.endpoint or ["stream", "multi", "tts"])]
     try:
         report = run(

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .protocol._errors import LocalProtocolError, RemoteProtocolError
+from .protocol.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
-    from .protocol._events import ServerError
+    from .protocol.events import ErrorCode, ServerError
 
 __all__ = [
     "AuthenticationError",
@@ -71,8 +71,8 @@ class ConnectionFailed(KugelwireError):
         self.status_code = status_code
 
 
-class AuthenticationError(KugelwireError):
-    """The server refused the credentials (HTTP 401/403 at the upgrade, or close 4001)."""
+class _Refused(KugelwireError):
+    """The server refused the connection: ``status_code`` at the upgrade, or ``close_code``."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, close_code: int | None = None
@@ -82,22 +82,18 @@ class AuthenticationError(KugelwireError):
         self.close_code = close_code
 
 
-class RateLimitError(KugelwireError):
+class AuthenticationError(_Refused):
+    """The server refused the credentials (HTTP 401/403 at the upgrade, or close 4001)."""
+
+
+class RateLimitError(_Refused):
     """Rate limited (HTTP 429 at the upgrade, or close 4029). ``retry_after`` in seconds
     when the server said."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        status_code: int | None = None,
-        close_code: int | None = None,
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 status_code: int | None = None, close_code: int | None = None) -> None:
+        super().__init__(message, status_code=status_code, close_code=close_code)
         self.retry_after = retry_after
-        self.status_code = status_code
-        self.close_code = close_code
 
 
 class ProtocolViolation(KugelwireError):
@@ -110,26 +106,25 @@ class ProtocolViolation(KugelwireError):
 
 
 class ConnectionClosedError(KugelwireError):
-    """The connection closed (``code`` None: dropped without a close frame) while this work
-    was unfinished. ``unspoken_text`` is what was sent but not (provably) spoken; ``turn`` /
-    ``context_id`` say which work it was, when the error belongs to one."""
+    """The connection closed (``close_code`` None: dropped without a close frame) while this
+    work was unfinished. ``unspoken_text`` is what was sent but not (provably) spoken; ``turn``
+    / ``context_id`` say which work it was, when the error belongs to one. ``code`` (argument
+    and attribute) is the deprecated old name of ``close_code``."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        reason: str = "",
-        unspoken_text: str = "",
-        turn: int | None = None,
-        context_id: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, close_code: int | None = None, reason: str = "",
+                 unspoken_text: str = "", turn: int | None = None,
+                 context_id: str | None = None, code: int | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.close_code = code if close_code is None else close_code
         self.reason = reason
         self.unspoken_text = unspoken_text
         self.turn = turn
         self.context_id = context_id
+
+    @property
+    def code(self) -> int | None:
+        """Deprecated alias of :attr:`close_code`."""
+        return self.close_code
 
 
 class ServerRestarting(ConnectionClosedError):
@@ -146,12 +141,19 @@ class SendBufferFull(ConnectionClosedError):
 
 class ServerErrorResponse(KugelwireError):
     """An ``error`` frame that failed this request / context / turn. ``error`` is the typed
-    :class:`~kugelwire.protocol._events.ServerError` event."""
+    :class:`~kugelwire.protocol.events.ServerError` event; ``error_code`` its typed
+    ``error_code``, ``status`` its HTTP-like status (``code``: deprecated alias of
+    ``error_code``)."""
 
     def __init__(self, error: ServerError) -> None:
-        super().__init__(f"{error.code.value}: {error.message}")
+        super().__init__(f"{error.error_code.value}: {error.message}")
         self.error = error
-        self.code = error.code
+        self.error_code = error.error_code
         self.status = error.status
         self.context_id = error.context_id
         self.turn = error.turn
+
+    @property
+    def code(self) -> ErrorCode:
+        """Deprecated alias of :attr:`error_code`."""
+        return self.error_code

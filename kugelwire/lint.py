@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
+from .protocol.ws import MULTI_ENDPOINT, STREAM_ENDPOINT, TTS_ENDPOINT
+
 __all__ = [
     "ConnectionSummary",
     "Finding",
@@ -222,7 +224,7 @@ class ConnectionSummary:
     findings: tuple[Rule, ...]
 
     def __str__(self) -> str:
-        noun = {"/ws/tts/stream": "turn", "/ws/tts": "request"}.get(self.endpoint, "context")
+        noun = {STREAM_ENDPOINT: "turn", TTS_ENDPOINT: "request"}.get(self.endpoint, "context")
         life = (
             "" if self.opened_at is None else f" after {self.closed_at - self.opened_at:.2f} s"
         )
@@ -528,11 +530,11 @@ class _Watch:
         settings = obj.get("update_settings")
         if isinstance(settings, dict):
             self._config(settings)
-        if self.endpoint == "/ws/tts/stream":
+        if self.endpoint == STREAM_ENDPOINT:
             self._stream(obj, text, now)
-        elif self.endpoint == "/ws/tts/multi":
+        elif self.endpoint == MULTI_ENDPOINT:
             self._multi(obj, text, now)
-        elif self.endpoint == "/ws/tts":
+        elif self.endpoint == TTS_ENDPOINT:
             self._tts(obj, text, now)
         if obj.get("close_socket"):
             self.closed_socket = True
@@ -739,7 +741,7 @@ class _Watch:
             return
         if not isinstance(obj, dict):
             return
-        if "warning" in obj and self.endpoint == "/ws/tts/stream":
+        if "warning" in obj and self.endpoint == STREAM_ENDPOINT:
             turn = self.turn
             if turn is not None and turn.open and turn.last_text_at is not None:
                 turn.open = False
@@ -766,10 +768,10 @@ class _Watch:
                 now,
                 whole=True,
             )
-        elif obj.get("session_closed") and self.endpoint == "/ws/tts/stream":
+        elif obj.get("session_closed") and self.endpoint == STREAM_ENDPOINT:
             if self.turn is not None and not self.turn.open:
                 self.turn.delivered_at = now
-        elif obj.get("final") and self.endpoint == "/ws/tts/multi":
+        elif obj.get("final") and self.endpoint == MULTI_ENDPOINT:
             cid = obj.get("context_id")
             unit = self.contexts.get(cid) if isinstance(cid, str) else None
             if unit is not None:
@@ -786,9 +788,9 @@ class _Watch:
 
     def _audio(self, text: str, now: float) -> None:
         unit: _Unit | None = None
-        if self.endpoint == "/ws/tts/stream":
+        if self.endpoint == STREAM_ENDPOINT:
             unit = self.turn
-        elif self.endpoint == "/ws/tts/multi":
+        elif self.endpoint == MULTI_ENDPOINT:
             head = text[-300:]
             mark = head.rfind('"context_id":')
             if mark >= 0:
@@ -811,7 +813,7 @@ class _Watch:
         """The client dropped the connection: was text still waiting for its flush?"""
         if self.closed_socket:
             return  # close_socket ends (and speaks) what is open
-        if self.endpoint == "/ws/tts/stream":
+        if self.endpoint == STREAM_ENDPOINT:
             turn = self.turn
             if turn is not None and turn.open and turn.characters:
                 self.report(
@@ -820,7 +822,7 @@ class _Watch:
                     "the connection closed with the turn still open",
                     now,
                 )
-        elif self.endpoint == "/ws/tts/multi":
+        elif self.endpoint == MULTI_ENDPOINT:
             open_ = [u for u in self.contexts.values() if u.open and u.cycle_chars]
             if open_:
                 names = ", ".join(repr(u.context_id) for u in open_[:5])

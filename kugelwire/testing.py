@@ -24,24 +24,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .protocol._client import (
-    MultiClientSession,
-    StreamClientSession,
-    TTSClientSession,
-    _ClientSession,
-)
-from .protocol._events import ClientEvent
-from .protocol._messages import WordTimestamp
-from .protocol._server import (
+from .protocol.events import ClientEvent
+from .protocol.messages import WordTimestamp
+from .protocol.sessions import (
     ChunkRef,
+    MultiClientSession,
     MultiServerSession,
     ServerLimits,
+    StreamClientSession,
     StreamServerSession,
     SynthesisCancelled,
     SynthesisRequested,
+    TTSClientSession,
     TTSServerSession,
-    _ServerSession,
 )
+from .protocol.sessions import ClientSession as _ClientSession
+from .protocol.sessions import ServerSession as _ServerSession
 
 __all__ = ["DEFAULT_VOICE_ID", "FakeClock", "PairEngine", "SessionPair"]
 

@@ -14,19 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.config import OUTPUT_FORMATS as _FORMATS
+from ..protocol.ws import MULTI_ENDPOINT, STREAM_ENDPOINT, TTS_ENDPOINT
 from ._client import Transcript
 
 __all__ = ["Violation", "check_transcript"]
 
 _ENCODINGS = {"pcm_s16le": 2, "mulaw": 1, "alaw": 1}
-_FORMATS = {
-    "pcm_8000": ("pcm_s16le", 8000),
-    "pcm_16000": ("pcm_s16le", 16000),
-    "pcm_22050": ("pcm_s16le", 22050),
-    "pcm_24000": ("pcm_s16le", 24000),
-    "ulaw_8000": ("mulaw", 8000),
-    "alaw_8000": ("alaw", 8000),
-}
 _TOLERANCE_S = 0.002  # rounding of audio_seconds / dur_ms
 _WORD_SLACK_MS = 5.0
 
@@ -240,7 +234,7 @@ class _Checker:
 
     # -- per endpoint -------------------------------------------------------------------------
     def run(self) -> list[Violation]:
-        {"/ws/tts/stream": self.stream, "/ws/tts/multi": self.multi, "/ws/tts": self.tts}[
+        {STREAM_ENDPOINT: self.stream, MULTI_ENDPOINT: self.multi, TTS_ENDPOINT: self.tts}[
             self.t.endpoint
         ]()
         return self.out

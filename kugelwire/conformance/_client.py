@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..protocol._ws import (
+from ..protocol.ws import (
     ClientConnection,
     Connected,
     ConnectionClosed,
@@ -168,7 +168,7 @@ class RawConnection:
                 self.closed = event
                 if self._opened is None:
                     self._opened = False
-                self._log("close", {"code": event.code, "reason": event.reason})
+                self._log("close", {"code": event.close_code, "reason": event.reason})
 
     def _write(self) -> None:
         data = self._conn.data_to_send()

@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from ..protocol.ws import MULTI_ENDPOINT, STREAM_ENDPOINT, TTS_ENDPOINT
 from ._client import RawConnection, Transcript
 
 __all__ = ["Script", "drive", "strategies"]
 
 Script = list[list[Any]]
 
-ENDPOINTS = ("/ws/tts/stream", "/ws/tts/multi", "/ws/tts")
+ENDPOINTS = (STREAM_ENDPOINT, MULTI_ENDPOINT, TTS_ENDPOINT)
 
 _WORDS = (
     "Hello there. How are you today? The weather is fine, thanks! It is 3.5 degrees "
@@ -87,9 +88,9 @@ def drive(
                 conn.receive_until(_until_context_closed(cid), timeout, quiet)
             else:
                 conn.settle(min(quiet, 0.2), timeout)
-    keys = {"/ws/tts/stream": ("session_closed", "interrupted"),
-            "/ws/tts/multi": ("session_closed",),
-            "/ws/tts": ("final", "interrupted", "error")}[endpoint]
+    keys = {STREAM_ENDPOINT: ("session_closed", "interrupted"),
+            MULTI_ENDPOINT: ("session_closed",),
+            TTS_ENDPOINT: ("final", "interrupted", "error")}[endpoint]
     if conn.is_open and expect:
         conn.receive_until(_until_terminals(keys, expect), timeout, quiet)
     if conn.is_open:
@@ -233,5 +234,5 @@ def strategies(voice_id: Any) -> dict[str, Any]:
                 script.append(["wait", "request"])
         return [*script, ["expect", requests]]
 
-    return {"/ws/tts/stream": stream(), "/ws/tts/multi": multi(), "/ws/tts": tts()}
+    return {STREAM_ENDPOINT: stream(), MULTI_ENDPOINT: multi(), TTS_ENDPOINT: tts()}
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_URL", "audio_format", "closest_sample_rate", "language_code", "voice_id"]
+__all__ = [
+    "DEFAULT_URL",
+    "audio_format",
+    "closest_sample_rate",
+    "language_code",
+    "missing_framework",
+    "voice_id",
+]
 
 #: The hosted service's base URL (``ws://127.0.0.1:PORT`` for ``kugelwire serve``).
 DEFAULT_URL = "wss://api.kugelaudio.com"
@@ -24,7 +31,7 @@ DEFAULT_URL = "wss://api.kugelaudio.com"
 def closest_sample_rate(rate: int) -> int:
     """The server sample rate to request for audio wanted at ``rate`` Hz (the rate itself when
     the server offers it, else the smallest offered rate above it, else the largest)."""
-    from ..protocol import SAMPLE_RATES
+    from ..protocol.config import SAMPLE_RATES
 
     if rate in SAMPLE_RATES:
         return rate
@@ -47,7 +54,7 @@ def audio_format(encoding: str, sample_rate: int) -> tuple[dict[str, Any], int]:
 def language_code(language: object) -> str | None:
     """An ISO 639-1 code the service accepts for a framework language value (``"en-US"``,
     ``Language.EN_US``, ``"de"``...), or None when it has none."""
-    from ..protocol import LANGUAGES
+    from ..protocol.config import LANGUAGES
 
     value = getattr(language, "value", language)
     if not isinstance(value, str) or not value:
@@ -57,6 +64,13 @@ def language_code(language: object) -> str | None:
         return code
     base = code.replace("_", "-").split("-")[0]
     return base if base in LANGUAGES else None
+
+
+def missing_framework(extra: str, framework: str) -> ImportError:
+    """The error of importing ``kugelwire.integrations.<extra>`` without its framework."""
+    return ImportError(
+        f"kugelwire.integrations.{extra} needs {framework}: pip install 'kugelwire[{extra}]'"
+    )
 
 
 def voice_id(value: object) -> int | str:

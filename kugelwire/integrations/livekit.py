@@ -25,6 +25,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import missing_framework
+
 try:
     from livekit import rtc
     from livekit.agents import (
@@ -39,9 +41,7 @@ try:
     )
     from livekit.agents.voice.io import TimedString
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "kugelwire.integrations.livekit needs LiveKit Agents: pip install 'kugelwire[livekit]'"
-    ) from exc
+    raise missing_framework("livekit", "LiveKit Agents") from exc
 
 from ..errors import (
     AuthenticationError,
@@ -50,7 +50,7 @@ from ..errors import (
     RateLimitError,
     ServerErrorResponse,
 )
-from ..protocol import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
+from ..protocol.events import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
 from . import DEFAULT_URL, audio_format, language_code
 from . import voice_id as _voice_id
@@ -302,7 +302,7 @@ class _Speaker:
                     self._emitter.end_segment()
                 await self._maybe_close()
             elif isinstance(event, ServerError):
-                raise APIStatusError(f"{event.code.value}: {event.message}",
+                raise APIStatusError(f"{event.error_code.value}: {event.message}",
                                      status_code=event.status or 500)
             elif isinstance(event, ContextClosed):
                 self.done = True
@@ -342,8 +342,9 @@ class _Speaker:
 
 
 @contextlib.asynccontextmanager
-async def _speaker(tts: TTS, emitter: Any, timeout: float, *, streaming: bool) -> Any:
+async def _speaker(stream: _Stream, emitter: Any, *, streaming: bool) -> Any:
     """A fresh context for one stream, closed at once unless it finished by itself."""
+    tts, timeout = stream._tts, stream._conn_options.timeout
     context_id = utils.shortuuid()
     emitter.initialize(request_id=context_id, sample_rate=tts.sample_rate, num_channels=1,
                        mime_type="audio/pcm", stream=streaming)
@@ -361,14 +362,18 @@ async def _speaker(tts: TTS, emitter: Any, timeout: float, *, streaming: bool) -
             await speaker.abort()
 
 
-class ChunkedStream(tts.ChunkedStream):
-    """``TTS.synthesize(text)``: the whole text as one flush-cycle of a fresh context."""
+class _Stream:
+    """What :func:`_speaker` needs of a stream (both kinds are livekit streams of a TTS)."""
 
     _tts: TTS
+    _conn_options: APIConnectOptions
+
+
+class ChunkedStream(_Stream, tts.ChunkedStream):
+    """``TTS.synthesize(text)``: the whole text as one flush-cycle of a fresh context."""
 
     async def _run(self, output_emitter: Any) -> None:
-        timeout = self._conn_options.timeout
-        async with _speaker(self._tts, output_emitter, timeout, streaming=False) as speaker:
+        async with _speaker(self, output_emitter, streaming=False) as speaker:
             if self._input_text.strip():
                 await speaker.send(self._input_text)
                 await speaker.flush()
@@ -377,14 +382,11 @@ class ChunkedStream(tts.ChunkedStream):
                 await speaker.receive()
 
 
-class SynthesizeStream(tts.SynthesizeStream):
+class SynthesizeStream(_Stream, tts.SynthesizeStream):
     """``TTS.stream()``: pushed text streams into one context; each flush ends a segment."""
 
-    _tts: TTS
-
     async def _run(self, output_emitter: Any) -> None:
-        timeout = self._conn_options.timeout
-        async with _speaker(self._tts, output_emitter, timeout, streaming=True) as speaker:
+        async with _speaker(self, output_emitter, streaming=True) as speaker:
 
             async def forward_input() -> None:
                 pending = False  # text sent since the last flush

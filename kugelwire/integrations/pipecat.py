@@ -27,6 +27,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import missing_framework
+
 try:
     from loguru import logger
     from pipecat.audio.utils import create_stream_resampler
@@ -42,12 +44,10 @@ try:
     from pipecat.services.settings import NOT_GIVEN, TTSSettings
     from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "kugelwire.integrations.pipecat needs Pipecat: pip install 'kugelwire[pipecat]'"
-    ) from exc
+    raise missing_framework("pipecat", "Pipecat") from exc
 
 from ..errors import KugelwireError, LocalProtocolError
-from ..protocol import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
+from ..protocol.events import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
 from . import DEFAULT_URL, audio_format, language_code
 from . import voice_id as _voice_id
@@ -355,7 +355,9 @@ class KugelwireTTSService(WebsocketTTSService):
                     ctx.closing = True
                     await self._safely(ctx.handle.close())  # frees the server's slot
                 elif isinstance(event, ServerError):  # it names this context: the turn is over
-                    await self.push_error(error_msg=f"{self}: {event.code.value}: {event.message}")
+                    await self.push_error(
+                        error_msg=f"{self}: {event.error_code.value}: {event.message}"
+                    )
                     await self._end_audio(context_id)
                     await self._close_now(context_id)
         except KugelwireError as exc:

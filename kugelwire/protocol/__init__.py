@@ -4,286 +4,87 @@ Time is always an argument (``now``, monotonic seconds). Sessions take JSON text
 events and an outbox of JSON text; connections add the WebSocket layer (wsproto) so a transport
 only moves bytes. Each session reports when it next needs waking (``next_deadline()``) and is
 woken with ``handle_timeout(now)``.
+
+This namespace holds what most code needs (the sessions, the connections, the configuration,
+the errors, the endpoints); the rest lives in documented submodules:
+
+=================================  ==============================================================
+:mod:`kugelwire.protocol.sessions`  the six sessions, ``ServerLimits``, the engine hand-off
+:mod:`kugelwire.protocol.events`    the client events (``AudioChunk``, ``TurnFinal``, ...)
+:mod:`kugelwire.protocol.ws`        connections, their events, the wire's constants
+:mod:`kugelwire.protocol.messages`  frames: parse and build the JSON
+:mod:`kugelwire.protocol.config`    ``Config``, accepted values, the voice catalogue
+:mod:`kugelwire.protocol.errors`    ``ProtocolError`` and its kinds
+:mod:`kugelwire.protocol.state`     the state machines' tables
+:mod:`kugelwire.protocol.text`      the chunker and the markup scanner
+:mod:`kugelwire.protocol.g711`      µ-law / A-law codecs
+=================================  ==============================================================
+
+Every name of those submodules is also reachable here for compatibility (``Warning``, the
+deprecated old name of ``ServerWarning``, with a ``DeprecationWarning``).
 """
 
 from __future__ import annotations
 
-from kugelwire.protocol._catalogue import (
-    DEFAULT_MODEL,
-    MODELS,
-    Model,
-    Voice,
-    VoiceCatalogue,
-)
-from kugelwire.protocol._chunker import (
-    Chunker,
-    TextChunk,
-)
-from kugelwire.protocol._client import (
-    MAX_CONTEXTS,
+from typing import Any
+
+from . import config, errors, events, g711, messages, sessions, state, text, ws
+from .config import Config, SettingsUpdate, VoiceSettings
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .events import ErrorCode
+from .sessions import (
     MultiClientSession,
-    StreamClientSession,
-    TTSClientSession,
-    unspoken_text,
-)
-from kugelwire.protocol._config import (
-    CONFIG_FIELDS,
-    FORBIDDEN_SETTINGS_KEYS,
-    LANGUAGES,
-    OUTPUT_FORMATS,
-    SAMPLE_RATES,
-    SETTINGS_KEYS,
-    Config,
-    SettingsUpdate,
-    VoiceSettings,
-    resolve_audio_format,
-)
-from kugelwire.protocol._errors import (
-    LocalProtocolError,
-    ProtocolError,
-    RemoteProtocolError,
-)
-from kugelwire.protocol._events import (
-    AudioChunk,
-    ChunkComplete,
-    ClientEvent,
-    ConnectionTerminated,
-    ContextClosed,
-    ContextCreated,
-    ContextTimeout,
-    Diagnostic,
-    ErrorCode,
-    GenerationStarted,
-    Interrupted,
-    Reconnecting,
-    RequestFinal,
-    ServerError,
-    SessionClosed,
-    SettingsUpdated,
-    TurnAborted,
-    TurnClosed,
-    TurnFinal,
-    TurnMetrics,
-    TurnReplay,
-    TurnStarted,
-    Warning,
-    WordTimestamps,
-)
-from kugelwire.protocol._g711 import (
-    alaw_decode,
-    alaw_decode_sample,
-    alaw_encode,
-    alaw_encode_sample,
-    ulaw_decode,
-    ulaw_decode_sample,
-    ulaw_encode,
-    ulaw_encode_sample,
-)
-from kugelwire.protocol._markup import (
-    MAX_TAG_LENGTH,
-    BreakMark,
-    MarkupError,
-    ProsodySpan,
-    SpellSpan,
-    break_ms,
-    prosody_rate,
-    scan,
-)
-from kugelwire.protocol._messages import (
-    ENCODINGS,
-    AudioFrame,
-    ChunkCompleteFrame,
-    ClientMessage,
-    ContextClosedFrame,
-    ContextCreatedFrame,
-    ContextTimeoutFrame,
-    ErrorFrame,
-    FinalFrame,
-    GenerationStartedFrame,
-    InterruptedFrame,
-    IsFinalFrame,
-    ServerMessage,
-    SessionClosedFrame,
-    SessionStartedFrame,
-    SettingsUpdatedFrame,
-    UnknownFrame,
-    Usage,
-    WarningFrame,
-    WordTimestamp,
-    WordTimestampsFrame,
-    dumps,
-    loads_object,
-    parse_client_message,
-    parse_server_message,
-)
-from kugelwire.protocol._server import (
-    IDLE_WARNING,
-    ChunkRef,
     MultiServerSession,
     ServerLimits,
+    StreamClientSession,
     StreamServerSession,
-    SynthesisCancelled,
-    SynthesisParams,
-    SynthesisRequested,
+    TTSClientSession,
     TTSServerSession,
 )
-from kugelwire.protocol._state import (
-    CLIENT_CONTEXT_TRANSITIONS,
-    CLIENT_TURN_TRANSITIONS,
-    SERVER_TURN_TRANSITIONS,
-    ClientContextState,
-    ClientTurnState,
-    ContextInput,
-    ServerTurnInput,
-    ServerTurnState,
-    TurnInput,
-)
-from kugelwire.protocol._ws import (
+from .ws import (
     ENDPOINTS,
-    Accepted,
+    MULTI_ENDPOINT,
+    STREAM_ENDPOINT,
+    TTS_ENDPOINT,
     ClientConnection,
-    ClientConnectionEvent,
-    Connected,
-    ConnectionClosed,
-    ConnectionEvent,
-    ConnectionState,
-    HandshakeRejected,
-    Headers,
-    HttpHandler,
-    MessageSession,
-    Rejected,
-    RejectionKind,
-    RestHandler,
     ServerConnection,
-    ServerConnectionEvent,
     build_url,
 )
 
 __all__ = [
-    "CLIENT_CONTEXT_TRANSITIONS",
-    "CLIENT_TURN_TRANSITIONS",
-    "CONFIG_FIELDS",
-    "DEFAULT_MODEL",
-    "ENCODINGS",
     "ENDPOINTS",
-    "FORBIDDEN_SETTINGS_KEYS",
-    "IDLE_WARNING",
-    "LANGUAGES",
-    "MAX_CONTEXTS",
-    "MAX_TAG_LENGTH",
-    "MODELS",
-    "OUTPUT_FORMATS",
-    "SAMPLE_RATES",
-    "SERVER_TURN_TRANSITIONS",
-    "SETTINGS_KEYS",
-    "Accepted",
-    "AudioChunk",
-    "AudioFrame",
-    "BreakMark",
-    "ChunkComplete",
-    "ChunkCompleteFrame",
-    "ChunkRef",
-    "Chunker",
+    "MULTI_ENDPOINT",
+    "STREAM_ENDPOINT",
+    "TTS_ENDPOINT",
     "ClientConnection",
-    "ClientConnectionEvent",
-    "ClientContextState",
-    "ClientEvent",
-    "ClientMessage",
-    "ClientTurnState",
     "Config",
-    "Connected",
-    "ConnectionClosed",
-    "ConnectionEvent",
-    "ConnectionState",
-    "ConnectionTerminated",
-    "ContextClosed",
-    "ContextClosedFrame",
-    "ContextCreated",
-    "ContextCreatedFrame",
-    "ContextInput",
-    "ContextTimeout",
-    "ContextTimeoutFrame",
-    "Diagnostic",
     "ErrorCode",
-    "ErrorFrame",
-    "FinalFrame",
-    "GenerationStarted",
-    "GenerationStartedFrame",
-    "HandshakeRejected",
-    "Headers",
-    "HttpHandler",
-    "Interrupted",
-    "InterruptedFrame",
-    "IsFinalFrame",
     "LocalProtocolError",
-    "MarkupError",
-    "MessageSession",
-    "Model",
     "MultiClientSession",
     "MultiServerSession",
-    "ProsodySpan",
     "ProtocolError",
-    "Reconnecting",
-    "Rejected",
-    "RejectionKind",
     "RemoteProtocolError",
-    "RequestFinal",
-    "RestHandler",
     "ServerConnection",
-    "ServerConnectionEvent",
-    "ServerError",
     "ServerLimits",
-    "ServerMessage",
-    "ServerTurnInput",
-    "ServerTurnState",
-    "SessionClosed",
-    "SessionClosedFrame",
-    "SessionStartedFrame",
     "SettingsUpdate",
-    "SettingsUpdated",
-    "SettingsUpdatedFrame",
-    "SpellSpan",
     "StreamClientSession",
     "StreamServerSession",
-    "SynthesisCancelled",
-    "SynthesisParams",
-    "SynthesisRequested",
     "TTSClientSession",
     "TTSServerSession",
-    "TextChunk",
-    "TurnAborted",
-    "TurnClosed",
-    "TurnFinal",
-    "TurnInput",
-    "TurnMetrics",
-    "TurnReplay",
-    "TurnStarted",
-    "UnknownFrame",
-    "Usage",
-    "Voice",
-    "VoiceCatalogue",
     "VoiceSettings",
-    "Warning",
-    "WarningFrame",
-    "WordTimestamp",
-    "WordTimestamps",
-    "WordTimestampsFrame",
-    "alaw_decode",
-    "alaw_decode_sample",
-    "alaw_encode",
-    "alaw_encode_sample",
-    "break_ms",
     "build_url",
-    "dumps",
-    "loads_object",
-    "parse_client_message",
-    "parse_server_message",
-    "prosody_rate",
-    "resolve_audio_format",
-    "scan",
-    "ulaw_decode",
-    "ulaw_decode_sample",
-    "ulaw_encode",
-    "ulaw_encode_sample",
-    "unspoken_text",
 ]
+
+#: The submodules searched (in this order) for a name that is not in ``__all__``.
+_SUBMODULES = (sessions, events, ws, messages, config, errors, state, text, g711)
+
+
+def __getattr__(name: str) -> Any:
+    """The names that moved to a submodule stay importable from here (old code keeps working)."""
+    for module in _SUBMODULES:
+        if name in module.__all__:
+            return getattr(module, name)
+    found = events._deprecated(name, 2)
+    if found is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return found

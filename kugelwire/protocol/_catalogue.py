@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import LocalProtocolError
+
 __all__ = ["DEFAULT_MODEL", "MODELS", "Model", "Voice", "VoiceCatalogue"]
 
 
@@ -41,9 +43,11 @@ class Voice:
 
     def __post_init__(self) -> None:
         if isinstance(self.id, bool) or not isinstance(self.id, int) or self.id < 0:
-            raise ValueError(f"voice id must be a non-negative integer, not {self.id!r}")
+            raise LocalProtocolError(f"voice id must be a non-negative integer, not {self.id!r}")
         if self.handle is not None and (not self.handle or self.handle.isdigit()):
-            raise ValueError(f"voice handle must be a non-numeric string, not {self.handle!r}")
+            raise LocalProtocolError(
+                f"voice handle must be a non-numeric string, not {self.handle!r}"
+            )
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -121,14 +125,14 @@ class VoiceCatalogue:
 
     def __post_init__(self) -> None:
         if not self.voices:
-            raise ValueError("a voice catalogue needs at least one voice")
+            raise LocalProtocolError("a voice catalogue needs at least one voice")
         by_key: dict[int | str, Voice] = {}
         for voice in self.voices:
             for key in (voice.id, voice.handle):
                 if key is None:
                     continue
                 if key in by_key:
-                    raise ValueError(f"duplicate voice id or handle {key!r}")
+                    raise LocalProtocolError(f"duplicate voice id or handle {key!r}")
                 by_key[key] = voice
         object.__setattr__(self, "_by_key", by_key)
 

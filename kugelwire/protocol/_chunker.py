@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ._errors import LocalProtocolError
 from ._markup import (
     BREAK,
     PROSODY_CLOSE,
@@ -97,18 +98,22 @@ _AWAIT: Final = 2  # "." run followed by whitespace: the next visible character 
 
 def _check_schedule(schedule: Sequence[int]) -> tuple[int, ...]:
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence):
-        raise ValueError("chunk_length_schedule must be a non-empty list of positive integers")
+        raise LocalProtocolError(
+            "chunk_length_schedule must be a non-empty list of positive integers"
+        )
     values = tuple(schedule)
     if not values or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
     ):
-        raise ValueError("chunk_length_schedule must be a non-empty list of positive integers")
+        raise LocalProtocolError(
+            "chunk_length_schedule must be a non-empty list of positive integers"
+        )
     return values
 
 
 def _check_int(name: str, value: int, lo: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}")
+        raise LocalProtocolError(f"{name} must be an integer >= {lo}")
     return value
 
 
@@ -143,7 +148,7 @@ class Chunker:
         self._stale_s = _check_int("flush_timeout_ms", flush_timeout_ms, 0) / 1000.0
         self._max = _check_int("max_buffer_length", max_buffer_length, 1)
         if not confirm_delay_s >= 0:
-            raise ValueError("confirm_delay_s must be >= 0")
+            raise LocalProtocolError("confirm_delay_s must be >= 0")
         self._confirm_s = float(confirm_delay_s)
         self._emitted = 0
         self._cycle_base = 0  # chunks emitted before the current flush-cycle (schedule origin)

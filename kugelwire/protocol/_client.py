@@ -24,6 +24,7 @@ from json.encoder import encode_basestring_ascii as _json_string  # what dumps()
 from typing import Any
 
 from ._config import Config, SettingsUpdate
+from ._constants import MULTI_ENDPOINT, RESTART_CODES, STREAM_ENDPOINT, TTS_ENDPOINT
 from ._errors import LocalProtocolError
 from ._events import (
     FATAL_CODES,
@@ -93,7 +94,6 @@ MAX_CONTEXTS = 20
 _MAX_ABANDONED = 16
 #: Error codes that refuse a stream turn sent before any of its output (its text is dropped).
 _REFUSALS = frozenset({ErrorCode.MISSING_VOICE_ID.value, ErrorCode.NOT_FOUND.value})
-RESTART_CODES = frozenset({1012, 1013})
 _INF = math.inf
 
 
@@ -408,7 +408,7 @@ class _ClientSession:
     def _server_error(self, msg: ErrorFrame, turn: int | None) -> ServerError:
         code = ErrorCode.parse(msg.error_code)
         return ServerError(
-            code=code,
+            error_code=code,
             message=msg.error,
             status=msg.code,
             raw_code=msg.error_code,
@@ -507,7 +507,7 @@ class StreamClientSession(_ClientSession):
       :class:`Diagnostic`; ``None`` disables it.
     """
 
-    endpoint = "/ws/tts/stream"
+    endpoint = STREAM_ENDPOINT
 
     def __init__(
         self,
@@ -880,7 +880,7 @@ class MultiClientSession(_ClientSession):
     the server's inactivity timeout.
     """
 
-    endpoint = "/ws/tts/multi"
+    endpoint = MULTI_ENDPOINT
 
     def __init__(
         self,
@@ -1318,7 +1318,7 @@ class TTSClientSession(_ClientSession):
     the client follows it (so a cancel may end two requests, each with :class:`Interrupted`).
     """
 
-    endpoint = "/ws/tts"
+    endpoint = TTS_ENDPOINT
 
     def __init__(
         self, config: Config | None = None, *, cancel_timeout: float = 5.0, **config_fields: Any

@@ -21,8 +21,10 @@ __all__ = [
     "ErrorCode",
     "GenerationStarted",
     "Interrupted",
+    "Reconnecting",
     "RequestFinal",
     "ServerError",
+    "ServerWarning",
     "SessionClosed",
     "SettingsUpdated",
     "TurnAborted",
@@ -31,7 +33,6 @@ __all__ = [
     "TurnMetrics",
     "TurnReplay",
     "TurnStarted",
-    "Warning",
     "WordTimestamps",
 ]
 
@@ -289,19 +290,34 @@ class TurnAborted:
     """Terminal event of a turn whose connection ended before it finished."""
 
     turn: int
-    code: int | None
+    #: The close code that ended the connection (None: dropped without a close frame).
+    close_code: int | None
     audio_delivered: bool
     unspoken_text: str
     context_id: str | None = None
     #: Timing and volume of the turn (not compared: two events equal without it).
     metrics: TurnMetrics | None = field(default=None, compare=False)
 
+    @property
+    def code(self) -> int | None:
+        """Deprecated alias of :attr:`close_code`."""
+        return self.close_code
+
 
 @dataclass(frozen=True, slots=True)
-class Warning:
+class ServerWarning:
+    """A ``warning`` frame (the server's idle auto-flush), for the turn or context it names.
+
+    Called ``Warning`` before; that name (which shadowed the builtin) is a deprecated alias.
+    """
+
     message: str
     turn: int | None = None
     context_id: str | None = None
+
+
+#: Deprecated alias of :class:`ServerWarning` (the old name shadowed the builtin ``Warning``).
+Warning = ServerWarning
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,9 +327,10 @@ class SettingsUpdated:
 
 @dataclass(frozen=True, slots=True)
 class ServerError:
-    """An ``error`` frame. ``code`` is the typed ``error_code``; ``status`` the HTTP-like code."""
+    """An ``error`` frame: ``error_code`` typed (the wire's ``error_code``; ``raw_code`` as sent),
+    ``status`` the HTTP-like status (the frame's ``code``)."""
 
-    code: ErrorCode
+    error_code: ErrorCode
     message: str
     status: int | None
     raw_code: str | None = None
@@ -325,6 +342,11 @@ class ServerError:
     #: The error ended the turn it names: the server refused it before any output (no voice,
     #: or a voice outside its catalogue), so no ``final`` will come.
     ends_turn: bool = False
+
+    @property
+    def code(self) -> ErrorCode:
+        """Deprecated alias of :attr:`error_code`."""
+        return self.error_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,12 +408,17 @@ class TurnReplay:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
-    """The WebSocket closed (``code`` None: dropped without a close frame)."""
+    """The WebSocket closed (``close_code`` None: dropped without a close frame)."""
 
-    code: int | None
+    close_code: int | None
     reason: str = ""
     restarting: bool = False
     replay: tuple[TurnReplay, ...] = ()
+
+    @property
+    def code(self) -> int | None:
+        """Deprecated alias of :attr:`close_code`."""
+        return self.close_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,17 +426,22 @@ class Reconnecting:
     """A client transport re-establishes its connection (a restart close 1012/1013, or a drop
     with ``reconnect=True``); emitted once per attempt, in the connection's log.
 
-    ``attempt`` counts the attempts since the last connection that produced output; ``code``
-    is the close code that ended the previous connection (None: dropped without one);
+    ``attempt`` counts the attempts since the last connection that produced output;
+    ``close_code`` is the close code that ended the previous connection (None: dropped without one);
     ``delay`` is the wait (seconds) before the new socket is opened; ``replayed`` names the
     turns (numbers, on the old connection) or contexts (ids) sent again on the new one.
     """
 
     attempt: int
-    code: int | None
+    close_code: int | None
     reason: str
     delay: float
     replayed: tuple[str, ...] = ()
+
+    @property
+    def code(self) -> int | None:
+        """Deprecated alias of :attr:`close_code`."""
+        return self.close_code
 
 
 ClientEvent: TypeAlias = (
@@ -423,7 +455,7 @@ ClientEvent: TypeAlias = (
     | RequestFinal
     | Interrupted
     | TurnAborted
-    | Warning
+    | ServerWarning
     | SettingsUpdated
     | ServerError
     | Diagnostic

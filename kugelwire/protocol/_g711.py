@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from array import array
 
+from ._errors import LocalProtocolError
+
 __all__ = [
     "alaw_decode",
     "alaw_decode_sample",
@@ -121,7 +123,7 @@ def _samples(pcm16le: bytes | bytearray | memoryview) -> memoryview | array[int]
     """The unsigned 16-bit samples of little-endian PCM, in host order."""
     view = memoryview(pcm16le).cast("B")
     if len(view) % 2:
-        raise ValueError(f"PCM16 data must have an even length, got {len(view)} bytes")
+        raise LocalProtocolError(f"PCM16 data must have an even length, got {len(view)} bytes")
     if not _BIG_ENDIAN:
         return view.cast("H")
     samples = array("H")

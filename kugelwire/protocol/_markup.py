@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from ._errors import LocalProtocolError
+
 __all__ = [
     "MAX_TAG_LENGTH",
     "BreakMark",
@@ -69,8 +71,9 @@ class ProsodySpan:
     rate: float
 
 
-class MarkupError(ValueError):
-    """Malformed ``<prosody>`` markup; the message is meant for the client's error frame."""
+class MarkupError(LocalProtocolError):
+    """Malformed ``<prosody>`` markup given to :func:`scan` (or a chunker); the message is meant
+    for the client's error frame (a server session reports it as a ``VALIDATION_ERROR``)."""
 
 
 # --- atoms --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from ._catalogue import DEFAULT_MODEL, MODELS, VoiceCatalogue
 from ._chunker import Chunker, TextChunk
 from ._config import SETTINGS_KEYS, Config, resolve_audio_format
+from ._constants import MULTI_ENDPOINT, SERVICE_RESTART, STREAM_ENDPOINT, TTS_ENDPOINT
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._markup import MarkupError
 from ._messages import (
@@ -390,7 +391,7 @@ class _ServerSession:
         return self.complete_chunk(ref, 0.0, now)
 
     # -- server-initiated close -------------------------------------------------------------
-    def shutdown(self, now: float, code: int = 1012) -> None:
+    def shutdown(self, now: float, code: int = SERVICE_RESTART) -> None:
         """Graceful restart: close idle sockets at once, busy ones after their current work."""
         self._shutdown_code = code
         self._maybe_shutdown(now)
@@ -466,7 +467,7 @@ class _ServerSession:
             raise RemoteProtocolError(
                 f"queue full: at most {limits.max_queued_messages} messages and "
                 f"{limits.max_queued_chars} characters may wait for the current "
-                f"{'request' if self.endpoint == '/ws/tts' else 'turn'} to finish"
+                f"{'request' if self.endpoint == TTS_ENDPOINT else 'turn'} to finish"
             )
 
     def _new_work(
@@ -547,7 +548,7 @@ class _ServerSession:
         job = _Job(ref, work, chunk, now)
         work.job = job
         self._jobs[ref.serial] = job
-        if self.endpoint != "/ws/tts":
+        if self.endpoint != TTS_ENDPOINT:
             self._send(GenerationStartedFrame(chunk_id, chunk.source, work.context_id))
         self._events.append(SynthesisRequested(ref, chunk, work.params))
 
@@ -582,7 +583,7 @@ class _ServerSession:
         work = job.work
         if work.params.word_timestamps:
             self._send(WordTimestampsFrame(tuple(job.words), job.ref.chunk_id, work.context_id))
-        if self.endpoint != "/ws/tts":
+        if self.endpoint != TTS_ENDPOINT:
             self._send(
                 ChunkCompleteFrame(
                     job.ref.chunk_id,
@@ -643,7 +644,7 @@ class _ServerSession:
 class StreamServerSession(_ServerSession):
     """Server role of ``/ws/tts/stream`` (protocol.md#turns, rulings.md#turns)."""
 
-    endpoint = "/ws/tts/stream"
+    endpoint = STREAM_ENDPOINT
     temperature_default = None  # unset on /ws/tts/stream (rulings.md#ruling-19)
 
     def __init__(
@@ -840,7 +841,7 @@ class _Context:
 class MultiServerSession(_ServerSession):
     """Server role of ``/ws/tts/multi`` (protocol.md#multi, rulings.md#multi)."""
 
-    endpoint = "/ws/tts/multi"
+    endpoint = MULTI_ENDPOINT
 
     def __init__(
         self,
@@ -1092,7 +1093,7 @@ class TTSServerSession(_ServerSession):
     A request ends with ``final`` (stats + usage), ``interrupted`` (cancel) or one error frame.
     """
 
-    endpoint = "/ws/tts"
+    endpoint = TTS_ENDPOINT
 
     def __init__(
         self,

@@ -52,7 +52,12 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError as _WSRemoteProtocolError
 
-from ._errors import RemoteProtocolError
+from ._constants import AI_GENERATED_HEADER as _AI_HEADER
+from ._constants import ENDPOINTS, TTS_ENDPOINT
+from ._constants import NOT_FOUND_ERROR as _NOT_FOUND
+from ._constants import UNAUTHORIZED_ERROR as _UNAUTHORIZED
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._messages import dumps as _json
 
 __all__ = [
     "ENDPOINTS",
@@ -78,9 +83,6 @@ __all__ = [
     "build_url",
 ]
 
-#: The three native endpoints (protocol.md#endpoints).
-ENDPOINTS = ("/ws/tts", "/ws/tts/stream", "/ws/tts/multi")
-
 Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
 HeaderInput: TypeAlias = Iterable[tuple[str | bytes, str | bytes]]
 #: ``http_handler(path) -> (status, headers, body)`` for plain (non-upgrade) GET requests, or
@@ -94,9 +96,6 @@ RestHandler: TypeAlias = Callable[
 RejectionKind: TypeAlias = Literal["auth", "rate_limited", "restarting", "not_found", "other"]
 
 _MAX_REJECT_BODY = 64 * 1024
-_AI_HEADER = (b"x-kugelaudio-ai-generated", b"true")
-_UNAUTHORIZED = {"error": "Unauthorized", "error_code": "UNAUTHORIZED", "code": 401}
-_NOT_FOUND = {"error": "Not found", "error_code": "NOT_FOUND", "code": 404}
 _BINARY_ERROR_MESSAGE = "Binary frames are not supported; send JSON text frames"
 #: Each fragment of a message but its last counts this many bytes on top of its payload
 #: towards ``max_message_size`` (a frame costs its receiver about as much work as that many
@@ -104,10 +103,6 @@ _BINARY_ERROR_MESSAGE = "Binary frames are not supported; send JSON text frames"
 FRAGMENT_COST = 256
 #: A message (or a frame) must be complete this many seconds after its first byte arrived.
 MESSAGE_TIMEOUT = 30.0
-
-
-def _json(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"))  # ASCII-safe
 
 
 class MessageSession(Protocol):
@@ -219,15 +214,20 @@ class Rejected:
 class ConnectionClosed:
     """The connection is over (always the last event, exactly once).
 
-    ``code`` is the close code of the close handshake (the peer's when ``by_peer``, ours
+    ``close_code`` is the close code of the close handshake (the peer's when ``by_peer``, ours
     otherwise), or None when the TCP connection ended without one (EOF, handshake failure,
     handshake timeout, rejection).  ``error`` is set when a peer protocol error caused it.
     """
 
-    code: int | None
+    close_code: int | None
     reason: str
     by_peer: bool
     error: RemoteProtocolError | None = None
+
+    @property
+    def code(self) -> int | None:
+        """Deprecated alias of :attr:`close_code`."""
+        return self.close_code
 
 
 ClientConnectionEvent: TypeAlias = Connected | HandshakeRejected | ConnectionClosed
@@ -244,7 +244,7 @@ def _ws_scheme(scheme: str) -> str:
         return _SCHEMES[scheme.lower()]
     except KeyError:
         msg = f"unsupported URL scheme {scheme!r} (use ws, wss, http or https)"
-        raise ValueError(msg) from None
+        raise LocalProtocolError(msg) from None
 
 
 def build_url(
@@ -259,11 +259,11 @@ def build_url(
     is appended unless ``params`` names ``sdk``.  A path prefix in ``base_url`` is kept.
     """
     if endpoint not in ENDPOINTS:
-        raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
+        raise LocalProtocolError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
     parts = urlsplit(base_url)
     scheme = _ws_scheme(parts.scheme)
     if not parts.netloc:
-        raise ValueError(f"base URL {base_url!r} has no host")
+        raise LocalProtocolError(f"base URL {base_url!r} has no host")
     query = [parts.query] if parts.query else []
     if api_key is not None:
         query.append("api_key=" + quote(api_key, safe=""))
@@ -400,15 +400,15 @@ class _Connection:
         message_timeout: float | None = MESSAGE_TIMEOUT,
     ) -> None:
         if max_message_size <= 0:
-            raise ValueError("max_message_size must be positive")
+            raise LocalProtocolError("max_message_size must be positive")
         if message_timeout is not None and message_timeout <= 0:
-            raise ValueError("message_timeout must be positive or None")
+            raise LocalProtocolError("message_timeout must be positive or None")
         if close_timeout <= 0:
-            raise ValueError("close_timeout must be positive")
+            raise LocalProtocolError("close_timeout must be positive")
         if keepalive_interval is not None and keepalive_interval <= 0:
-            raise ValueError("keepalive_interval must be positive or None")
+            raise LocalProtocolError("keepalive_interval must be positive or None")
         if ping_timeout <= 0:
-            raise ValueError("ping_timeout must be positive")
+            raise LocalProtocolError("ping_timeout must be positive")
         self._keepalive = keepalive_interval
         self._ping_timeout = ping_timeout
         self._ping_at: float | None = None
@@ -805,12 +805,12 @@ class ClientConnection(_Connection):
             message_timeout=message_timeout,
         )
         if auth not in ("query", "bearer"):
-            raise ValueError(f"auth must be 'query' or 'bearer', not {auth!r}")
+            raise LocalProtocolError(f"auth must be 'query' or 'bearer', not {auth!r}")
         parts = urlsplit(url)
         scheme = _ws_scheme(parts.scheme)
         host = parts.hostname
         if not host:
-            raise ValueError(f"URL {url!r} has no host")
+            raise LocalProtocolError(f"URL {url!r} has no host")
         self._secure = scheme == "wss"
         default_port = 443 if self._secure else 80
         port = parts.port or default_port
@@ -823,7 +823,9 @@ class ClientConnection(_Connection):
         if api_key is not None:
             if auth == "query":
                 if any(name == "api_key" for name, _, _ in _parse_query(query)):
-                    raise ValueError("the URL already carries api_key; do not pass it twice")
+                    raise LocalProtocolError(
+                        "the URL already carries api_key; do not pass it twice"
+                    )
                 query = (query + "&" if query else "") + "api_key=" + quote(api_key, safe="")
             else:
                 headers.append((b"authorization", b"Bearer " + api_key.encode("utf-8")))
@@ -1122,9 +1124,11 @@ class ServerConnection(_Connection):
             message_timeout=message_timeout,
         )
         if api_key == "":
-            raise ValueError("api_key must be a non-empty string or None")
+            raise LocalProtocolError("api_key must be a non-empty string or None")
         if auth_failure not in ("http", "close"):
-            raise ValueError(f"auth_failure must be 'http' or 'close', not {auth_failure!r}")
+            raise LocalProtocolError(
+                f"auth_failure must be 'http' or 'close', not {auth_failure!r}"
+            )
         self._route = route
         self.__key = api_key.encode("utf-8") if api_key is not None else None
         self._auth_failure = auth_failure
@@ -1244,7 +1248,7 @@ class ServerConnection(_Connection):
             if bind is not None:
                 bind(self.request_id)
             initial = ""
-            if path == "/ws/tts":
+            if path == TTS_ENDPOINT:
                 initial = next((v for n, v, _ in params if n == "initial_message"), "")
             self._accept(session, initial)
         trailing, closed = self._h11.trailing_data

@@ -3,7 +3,7 @@ message-level sessions, with no sockets, event loops, threads or clocks.
 
 One :class:`ServerCore` per server; one :class:`ConnectionCore` per TCP connection (bytes in,
 bytes out) or :class:`MessageConnectionCore` per ASGI WebSocket (text messages in and out). The
-core owns routing and auth (through :class:`~kugelwire.protocol._ws.ServerConnection` for bytes,
+core owns routing and auth (through :class:`~kugelwire.protocol.ws.ServerConnection` for bytes,
 :meth:`MessageConnectionCore.accept` for ASGI), the engine-job table, flow control, keepalive and
 reaping, graceful shutdown (idle connections close with the drain code at once, busy ones after
 their turn, newcomers get 1013), ``max_connections`` (HTTP 503) and the HTTP routes.
@@ -27,7 +27,6 @@ obeying ``action``, re-arming its timer at ``next_deadline()`` and starting ``ta
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -38,20 +37,25 @@ from enum import Enum
 from typing import Any, Literal, cast
 
 from ..lint import Linter
-from ..protocol._catalogue import VoiceCatalogue
-from ..protocol._errors import RemoteProtocolError
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import (
+from ..protocol.config import VoiceCatalogue
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.messages import WordTimestamp
+from ..protocol.messages import dumps as _frame
+from ..protocol.sessions import (
     MultiServerSession,
     ServerLimits,
     StreamServerSession,
     SynthesisCancelled,
     SynthesisRequested,
     TTSServerSession,
-    _ServerSession,
 )
-from ..protocol._ws import (
+from ..protocol.sessions import ServerSession as _ServerSession
+from ..protocol.ws import AI_GENERATED_HEADER as _AI_HEADER
+from ..protocol.ws import (
     MESSAGE_TIMEOUT,
+    MULTI_ENDPOINT,
+    STREAM_ENDPOINT,
+    TTS_ENDPOINT,
     Accepted,
     ConnectionClosed,
     ConnectionState,
@@ -60,9 +64,11 @@ from ..protocol._ws import (
     Rejected,
     RestHandler,
     ServerConnection,
-    _parse_query,
     authorized,
 )
+from ..protocol.ws import NOT_FOUND_ERROR as _NOT_FOUND
+from ..protocol.ws import UNAUTHORIZED_ERROR as _UNAUTHORIZED
+from ..protocol.ws import parse_query as _parse_query
 from ..synth._base import CancelToken, Engine, SynthesisItem
 from ..synth.tone import ToneEngine
 from ._faults import FaultPlan, server_connection
@@ -97,16 +103,13 @@ BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n"
     b"connection: close\r\n\r\n"
 )
-_AI_HEADER = (b"x-kugelaudio-ai-generated", b"true")
-_UNAUTHORIZED = {"error": "Unauthorized", "error_code": "UNAUTHORIZED", "code": 401}
-_NOT_FOUND = {"error": "Not found", "error_code": "NOT_FOUND", "code": 404}
 _BINARY = {"error": "Binary frames are not supported; send JSON text frames",
            "error_code": "VALIDATION_ERROR", "code": 400}
 
 _SESSIONS: dict[str, type[_ServerSession]] = {
-    "/ws/tts": TTSServerSession,
-    "/ws/tts/stream": StreamServerSession,
-    "/ws/tts/multi": MultiServerSession,
+    TTS_ENDPOINT: TTSServerSession,
+    STREAM_ENDPOINT: StreamServerSession,
+    MULTI_ENDPOINT: MultiServerSession,
 }
 
 
@@ -843,10 +846,6 @@ class Handshake:
         return headers
 
 
-def _frame(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
 def http_response(
     handler: HttpHandler | None,
     method: str,
@@ -935,7 +934,7 @@ class MessageConnectionCore(_Peer):
         bind = getattr(session, "bind_request_id", None)
         if bind is not None:
             bind(self.request_id)
-        if path == "/ws/tts":
+        if path == TTS_ENDPOINT:
             initial = next((v for n, v, _ in _parse_query(query) if n == "initial_message"), "")
             if initial:
                 self.receive_text(initial, now)

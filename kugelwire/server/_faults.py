@@ -22,7 +22,6 @@ T-th turn of the connection (1-based) and ``conn=C`` the C-th WebSocket connecti
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import deque
@@ -32,7 +31,9 @@ from typing import Any
 
 import h11
 
-from ..protocol._ws import ConnectionState, MessageSession, ServerConnection, _header
+from ..protocol.messages import dumps
+from ..protocol.ws import STREAM_ENDPOINT, ConnectionState, MessageSession, ServerConnection
+from ..protocol.ws import header_value as _header
 
 __all__ = [
     "ERROR_CLOSE_CODES",
@@ -345,7 +346,7 @@ class _FaultySession:
         self._owner: FaultyConnection = owner
         self._armed = [f for f in faults if f.fires_on_audio]
         self._at_turn_end = [f for f in faults if f.fires_at_turn_end]
-        self._stream = getattr(inner, "endpoint", "") == "/ws/tts/stream"
+        self._stream = getattr(inner, "endpoint", "") == STREAM_ENDPOINT
         self._delay = next((f for f in faults if f.kind == "delay"), None)
         self._rng = rng
         self._now = 0.0
@@ -512,7 +513,7 @@ class _FaultySession:
             if fault.retry_after is not None:
                 ra = fault.retry_after
                 frame["retry_after"] = int(ra) if ra.is_integer() else ra
-            self._extra.append(json.dumps(frame, separators=(",", ":")))
+            self._extra.append(dumps(frame))
             self._close = close
 
 
@@ -585,10 +586,7 @@ class FaultyConnection(ServerConnection):
         self._handshake_deadline = None
         self._path = request.target.decode("ascii", "replace").partition("?")[0]
         error_code, message = _REJECTIONS.get(fault.status, ("REJECTED", "Rejected"))
-        body = json.dumps(
-            {"error": message, "error_code": error_code, "code": fault.status},
-            separators=(",", ":"),
-        ).encode()
+        body = dumps({"error": message, "error_code": error_code, "code": fault.status}).encode()
         headers: list[tuple[bytes, bytes]] = []
         if fault.retry_after is not None:
             headers.append((b"retry-after", _seconds(fault.retry_after).encode("ascii")))

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from ..protocol._ws import HttpHandler
+from ..protocol.ws import ENDPOINT_KINDS, HttpHandler
 
 __all__ = [
     "FIRST_AUDIO_BUCKETS",
@@ -56,7 +56,7 @@ FIRST_AUDIO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 #: Engine time / audio time, per chunk (``/ws/tts``: per request).
 RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
-_ENDPOINTS = {"/ws/tts/stream": "stream", "/ws/tts/multi": "multi", "/ws/tts": "tts"}
+_ENDPOINTS = {path: kind for kind, path in ENDPOINT_KINDS.items()}
 _CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 Labels = tuple[tuple[str, str], ...]

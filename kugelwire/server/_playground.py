@@ -1,7 +1,7 @@
 """The browser playground: one self-contained HTML page served at ``GET /``.
 
-:func:`playground_handler` is an :data:`~kugelwire.protocol._ws.HttpHandler`: the core
-(:class:`~kugelwire.protocol._ws.ServerConnection`) hands it the path of every plain
+:func:`playground_handler` is an :data:`~kugelwire.protocol.ws.HttpHandler`: the core
+(:class:`~kugelwire.protocol.ws.ServerConnection`) hands it the path of every plain
 (non-upgrade) ``GET``/``HEAD`` and answers 405 to other methods and 404 when the handler returns
 None. The page is answered for ``/`` only: no other file, no directory listing. It never contains
 the server's API key (the handler does not know it); the user types the key into the page, which

@@ -10,12 +10,12 @@ errors use the service's envelope ``{"error", "error_code", "code"}``. Pure: no 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..protocol import VoiceCatalogue
-from ..protocol._ws import RestHandler
+from ..protocol.config import VoiceCatalogue
+from ..protocol.messages import dumps
+from ..protocol.ws import RestHandler
 
 __all__ = ["MAX_PAGE", "rest_handler"]
 
@@ -27,7 +27,7 @@ _JSON = (b"content-type", b"application/json")
 
 
 def _json(status: int, obj: dict[str, Any]) -> _Response:
-    body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    body = dumps(obj).encode("utf-8")
     return status, [_JSON, (b"cache-control", b"no-store")], body
 
 

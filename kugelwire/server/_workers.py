@@ -137,7 +137,7 @@ class _Life:
 
     def options(self) -> Any:
         """The :class:`ServerOptions` from the spec (the engine is made here, per worker)."""
-        from ..protocol._server import ServerLimits
+        from ..protocol.sessions import ServerLimits
         from ._core import ServerOptions
 
         kwargs = dict(self.spec.options)

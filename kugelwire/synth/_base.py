@@ -1,6 +1,6 @@
 """The speech-engine interface the server runner drives.
 
-An engine turns one text chunk (a :class:`~kugelwire.protocol._chunker.TextChunk`: markup-free
+An engine turns one text chunk (a :class:`~kugelwire.protocol.text.TextChunk`: markup-free
 ``text`` plus spelled spans, breaks and prosody) and its :class:`SynthesisParams` (voice,
 language, speed, sample rate, ...) into PCM16LE audio at ``params.sample_rate`` and word
 timings.
@@ -30,16 +30,17 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from ..protocol._catalogue import Voice, VoiceCatalogue
-from ..protocol._chunker import TextChunk
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import SynthesisParams
+from ..protocol.config import SAMPLE_RATES as _SUPPORTED_RATES
+from ..protocol.config import Voice, VoiceCatalogue
+from ..protocol.messages import WordTimestamp
+from ..protocol.sessions import SynthesisParams
+from ..protocol.text import TextChunk
 
 __all__ = ["SAMPLE_RATES", "CancelToken", "Engine", "SynthesisItem", "Voice", "VoiceCatalogue"]
 
-#: The sample rates the wire allows (protocol.md#generation-parameters); every engine must
-#: produce all of them.
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100)
+#: The sample rates the wire allows (protocol.md#generation-parameters), ascending; every
+#: engine must produce all of them.
+SAMPLE_RATES = tuple(sorted(_SUPPORTED_RATES))
 
 #: What one step of :meth:`Engine.synthesize` yields.
 SynthesisItem: TypeAlias = bytes | WordTimestamp

@@ -98,11 +98,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(missing: {exc.name})"
     ) from exc
 
-from ..protocol._catalogue import Voice, VoiceCatalogue
-from ..protocol._chunker import TextChunk
-from ..protocol._markup import ProsodySpan, SpellSpan
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import SynthesisParams
+from ..protocol.config import Voice, VoiceCatalogue
+from ..protocol.messages import WordTimestamp
+from ..protocol.sessions import SynthesisParams
+from ..protocol.text import ProsodySpan, SpellSpan, TextChunk
 from ._base import CancelToken, SynthesisItem
 from ._spell_names import names_for
 

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..protocol._catalogue import Voice, VoiceCatalogue
-from ..protocol._chunker import TextChunk
-from ..protocol._messages import WordTimestamp
-from ..protocol._server import SynthesisParams
+from ..protocol.config import Voice, VoiceCatalogue
+from ..protocol.messages import WordTimestamp
+from ..protocol.sessions import SynthesisParams
+from ..protocol.text import TextChunk
 from ._base import CancelToken, SynthesisItem
 
 __all__ = ["TONE_VOICES", "ToneEngine", "ToneRun"]

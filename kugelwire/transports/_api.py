@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ..errors import ConnectionFailed, KugelwireError, LocalProtocolError
-from ..protocol._events import ClientEvent, ContextClosed, Interrupted, TurnFinal
+from ..protocol.events import ClientEvent, ContextClosed, Interrupted, TurnFinal
+from ..protocol.ws import ENDPOINT_KINDS
 from ._core import ClientCore, EventBuffer, Kind
 
 __all__ = [
@@ -155,7 +156,7 @@ def connector(
 
     connect.__name__ = connect.__qualname__ = f"connect_{kind}"
     connect.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
-    endpoint = {"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}[kind]
+    endpoint = ENDPOINT_KINDS[kind]
     connect.__doc__ = _CONNECT_DOC.format(endpoint=endpoint, what=f"{_WHAT[kind]}; {flavour}")
     return connect
 

@@ -1,6 +1,6 @@
 """The I/O-free half of every client transport (asyncio, trio, blocking sockets).
 
-:class:`ClientCore` owns a :class:`~kugelwire.protocol._ws.ClientConnection` and its client
+:class:`ClientCore` owns a :class:`~kugelwire.protocol.ws.ClientConnection` and its client
 session and does everything that is not moving bytes or waiting:
 
 * **Routing.** Session events go to one bounded :class:`EventBuffer` per turn (stream), per
@@ -60,8 +60,7 @@ from ..errors import (
     ServerErrorResponse,
     ServerRestarting,
 )
-from ..protocol._client import MultiClientSession, StreamClientSession, TTSClientSession
-from ..protocol._events import (
+from ..protocol.events import (
     AudioChunk,
     ChunkComplete,
     ClientEvent,
@@ -82,7 +81,9 @@ from ..protocol._events import (
     TurnStarted,
     WordTimestamps,
 )
-from ..protocol._ws import (
+from ..protocol.sessions import MultiClientSession, StreamClientSession, TTSClientSession
+from ..protocol.ws import ENDPOINT_KINDS as ENDPOINT
+from ..protocol.ws import (
     ENDPOINTS,
     ClientConnection,
     Connected,
@@ -91,14 +92,13 @@ from ..protocol._ws import (
     HandshakeRejected,
     build_url,
 )
+from ..protocol.ws import RESTART_CODES as _RESTART
 
 __all__ = ["ENDPOINT", "ClientCore", "EventBuffer", "Kind"]
 
 Kind = Literal["stream", "multi", "tts"]
-ENDPOINT: dict[str, str] = {"stream": "/ws/tts/stream", "multi": "/ws/tts/multi", "tts": "/ws/tts"}
 Session = StreamClientSession | MultiClientSession | TTSClientSession
 _OUTPUT = (AudioChunk, GenerationStarted, WordTimestamps, ChunkComplete, TurnFinal)
-_RESTART = frozenset({1012, 1013})
 State = Literal["connecting", "open", "reconnecting", "closing", "closed"]
 #: Events that carry a turn's (or a multi flush-cycle's, or a context's) TurnMetrics.
 _WITH_METRICS = (TurnClosed, RequestFinal, Interrupted, TurnFinal, ContextClosed)
@@ -907,7 +907,7 @@ class ClientCore:
         closed = self._closed
         reconnecting = Reconnecting(
             attempt=self._restarts_in_row,
-            code=None if closed is None else closed.code,
+            close_code=None if closed is None else closed.close_code,
             reason=self._drop_reason(),
             delay=delay,
             replayed=tuple(sorted(str(k) for k in replayed)),

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from ..errors import SendBufferFull
-from ..protocol._events import ClientEvent
+from ..protocol.events import ClientEvent
 from ._api import (
     READ_SIZE,
     TTS,
