@@ -4,7 +4,7 @@ protocol.md#stream-messages, protocol.md#update-settings)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,12 +103,16 @@ def _opt_voice_id(
 
 def _opt_language(obj: Mapping[str, Any], err: ErrT, prefix: str = "") -> str | None:
     value = opt_str(obj, "language", err, prefix)
-    if value is not None and value not in LANGUAGES:
-        raise err(
-            f"{prefix}language: unsupported language {value!r} (ISO 639-1, e.g. 'en')",
-            field=prefix + "language",
-        )
+    _check_supported(value, LANGUAGES, prefix + "language", "language", "ISO 639-1, e.g. 'en'", err)
     return value
+
+
+def _check_supported(
+    value: object, supported: Iterable[object], name: str, what: str, hint: str, err: ErrT
+) -> None:
+    """``err`` naming the field ``name`` when ``value`` is set but not one of ``supported``."""
+    if value is not None and value not in supported:
+        raise err(f"{name}: unsupported {what} {value!r} ({hint})", field=name)
 
 
 def _opt_int_list(
@@ -174,19 +178,11 @@ class Config:
     def from_dict(cls, obj: Mapping[str, Any], err: ErrT = RemoteProtocolError) -> Config:
         """Validate the config fields present in ``obj`` (other keys are ignored)."""
         sample_rate = opt_int(obj, "sample_rate", err)
-        if sample_rate is not None and sample_rate not in SAMPLE_RATES:
-            raise err(
-                f"sample_rate: unsupported rate {sample_rate} "
-                f"(one of {', '.join(map(str, sorted(SAMPLE_RATES)))})",
-                field="sample_rate",
-            )
+        rates = "one of " + ", ".join(map(str, sorted(SAMPLE_RATES)))
+        _check_supported(sample_rate, SAMPLE_RATES, "sample_rate", "rate", rates, err)
         output_format = opt_str(obj, "output_format", err)
-        if output_format is not None and output_format not in OUTPUT_FORMATS:
-            raise err(
-                f"output_format: unsupported format {output_format!r} "
-                f"(one of {', '.join(OUTPUT_FORMATS)})",
-                field="output_format",
-            )
+        formats = "one of " + ", ".join(OUTPUT_FORMATS)
+        _check_supported(output_format, OUTPUT_FORMATS, "output_format", "format", formats, err)
         model_id = opt_str(obj, "model_id", err)
         if model_id is None:
             model_id = opt_str(obj, "model", err)  # REST legacy alias
