@@ -15,7 +15,7 @@ import wave
 
 from _local import arguments, server_url
 
-from kugelwire.protocol import AudioChunk, Interrupted, TurnClosed
+from kugelwire.protocol.events import AudioChunk, Interrupted, TurnClosed
 from kugelwire.transports.asyncio import connect_stream
 
 LONG_TURN = " ".join(["Let me tell you about every single opening hour of every branch."] * 8)

@@ -18,14 +18,13 @@ from _local import arguments, server_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from kugelwire.protocol import (
+from kugelwire.protocol import TTSClientSession, build_url
+from kugelwire.protocol.events import (
     AudioChunk,
     Interrupted,
     RequestFinal,
     ServerError,
-    TTSClientSession,
     TurnAborted,
-    build_url,
 )
 
 TEXTS = ["The first request, spoken in full.", "And a second one, queued behind it."]

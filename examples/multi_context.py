@@ -14,7 +14,7 @@ import wave
 
 from _local import arguments, server_url
 
-from kugelwire.protocol import AudioChunk, ContextClosed, Interrupted
+from kugelwire.protocol.events import AudioChunk, ContextClosed, Interrupted
 from kugelwire.transports.asyncio import AsyncContext, connect_multi
 
 SCRIPT = [

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from _local import arguments, server_url
 
-from kugelwire.protocol import AudioChunk, TurnClosed
+from kugelwire.protocol.events import AudioChunk, TurnClosed
 from kugelwire.transports.asyncio import AsyncTurn, connect_stream
 
 REPLY = ("Sure! Your table for two is booked for seven thirty tonight. "
