@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
-from .protocol.ws import MULTI_ENDPOINT, STREAM_ENDPOINT, TTS_ENDPOINT
+from .protocol.ws import MULTI_ENDPOINT, SERVICE_RESTART, STREAM_ENDPOINT, TTS_ENDPOINT
 
 __all__ = [
     "ConnectionSummary",
@@ -883,7 +883,7 @@ class ServerSessionLike(Protocol):
 
     def fail_chunk(self, ref: Any, message: str, now: float) -> bool: ...
 
-    def shutdown(self, now: float, code: int = 1012) -> None: ...
+    def shutdown(self, now: float, code: int = SERVICE_RESTART) -> None: ...
 
 
 _S = TypeVar("_S", bound=ServerSessionLike)
@@ -984,7 +984,7 @@ class LintedSession(Generic[_S]):
         self._now = now
         return self.session.fail_chunk(ref, message, now)
 
-    def shutdown(self, now: float, code: int = 1012) -> None:
+    def shutdown(self, now: float, code: int = SERVICE_RESTART) -> None:
         self._now = now
         self.session.shutdown(now, code)
 
