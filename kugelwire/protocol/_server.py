@@ -947,9 +947,8 @@ class MultiServerSession(_ServerSession):
                 raise LocalProtocolError(
                     f"context state {state.value} does not take {event.value}"
                 )
-            raise RemoteProtocolError(
-                _REFUSALS[state].format(cid), field="context_id", context_id=cid
-            )
+            refusal = _REFUSALS.get(state, "context {!r} does not take " + event.value)
+            raise RemoteProtocolError(refusal.format(cid), field="context_id", context_id=cid)
         actions, new = entry
         if ctx is not None:
             ctx.state = new
