@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,34 @@ def _record(
     return seen
 
 
+def _every_pair(states: Any, inputs: Any) -> Any:
+    return pytest.mark.parametrize(("state", "event"), list(itertools.product(states, inputs)))
+
+
+def _walk(
+    monkeypatch: pytest.MonkeyPatch,
+    handlers: dict[Any, Callable[..., None]],
+    entry: Any,
+    feed: Callable[[], None],
+    state_of: Callable[[], Any],
+    refused: Callable[[], Any],
+) -> None:
+    """Feed one input to a machine in a known state: with a table ``entry``, the entry's
+    actions run first, in order, and the machine lands in its next state; without one, the
+    ``refused()`` error is raised, no action runs and the state stays."""
+    before = state_of()
+    seen = _record(monkeypatch, handlers)
+    if entry is None:
+        with refused():
+            feed()
+        assert state_of() is before and seen == []
+        return
+    actions, new = entry
+    feed()
+    assert state_of() is new
+    assert tuple(seen[: len(actions)]) == actions  # (then any nested transition's)
+
+
 # -- /ws/tts/stream: the turn ---------------------------------------------------------------------
 def _stream_in(state: ServerTurnState) -> StreamServerSession:
     s = StreamServerSession()
@@ -85,30 +114,25 @@ _TURN_MSGS: dict[ServerTurnInput, Any] = {
     TI.FLUSH: _frame({"flush": True}),
     TI.CANCEL: _frame({"cancel": True}),
     TI.CLOSE_SOCKET: _frame({"close_socket": True}),
-    TI.IDLE_TIMEOUT: None,
-    TI.DRAINED: None,
-}
+}  # internal inputs come without a frame
 
 
-@pytest.mark.parametrize(
-    ("state", "event"), list(itertools.product(ServerTurnState, ServerTurnInput))
-)
+@_every_pair(ServerTurnState, ServerTurnInput)
 def test_every_turn_pair(
     state: ServerTurnState, event: ServerTurnInput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = _stream_in(state)
-    seen = _record(monkeypatch, _server._TURN_ACTIONS)
     entry = SERVER_TURN_TRANSITIONS.get((state, event))
-    if entry is None:
-        assert event in SERVER_TURN_LOCAL_INPUTS  # every client frame is taken in every state
-        with pytest.raises(LocalProtocolError, match="does not take"):
-            s._process(event, _TURN_MSGS[event], 1.0)
-        assert s.state is state and seen == []
-        return
-    actions, new = entry
-    s._process(event, _TURN_MSGS[event], 1.0)
-    assert s.state is new
-    assert tuple(seen[: len(actions)]) == actions  # (then any nested transition's)
+    # every client frame is taken in every state: only internal inputs can be missing
+    assert entry is not None or event in SERVER_TURN_LOCAL_INPUTS
+    _walk(
+        monkeypatch,
+        _server._TURN_ACTIONS,
+        entry,
+        lambda: s._process(event, _TURN_MSGS.get(event), 1.0),
+        lambda: s.state,
+        lambda: pytest.raises(LocalProtocolError, match="does not take"),
+    )
 
 
 def test_a_refused_turn_start_leaves_the_turn_idle() -> None:
@@ -182,37 +206,29 @@ _CONTEXT_MSGS: dict[ServerContextInput, Any] = {
     CI.CANCEL: _frame({"context_id": "a", "cancel": True}),
     CI.CLOSE: _frame({"context_id": "a", "close_context": True}),
     CI.CLOSE_IMMEDIATE: _frame({"context_id": "a", "close_context": True, "immediate": True}),
-    CI.FLUSH_DONE: None,
-    CI.DRAINED: None,
-    CI.TIMEOUT: None,
-}
+}  # internal inputs come without a frame
 
 
-@pytest.mark.parametrize(
-    ("state", "event"), list(itertools.product(ServerContextState, ServerContextInput))
-)
+@_every_pair(ServerContextState, ServerContextInput)
 def test_every_context_pair(
     state: ServerContextState, event: ServerContextInput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = _multi_in(state)
-    seen = _record(monkeypatch, _server._CONTEXT_ACTIONS)
-    entry = SERVER_CONTEXT_TRANSITIONS.get((state, event))
-    if entry is None:
+    refusals = {C.IDLE: "unknown context 'a'", C.CLOSING: "context 'a' is closing"}
+
+    def refused() -> Any:
         if event in SERVER_CONTEXT_LOCAL_INPUTS:
-            with pytest.raises(LocalProtocolError, match="does not take"):
-                s._process("a", event, _CONTEXT_MSGS[event], 1.0)
-        else:
-            message = {C.IDLE: "unknown context 'a'", C.CLOSING: "context 'a' is closing"}
-            with pytest.raises(RemoteProtocolError) as info:
-                s._process("a", event, _CONTEXT_MSGS[event], 1.0)
-            assert info.value.message == message[state]
-            assert info.value.context_id == "a"
-        assert s.context_state("a") is state and seen == []
-        return
-    actions, new = entry
-    s._process("a", event, _CONTEXT_MSGS[event], 1.0)
-    assert s.context_state("a") is new
-    assert tuple(seen[: len(actions)]) == actions  # (then any nested transition's)
+            return pytest.raises(LocalProtocolError, match="does not take")
+        return pytest.raises(RemoteProtocolError, match=f"^{re.escape(refusals[state])}$")
+
+    _walk(
+        monkeypatch,
+        _server._CONTEXT_ACTIONS,
+        SERVER_CONTEXT_TRANSITIONS.get((state, event)),
+        lambda: s._process("a", event, _CONTEXT_MSGS.get(event), 1.0),
+        lambda: s.context_state("a"),
+        refused,
+    )
 
 
 def test_a_refused_client_frame_becomes_an_error_frame_for_its_context() -> None:
@@ -277,24 +293,19 @@ def _request_in(state: ServerRequestState) -> tuple[TTSServerSession, Any]:
     return s, request
 
 
-@pytest.mark.parametrize(
-    ("state", "event"), list(itertools.product(ServerRequestState, ServerRequestInput))
-)
+@_every_pair(ServerRequestState, ServerRequestInput)
 def test_every_request_pair(
     state: ServerRequestState, event: ServerRequestInput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s, request = _request_in(state)
-    seen = _record(monkeypatch, _server._REQUEST_ACTIONS)
-    entry = SERVER_REQUEST_TRANSITIONS.get((state, event))
-    if entry is None:
-        with pytest.raises(LocalProtocolError, match="does not take"):
-            s._process(request, event, 1.0)
-        assert request.state is state and seen == []
-        return
-    actions, new = entry
-    s._process(request, event, 1.0)
-    assert request.state is new
-    assert tuple(seen[: len(actions)]) == actions  # (then any nested transition's)
+    _walk(
+        monkeypatch,
+        _server._REQUEST_ACTIONS,
+        SERVER_REQUEST_TRANSITIONS.get((state, event)),
+        lambda: s._process(request, event, 1.0),
+        lambda: request.state,
+        lambda: pytest.raises(LocalProtocolError, match="does not take"),
+    )
 
 
 def test_requests_walk_their_machine_through_the_public_api() -> None:
