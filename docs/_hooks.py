@@ -2,8 +2,10 @@
 
 * State diagrams are generated from the core's transition tables
   (:mod:`kugelwire.protocol._state`), never drawn by hand: a page writes
-  ``<!-- kugelwire:state-diagram CLIENT_TURN_TRANSITIONS -->`` and gets a Mermaid
-  ``stateDiagram-v2`` of that table, followed by the same transitions as a table.
+  ``<!-- kugelwire:state-diagrams -->`` and gets a section per machine of the registry
+  ``_state.MACHINES`` (title, description, a Mermaid ``stateDiagram-v2`` of the table, then
+  the same transitions, with their actions, as a table); or it writes
+  ``<!-- kugelwire:state-diagram CLIENT_TURN_TRANSITIONS -->`` for one table's diagram.
 * Sphinx cross-reference roles left in docstrings (``:class:`X```) are shown as plain code in
   the API reference (``X``) instead of leaking the role name.
 
@@ -20,27 +22,41 @@ from typing import Any, TypeAlias
 
 from kugelwire.protocol import _state
 
-#: A transition table: ``(state, input) -> next state`` (the key types vary by table).
-Table: TypeAlias = Mapping[tuple[Any, Any], Enum]
+#: A transition table: ``(state, input) -> next state``, or h2-style
+#: ``(state, input) -> (actions, next state)`` (the key types vary by table).
+Table: TypeAlias = Mapping[tuple[Any, Any], Any]
 
-#: Tables a page may ask for, by their name in ``kugelwire.protocol._state``.
-TABLES: dict[str, Table] = {
-    "CLIENT_TURN_TRANSITIONS": _state.CLIENT_TURN_TRANSITIONS,
-    "CLIENT_CONTEXT_TRANSITIONS": _state.CLIENT_CONTEXT_TRANSITIONS,
-    "SERVER_TURN_TRANSITIONS": _state.SERVER_TURN_TRANSITIONS,
-}
+#: Tables a page may ask for, by their name in ``kugelwire.protocol._state`` (the registry).
+TABLES: dict[str, Table] = {machine.name: machine.table for machine in _state.MACHINES}
 
 _MARKER = re.compile(r"^<!--\s*kugelwire:state-diagram\s+(\S+)\s*-->[ \t]*$", re.MULTILINE)
+_ALL_MARKER = re.compile(r"^<!--\s*kugelwire:state-diagrams\s*-->[ \t]*$", re.MULTILINE)
 _EDGE = re.compile(r"^\s*(\w+) --> (\w+) : (.+)$")
 _ROLE = re.compile(
     r":(?:py:)?(?:class|func|meth|attr|mod|exc|data|obj|const):<code>(~?)([^<]+)</code>"
 )
 
 
+def next_state(value: Any) -> Enum:
+    """The next state of a table entry (a bare state, or ``(actions, next state)``)."""
+    state: Enum = value[-1] if isinstance(value, tuple) else value
+    return state
+
+
+def actions(value: Any) -> tuple[Enum, ...]:
+    """The actions of a table entry: none for a bare next state; one action or a tuple."""
+    if not isinstance(value, tuple):
+        return ()
+    named = value[0]
+    if named is None:
+        return ()
+    return tuple(named) if isinstance(named, tuple) else (named,)
+
+
 def _states(table: Table) -> list[Enum]:
     """Every state of the table's enum, in declaration order."""
-    first_state: Enum = next(iter(table.values()))  # states and next states share one enum
-    return list(type(first_state))
+    # states and next states share one enum
+    return list(type(next_state(next(iter(table.values())))))
 
 
 def mermaid_state_diagram(table: Table) -> str:
@@ -52,8 +68,8 @@ def mermaid_state_diagram(table: Table) -> str:
     """
     states = _states(table)
     edges: dict[tuple[Enum, Enum], list[str]] = defaultdict(list)
-    for (state, event), new in table.items():
-        edges[state, new].append(str(event.value))
+    for (state, event), value in table.items():
+        edges[state, next_state(value)].append(str(event.value))
     sources = {state for state, _ in table}
     lines = ["stateDiagram-v2", f"    [*] --> {states[0].name}"]
     for (state, new), labels in edges.items():
@@ -75,13 +91,20 @@ def parse_mermaid_edges(diagram: str) -> set[tuple[str, str, str]]:
     return found
 
 
-def transition_table(table: Table) -> str:
-    """The transitions as a Markdown table, in table order."""
-    rows = ["| state | input | next state |", "|---|---|---|"]
-    rows.extend(
-        f"| `{state.name}` | `{event.value}` | `{new.name}` |"
-        for (state, event), new in table.items()
-    )
+def transition_table(table: Table, *, with_actions: bool = False) -> str:
+    """The transitions as a Markdown table, in table order; ``with_actions`` adds a column
+    with each transition's actions (h2-style tables)."""
+    if not with_actions:
+        rows = ["| state | input | next state |", "|---|---|---|"]
+        rows.extend(
+            f"| `{state.name}` | `{event.value}` | `{next_state(value).name}` |"
+            for (state, event), value in table.items()
+        )
+        return "\n".join(rows) + "\n"
+    rows = ["| state | input | next state | actions |", "|---|---|---|---|"]
+    for (state, event), value in table.items():
+        done = ", ".join(f"`{action.value}`" for action in actions(value)) or "-"
+        rows.append(f"| `{state.name}` | `{event.value}` | `{next_state(value).name}` | {done} |")
     return "\n".join(rows) + "\n"
 
 
@@ -92,17 +115,28 @@ def render_marker(name: str) -> str:
     except KeyError:
         known = ", ".join(sorted(TABLES))
         raise ValueError(f"unknown transition table {name!r} (known: {known})") from None
+    with_actions = any(actions(value) for value in table.values())
+    rows = transition_table(table, with_actions=with_actions).splitlines()
     return (
         "```mermaid\n"
         + mermaid_state_diagram(table)
         + "```\n\n"
         + f'??? info "Every transition of `{name}` (generated)"\n\n'
-        + "".join("    " + row + "\n" for row in transition_table(table).splitlines())
+        + "".join("    " + row + "\n" for row in rows)
+    )
+
+
+def render_machines() -> str:
+    """What replaces ``<!-- kugelwire:state-diagrams -->``: a section per registered machine."""
+    return "\n".join(
+        f"### {machine.title}\n\n{machine.doc}\n\n{render_marker(machine.name)}"
+        for machine in _state.MACHINES
     )
 
 
 def expand_markers(markdown: str) -> str:
     """Replace every state-diagram marker in a page's Markdown."""
+    markdown = _ALL_MARKER.sub(lambda m: render_machines(), markdown)
     return _MARKER.sub(lambda m: render_marker(m.group(1)), markdown)
 
 

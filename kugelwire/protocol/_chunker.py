@@ -416,61 +416,76 @@ class Chunker:
         while i < n:
             state = self._state
             if state == _NONE:
-                m = _TERM_FIND.search(s, i)
-                end = n if m is None else m.start()
-                if end > i:
-                    # Stop exactly at the max-buffer limit so the cut is decided there.
-                    if self._overflow:
-                        if self._spell_open is None and self._content is None:
-                            # Over the limit with only whitespace so far: cut after the
-                            # first visible character.
-                            first = _NONWS.search(s, i, end)
-                            if first is not None:
-                                end = first.end()
-                    else:
-                        room = self._max - self._raw_len
-                        if 0 < room < end - i:
-                            end = i + room
-                    self._append(s[i:end], False)
-                    i = end
-                    continue
-                c = s[i]
-                if c == "\n":
-                    self._append(c, False)
-                    self._boundary(self._raw_len, self._text_len)
-                elif c == "." and _is_abbreviation(self._word):
-                    self._append(c, False)
-                else:
-                    self._append(c, False)
-                    if self._raw_len:  # (a max-buffer cut right after it took the terminator)
-                        self._state = _RUN
-                        self._strong = c in _STRONG or c in _CJK
-                        self._cjk = c in _CJK
-                        self._cand = (self._raw_len, self._text_len)
-                i += 1
+                i = self._plain_none(s, i, n)
             elif state == _RUN:
-                c = s[i]
-                if c in _TERMS or c in _CLOSERS:
-                    self._append(c, False)
-                    if self._state == _RUN:  # (a max-buffer cut may have reset it)
-                        if c in _STRONG or c in _CJK:
-                            self._strong = True
-                            self._cjk = self._cjk or c in _CJK
-                        self._cand = (self._raw_len, self._text_len)
-                    i += 1
-                    continue
-                self._end_run(c)
-            else:  # _AWAIT
-                c = s[i]
-                if c == "\n":
-                    self._state = _NONE  # the newline cuts right after itself
-                elif c.isspace():
-                    self._append(c, False)
-                    i += 1
-                else:
-                    self._state = _NONE
-                    if _confirms(c):
-                        self._boundary(*self._cand)
+                i = self._plain_run(s, i)
+            else:
+                i = self._plain_await(s, i)
+
+    def _plain_none(self, s: str, i: int, n: int) -> int:
+        """No terminator pending: take text up to the next terminator, or the terminator."""
+        m = _TERM_FIND.search(s, i)
+        end = n if m is None else m.start()
+        if end > i:
+            end = self._text_end(s, i, end)
+            self._append(s[i:end], False)
+            return end
+        c = s[i]
+        if c == "\n":
+            self._append(c, False)
+            self._boundary(self._raw_len, self._text_len)
+        elif c == "." and _is_abbreviation(self._word):
+            self._append(c, False)
+        else:
+            self._append(c, False)
+            if self._raw_len:  # (a max-buffer cut right after it took the terminator)
+                self._state = _RUN
+                self._strong = c in _STRONG or c in _CJK
+                self._cjk = c in _CJK
+                self._cand = (self._raw_len, self._text_len)
+        return i + 1
+
+    def _text_end(self, s: str, i: int, end: int) -> int:
+        """Where the text run ``s[i:end]`` is appended up to: it stops exactly at the
+        max-buffer limit so the cut is decided there."""
+        if not self._overflow:
+            room = self._max - self._raw_len
+            return i + room if 0 < room < end - i else end
+        if self._spell_open is None and self._content is None:
+            # Over the limit with only whitespace so far: cut after the first visible
+            # character.
+            first = _NONWS.search(s, i, end)
+            if first is not None:
+                return first.end()
+        return end
+
+    def _plain_run(self, s: str, i: int) -> int:
+        """In a terminator run: extend it, or end it at ``s[i]`` (not consumed)."""
+        c = s[i]
+        if c in _TERMS or c in _CLOSERS:
+            self._append(c, False)
+            if self._state == _RUN:  # (a max-buffer cut may have reset it)
+                if c in _STRONG or c in _CJK:
+                    self._strong = True
+                    self._cjk = self._cjk or c in _CJK
+                self._cand = (self._raw_len, self._text_len)
+            return i + 1
+        self._end_run(c)
+        return i
+
+    def _plain_await(self, s: str, i: int) -> int:
+        """After a weak terminator and whitespace: what follows confirms the cut or not."""
+        c = s[i]
+        if c == "\n":
+            self._state = _NONE  # the newline cuts right after itself
+        elif c.isspace():
+            self._append(c, False)
+            return i + 1
+        else:
+            self._state = _NONE
+            if _confirms(c):
+                self._boundary(*self._cand)
+        return i
 
     def _end_run(self, c: str) -> None:
         """The terminator run ended and ``c`` follows it (``c`` is not consumed)."""

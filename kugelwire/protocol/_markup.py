@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -183,6 +184,53 @@ def _group(attrs: str) -> int | None:
     return group if group > 0 else None
 
 
+#: What a tag outside a ``<spell>`` span is: ``(closing, self-closing, attribute text, a
+#: prosody span is open) -> (atom kind, value, a prosody span is open)``.
+_TagResult = tuple[int, object, bool]
+_Tag = Callable[[bool, bool, str, bool], _TagResult]
+
+
+def _spell_tag(closing: bool, self_closing: bool, attrs: str, prosody: bool) -> _TagResult:
+    if closing or self_closing:
+        return STRIP, None, prosody  # a stray </spell> is dropped; <spell/> spells nothing
+    return SPELL_OPEN, _group(attrs), prosody
+
+
+def _break_tag(closing: bool, self_closing: bool, attrs: str, prosody: bool) -> _TagResult:
+    if closing:
+        return STRIP, None, prosody  # explicit-close form <break ...></break>
+    return BREAK, break_ms(attrs), prosody
+
+
+def _prosody_tag(closing: bool, self_closing: bool, attrs: str, prosody: bool) -> _TagResult:
+    if closing:
+        if not prosody:
+            raise MarkupError("stray </prosody> without an open <prosody> in this message")
+        return PROSODY_CLOSE, None, False
+    if self_closing:
+        prosody_rate(attrs)  # validated, then dropped
+        return STRIP, None, prosody
+    if prosody:
+        raise MarkupError("<prosody> spans cannot be nested")
+    return PROSODY_OPEN, prosody_rate(attrs), True
+
+
+def _other_tag(closing: bool, self_closing: bool, attrs: str, prosody: bool) -> _TagResult:
+    return STRIP, None, prosody  # unknown tags are stripped
+
+
+_TAGS: Final[dict[str, _Tag]] = {
+    "spell": _spell_tag,
+    "break": _break_tag,
+    "prosody": _prosody_tag,
+}
+
+
+def _may_become_a_tag(data: str, lt: int) -> bool:
+    """Whether the ``<`` at ``lt`` starts an incomplete tag candidate (held for more data)."""
+    return len(data) - lt < MAX_TAG_LENGTH and _TAG_PREFIX.fullmatch(data, lt) is not None
+
+
 def scan(data: str, in_spell: bool, *, final: bool = False) -> tuple[list[Atom], str, bool]:
     """Split ``data`` into atoms.
 
@@ -210,11 +258,7 @@ def scan(data: str, in_spell: bool, *, final: bool = False) -> tuple[list[Atom],
             break
         m = _TAG.match(data, lt, min(n, lt + MAX_TAG_LENGTH))
         if m is None:
-            if (
-                not final
-                and n - lt < MAX_TAG_LENGTH
-                and _TAG_PREFIX.fullmatch(data, lt) is not None
-            ):
+            if not final and _may_become_a_tag(data, lt):
                 flush_text(lt)
                 if prosody_open:
                     raise MarkupError("<prosody> must be opened and closed within one message")
@@ -223,8 +267,6 @@ def scan(data: str, in_spell: bool, *, final: bool = False) -> tuple[list[Atom],
             continue
         closing = m.group(1) == "/"
         name = m.group(2).lower()
-        self_closing = m.group(4) == "/"
-        raw = m.group(0)
         kind: int
         value: object = None
         if in_spell:
@@ -232,32 +274,11 @@ def scan(data: str, in_spell: bool, *, final: bool = False) -> tuple[list[Atom],
                 pos = m.end()  # everything but </spell> is spelled text (nested opens too)
                 continue
             kind = SPELL_CLOSE
-        elif name == "spell":
-            if closing or self_closing:
-                kind = STRIP  # a stray </spell> is dropped; <spell/> spells nothing
-            else:
-                kind, value = SPELL_OPEN, _group(m.group(3))
-        elif name == "break":
-            if closing:
-                kind = STRIP  # explicit-close form <break ...></break>
-            else:
-                kind, value = BREAK, break_ms(m.group(3))
-        elif name == "prosody":
-            if closing:
-                if not prosody_open:
-                    raise MarkupError("stray </prosody> without an open <prosody> in this message")
-                kind, prosody_open = PROSODY_CLOSE, False
-            elif self_closing:
-                prosody_rate(m.group(3))
-                kind = STRIP
-            else:
-                if prosody_open:
-                    raise MarkupError("<prosody> spans cannot be nested")
-                kind, value, prosody_open = PROSODY_OPEN, prosody_rate(m.group(3)), True
         else:
-            kind = STRIP
+            tag = _TAGS.get(name, _other_tag)
+            kind, value, prosody_open = tag(closing, m.group(4) == "/", m.group(3), prosody_open)
         flush_text(lt)
-        atoms.append((kind, raw, value))
+        atoms.append((kind, m.group(0), value))
         if kind == SPELL_OPEN:
             in_spell = True
         elif kind == SPELL_CLOSE:

@@ -45,7 +45,21 @@ from ._messages import (
     WordTimestampsFrame,
     parse_client_message,
 )
-from ._state import SERVER_TURN_TRANSITIONS, ServerTurnInput, ServerTurnState
+from ._state import (
+    SERVER_CONTEXT_LOCAL_INPUTS,
+    SERVER_CONTEXT_TRANSITIONS,
+    SERVER_REQUEST_TRANSITIONS,
+    SERVER_TURN_TRANSITIONS,
+    ServerContextAction,
+    ServerContextInput,
+    ServerContextState,
+    ServerRequestAction,
+    ServerRequestInput,
+    ServerRequestState,
+    ServerTurnAction,
+    ServerTurnInput,
+    ServerTurnState,
+)
 
 _MAX_TOMBSTONES = 1024
 
@@ -270,6 +284,7 @@ class _ServerSession:
         #: raises :class:`RemoteProtocolError` to refuse the whole frame (the server's memory
         #: caps). None: no caps beyond :class:`ServerLimits`.
         self.admission: Callable[[int, bool, str | None], None] | None = None
+        self._setup()
 
     # -- the MessageSession protocol -------------------------------------------------------
     @property
@@ -321,6 +336,10 @@ class _ServerSession:
     def held_chars(self) -> int:
         """Characters of client text this session holds: buffered, queued or being spoken."""
         return sum(work.held_chars for work in self._works()) + self._waiting_chars()
+
+    def _setup(self) -> None:
+        """The endpoint's own state (called at the end of ``__init__``)."""
+        raise NotImplementedError
 
     def _works(self) -> Iterator[_Work]:  # pragma: no cover - overridden
         return iter(())
@@ -647,22 +666,7 @@ class StreamServerSession(_ServerSession):
     endpoint = STREAM_ENDPOINT
     temperature_default = None  # unset on /ws/tts/stream (rulings.md#ruling-19)
 
-    def __init__(
-        self,
-        *,
-        limits: ServerLimits | None = None,
-        config: Config | None = None,
-        catalogue: VoiceCatalogue | None = None,
-        lenient: bool = False,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(
-            limits=limits,
-            config=config,
-            catalogue=catalogue,
-            lenient=lenient,
-            request_id=request_id,
-        )
+    def _setup(self) -> None:
         self.state = ServerTurnState.IDLE
         self._turn: _Work | None = None
         self._turns = 0
@@ -683,133 +687,148 @@ class StreamServerSession(_ServerSession):
         return self._deferred_chars
 
     def _starts_work(self, msg: ClientMessage) -> bool:
-        return self.state is not ServerTurnState.ACTIVE
+        return self.state not in _TEXT_JOINS_TURN
 
-    def _advance(self, event: ServerTurnInput) -> None:
-        new = SERVER_TURN_TRANSITIONS.get((self.state, event))
-        if new is None:  # pragma: no cover - guarded by the callers
-            raise LocalProtocolError(f"turn state {self.state.value} does not take {event.value}")
-        self.state = new
+    def _process(self, event: ServerTurnInput, msg: ClientMessage | None, now: float) -> None:
+        """Feed ``event`` to the turn machine: next state, then the table's actions in order.
+        An action that refuses the frame (:class:`RemoteProtocolError`) or declines it leaves
+        the state where it was."""
+        previous = self.state
+        try:
+            actions, self.state = SERVER_TURN_TRANSITIONS[previous, event]
+        except KeyError:
+            raise LocalProtocolError(
+                f"turn state {previous.value} does not take {event.value}"
+            ) from None
+        try:
+            for action in actions:
+                _TURN_ACTIONS[action](self, msg, now)
+        except _Declined:
+            self.state = previous
+        except RemoteProtocolError:
+            self.state = previous
+            raise
 
     def _handle(self, msg: ClientMessage, now: float) -> None:
-        # Appendix B order: close_socket -> cancel -> update_settings -> close -> config/text ->
-        # flush.
+        # The service's order: cancel, then update_settings, then the frame's turn inputs.
         if msg.cancel:
-            self._cancel(now)
-            return
-        if msg.update_settings is not None:
+            self._process(ServerTurnInput.CANCEL, msg, now)
+        elif msg.update_settings is not None:
             self._update_settings(msg)
-            return
-        if (
-            msg.close_socket
-            and not msg.text
-            and not self._deferred
-            and self.state is ServerTurnState.DRAINING
-        ):
-            self._closing = True  # closes once the draining turn is over
-            return
-        if self.state is ServerTurnState.DRAINING or self._deferred:
-            if msg.text or msg.flush or msg.close or msg.close_socket or not msg.config.is_empty():
-                self._check_queue(len(self._deferred), self._deferred_chars, msg.text)
-                self._deferred.append(msg)
-                self._deferred_chars += len(msg.text or "")
-            return
-        self._apply(msg, now)
-
-    def _apply(self, msg: ClientMessage, now: float) -> None:
-        if msg.close_socket:
-            if msg.text:
-                self._text(msg, now)  # may refuse the frame: then nothing of it applies
-            self._closing = True
-            if self.state is ServerTurnState.ACTIVE:
-                self._flush(now)
-            elif self.state is ServerTurnState.IDLE:
-                self._send(SessionClosedFrame(0.0, 0, 0))
-                self._finish_close()
-            return
-        if msg.text:
-            self._text(msg, now)
-        elif not msg.config.is_empty():
-            self._config = self._config.merged(msg.config)
-        if msg.flush or msg.close:
-            self._flush(now)
-
-    def _text(self, msg: ClientMessage, now: float) -> None:
-        assert msg.text is not None
-        if self.state is ServerTurnState.IDLE:
-            if self._shutdown_code is not None:
-                return  # a restarting server starts nothing new; the client replays it
-            config = self._config.merged(msg.config)
-            self._require_voice(config)
-            turn = self._new_work(self._turns, config, now)
-            self._accept_text(turn, msg.text, now)  # raises before anything is applied
-            self._config = config
-            self._turns += 1
-            self._turn = turn
-            self._advance(ServerTurnInput.TEXT)
         else:
-            assert self._turn is not None
-            self._accept_text(self._turn, msg.text, now)
-            # Identity/format changes mid-turn apply from the next turn (rulings.md#ruling-10).
-            self._config = self._config.merged(msg.config)
-            self._advance(ServerTurnInput.TEXT)
+            for event in _turn_inputs(msg):
+                self._process(event, msg, now)
+
+    # -- the turn machine's actions (SERVER_TURN_TRANSITIONS) ---------------------------------
+    def _start(self, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None and msg.text is not None
+        if self._shutdown_code is not None:
+            raise _Declined  # a restarting server starts nothing new; the client replays it
+        config = self._config.merged(msg.config)
+        self._require_voice(config)
+        turn = self._new_work(self._turns, config, now)
+        self._accept_text(turn, msg.text, now)  # raises before anything is applied
+        self._config = config
+        self._turns += 1
+        self._turn = turn
         self._last_text_at = now
 
-    def _flush(self, now: float) -> None:
-        if self.state is not ServerTurnState.ACTIVE:
-            return  # no turn: ignored (rulings.md#ruling-7)
+    def _add_text(self, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None and msg.text is not None and self._turn is not None
+        self._accept_text(self._turn, msg.text, now)
+        # Identity/format changes mid-turn apply from the next turn (rulings.md#ruling-10).
+        self._config = self._config.merged(msg.config)
+        self._last_text_at = now
+
+    def _merge_config(self, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None
+        self._config = self._config.merged(msg.config)
+
+    def _flush(self, msg: ClientMessage | None, now: float) -> None:
         assert self._turn is not None
-        self._advance(ServerTurnInput.FLUSH)
         self._flush_work(self._turn, now)
 
-    def _cancel(self, now: float) -> None:
+    def _warn_idle(self, msg: ClientMessage | None, now: float) -> None:
+        self._send(WarningFrame(IDLE_WARNING))
+
+    def _queue(self, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None
+        if self._deferred and self._deferred[-1] is msg:
+            return  # the frame's first input queued it already (a frame waits whole)
+        self._check_queue(len(self._deferred), self._deferred_chars, msg.text)
+        self._deferred.append(msg)
+        self._deferred_chars += len(msg.text or "")
+
+    def _cancel(self, msg: ClientMessage | None, now: float) -> None:
         if self._turn is not None:
             self._drop_work(self._turn)
         self._deferred.clear()
         self._deferred_chars = 0
         self._turn = None
-        self._advance(ServerTurnInput.CANCEL)
         self._send(InterruptedFrame())
         if self._closing:
             self._send(SessionClosedFrame(0.0, 0, 0))
             self._finish_close()
         self._maybe_shutdown(now)
 
-    def _cycle_done(self, work: _Work, now: float) -> None:
-        secs = work.audio_seconds()
+    def _close(self, msg: ClientMessage | None, now: float) -> None:
+        self._closing = True
+        self._send(SessionClosedFrame(0.0, 0, 0))
+        self._finish_close()
+
+    def _close_after(self, msg: ClientMessage | None, now: float) -> None:
+        self._closing = True
+
+    def _queue_close(self, msg: ClientMessage | None, now: float) -> None:
+        if self._deferred:
+            self._queue(msg, now)  # the close applies after the frames before it
+        else:
+            self._closing = True
+
+    def _finish(self, msg: ClientMessage | None, now: float) -> None:
+        turn = self._turn
+        assert turn is not None
+        secs = turn.audio_seconds()
         self._send(
             FinalFrame(
                 total_audio_seconds=secs,
-                total_text_chunks=work.text_chunks,
-                total_audio_chunks=work.audio_frames,
+                total_text_chunks=turn.text_chunks,
+                total_audio_chunks=turn.audio_frames,
             )
         )
-        self._send(SessionClosedFrame(secs, work.text_chunks, work.audio_frames, work.usage()))
+        self._send(SessionClosedFrame(secs, turn.text_chunks, turn.audio_frames, turn.usage()))
         self._turn = None
-        self._advance(ServerTurnInput.DRAINED)
         if self._closing:
             self._finish_close()
             return
-        while self._deferred and self.state is not ServerTurnState.DRAINING:
+        # The waiting frames apply in order until one of them makes the next turn wait.
+        while self._deferred and self.state not in _WAITING:
             if self._close_code is not None:
                 break
             msg = self._deferred.popleft()
             self._deferred_chars -= len(msg.text or "")
             try:
-                self._apply(msg, now)
+                self._handle(msg, now)
             except RemoteProtocolError as exc:
                 self._error(exc.message, exc.error_code, exc.code, exc.context_id)
         self._maybe_shutdown(now)
 
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        self._process(ServerTurnInput.DRAINED, None, now)
+
     def _busy(self) -> bool:
-        return self.state is not ServerTurnState.IDLE or bool(self._deferred)
+        return self._turn is not None or bool(self._deferred)
+
+    def _idle_timer_runs(self) -> bool:
+        """The idle auto-flush timer runs in the states that take its input."""
+        return (self.state, ServerTurnInput.IDLE_TIMEOUT) in SERVER_TURN_TRANSITIONS
 
     def _deadlines(self) -> Iterator[float | None]:
         turn = self._turn
         if turn is None:
             return
         yield turn.chunker.next_deadline()
-        if self.state is ServerTurnState.ACTIVE:
+        if self._idle_timer_runs():
             yield self._last_text_at + self.limits.idle_flush_s
 
     def _timeout(self, now: float) -> None:
@@ -817,12 +836,62 @@ class StreamServerSession(_ServerSession):
         if turn is None:
             return
         self._enqueue(turn, turn.chunker.handle_timeout(now), now)
-        if (
-            self.state is ServerTurnState.ACTIVE
-            and now >= self._last_text_at + self.limits.idle_flush_s
-        ):
-            self._send(WarningFrame(IDLE_WARNING))
-            self._flush(now)
+        if self._idle_timer_runs() and now >= self._last_text_at + self.limits.idle_flush_s:
+            self._process(ServerTurnInput.IDLE_TIMEOUT, None, now)
+
+
+class _Declined(Exception):
+    """Raised by a turn action that drops its frame: the machine stays where it was."""
+
+
+_TI, _TA = ServerTurnInput, ServerTurnAction
+#: What a client frame (neither ``cancel`` nor ``update_settings``) is to the turn machine,
+#: by (non-empty text, config fields, flush or close); ``close_socket`` by (non-empty text,).
+_TURN_FRAME_INPUTS: dict[tuple[bool, bool, bool], tuple[ServerTurnInput, ...]] = {
+    (False, False, False): (),
+    (False, False, True): (_TI.FLUSH,),
+    (False, True, False): (_TI.CONFIG,),
+    (False, True, True): (_TI.CONFIG, _TI.FLUSH),
+    (True, False, False): (_TI.TEXT,),  # text carries its config (START / ADD_TEXT)
+    (True, False, True): (_TI.TEXT, _TI.FLUSH),
+}
+_CLOSE_SOCKET_INPUTS: dict[bool, tuple[ServerTurnInput, ...]] = {
+    False: (_TI.CLOSE_SOCKET,),
+    True: (_TI.TEXT, _TI.CLOSE_SOCKET),  # its config and flush are not looked at
+}
+
+
+def _turn_inputs(msg: ClientMessage) -> tuple[ServerTurnInput, ...]:
+    if msg.close_socket:
+        return _CLOSE_SOCKET_INPUTS[bool(msg.text)]
+    text = bool(msg.text)
+    config = not text and not msg.config.is_empty()
+    return _TURN_FRAME_INPUTS[text, config, msg.flush or msg.close]
+
+
+_TurnAction = Callable[[StreamServerSession, ClientMessage | None, float], None]
+_TURN_ACTIONS: dict[ServerTurnAction, _TurnAction] = {
+    _TA.START: StreamServerSession._start,
+    _TA.ADD_TEXT: StreamServerSession._add_text,
+    _TA.CONFIG: StreamServerSession._merge_config,
+    _TA.FLUSH: StreamServerSession._flush,
+    _TA.WARN_IDLE: StreamServerSession._warn_idle,
+    _TA.QUEUE: StreamServerSession._queue,
+    _TA.CANCEL: StreamServerSession._cancel,
+    _TA.CLOSE: StreamServerSession._close,
+    _TA.CLOSE_AFTER: StreamServerSession._close_after,
+    _TA.QUEUE_CLOSE: StreamServerSession._queue_close,
+    _TA.FINISH: StreamServerSession._finish,
+}
+#: States in which a client frame waits for the next turn / in which text joins the turn
+#: (read off the table).
+_WAITING = frozenset(
+    s for (s, i), (acts, _) in SERVER_TURN_TRANSITIONS.items() if acts == (_TA.QUEUE,)
+)
+_TEXT_JOINS_TURN = frozenset(
+    s for (s, i), (acts, _) in SERVER_TURN_TRANSITIONS.items()
+    if i is _TI.TEXT and acts == (_TA.ADD_TEXT,)
+)
 
 
 # =============================================================================================
@@ -834,7 +903,7 @@ class _Context:
     work: _Work
     last_activity: float
     timeout_s: float
-    closing: bool = False  # graceful close requested: context_closed after the final
+    state: ServerContextState = ServerContextState.OPEN
     pending_finals: int = 0  # flushes whose final is still owed
 
 
@@ -843,22 +912,7 @@ class MultiServerSession(_ServerSession):
 
     endpoint = MULTI_ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        limits: ServerLimits | None = None,
-        config: Config | None = None,
-        catalogue: VoiceCatalogue | None = None,
-        lenient: bool = False,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(
-            limits=limits,
-            config=config,
-            catalogue=catalogue,
-            lenient=lenient,
-            request_id=request_id,
-        )
+    def _setup(self) -> None:
         self._contexts: dict[str, _Context] = {}
         # Tombstones: ids of contexts closed on this socket (most recent last, bounded), so a
         # close or cancel that crossed the context_closed on the wire is dropped, not an error.
@@ -872,6 +926,36 @@ class MultiServerSession(_ServerSession):
     def contexts(self) -> tuple[str, ...]:
         return tuple(self._contexts)
 
+    def context_state(self, context_id: str) -> ServerContextState:
+        """The state of context ``context_id``: ``IDLE`` if never seen, ``CLOSED`` if gone."""
+        ctx = self._contexts.get(context_id)
+        if ctx is not None:
+            return ctx.state
+        if context_id in self._closed_ids:
+            return ServerContextState.CLOSED
+        return ServerContextState.IDLE
+
+    def _process(
+        self, cid: str, event: ServerContextInput, msg: ClientMessage | None, now: float
+    ) -> None:
+        """Feed ``event`` to context ``cid``'s machine: next state, then the table's actions.
+        A context that does not exist is ``IDLE`` (never seen) or ``CLOSED`` (tombstoned)."""
+        ctx = self._contexts.get(cid)
+        state = ctx.state if ctx is not None else self.context_state(cid)
+        entry = SERVER_CONTEXT_TRANSITIONS.get((state, event))
+        if entry is None:
+            if event in SERVER_CONTEXT_LOCAL_INPUTS:
+                raise LocalProtocolError(
+                    f"context state {state.value} does not take {event.value}"
+                )
+            refusal = _REFUSALS.get(state, "context {!r} does not take " + event.value)
+            raise RemoteProtocolError(refusal.format(cid), field="context_id", context_id=cid)
+        actions, new = entry
+        if ctx is not None:
+            ctx.state = new
+        for action in actions:
+            _CONTEXT_ACTIONS[action](self, cid, msg, now)
+
     def _handle(self, msg: ClientMessage, now: float) -> None:
         if msg.close_socket:
             self._close_socket(now)
@@ -879,7 +963,7 @@ class MultiServerSession(_ServerSession):
         if self._closing:
             raise RemoteProtocolError("close_socket was received; no more input is accepted")
         if msg.cancel:
-            self._cancel(msg.context_id, now)
+            self._cancel(msg.context_id, msg, now)
             return
         if msg.update_settings is not None:
             self._update_settings(msg)
@@ -894,40 +978,62 @@ class MultiServerSession(_ServerSession):
                     "context_id is required on /ws/tts/multi", field="context_id"
                 )
             return
-        ctx = self._contexts.get(cid)
-        if not msg.config.is_empty() and ctx is not None:
+        if not msg.config.is_empty() and cid in self._contexts:
             self._config = self._config.merged(msg.config)  # session-wide, for later contexts
-        if msg.close_context:
-            if ctx is None and cid in self._closed_ids:
-                self.late_frames += 1
-                return
-            if ctx is None:
-                raise RemoteProtocolError(
-                    f"unknown context {cid!r}", field="context_id", context_id=cid
-                )
-            self._close_context(ctx, now, immediate=msg.immediate)
-            return
-        if ctx is None:
-            if msg.keep_alive and not msg.text and not msg.flush:
-                return  # a keep-alive for a context that is gone creates nothing
-            if cid in self._closed_ids and not msg.text:
-                self.late_frames += 1  # a flush/keep-alive that crossed context_closed
-                return
-            self._closed_ids.pop(cid, None)  # text reuses the id: a new context
-            ctx = self._create(msg, now)
-        elif ctx.closing:
-            raise RemoteProtocolError(
-                f"context {cid!r} is closing", field="context_id", context_id=cid
-            )
+        for event in _context_inputs(msg):
+            self._process(cid, event, msg, now)
+
+    # -- the context machine's actions (SERVER_CONTEXT_TRANSITIONS) ---------------------------
+    def _create_action(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None
+        self._closed_ids.pop(cid, None)  # text reuses the id: a new context
+        self._create(msg, now)
+
+    def _add_text(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        assert msg is not None and msg.text is not None
+        ctx = self._contexts[cid]
         ctx.last_activity = now
-        if msg.text:
-            if msg.text.strip():
-                # a context created without voice_settings.voice_id is voiceless
-                self._require_voice(ctx.work.config, cid)
-            self._accept_text(ctx.work, msg.text, now)
-        if msg.flush:
-            ctx.pending_finals += 1
-            self._flush_work(ctx.work, now)
+        if msg.text.strip():
+            # a context created without voice_settings.voice_id is voiceless
+            self._require_voice(ctx.work.config, cid)
+        self._accept_text(ctx.work, msg.text, now)
+
+    def _flush(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        ctx = self._contexts[cid]
+        ctx.last_activity = now
+        ctx.pending_finals += 1
+        self._flush_work(ctx.work, now)
+
+    def _touch(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        self._contexts[cid].last_activity = now
+
+    def _abandon(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        ctx = self._contexts[cid]
+        work = ctx.work
+        self._drop_work(work)
+        ctx.pending_finals = 0
+        self._new_cycle(work)
+        work.chunker.new_cycle()
+
+    def _final(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        ctx = self._contexts[cid]
+        if ctx.pending_finals:
+            ctx.pending_finals -= 1
+            self._send(FinalFrame(context_id=cid))
+        self._new_cycle(ctx.work)
+        ctx.last_activity = now
+
+    def _drop(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        self._drop_work(self._contexts[cid].work)
+
+    def _timed_out(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        self._send(ContextTimeoutFrame(cid))
+
+    def _close_ctx(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        self._closed_context(self._contexts[cid])
+
+    def _late(self, cid: str, msg: ClientMessage | None, now: float) -> None:
+        self.late_frames += 1
 
     def _create(self, msg: ClientMessage, now: float) -> _Context:
         cid = msg.context_id
@@ -957,23 +1063,11 @@ class MultiServerSession(_ServerSession):
         self._send(ContextCreatedFrame(cid))
         return ctx
 
-    def _cancel(self, context_id: str | None, now: float) -> None:
-        if context_id is not None:
-            ctx = self._contexts.get(context_id)
-            if ctx is not None and not ctx.closing:
-                self._abandon_cycle(ctx)
-        else:
-            for ctx in self._contexts.values():
-                if not ctx.closing:
-                    self._abandon_cycle(ctx)
+    def _cancel(self, context_id: str | None, msg: ClientMessage, now: float) -> None:
+        """Barge-in on one context, or on every context without ``context_id``."""
+        for cid in (context_id,) if context_id is not None else tuple(self._contexts):
+            self._process(cid, ServerContextInput.CANCEL, msg, now)
         self._send(InterruptedFrame(context_id))
-
-    def _abandon_cycle(self, ctx: _Context) -> None:
-        work = ctx.work
-        self._drop_work(work)
-        ctx.pending_finals = 0
-        self._new_cycle(work)
-        work.chunker.new_cycle()
 
     def _new_cycle(self, work: _Work) -> None:
         work.number += 1
@@ -989,18 +1083,6 @@ class MultiServerSession(_ServerSession):
         work.push((None,))
         work.chunker.new_cycle()  # text from now on is the next cycle's: the schedule restarts
         self._pump(work, now)
-
-    def _close_context(self, ctx: _Context, now: float, *, immediate: bool) -> None:
-        work = ctx.work
-        if immediate:
-            self._drop_work(work)
-            self._closed_context(ctx)
-            return
-        if ctx.closing:
-            return
-        ctx.closing = True
-        ctx.pending_finals += 1
-        self._flush_work(work, now)
 
     def _closed_context(self, ctx: _Context) -> None:
         work = ctx.work
@@ -1025,13 +1107,8 @@ class MultiServerSession(_ServerSession):
         ctx = self._contexts.get(cid)
         if ctx is None or ctx.work is not work:
             return
-        if ctx.pending_finals:
-            ctx.pending_finals -= 1
-            self._send(FinalFrame(context_id=cid))
-        self._new_cycle(work)
-        ctx.last_activity = now
-        if ctx.closing and not work.queue and work.job is None:
-            self._closed_context(ctx)
+        event = ServerContextInput.FLUSH_DONE if work.queue else ServerContextInput.DRAINED
+        self._process(cid, event, None, now)
         self._maybe_shutdown(now)
 
     def _close_socket(self, now: float) -> None:
@@ -1040,8 +1117,8 @@ class MultiServerSession(_ServerSession):
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
             self._finish_close()
             return
-        for ctx in list(self._contexts.values()):
-            self._close_context(ctx, now, immediate=False)
+        for cid in tuple(self._contexts):
+            self._process(cid, ServerContextInput.CLOSE, None, now)
 
     def _busy(self) -> bool:
         return any(c.work.busy or c.pending_finals for c in self._contexts.values())
@@ -1072,9 +1149,7 @@ class MultiServerSession(_ServerSession):
             if not work.busy and now >= ctx.last_activity + ctx.timeout_s:
                 cid = work.context_id
                 assert cid is not None
-                self._send(ContextTimeoutFrame(cid))
-                self._drop_work(work)
-                self._closed_context(ctx)
+                self._process(cid, ServerContextInput.TIMEOUT, None, now)
 
     def _pump(self, work: _Work, now: float) -> None:
         if work.context_id is not None and work.context_id in self._contexts:
@@ -1082,8 +1157,58 @@ class MultiServerSession(_ServerSession):
         super()._pump(work, now)
 
 
+_CI, _CA = ServerContextInput, ServerContextAction
+#: A frame naming a context (neither ``cancel`` nor ``update_settings``) as the context
+#: machine's inputs, by (non-empty text, flush); the rest by ``close_context`` / ``keep_alive``.
+_CONTEXT_FRAME_INPUTS: dict[tuple[bool, bool], tuple[ServerContextInput, ...]] = {
+    (True, False): (_CI.TEXT,),
+    (True, True): (_CI.TEXT, _CI.FLUSH),
+    (False, True): (_CI.FLUSH,),
+}
+_CLOSE_CONTEXT_INPUTS = {False: (_CI.CLOSE,), True: (_CI.CLOSE_IMMEDIATE,)}
+_NOTHING_TO_SAY_INPUTS = {False: (_CI.INIT,), True: (_CI.KEEP_ALIVE,)}
+
+
+def _context_inputs(msg: ClientMessage) -> tuple[ServerContextInput, ...]:
+    if msg.close_context:
+        return _CLOSE_CONTEXT_INPUTS[msg.immediate]
+    inputs = _CONTEXT_FRAME_INPUTS.get((bool(msg.text), msg.flush))
+    return inputs if inputs is not None else _NOTHING_TO_SAY_INPUTS[msg.keep_alive]
+
+
+#: Why a client input a context's state does not take is refused.
+_REFUSALS = {
+    ServerContextState.IDLE: "unknown context {!r}",
+    ServerContextState.CLOSING: "context {!r} is closing",
+}
+_ContextAction = Callable[[MultiServerSession, str, ClientMessage | None, float], None]
+_CONTEXT_ACTIONS: dict[ServerContextAction, _ContextAction] = {
+    _CA.CREATE: MultiServerSession._create_action,
+    _CA.ADD_TEXT: MultiServerSession._add_text,
+    _CA.FLUSH: MultiServerSession._flush,
+    _CA.TOUCH: MultiServerSession._touch,
+    _CA.ABANDON: MultiServerSession._abandon,
+    _CA.FINAL: MultiServerSession._final,
+    _CA.DROP: MultiServerSession._drop,
+    _CA.TIMED_OUT: MultiServerSession._timed_out,
+    _CA.CLOSED: MultiServerSession._close_ctx,
+    _CA.LATE: MultiServerSession._late,
+}
+
+
 # =============================================================================================
 # /ws/tts
+
+
+@dataclass(slots=True)
+class _Request:
+    """One ``/ws/tts`` request: its text and config overrides, then its work."""
+
+    text: str
+    overrides: Config
+    state: ServerRequestState = ServerRequestState.QUEUED
+    work: _Work | None = None
+    error: ProtocolError | None = None
 
 
 class TTSServerSession(_ServerSession):
@@ -1095,39 +1220,34 @@ class TTSServerSession(_ServerSession):
 
     endpoint = TTS_ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        limits: ServerLimits | None = None,
-        config: Config | None = None,
-        catalogue: VoiceCatalogue | None = None,
-        lenient: bool = False,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(
-            limits=limits,
-            config=config,
-            catalogue=catalogue,
-            lenient=lenient,
-            request_id=request_id,
-        )
-        self._queue: deque[tuple[str, Config]] = deque()
+    def _setup(self) -> None:
+        self._queue: deque[_Request] = deque()
         self._queued_chars = 0
-        self._current: _Work | None = None
+        self._current: _Request | None = None
         self._requests = 0
 
     def _works(self) -> Iterator[_Work]:
-        if self._current is not None:
-            yield self._current
+        if self._current is not None and self._current.work is not None:
+            yield self._current.work
 
     def _waiting_chars(self) -> int:
         return self._queued_chars
 
+    def _process(self, request: _Request, event: ServerRequestInput, now: float) -> None:
+        """Feed ``event`` to ``request``'s machine: next state, then the table's actions."""
+        try:
+            actions, request.state = SERVER_REQUEST_TRANSITIONS[request.state, event]
+        except KeyError:
+            raise LocalProtocolError(
+                f"request state {request.state.value} does not take {event.value}"
+            ) from None
+        for action in actions:
+            _REQUEST_ACTIONS[action](self, request, now)
+
     def _handle(self, msg: ClientMessage, now: float) -> None:
         if msg.cancel:
             if self._current is not None:
-                self._drop_work(self._current)
-                self._current = None
+                self._process(self._current, ServerRequestInput.CANCEL, now)
             self._send(InterruptedFrame())
             self._start_next(now)
             return
@@ -1140,36 +1260,53 @@ class TTSServerSession(_ServerSession):
             return
         if self._current is not None or self._queue:
             self._check_queue(len(self._queue), self._queued_chars, msg.text)
-        self._queue.append((msg.text, msg.config))
+        self._queue.append(_Request(msg.text, msg.config))
         self._queued_chars += len(msg.text)
         self._start_next(now)
 
     def _start_next(self, now: float) -> None:
         while self._current is None and self._queue and self._shutdown_code is None:
-            text, overrides = self._queue.popleft()
-            self._queued_chars -= len(text)
+            request = self._queue.popleft()
+            self._queued_chars -= len(request.text)
             try:
-                if not text.strip():
-                    raise RemoteProtocolError("text required", field="text")
-                if len(text) > self.limits.max_request_chars:
-                    raise RemoteProtocolError(
-                        f"text: at most {self.limits.max_request_chars} characters", field="text"
-                    )
-                config = self._config.merged(overrides)
-                self._require_voice(config)
-                work = self._new_work(self._requests, config, now)
-                self._accept_text(work, text, now)
+                request.work = self._prepare(request, now)
             except ProtocolError as exc:
-                self._error(exc.message, exc.error_code, exc.code)
+                request.error = exc
+                self._process(request, ServerRequestInput.INVALID, now)
                 continue
-            self._requests += 1
-            self._current = work
-            self._flush_work(work, now)
+            self._process(request, ServerRequestInput.START, now)
         self._maybe_shutdown(now)
 
-    def _cycle_done(self, work: _Work, now: float) -> None:
-        if work is not self._current:
-            return
+    def _prepare(self, request: _Request, now: float) -> _Work:
+        """The request's work, text accepted; raises if the request is refused."""
+        text = request.text
+        if not text.strip():
+            raise RemoteProtocolError("text required", field="text")
+        if len(text) > self.limits.max_request_chars:
+            raise RemoteProtocolError(
+                f"text: at most {self.limits.max_request_chars} characters", field="text"
+            )
+        config = self._config.merged(request.overrides)
+        self._require_voice(config)
+        work = self._new_work(self._requests, config, now)
+        self._accept_text(work, text, now)
+        return work
+
+    # -- the request machine's actions (SERVER_REQUEST_TRANSITIONS) ---------------------------
+    def _speak(self, request: _Request, now: float) -> None:
+        assert request.work is not None
+        self._requests += 1
+        self._current = request
+        self._flush_work(request.work, now)
+
+    def _refuse(self, request: _Request, now: float) -> None:
+        exc = request.error
+        assert exc is not None
+        self._error(exc.message, exc.error_code, exc.code)
+
+    def _final(self, request: _Request, now: float) -> None:
+        work = request.work
+        assert work is not None
         dur_ms = round(work.total_samples * 1000 / work.params.sample_rate, 3)
         gen_ms = round(work.gen_ms, 3)
         ttfa = (
@@ -1193,6 +1330,17 @@ class TTSServerSession(_ServerSession):
             )
         )
         self._current = None
+
+    def _drop(self, request: _Request, now: float) -> None:
+        assert request.work is not None
+        self._drop_work(request.work)
+        self._current = None
+
+    def _cycle_done(self, work: _Work, now: float) -> None:
+        current = self._current
+        if current is None or work is not current.work:
+            return
+        self._process(current, ServerRequestInput.SPOKEN, now)
         self._start_next(now)
 
     def _busy(self) -> bool:
@@ -1203,3 +1351,13 @@ class TTSServerSession(_ServerSession):
 
     def _timeout(self, now: float) -> None:
         return None
+
+
+_RA = ServerRequestAction
+_RequestAction = Callable[[TTSServerSession, _Request, float], None]
+_REQUEST_ACTIONS: dict[ServerRequestAction, _RequestAction] = {
+    _RA.SPEAK: TTSServerSession._speak,
+    _RA.REFUSE: TTSServerSession._refuse,
+    _RA.FINAL: TTSServerSession._final,
+    _RA.DROP: TTSServerSession._drop,
+}

@@ -1,24 +1,39 @@
-"""State machines as data (h11 ``_state.py`` style).
+"""State machines as data (h11 ``_state.py`` and h2 ``stream.py`` style).
 
-Each table maps ``(state, input) -> next state``. A pair that is not in a table is forbidden:
-for a local input (something the application asked for) the session raises
-:class:`LocalProtocolError`; for a remote input the frame is dropped and counted (the client is
-tolerant about what it accepts, rulings.md#guiding-rule). The documentation's state diagrams are
-generated from these tables.
+Each client table maps ``(state, input) -> next state``; each server table maps
+``(state, input) -> (actions, next state)`` and the session runs the actions it names. A pair
+that is not in a table is forbidden: for a local input (something the application asked for,
+or the session's own timers and bookkeeping) the session raises :class:`LocalProtocolError`;
+for a remote input the client drops and counts the frame (it is tolerant about what it accepts,
+rulings.md#guiding-rule) and the server refuses it with an error frame. :data:`MACHINES` lists
+every machine; the documentation's state diagrams are generated from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 __all__ = [
     "CLIENT_CONTEXT_TRANSITIONS",
     "CLIENT_TURN_TRANSITIONS",
+    "MACHINES",
+    "SERVER_CONTEXT_TRANSITIONS",
+    "SERVER_REQUEST_TRANSITIONS",
     "SERVER_TURN_TRANSITIONS",
     "ClientContextState",
     "ClientTurnState",
     "ContextInput",
+    "Machine",
+    "ServerContextAction",
+    "ServerContextInput",
+    "ServerContextState",
+    "ServerRequestAction",
+    "ServerRequestInput",
+    "ServerRequestState",
+    "ServerTurnAction",
     "ServerTurnInput",
     "ServerTurnState",
     "TurnInput",
@@ -155,7 +170,11 @@ CLIENT_CONTEXT_TRANSITIONS: Mapping[tuple[ClientContextState, ContextInput], Cli
 
 
 # ---------------------------------------------------------------------------------------------
-# Server role
+# Server role: h2-style tables, ``(state, input) -> (actions, next state)``. The session sets
+# the next state first and then runs the actions in order (an action that refuses its input
+# raises before it changes anything, and the session restores the state); a pair that is not in
+# a table is a bug in the caller for an internal input (:class:`LocalProtocolError`) and a
+# refused frame for a client input (:class:`RemoteProtocolError`).
 
 
 class ServerTurnState(_State):
@@ -167,21 +186,238 @@ class ServerTurnState(_State):
 
 
 class ServerTurnInput(_State):
+    # from a client frame
     TEXT = "text"  # non-empty text
-    FLUSH = "flush"  # flush, close/end_session, or the idle auto-flush
+    CONFIG = "config"  # config fields without text
+    FLUSH = "flush"  # flush, or close / end_session
     CANCEL = "cancel"
-    DRAINED = "drained"  # last chunk complete after a flush: final + session_closed sent
+    CLOSE_SOCKET = "close_socket"
+    # internal
+    IDLE_TIMEOUT = "idle_timeout"  # no text for the idle auto-flush delay
+    DRAINED = "drained"  # last chunk complete after a flush
 
 
-_S, _SI = ServerTurnState, ServerTurnInput
-SERVER_TURN_TRANSITIONS: Mapping[tuple[ServerTurnState, ServerTurnInput], ServerTurnState] = {
-    (_S.IDLE, _SI.TEXT): _S.ACTIVE,
-    (_S.IDLE, _SI.FLUSH): _S.IDLE,  # flush with no turn is ignored (rulings.md#ruling-7)
-    (_S.IDLE, _SI.CANCEL): _S.IDLE,  # acknowledged with interrupted anyway (rulings.md#ruling-9)
-    (_S.ACTIVE, _SI.TEXT): _S.ACTIVE,
-    (_S.ACTIVE, _SI.FLUSH): _S.DRAINING,
-    (_S.ACTIVE, _SI.CANCEL): _S.IDLE,
-    # text/flush while DRAINING belong to the next turn: they are queued, not inputs here
-    (_S.DRAINING, _SI.CANCEL): _S.IDLE,
-    (_S.DRAINING, _SI.DRAINED): _S.IDLE,
+class ServerTurnAction(_State):
+    START = "start"  # open a turn with the frame's text and config (refused: nothing applies)
+    ADD_TEXT = "add_text"  # feed the turn; config changes apply from the next turn
+    CONFIG = "config"  # merge the frame's config into the connection's
+    FLUSH = "flush"  # what is buffered becomes chunks; final + session_closed after the last
+    WARN_IDLE = "warn_idle"  # the idle auto-flush warning frame
+    QUEUE = "queue"  # the frame waits for the next turn (bounded: a full queue refuses it)
+    CANCEL = "cancel"  # drop the turn and the waiting frames; interrupted
+    CLOSE = "close"  # session_closed, then close the socket
+    CLOSE_AFTER = "close_after"  # close once the turn is over
+    QUEUE_CLOSE = "queue_close"  # close after the turn, behind the frames waiting for it
+    FINISH = "finish"  # final + session_closed; then the waiting frames apply, in order
+
+
+SERVER_TURN_LOCAL_INPUTS = frozenset({ServerTurnInput.IDLE_TIMEOUT, ServerTurnInput.DRAINED})
+
+_S, _SI, _SA = ServerTurnState, ServerTurnInput, ServerTurnAction
+SERVER_TURN_TRANSITIONS: Mapping[
+    tuple[ServerTurnState, ServerTurnInput], tuple[tuple[ServerTurnAction, ...], ServerTurnState]
+] = {
+    (_S.IDLE, _SI.TEXT): ((_SA.START,), _S.ACTIVE),
+    (_S.IDLE, _SI.CONFIG): ((_SA.CONFIG,), _S.IDLE),
+    (_S.IDLE, _SI.FLUSH): ((), _S.IDLE),  # flush with no turn is ignored (rulings.md#ruling-7)
+    (_S.IDLE, _SI.CANCEL): ((_SA.CANCEL,), _S.IDLE),  # interrupted anyway (rulings.md#ruling-9)
+    (_S.IDLE, _SI.CLOSE_SOCKET): ((_SA.CLOSE,), _S.IDLE),
+    (_S.ACTIVE, _SI.TEXT): ((_SA.ADD_TEXT,), _S.ACTIVE),
+    (_S.ACTIVE, _SI.CONFIG): ((_SA.CONFIG,), _S.ACTIVE),
+    (_S.ACTIVE, _SI.FLUSH): ((_SA.FLUSH,), _S.DRAINING),
+    (_S.ACTIVE, _SI.CANCEL): ((_SA.CANCEL,), _S.IDLE),
+    (_S.ACTIVE, _SI.CLOSE_SOCKET): ((_SA.CLOSE_AFTER, _SA.FLUSH), _S.DRAINING),
+    (_S.ACTIVE, _SI.IDLE_TIMEOUT): ((_SA.WARN_IDLE, _SA.FLUSH), _S.DRAINING),
+    # text, config and flushes while a turn drains belong to the next turn
+    (_S.DRAINING, _SI.TEXT): ((_SA.QUEUE,), _S.DRAINING),
+    (_S.DRAINING, _SI.CONFIG): ((_SA.QUEUE,), _S.DRAINING),
+    (_S.DRAINING, _SI.FLUSH): ((_SA.QUEUE,), _S.DRAINING),
+    (_S.DRAINING, _SI.CANCEL): ((_SA.CANCEL,), _S.IDLE),
+    (_S.DRAINING, _SI.CLOSE_SOCKET): ((_SA.QUEUE_CLOSE,), _S.DRAINING),
+    (_S.DRAINING, _SI.DRAINED): ((_SA.FINISH,), _S.IDLE),
 }
+
+
+class ServerContextState(_State):
+    """A ``/ws/tts/multi`` server context (protocol.md#multi, rulings.md#multi)."""
+
+    IDLE = "idle"  # no such context on this socket (yet)
+    OPEN = "open"
+    CLOSING = "closing"  # graceful close_context: context_closed after its last final
+    CLOSED = "closed"  # tombstoned: late frames for it are counted and dropped
+
+
+class ServerContextInput(_State):
+    # from a client frame naming the context
+    TEXT = "text"  # non-empty text
+    FLUSH = "flush"
+    KEEP_ALIVE = "keep_alive"  # keep_alive without text or flush
+    INIT = "init"  # none of the above: config / voice_settings (the init frame)
+    CANCEL = "cancel"  # for this context, or for all of them
+    CLOSE = "close"  # close_context
+    CLOSE_IMMEDIATE = "close_immediate"  # close_context with immediate
+    # internal
+    FLUSH_DONE = "flush_done"  # a flush's audio is all sent; more text is queued behind it
+    DRAINED = "drained"  # a flush's audio is all sent and nothing is left
+    TIMEOUT = "timeout"  # inactivity timeout
+
+
+class ServerContextAction(_State):
+    CREATE = "create"  # context_created (a tombstoned id is reused)
+    ADD_TEXT = "add_text"  # feed the context's chunker (a voiceless context refuses text)
+    FLUSH = "flush"  # buffered text becomes chunks and a flush mark: final after them
+    TOUCH = "touch"  # the inactivity timer restarts
+    ABANDON = "abandon"  # barge-in: drop the cycle's text and audio; finals are no longer owed
+    FINAL = "final"  # final for the flush reached; the next cycle starts
+    DROP = "drop"  # stop the engine, drop buffered and queued text
+    TIMED_OUT = "timed_out"  # context_timeout
+    CLOSED = "closed"  # context_closed (+ session_closed if the socket is closing); tombstone
+    LATE = "late"  # the frame crossed context_closed on the wire: counted, dropped
+
+
+SERVER_CONTEXT_LOCAL_INPUTS = frozenset(
+    {ServerContextInput.FLUSH_DONE, ServerContextInput.DRAINED, ServerContextInput.TIMEOUT}
+)
+
+_M, _MI, _MA = ServerContextState, ServerContextInput, ServerContextAction
+SERVER_CONTEXT_TRANSITIONS: Mapping[
+    tuple[ServerContextState, ServerContextInput],
+    tuple[tuple[ServerContextAction, ...], ServerContextState],
+] = {
+    # close_context for a context never seen is refused ("unknown context")
+    (_M.IDLE, _MI.TEXT): ((_MA.CREATE, _MA.ADD_TEXT), _M.OPEN),
+    (_M.IDLE, _MI.FLUSH): ((_MA.CREATE, _MA.FLUSH), _M.OPEN),
+    (_M.IDLE, _MI.KEEP_ALIVE): ((), _M.IDLE),  # a keep-alive creates nothing
+    (_M.IDLE, _MI.INIT): ((_MA.CREATE,), _M.OPEN),
+    (_M.IDLE, _MI.CANCEL): ((), _M.IDLE),
+    (_M.OPEN, _MI.TEXT): ((_MA.ADD_TEXT,), _M.OPEN),
+    (_M.OPEN, _MI.FLUSH): ((_MA.FLUSH,), _M.OPEN),
+    (_M.OPEN, _MI.KEEP_ALIVE): ((_MA.TOUCH,), _M.OPEN),
+    (_M.OPEN, _MI.INIT): ((_MA.TOUCH,), _M.OPEN),
+    (_M.OPEN, _MI.CANCEL): ((_MA.ABANDON,), _M.OPEN),
+    (_M.OPEN, _MI.CLOSE): ((_MA.FLUSH,), _M.CLOSING),
+    (_M.OPEN, _MI.CLOSE_IMMEDIATE): ((_MA.DROP, _MA.CLOSED), _M.CLOSED),
+    (_M.OPEN, _MI.FLUSH_DONE): ((_MA.FINAL,), _M.OPEN),
+    (_M.OPEN, _MI.DRAINED): ((_MA.FINAL,), _M.OPEN),
+    (_M.OPEN, _MI.TIMEOUT): ((_MA.TIMED_OUT, _MA.DROP, _MA.CLOSED), _M.CLOSED),
+    # a closing context refuses text, flushes and keep-alives ("context is closing")
+    (_M.CLOSING, _MI.CANCEL): ((), _M.CLOSING),  # interrupted, but its audio still plays out
+    (_M.CLOSING, _MI.CLOSE): ((), _M.CLOSING),
+    (_M.CLOSING, _MI.CLOSE_IMMEDIATE): ((_MA.DROP, _MA.CLOSED), _M.CLOSED),
+    (_M.CLOSING, _MI.FLUSH_DONE): ((_MA.FINAL,), _M.CLOSING),
+    (_M.CLOSING, _MI.DRAINED): ((_MA.FINAL, _MA.CLOSED), _M.CLOSED),
+    (_M.CLOSING, _MI.TIMEOUT): ((_MA.TIMED_OUT, _MA.DROP, _MA.CLOSED), _M.CLOSED),
+    (_M.CLOSED, _MI.TEXT): ((_MA.CREATE, _MA.ADD_TEXT), _M.OPEN),  # text reuses the id
+    (_M.CLOSED, _MI.FLUSH): ((_MA.LATE,), _M.CLOSED),
+    (_M.CLOSED, _MI.KEEP_ALIVE): ((), _M.CLOSED),
+    (_M.CLOSED, _MI.INIT): ((_MA.LATE,), _M.CLOSED),
+    (_M.CLOSED, _MI.CANCEL): ((), _M.CLOSED),
+    (_M.CLOSED, _MI.CLOSE): ((_MA.LATE,), _M.CLOSED),
+    (_M.CLOSED, _MI.CLOSE_IMMEDIATE): ((_MA.LATE,), _M.CLOSED),
+}
+
+
+class ServerRequestState(_State):
+    """A ``/ws/tts`` server request: one speaks at a time, the rest wait in order."""
+
+    QUEUED = "queued"
+    SPEAKING = "speaking"
+    DONE = "done"  # final sent (terminal)
+    CANCELLED = "cancelled"  # interrupted (terminal)
+    REFUSED = "refused"  # one error frame (terminal)
+
+
+class ServerRequestInput(_State):
+    START = "start"  # its turn came and it is valid
+    INVALID = "invalid"  # its turn came and it is not (no text, too long, no voice)
+    SPOKEN = "spoken"  # its last chunk is complete
+    CANCEL = "cancel"  # from a client frame
+
+
+class ServerRequestAction(_State):
+    SPEAK = "speak"  # hand its chunks to the engine
+    REFUSE = "refuse"  # the error frame
+    FINAL = "final"  # final with stats and usage
+    DROP = "drop"  # stop the engine, drop its text
+
+
+_R, _RI, _RA = ServerRequestState, ServerRequestInput, ServerRequestAction
+SERVER_REQUEST_TRANSITIONS: Mapping[
+    tuple[ServerRequestState, ServerRequestInput],
+    tuple[tuple[ServerRequestAction, ...], ServerRequestState],
+] = {
+    (_R.QUEUED, _RI.START): ((_RA.SPEAK,), _R.SPEAKING),
+    (_R.QUEUED, _RI.INVALID): ((_RA.REFUSE,), _R.REFUSED),
+    (_R.SPEAKING, _RI.SPOKEN): ((_RA.FINAL,), _R.DONE),
+    (_R.SPEAKING, _RI.CANCEL): ((_RA.DROP,), _R.CANCELLED),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: every machine, for the documentation's generated state diagrams
+# (``docs/_hooks.py`` draws one section per entry, in this order).
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """One state machine: its table (``(state, input) -> next state``, or h2-style
+    ``-> (actions, next state)``) and what the documentation says about it."""
+
+    name: str  # the table's name in this module
+    title: str
+    table: Mapping[tuple[Any, Any], Any]
+    doc: str
+
+
+MACHINES: tuple[Machine, ...] = (
+    Machine(
+        "CLIENT_TURN_TRANSITIONS",
+        "A client turn (`/ws/tts/stream`)",
+        CLIENT_TURN_TRANSITIONS,
+        "Local inputs: `send_text`, `flush`, `close`, `cancel` (and the `cancel_timeout` timer)."
+        " Remote inputs: `output` (`generation_started`, `audio`, `word_timestamps`,"
+        " `chunk_complete`), `idle_warning`, `final`, `session_closed`, `interrupted`, and the"
+        " connection going away.",
+    ),
+    Machine(
+        "CLIENT_CONTEXT_TRANSITIONS",
+        "A client context (`/ws/tts/multi`)",
+        CLIENT_CONTEXT_TRANSITIONS,
+        "Local inputs: `send` (text, flush, keep-alive, cancel), `close`, `close_immediate`."
+        " Remote inputs: `created`, `output` (including `final`), `timeout`, `closed`,"
+        " `rejected` (`TOO_MANY_CONTEXTS` for this context), and the connection going away."
+        " `CLOSED` contexts are tombstoned: late frames for them are dropped.",
+    ),
+    Machine(
+        "SERVER_TURN_TRANSITIONS",
+        "A server turn (`/ws/tts/stream`)",
+        SERVER_TURN_TRANSITIONS,
+        "Inputs from a client frame, in the service's order: `cancel`, then the frame's"
+        " non-empty `text` (which carries its config) or its config alone, then `flush` (a"
+        " flush, `close` or `end_session`); `close_socket` takes the frame's text first."
+        " Internal inputs: `idle_timeout` (the 5 s idle auto-flush) and `drained` (the last"
+        " chunk of a flushed turn is complete). Frames arriving while a turn drains wait,"
+        " whole and in order, for the next turn.",
+    ),
+    Machine(
+        "SERVER_CONTEXT_TRANSITIONS",
+        "A server context (`/ws/tts/multi`)",
+        SERVER_CONTEXT_TRANSITIONS,
+        "Inputs from a client frame naming the context: `text`, `flush`, `keep_alive`,"
+        " `init` (config or `voice_settings` only), `cancel` (for this context or all of"
+        " them), `close` and `close_immediate` (`close_context`). Internal inputs:"
+        " `flush_done` / `drained` (a flush's audio is all sent, with or without more text"
+        " queued behind it) and `timeout` (inactivity). A context never seen is `IDLE`; a"
+        " closed one is tombstoned (`CLOSED`): frames that crossed its `context_closed` are"
+        " counted and dropped, and new text reuses its id. Input a state does not take is"
+        " refused with an error frame (`unknown context`, `context is closing`).",
+    ),
+    Machine(
+        "SERVER_REQUEST_TRANSITIONS",
+        "A server request (`/ws/tts`)",
+        SERVER_REQUEST_TRANSITIONS,
+        "Requests wait in order and one speaks at a time. When its turn comes a request is"
+        " `start`ed, or refused (`invalid`: no text, too long, no voice) with one error"
+        " frame; it ends with `final` once `spoken`, or with `interrupted` on `cancel`.",
+    ),
+)

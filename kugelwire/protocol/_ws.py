@@ -1201,18 +1201,30 @@ class ServerConnection(_Connection):
                 return
             self._on_http_request(request.method, path)
             return
+        if self._refuse_upgrade(request, headers):
+            return
+        self._on_upgrade(path, _parse_query(query), headers)
+        trailing, closed = self._h11.trailing_data
+        if trailing and self._state is not ConnectionState.CLOSED:
+            self._receive_frames(trailing)
+        if closed and self._state is not ConnectionState.CLOSED:
+            self._receive_frames(b"")
+
+    def _refuse_upgrade(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Answer an upgrade request that is not a well-formed WebSocket handshake with its
+        HTTP error; True if it was refused."""
         if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
             self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
-            self._events.append(Rejected(405, path, "method"))
+            self._events.append(Rejected(405, self._path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
-            return
+            return True
         head_size = self._head_bytes - len(self._h11.trailing_data[0])
         if head_size > self._max_request_size:
             self._http_reject(431, "bad_request", b"")
-            return
+            return True
         if _bad_upgrade(request.http_version, headers):
             self._http_reject(400, "bad_request", b"")
-            return
+            return True
         try:
             self._ws.initiate_upgrade_connection(headers, request.target)
             for _ in self._ws.events():
@@ -1223,14 +1235,17 @@ class ServerConnection(_Connection):
             if isinstance(hint, RejectConnection):
                 status, extra = hint.status_code, list(hint.headers)
             self._http_reject(status, "bad_request", b"", extra)
-            return
-        except h11.ProtocolError:  # e.g. an HTTP/1.0 upgrade without Host
+            return True
+        except (h11.ProtocolError, UnicodeDecodeError):
+            # an HTTP/1.0 upgrade without Host; wsproto decodes Connection/Upgrade as ASCII
             self._http_reject(400, "bad_request", b"")
-            return
-        except UnicodeDecodeError:  # wsproto decodes Connection/Upgrade tokens as ASCII
-            self._http_reject(400, "bad_request", b"")
-            return
-        params = _parse_query(query)
+            return True
+        return False
+
+    def _on_upgrade(
+        self, path: str, params: list[tuple[str, str, str]], headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A well-formed upgrade: authorize, route to a session and accept (or refuse)."""
         if not self._authorized(params, headers):
             if self._auth_failure == "http":
                 self._http_reject(401, "unauthorized", _json(_UNAUTHORIZED).encode())
@@ -1239,23 +1254,18 @@ class ServerConnection(_Connection):
             self._events.append(Rejected(401, path, "unauthorized"))
             self._send(TextMessage(data=_json({**_UNAUTHORIZED, "request_id": self.request_id})))
             self._start_close(4001, "Unauthorized")
-        else:
-            session = self._route(path)
-            if session is None:
-                self._http_reject(404, "not_found", _json(_NOT_FOUND).encode())
-                return
-            bind = getattr(session, "bind_request_id", None)
-            if bind is not None:
-                bind(self.request_id)
-            initial = ""
-            if path == TTS_ENDPOINT:
-                initial = next((v for n, v, _ in params if n == "initial_message"), "")
-            self._accept(session, initial)
-        trailing, closed = self._h11.trailing_data
-        if trailing and self._state is not ConnectionState.CLOSED:
-            self._receive_frames(trailing)
-        if closed and self._state is not ConnectionState.CLOSED:
-            self._receive_frames(b"")
+            return
+        session = self._route(path)
+        if session is None:
+            self._http_reject(404, "not_found", _json(_NOT_FOUND).encode())
+            return
+        bind = getattr(session, "bind_request_id", None)
+        if bind is not None:
+            bind(self.request_id)
+        initial = ""
+        if path == TTS_ENDPOINT:
+            initial = next((v for n, v, _ in params if n == "initial_message"), "")
+        self._accept(session, initial)
 
     def _authorized(
         self,

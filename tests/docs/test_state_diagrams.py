@@ -15,11 +15,7 @@ from kugelwire.protocol import _state
 
 from ._blocks import DOCS
 
-TABLES: dict[str, Mapping[tuple[Any, Any], Enum]] = {
-    "CLIENT_TURN_TRANSITIONS": _state.CLIENT_TURN_TRANSITIONS,
-    "CLIENT_CONTEXT_TRANSITIONS": _state.CLIENT_CONTEXT_TRANSITIONS,
-    "SERVER_TURN_TRANSITIONS": _state.SERVER_TURN_TRANSITIONS,
-}
+TABLES: dict[str, Mapping[tuple[Any, Any], Any]] = {m.name: m.table for m in _state.MACHINES}
 
 
 def _load_hooks() -> ModuleType:
@@ -33,8 +29,29 @@ def _load_hooks() -> ModuleType:
 hooks = _load_hooks()
 
 
-def _triples(table: Mapping[tuple[Any, Any], Enum]) -> set[tuple[str, str, str]]:
-    return {(s.name, str(i.value), n.name) for (s, i), n in table.items()}
+def _next(value: Any) -> Enum:
+    """A table entry's next state: a bare state, or h2-style ``(actions, next state)``."""
+    return value[-1] if isinstance(value, tuple) else value  # type: ignore[no-any-return]
+
+
+def _triples(table: Mapping[tuple[Any, Any], Any]) -> set[tuple[str, str, str]]:
+    return {(s.name, str(i.value), _next(n).name) for (s, i), n in table.items()}
+
+
+def test_the_registry_holds_every_machine_by_its_table_name() -> None:
+    names = [m.name for m in _state.MACHINES]
+    assert len(names) == len(set(names))
+    for name in (
+        "CLIENT_TURN_TRANSITIONS",
+        "CLIENT_CONTEXT_TRANSITIONS",
+        "SERVER_TURN_TRANSITIONS",
+        "SERVER_CONTEXT_TRANSITIONS",
+        "SERVER_REQUEST_TRANSITIONS",
+    ):
+        assert name in names
+    for machine in _state.MACHINES:
+        assert getattr(_state, machine.name) is machine.table
+        assert machine.title and machine.doc
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -49,7 +66,7 @@ def test_diagram_lists_every_transition_of_the_table(name: str) -> None:
 def test_diagram_marks_initial_and_terminal_states(name: str) -> None:
     table = TABLES[name]
     diagram = hooks.mermaid_state_diagram(table)
-    first: Enum = next(iter(table.values()))
+    first: Enum = _next(next(iter(table.values())))
     states = list(type(first))
     assert f"[*] --> {states[0].name}\n" in diagram
     sources = {s for s, _ in table}
@@ -79,16 +96,33 @@ def test_transition_table_rows() -> None:
     assert "| `IDLE` | `text` | `ACTIVE` |" in rows
 
 
-def test_concepts_page_asks_for_every_table() -> None:
+def test_concepts_page_draws_every_registered_machine() -> None:
     page = (DOCS / "concepts.md").read_text(encoding="utf-8")
-    for name in TABLES:
-        assert f"<!-- kugelwire:state-diagram {name} -->" in page
+    assert "<!-- kugelwire:state-diagrams -->" in page
     expanded = hooks.expand_markers(page)
     assert "kugelwire:state-diagram" not in expanded
     assert expanded.count("```mermaid\nstateDiagram-v2\n") == len(TABLES)
     for table in TABLES.values():
         for line in hooks.mermaid_state_diagram(table).splitlines():
             assert line in expanded
+    for machine in _state.MACHINES:
+        assert f"### {machine.title}\n\n{machine.doc}\n" in expanded
+        assert f"Every transition of `{machine.name}`" in expanded
+
+
+def test_one_marker_still_draws_one_table() -> None:
+    out = hooks.expand_markers("<!-- kugelwire:state-diagram SERVER_TURN_TRANSITIONS -->\n")
+    assert out.count("stateDiagram-v2") == 1
+    assert "| `ACTIVE` | `flush` | `DRAINING` | `flush` |" in out
+
+
+def test_h2_style_rows_list_their_actions_in_order() -> None:
+    rows = hooks.transition_table(
+        _state.SERVER_CONTEXT_TRANSITIONS, with_actions=True
+    ).splitlines()[2:]
+    assert len(rows) == len(_state.SERVER_CONTEXT_TRANSITIONS)
+    assert "| `OPEN` | `timeout` | `CLOSED` | `timed_out`, `drop`, `closed` |" in rows
+    assert "| `IDLE` | `keep_alive` | `IDLE` | - |" in rows
 
 
 def test_unknown_table_fails_the_build() -> None:
