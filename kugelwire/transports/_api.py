@@ -359,7 +359,16 @@ class AsyncEvents(_Handle):
         return self
 
     async def __anext__(self) -> ClientEvent:
-        event = await self._driver.next_event(self._buf)
+        buf = self._buf
+        if buf.events:  # one is buffered: taken here, without a second coroutine (hot path)
+            driver = self._driver
+            core = driver.core
+            event = core.pop(buf)
+            if core.take_resumed():
+                driver.changed()  # the reader may read again
+            if event is not None:
+                return event
+        event = await self._driver.next_event(buf)
         if event is None:
             raise StopAsyncIteration
         return event
