@@ -29,10 +29,11 @@ FAST_BASE64 = _messages._b64encode is not base64.b64encode
 def stdlib_base64() -> Iterator[None]:
     """Make kugelwire use the standard library's base64 codec (as without the ``fast`` extra)
     for the block."""
-    saved = _messages._b64encode, _messages._b64decode
+    saved = _messages._b64encode, _messages._b64decode, _messages._b64decode_checked
     saved_check = _messages._b64check
     _messages._b64check = _messages._check_alphabet
     _messages._b64encode = base64.b64encode
+    _messages._b64decode_checked = binascii.a2b_base64
     if sys.version_info >= (3, 11):  # what kugelwire uses without the extra
         _messages._b64decode = lambda text: binascii.a2b_base64(text, strict_mode=True)
     else:
@@ -40,7 +41,7 @@ def stdlib_base64() -> Iterator[None]:
     try:
         yield
     finally:
-        _messages._b64encode, _messages._b64decode = saved
+        _messages._b64encode, _messages._b64decode, _messages._b64decode_checked = saved
         _messages._b64check = saved_check
 
 def parse_args(doc: str | None) -> argparse.Namespace:

@@ -150,7 +150,8 @@ class AudioChunk:
         return self.frame.data
 
     def pcm16(self) -> bytes:
-        return self.frame.pcm16()
+        frame = self.frame  # PCM16, the usual encoding, without one more call
+        return frame.data if frame.enc == "pcm_s16le" else frame.pcm16()
 
     @property
     def encoding(self) -> str:

@@ -795,6 +795,7 @@ class ClientConnection(_Connection):
         max_message_size: int = 16 * 2**20,
         subprotocols: Iterable[str] = (),
         message_timeout: float | None = MESSAGE_TIMEOUT,
+        yield_after_audio: bool = False,
     ) -> None:
         super().__init__(
             now=now,
@@ -804,6 +805,12 @@ class ClientConnection(_Connection):
             ping_timeout=ping_timeout,
             message_timeout=message_timeout,
         )
+        #: Stop reading a batch of bytes after an audio frame that follows another message in
+        #: it (a turn's first audio, usually: a consumer can have it before the rest of the
+        #: batch is parsed); the rest is held for :meth:`receive_held`, which the transport
+        #: must call soon (next loop round). Off by default.
+        self.yield_after_audio = yield_after_audio
+        self._held = False
         if auth not in ("query", "bearer"):
             raise LocalProtocolError(f"auth must be 'query' or 'bearer', not {auth!r}")
         parts = urlsplit(url)
@@ -896,9 +903,32 @@ class ClientConnection(_Connection):
         while (event := self.next_event()) is not None:
             yield event
 
+    @property
+    def held(self) -> bool:
+        """Complete frames wait for :meth:`receive_held` (see :attr:`yield_after_audio`)."""
+        return self._held
+
+    def receive_held(self, now: float) -> None:
+        """Go on with the frames held back after an audio frame (see
+        :attr:`yield_after_audio`); it may hold back again."""
+        if self._held:
+            self._held = False
+            self._now = now
+            if self._state is not ConnectionState.CLOSED:
+                self._receive_frames(None)
+                self._after_receive(now)
+
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the socket; ``b""`` means the server closed its end (EOF)."""
         self._now = now
+        if self._held:  # held frames go first: new bytes continue them (they are in _rx)
+            self._held = False
+            if not data and self._state is not ConnectionState.CLOSED:
+                held, self.yield_after_audio = self.yield_after_audio, False
+                try:  # all of them, before the EOF
+                    self._receive_frames(None)
+                finally:
+                    self.yield_after_audio = held
         if self._state is ConnectionState.CLOSED:
             return
         if self._state is not ConnectionState.CONNECTING:
@@ -919,19 +949,23 @@ class ClientConnection(_Connection):
                 self._finish(None, "connection closed during the handshake", True)
 
     # -- the receive fast path ---------------------------------------------------------------
-    def _receive_frames(self, data: bytes) -> None:
+    def _receive_frames(self, data: bytes | None) -> None:
         """Single-frame text messages (the server's JSON) skip wsproto; anything else (control
-        frames, fragments, bad frames) goes to wsproto, which then sits at a frame boundary."""
+        frames, fragments, bad frames) goes to wsproto, which then sits at a frame boundary.
+        ``None``: go on with the frames held back (see :attr:`yield_after_audio`)."""
         rx = self._rx
-        if not data:
-            rx.clear()
-        elif rx:  # the rest of a text frame: continue it
-            rx += data
+        if data is None or (data and rx):  # frames held back, or the rest of a text frame
+            if data:
+                rx += data
             pos, fast = self._fast_text(rx)
             del rx[:pos]
-            if fast:
+            if fast or self._held:
                 return
             data = bytes(rx)
+            rx.clear()
+            if not data:
+                return
+        elif not data:
             rx.clear()
         elif self._wsproto_idle():
             pos, fast = self._fast_text(data)
@@ -967,6 +1001,8 @@ class ClientConnection(_Connection):
         if session is None:
             return 0, False
         receive = session.receive_message
+        hold = self.yield_after_audio
+        other = False  # a message other than audio came first in this batch
         with memoryview(rx) as view:
             while pos < end:
                 if rx[pos] != 0x81 or self._state is not ConnectionState.OPEN:
@@ -1005,6 +1041,12 @@ class ClientConnection(_Connection):
                 except RemoteProtocolError as exc:
                     self._flush_session()
                     self._on_session_error(exc)  # no longer OPEN: the loop stops
+                if hold:
+                    if not text.startswith('{"audio"'):
+                        other = True
+                    elif other and pos < end:  # a first audio, most likely: deliver it now
+                        self._held = True
+                        break
         if pos:
             self._flush_session()  # once per batch (a client session never closes by itself)
         return pos, fast

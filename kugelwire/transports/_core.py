@@ -395,6 +395,26 @@ class ClientCore:
         self.conn.receive_data(data, now)
         self._process(now)
 
+    def yield_after_audio(self) -> None:
+        """For an adapter that calls :meth:`receive_held` in its next loop round whenever
+        :attr:`held`: a read's processing stops after an audio frame that follows another
+        message (a turn's first audio, usually), so the application has it before the rest of
+        the read is parsed (see ``ClientConnection.yield_after_audio``)."""
+        self._conn_options["yield_after_audio"] = True
+        self.conn.yield_after_audio = True
+
+    @property
+    def held(self) -> bool:
+        """Frames of the last read wait for :meth:`receive_held`."""
+        return self.conn.held
+
+    def receive_held(self, now: float) -> None:
+        """Go on with the frames held back (see :meth:`yield_after_audio`)."""
+        if self.state == "closed" or self.wants_socket:
+            return
+        self.conn.receive_held(now)
+        self._process(now)
+
     def handle_timeout(self, now: float) -> None:
         if self.state == "closed" or self.wants_socket or now < self._hold_until:
             return

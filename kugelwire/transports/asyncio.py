@@ -100,6 +100,7 @@ class _Driver(_api.SignalDriver):
         self._generation = -1
         self._reconnect: asyncio.Task[None] | None = None
         self._deferred = 0  # commands whose bytes wait for the coalesced write
+        core.yield_after_audio()  # a turn's first audio wakes its consumer before the rest
 
     def now(self) -> float:
         return self._loop.time()
@@ -194,6 +195,21 @@ class _Driver(_api.SignalDriver):
             core.abort(self._loop.time())
         self._write()
         self.changed()
+        if core.held:  # after the consumer the audio woke (its wake-up is queued already)
+            self._loop.call_soon(self._receive_held, pipe)
+
+    def _receive_held(self, pipe: _Pipe) -> None:
+        core = self.core
+        if pipe is not self._pipe or not core.held:  # a later read went on with them
+            return
+        try:
+            core.receive_held(self._loop.time())
+        except KugelwireError:
+            core.abort(self._loop.time())
+        self._write()
+        self.changed()
+        if core.held:
+            self._loop.call_soon(self._receive_held, pipe)
 
     def _rearm(self) -> None:
         """Keep one loop timer at the core's next deadline (a later deadline lets it fire early

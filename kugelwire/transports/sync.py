@@ -209,9 +209,44 @@ class _Driver:
                     self.kick()  # the I/O thread may read again
                 if event is not None:
                     return event
-                if not buf.exhausted:
+                if not buf.exhausted and not self._read_inline():
                     self.cond.wait()
         return None
+
+    def _read_inline(self) -> bool:
+        """(Lock held, a caller waiting for an event.) Read what the socket holds already from
+        the caller's thread, as the I/O thread would (no hand-off while audio streams in);
+        False when there is nothing to read now or the I/O thread must (it asked for the lock,
+        bytes wait to be written, TLS, paused, reconnecting, EOF, an error), then the caller
+        waits for it."""
+        core = self.core
+        sock = self._sock
+        if (
+            sock is None
+            or self._io_wants  # the I/O thread asked for the lock: it goes first
+            or self._pending  # bytes wait to be written: the I/O thread writes (and caps) them
+            or isinstance(sock, _ssl.SSLSocket)
+            or self._generation != core.generation
+            or core.finished
+            or core.wants_socket
+            or core.connecting
+            or core.reading_paused
+        ):
+            return False
+        try:
+            data = sock.recv(READ_SIZE)
+        except OSError:  # would block, or an error the I/O thread's read sees
+            return False
+        if not data:
+            return False  # EOF stays readable: the I/O thread takes it
+        try:
+            core.receive_data(data, time.monotonic())
+        except Exception:  # as on the I/O thread: never leave the connection half-fed
+            core.abort(time.monotonic())
+        self.cond.notify_all()
+        if self._write_direct():
+            self.kick()
+        return True
 
     def close(self, *, abort: bool = False) -> None:
         core = self.core
@@ -287,6 +322,20 @@ class _Driver:
                     self.cond.notify_all()
         if sent < 0:
             self._feed(b"")
+
+    def _read(self, sock: socket.socket) -> bool:
+        """Read the socket and feed the core, both under the lock (a caller waiting for events
+        reads too, see :meth:`_read_inline`: the bytes must reach the core in their order)."""
+        with self._io_lock():
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+                return False
+            except OSError:
+                data = b""
+            self.core.receive_data(data, time.monotonic())
+            self.cond.notify_all()
+        return True
 
     def _feed(self, data: bytes | None) -> None:
         with self._io_lock():
@@ -372,14 +421,8 @@ class _Driver:
                     with contextlib.suppress(OSError):
                         while self._wake_r.recv(4096):
                             pass
-                if sock is not None and sock in ready:
-                    try:
-                        data = sock.recv(READ_SIZE)
-                    except (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
-                        continue  # a partial TLS record: nothing to hand on yet
-                    except OSError:
-                        data = b""
-                    self._feed(data)
+                if sock is not None and sock in ready and not self._read(sock):
+                    continue  # nothing to hand on yet (a caller read it, a partial TLS record)
                 if deadline is not None and time.monotonic() >= deadline:
                     self._feed(None)  # also while wake-ups keep select busy
         except Exception:  # never leave waiters hanging

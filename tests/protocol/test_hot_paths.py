@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from typing import Any
@@ -124,9 +125,59 @@ def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) ->
     calls = []
     real = _messages._scan_object
     monkeypatch.setattr(_messages, "_scan_object", lambda t, i: calls.append(t) or real(t, i))
-    text = AudioFrame.from_bytes(b"\x01\x02", idx=0, sr=24000, chunk_id=0).to_json()
-    assert isinstance(parse_server_message(text), AudioFrame)
-    assert calls == [text]
+    frame = AudioFrame.from_bytes(b"\x01\x02" * 40, idx=0, sr=24000, chunk_id=0)
+    text = frame.to_json()
+    assert parse_server_message(text) == frame
+    # the audio is split off: the scanner reads only the other fields, never the base64
+    assert calls == ['{"enc":"pcm_s16le","idx":0,"sr":24000,"samples":40,"chunk_id":0}']
+    assert frame.audio not in calls[0]
+
+
+@st.composite
+def _split_texts(draw: st.DrawFn) -> str:
+    """Texts that start as the server's audio frames do (``{"audio":"``), then anything: valid
+    and invalid base64 (backslashes, escaped quotes, non-ASCII, control characters), then the
+    other fields (often all present and matching, so the split path would take them) with an
+    extra that may repeat ``audio``, carry ``error``, escape a key, or text after the object."""
+    pcm = draw(st.binary(max_size=60).map(lambda b: b[: len(b) // 2 * 2]))
+    audio = draw(st.one_of(
+        st.just(base64.b64encode(pcm).decode()),
+        st.just(base64.b64encode(pcm).decode()),
+        st.builds(lambda a, i, c: a[:i] + c + a[i:], st.just(base64.b64encode(pcm).decode()),
+                  st.integers(0, 80), st.sampled_from(["\\", '\\"', "\\/", "\u00e9", "\n", " ",
+                                                       "=", "A"])),
+        st.text(alphabet='AQgw+/=\\"\u00e9\n ', max_size=12),
+    ))
+    fields = ['"enc":"pcm_s16le"', f'"idx":{draw(st.integers(0, 3))}', '"sr":24000',
+              f'"samples":{len(pcm) // 2 + draw(st.sampled_from([0, 0, 0, 1]))}',
+              '"chunk_id":0']
+    extra = draw(st.sampled_from(['', '', '"error":"x"', '"audio":"AA=="', '"\\u0061udio":"AA=="',
+                                  '"\\u0065rror":"x"', '"idx":-1', '"idx":1', '"samples":0',
+                                  '"enc":"mulaw"', '"final":true', '"context_id":"c"']))
+    if extra:
+        fields.insert(draw(st.integers(0, len(fields))), extra)
+    after = draw(st.sampled_from(["", "", "", "", "", " ", "}", "x"]))
+    tail = draw(st.one_of(
+        st.just("," + ",".join(fields) + "}" + after),
+        st.just("," + ",".join(fields) + "}" + after),
+        st.just("," + ",".join(fields) + "}" + after),
+        st.builds(lambda o: "," + json.dumps(o, separators=(",", ":"))[1:], _OBJECTS),
+        st.sampled_from(["}", ",}", "," + ",".join(fields), ""]),
+        st.text(max_size=12),
+    ))
+    return '{"audio":"' + audio + '"' + tail
+
+
+@settings(max_examples=600, deadline=None)
+@given(_split_texts())
+def test_the_audio_split_parses_like_json_loads(text: str) -> None:
+    fast, plain = _outcome(text), _plain(text)
+    assert fast == plain
+    if fast[0] == "ok" and isinstance(fast[1], AudioFrame):
+        assert fast[1]._has_idx == plain[1]._has_idx
+        # a parsed frame's audio is decoded without a second check: it must be what the strict
+        # decoder gives
+        assert fast[1].data == plain[1].data == base64.b64decode(fast[1].audio, validate=True)
 
 
 @settings(max_examples=300, deadline=None)

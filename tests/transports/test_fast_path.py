@@ -7,6 +7,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
@@ -42,10 +44,11 @@ class _Recorder:
         self.lost.append((code, reason))
 
 
-def _open(fast: bool) -> tuple[ClientConnection, _Recorder, WSConnection]:
+def _open(fast: bool, hold: bool = False) -> tuple[ClientConnection, _Recorder, WSConnection]:
     session = _Recorder()
     conn = ClientConnection(session, "ws://127.0.0.1:9/ws/tts/stream", now=0.0,
-                            keepalive_interval=None, max_message_size=300_000)
+                            keepalive_interval=None, max_message_size=300_000,
+                            yield_after_audio=hold)
     if not fast:
         conn._wsproto_idle = lambda: False  # type: ignore[method-assign]
     server = WSConnection(ConnectionType.SERVER)
@@ -60,7 +63,9 @@ def _stream(server: WSConnection, rng: random.Random, tail: str) -> bytes:
     out = b""
     for i in range(40):
         kind = rng.random()
-        if kind < 0.5:
+        if kind < 0.2:  # audio-like (yield_after_audio holds back after one of these)
+            out += server.send(TextMessage(data=f'{{"audio":"{i}"}}'))
+        elif kind < 0.5:
             size = rng.choice([0, 5, 125, 126, 1000, 65535, 65536, 70000])
             out += server.send(TextMessage(data=f"{i}:" + "x" * size))
         elif kind < 0.65:
@@ -85,14 +90,28 @@ def _stream(server: WSConnection, rng: random.Random, tail: str) -> bytes:
     return out
 
 
-def _run(fast: bool, payload: bytes, cuts: list[int]) -> tuple[Any, ...]:
-    conn, session, _ = _open(fast)
+def _run(fast: bool, payload: bytes, cuts: list[int], hold: random.Random | None = None,
+         holds: list[int] | None = None) -> tuple[Any, ...]:
+    """Feed ``payload`` cut at ``cuts``. ``hold``: with ``yield_after_audio``, the held frames
+    are taken at random moments (at once, after more bytes came, or only at the EOF)."""
+    conn, session, _ = _open(fast, hold is not None)
     replies = b""
     last = 0
+    held = 0
     for cut in [*cuts, len(payload)]:
         conn.receive_data(payload[last:cut], 1.0)
         replies += conn.data_to_send()
         last = cut
+        while hold is not None and conn.held:
+            held += 1
+            if hold.random() < 0.3:
+                break  # more bytes (or the EOF) come first
+            count = len(session.messages)
+            conn.receive_held(1.0)
+            assert len(session.messages) > count or not conn.held
+            replies += conn.data_to_send()
+    if holds is not None:
+        holds.append(held)
     conn.receive_data(b"", 2.0)
     replies += conn.data_to_send()
     closed = [e for e in conn.events() if isinstance(e, ConnectionClosed)]
@@ -118,6 +137,41 @@ def test_fast_path_matches_wsproto(tail: str) -> None:
         fast, slow = _run(True, payload, cuts), _run(False, payload, cuts)
         assert fast == slow
         assert len(fast[0]) >= 10 or tail == "bad-message"
+        assert _run(True, payload, cuts, random.Random(i)) == slow  # with yield_after_audio
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["audio", "audio", "other", "ping"]), min_size=1, max_size=30),
+       st.lists(st.integers(1, 400), max_size=8), st.integers(0, 2**32))
+def test_yield_after_audio_changes_nothing(kinds: list[str], cuts: list[int], seed: int) -> None:
+    """However the bytes are cut and whenever the held frames are taken (at once, after more
+    bytes, or at the EOF), the session gets the same messages and the server the same replies
+    as without yield_after_audio."""
+    _, _, server = _open(True)
+    payload = b"".join(
+        server.send(Ping(payload=b"p%d" % i)) if kind == "ping"
+        else server.send(TextMessage(data=('{"audio":"%d"}' if kind == "audio" else '{"x":%d}')
+                                       % i))
+        for i, kind in enumerate(kinds)
+    )
+    cuts = sorted({c for c in cuts if c < len(payload)})
+    holds: list[int] = []
+    assert _run(True, payload, cuts, random.Random(seed), holds) == _run(False, payload, cuts)
+    if "other" in kinds and not cuts and kinds.index("other") < len(kinds) - 2 \
+            and "audio" in kinds[kinds.index("other") + 1 : -1] \
+            and "ping" not in kinds:
+        assert holds[0], "an audio frame after another message in one read: held back"
+
+
+def test_yield_after_audio_holds_the_rest_of_a_read() -> None:
+    conn, session, server = _open(True, hold=True)
+    texts = ['{"generation_started":true}', '{"audio":"1"}', '{"audio":"2"}', '{"final":true}']
+    conn.receive_data(b"".join(server.send(TextMessage(data=t)) for t in texts), 1.0)
+    assert session.messages == texts[:2] and conn.held  # the first audio, then a stop
+    conn.receive_held(1.0)
+    assert session.messages == texts and not conn.held
+    conn.receive_data(b"".join(server.send(TextMessage(data=t)) for t in texts[1:3]), 1.0)
+    assert session.messages == texts + texts[1:3] and not conn.held  # audio first: no stop
 
 
 def test_fast_path_is_taken() -> None:
