@@ -251,14 +251,19 @@ class SignalDriver:
         while not ready():
             await self._signal.wait()
 
+    def take(self, buf: EventBuffer) -> ClientEvent | None:
+        """An event of ``buf`` if one is buffered, else None (without waiting)."""
+        core = self.core
+        event = core.pop(buf)
+        if core.take_resumed():
+            self.changed()  # the reader may read again
+        return event
+
     async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
         """The next event of ``buf`` (waiting for it), or None once its stream is over."""
-        core = self.core
         while not buf.exhausted:
-            signal = self._signal
-            event = core.pop(buf)
-            if core.take_resumed():
-                self.changed()  # the reader may read again
+            signal = self._signal  # before looking: a change after the look wakes the wait
+            event = self.take(buf)
             if event is not None:
                 return event
             if not buf.exhausted:
@@ -366,12 +371,8 @@ class AsyncEvents(_Handle):
 
     async def __anext__(self) -> ClientEvent:
         buf = self._buf
-        if buf.events:  # one is buffered: taken here, without a second coroutine (hot path)
-            driver = self._driver
-            core = driver.core
-            event = core.pop(buf)
-            if core.take_resumed():
-                driver.changed()  # the reader may read again
+        if buf.events:  # one is buffered: taken without a second coroutine (the hot path)
+            event = self._driver.take(buf)
             if event is not None:
                 return event
         event = await self._driver.next_event(buf)
