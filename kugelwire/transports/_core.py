@@ -530,10 +530,10 @@ class ClientCore:
         return buf
 
     def tts_cancel(self, now: float) -> None:
-        number = self._session(TTSClientSession).cancel(now)
-        buf = None if number is None else self._by_number.get(number)
-        if buf is not None:
-            self._purge(buf)
+        for number in self._session(TTSClientSession).cancel(now):
+            buf = self._by_number.get(number)
+            if buf is not None:
+                self._purge(buf)
         self._process(now)
 
     def close_socket(self, now: float) -> None:
