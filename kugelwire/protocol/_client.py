@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _json_string  # what dumps() uses
 from typing import Any, ClassVar, TypeAlias
@@ -74,6 +74,7 @@ from ._state import (
     CLIENT_REQUEST_TABLE,
     CLIENT_TURN_TABLE,
     LOCAL_CONTEXT_INPUTS,
+    LOCAL_REQUEST_INPUTS,
     LOCAL_TURN_INPUTS,
     ClientAction,
     ClientContextState,
@@ -273,10 +274,23 @@ class _ClientSession:
     _frame_handlers: ClassVar[dict[type[Any], _Handler]] = {}
     #: Output frames (``DELIVER``), by frame type.
     _outputs: ClassVar[dict[type[Any], _Output]] = {}
+    #: The endpoint's state table (``(state, input) -> (action, next state)``), the
+    #: implementation of each of its actions, and its local inputs (set per endpoint below).
+    _table: ClassVar[Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]]] = {}
+    _actions: ClassVar[dict[ClientAction, _Action]] = {}
+    _local_inputs: ClassVar[frozenset[Any]] = frozenset()
+    _connection_lost: ClassVar[Any] = None  # the table's input for the connection's loss
 
-    def __init__(self, *, cancel_timeout: float = 5.0) -> None:
+    def __init__(
+        self, config: Config | None = None, config_fields: dict[str, Any] | None = None, *,
+        cancel_timeout: float = 5.0,
+    ) -> None:
         if cancel_timeout <= 0:
             raise LocalProtocolError("cancel_timeout must be positive")
+        base = config or Config()
+        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
+        #: the config travels on the next frame that carries it (see update_config)
+        self._send_config = True
         self._outbox: list[str] = []
         self._outbox_size = 0
         self._events: deque[ClientEvent] = deque()
@@ -366,8 +380,9 @@ class _ClientSession:
     def terminated(self) -> bool:
         return self._terminated is not None
 
-    def work_key(self, event: ClientEvent) -> WorkKey | None:
-        """The turn number, request number or context id ``event`` belongs to (None: none)."""
+    def work_key(self, event: object) -> WorkKey | None:
+        """The turn number, request number or context id an event (or a
+        :class:`TurnReplay`) belongs to; None: no piece of work."""
         key: WorkKey | None = getattr(event, self.work_key_attr, None)
         return key
 
@@ -378,6 +393,18 @@ class _ClientSession:
     def replay(self, replay: TurnReplay, now: float) -> WorkKey | None:
         """Send work lost to a restart again (on a fresh session); its new work key."""
         raise NotImplementedError
+
+    # -- config -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def update_config(self, **fields: Any) -> None:
+        """Change the session's config. It travels on the next frame that carries config (and
+        applies from then): the next turn's first frame (stream), the next context creation
+        (multi), the next request (tts)."""
+        self._config = self._config.merged(Config.build(**fields))
+        self._send_config = True
 
     # -- shared commands --------------------------------------------------------------------
     def update_settings(self, now: float, **settings: Any) -> None:
@@ -457,16 +484,9 @@ class _ClientSession:
     ) -> ServerError:
         code = ErrorCode.parse(msg.error_code)
         return ServerError(
-            code=code,
-            message=msg.error,
-            status=msg.code,
-            raw_code=msg.error_code,
-            context_id=msg.context_id,
-            turn=turn,
-            request_id=msg.request_id,
-            retry_after=msg.retry_after,
-            fatal=code in FATAL_CODES,
-            ends_work=ends_work,
+            code=code, message=msg.error, status=msg.code, raw_code=msg.error_code,
+            context_id=msg.context_id, turn=turn, request_id=msg.request_id,
+            retry_after=msg.retry_after, fatal=code in FATAL_CODES, ends_work=ends_work,
         )
 
     def _is_settings_error(self, msg: ErrorFrame) -> bool:
@@ -515,6 +535,25 @@ class _ClientSession:
                 )
             )
 
+    def _step(
+        self, work: Any, event: Any, arg: Any = None, now: float = 0.0, what: str = ""
+    ) -> bool:
+        """Apply ``event`` to ``work`` (a turn, context or request) by the table: move to the
+        next state, then run the transition's action. A pair not in the table is a
+        LocalProtocolError for a local input; a remote one is dropped and counted (False)."""
+        entry = self._table.get((work.state, event))
+        if entry is None:
+            if event in self._local_inputs:
+                raise LocalProtocolError(
+                    f"cannot {what or event.value} {work.label} in state {work.state.value}"
+                )
+            self.dropped_frames += 1
+            return False
+        action, work.state = entry
+        if action is not None:
+            self._actions[action](self, work, arg, now)
+        return True
+
     # -- output: one event per output frame, by frame type (all endpoints) ------------------
     def _deliver(self, cycle: _Cycle, msg: Any, now: float, context_id: str | None = None) -> None:
         self._outputs[type(msg)](self, cycle, msg, now, context_id)
@@ -550,14 +589,55 @@ class _ClientSession:
             ChunkComplete(cycle.number, msg.chunk_id, msg.audio_seconds, msg.gen_ms, context_id)
         )
 
+    # -- actions shared by turns and requests (INTERRUPT, ABANDON, ABORT) ---------------------
+    def _interrupted(self, work: _Numbered, arg: None, now: float) -> None:
+        metrics = work.cycle.metrics(self._time(), cancelled=True)
+        self._events.append(Interrupted(work.number, metrics=metrics))
+
+    def _unacknowledged(self, work: _Numbered, arg: None, now: float) -> None:
+        metrics = work.cycle.metrics(self._time(), cancelled=True)
+        self._events.append(Interrupted(work.number, acknowledged=False, metrics=metrics))
+
+    def _abort(self, work: Any, lost: tuple[int | None, list[TurnReplay]], now: float) -> None:
+        code, replays = lost
+        replay = work.replay()
+        self._events.append(
+            TurnAborted(
+                work.number, code, not replay.replayable, replay.unspoken_text, work.context_id,
+                work.cycle.metrics(self._time(), work.context_id),
+            )
+        )
+        replays.append(replay)
+
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         raise NotImplementedError
 
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         raise NotImplementedError
 
-    def _abort_all(self, code: int | None) -> list[TurnReplay]:
+    def _unfinished(self) -> list[Any]:
+        """The work the connection's loss ends (taken off the session's queues)."""
         raise NotImplementedError
+
+    def _abort_all(self, code: int | None) -> list[TurnReplay]:
+        """CONNECTION_LOST for every unfinished piece of work; the replays of those it aborts."""
+        replays: list[TurnReplay] = []
+        for work in self._unfinished():
+            self._step(work, self._connection_lost, (code, replays))
+        return replays
+
+
+def _machine(
+    cls: type[_ClientSession],
+    table: Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]],
+    actions: dict[ClientAction, _Action],
+    local_inputs: frozenset[Any],
+    connection_lost: Any,
+    frame_handlers: dict[type[Any], _Handler],
+) -> None:
+    """Give a session class its state table, the table's actions, and its frame handlers."""
+    cls._table, cls._actions, cls._local_inputs = table, actions, local_inputs
+    cls._connection_lost, cls._frame_handlers = connection_lost, frame_handlers
 
 
 _OUTPUTS: dict[type[Any], _Output] = {
@@ -573,16 +653,33 @@ _ClientSession._outputs = _OUTPUTS
 # /ws/tts/stream
 
 
+class _Numbered:
+    """A turn or a request: named by its cycle's number."""
+
+    __slots__ = ()
+    cycle: _Cycle
+    noun: ClassVar[str] = ""
+    context_id: ClassVar[None] = None
+
+    @property
+    def number(self) -> int:
+        return self.cycle.number
+
+    @property
+    def label(self) -> str:
+        return f"{self.noun} {self.cycle.number}"
+
+
 @dataclass(slots=True)
-class _Turn:
+class _Turn(_Numbered):
+    noun = "turn"
     cycle: _Cycle
     state: ClientTurnState = ClientTurnState.OPEN
     last_text_at: float = -_INF
     flushed: bool = False
 
-    @property
-    def number(self) -> int:
-        return self.cycle.number
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(self.flushed)
 
 
 class StreamClientSession(_ClientSession):
@@ -611,23 +708,10 @@ class StreamClientSession(_ClientSession):
         idle_flush_guard: float | None = 4.5,
         **config_fields: Any,
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
-        self._send_config = True
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._turns: deque[_Turn] = deque()
         self._next_turn = 0
         self._idle_guard = idle_flush_guard
-
-    # -- config -----------------------------------------------------------------------------
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    def update_config(self, **fields: Any) -> None:
-        """Change sticky config; it travels on the next turn's first frame (applies from then)."""
-        self._config = self._config.merged(Config.build(**fields))
-        self._send_config = True
 
     # -- commands -----------------------------------------------------------------------------
     @property
@@ -749,22 +833,6 @@ class StreamClientSession(_ClientSession):
             return self._turns[-1]
         return None
 
-    def _step(self, turn: _Turn, event: TurnInput, arg: Any = None, now: float = 0.0) -> bool:
-        """Apply ``event`` to ``turn`` by the table: move, then run the transition's action.
-        A pair not in the table: LocalProtocolError for a local input, else dropped (False)."""
-        entry = CLIENT_TURN_TABLE.get((turn.state, event))
-        if entry is None:
-            if event in LOCAL_TURN_INPUTS:
-                raise LocalProtocolError(
-                    f"cannot {event.value} turn {turn.number} in state {turn.state.value}"
-                )
-            self.dropped_frames += 1
-            return False
-        action, turn.state = entry
-        if action is not None:
-            _TURN_ACTIONS[action](self, turn, arg, now)
-        return True
-
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         if type(msg) is AudioFrame and self._turns and not self._pending_cancels:
             # The hot path: audio of the turn being spoken, in a state where the table
@@ -864,25 +932,6 @@ class StreamClientSession(_ClientSession):
         self._send_config = True  # the next turn states its voice again
         self._events.append(replace(event, ends_turn=True, ends_work=True))
 
-    def _interrupted(self, turn: _Turn, arg: None, now: float) -> None:
-        metrics = turn.cycle.metrics(self._time(), cancelled=True)
-        self._events.append(Interrupted(turn.number, metrics=metrics))
-
-    def _unacknowledged(self, turn: _Turn, arg: None, now: float) -> None:
-        metrics = turn.cycle.metrics(self._time(), cancelled=True)
-        self._events.append(Interrupted(turn.number, acknowledged=False, metrics=metrics))
-
-    def _abort(self, turn: _Turn, lost: tuple[int | None, list[TurnReplay]], now: float) -> None:
-        code, replays = lost
-        replay = turn.cycle.replay(turn.flushed)
-        self._events.append(
-            TurnAborted(
-                turn.number, code, not replay.replayable, replay.unspoken_text,
-                metrics=turn.cycle.metrics(self._time()),
-            )
-        )
-        replays.append(replay)
-
     # -- cancel and connection loss ---------------------------------------------------------------
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
@@ -910,11 +959,10 @@ class StreamClientSession(_ClientSession):
                 )
             )
 
-    def _abort_all(self, code: int | None) -> list[TurnReplay]:
-        replays: list[TurnReplay] = []
-        while self._turns:
-            self._step(self._turns.popleft(), TurnInput.CONNECTION_LOST, (code, replays))
-        return replays
+    def _unfinished(self) -> list[Any]:
+        turns = list(self._turns)
+        self._turns.clear()
+        return turns
 
 
 _A = ClientAction
@@ -925,9 +973,9 @@ _TURN_ACTIONS: dict[ClientAction, _Action] = {
     _A.FINAL: StreamClientSession._final,
     _A.CLOSE: StreamClientSession._close,
     _A.REFUSE: StreamClientSession._refuse,
-    _A.INTERRUPT: StreamClientSession._interrupted,
-    _A.ABANDON: StreamClientSession._unacknowledged,
-    _A.ABORT: StreamClientSession._abort,
+    _A.INTERRUPT: _ClientSession._interrupted,
+    _A.ABANDON: _ClientSession._unacknowledged,
+    _A.ABORT: _ClientSession._abort,
 }
 #: The turn's input for each server frame that belongs to the oldest unfinished turn.
 _TURN_INPUTS: dict[type[Any], TurnInput] = {
@@ -945,11 +993,15 @@ _SPEAKING = frozenset(
     for (state, event), (action, new) in CLIENT_TURN_TABLE.items()
     if event is TurnInput.OUTPUT and action is ClientAction.DELIVER and new is state
 )
-StreamClientSession._frame_handlers = {
-    InterruptedFrame: StreamClientSession._on_interrupted,
-    SettingsUpdatedFrame: StreamClientSession._on_settings,
-    ErrorFrame: StreamClientSession._on_error,
-}
+_machine(
+    StreamClientSession, CLIENT_TURN_TABLE, _TURN_ACTIONS,
+    LOCAL_TURN_INPUTS, TurnInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: StreamClientSession._on_interrupted,
+        SettingsUpdatedFrame: StreamClientSession._on_settings,
+        ErrorFrame: StreamClientSession._on_error,
+    },
+)
 
 
 # =============================================================================================
@@ -975,6 +1027,13 @@ class _Context:
     @property
     def number(self) -> int:
         return self.cycle.number
+
+    @property
+    def label(self) -> str:
+        return f"context {self.context_id!r}"
+
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(bool(self.flush_marks), self.context_id, self.options)
 
     def text_sent(self, now: float) -> None:
         """Text went out: the first text of the current cycle, or of one still to come."""
@@ -1016,25 +1075,13 @@ class MultiClientSession(_ClientSession):
         keepalive_interval: float | None = None,
         **config_fields: Any,
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
-        self._send_config = True
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._contexts: dict[str, _Context] = {}
         self._tombstones: set[str] = set()
         self._max_contexts = max_contexts
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise LocalProtocolError("keepalive_interval must be positive")
         self._keepalive = keepalive_interval
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    def update_config(self, **fields: Any) -> None:
-        """Change session config; it travels on the next context creation."""
-        self._config = self._config.merged(Config.build(**fields))
-        self._send_config = True
 
     @property
     def open_contexts(self) -> tuple[str, ...]:
@@ -1234,28 +1281,13 @@ class MultiClientSession(_ClientSession):
         return ctx
 
     def _step(
-        self, ctx: _Context, event: ContextInput, arg: Any = None, now: float = 0.0,
-        what: str = "",
+        self, work: Any, event: Any, arg: Any = None, now: float = 0.0, what: str = ""
     ) -> bool:
-        """Apply ``event`` to ``ctx`` by the table: move (a closed context is tombstoned), then
-        run the transition's action. A pair not in the table: LocalProtocolError for a local
-        input, else dropped (False)."""
-        entry = CLIENT_CONTEXT_TABLE.get((ctx.state, event))
-        if entry is None:
-            if event in LOCAL_CONTEXT_INPUTS:
-                raise LocalProtocolError(
-                    f"cannot {what or event.value} context {ctx.context_id!r} in state "
-                    f"{ctx.state.value}"
-                )
-            self.dropped_frames += 1
-            return False
-        action, ctx.state = entry
-        if ctx.state is ClientContextState.CLOSED:
-            del self._contexts[ctx.context_id]
-            self._tombstones.add(ctx.context_id)
-        if action is not None:
-            _CONTEXT_ACTIONS[action](self, ctx, arg, now)
-        return True
+        moved = super()._step(work, event, arg, now, what)
+        if moved and work.state is ClientContextState.CLOSED:  # tombstoned
+            del self._contexts[work.context_id]
+            self._tombstones.add(work.context_id)
+        return moved
 
     def _cancelling(self, context_id: str) -> bool:
         return any(
@@ -1324,17 +1356,6 @@ class MultiClientSession(_ClientSession):
     def _discard(self, ctx: _Context, arg: Any, now: float) -> None:
         """Gone without an event of its own (the move tombstoned it)."""
 
-    def _abort(self, ctx: _Context, lost: tuple[int | None, list[TurnReplay]], now: float) -> None:
-        code, replays = lost
-        replay = ctx.cycle.replay(bool(ctx.flush_marks), ctx.context_id, ctx.options)
-        self._events.append(
-            TurnAborted(
-                ctx.number, code, not replay.replayable, replay.unspoken_text, ctx.context_id,
-                ctx.cycle.metrics(self._time(), ctx.context_id),
-            )
-        )
-        replays.append(replay)
-
     def _announce(self, ctx: _Context) -> None:
         if not ctx.announced:
             ctx.announced = True
@@ -1381,11 +1402,8 @@ class MultiClientSession(_ClientSession):
             metrics = cycle.metrics(self._time(), ctx.context_id, cancelled=True)
             self._events.append(Interrupted(number, ctx.context_id, acknowledged, metrics))
 
-    def _abort_all(self, code: int | None) -> list[TurnReplay]:
-        replays: list[TurnReplay] = []
-        for ctx in list(self._contexts.values()):
-            self._step(ctx, ContextInput.CONNECTION_LOST, (code, replays))
-        return replays
+    def _unfinished(self) -> list[Any]:
+        return list(self._contexts.values())
 
 
 _CONTEXT_ACTIONS: dict[ClientAction, _Action] = {
@@ -1396,7 +1414,7 @@ _CONTEXT_ACTIONS: dict[ClientAction, _Action] = {
     _A.CONTEXT_CLOSED: MultiClientSession._context_closed,
     _A.CLOSED_IMMEDIATE: MultiClientSession._closed_immediate,
     _A.DISCARD: MultiClientSession._discard,
-    _A.ABORT: MultiClientSession._abort,
+    _A.ABORT: _ClientSession._abort,
 }
 #: The context's input for each server frame that names a context.
 _CONTEXT_INPUTS: dict[type[Any], ContextInput] = {
@@ -1411,13 +1429,17 @@ _CONTEXT_INPUTS: dict[type[Any], ContextInput] = {
 }
 #: Context states that accept input (text, flush, keep-alive, cancel), by the table.
 _ACCEPTING = frozenset(state for state, event in CLIENT_CONTEXT_TABLE if event is ContextInput.SEND)
-MultiClientSession._frame_handlers = {
-    InterruptedFrame: MultiClientSession._on_interrupted,
-    SettingsUpdatedFrame: MultiClientSession._on_settings,
-    SessionClosedFrame: MultiClientSession._on_session_closed,
-    ErrorFrame: MultiClientSession._on_error,
-    WarningFrame: MultiClientSession._on_warning,
-}
+_machine(
+    MultiClientSession, CLIENT_CONTEXT_TABLE, _CONTEXT_ACTIONS,
+    LOCAL_CONTEXT_INPUTS, ContextInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: MultiClientSession._on_interrupted,
+        SettingsUpdatedFrame: MultiClientSession._on_settings,
+        SessionClosedFrame: MultiClientSession._on_session_closed,
+        ErrorFrame: MultiClientSession._on_error,
+        WarningFrame: MultiClientSession._on_warning,
+    },
+)
 
 
 # =============================================================================================
@@ -1425,14 +1447,14 @@ MultiClientSession._frame_handlers = {
 
 
 @dataclass(slots=True)
-class _Request:
+class _Request(_Numbered):
+    noun = "request"
     cycle: _Cycle
     state: ClientRequestState = ClientRequestState.PENDING
     params: dict[str, Any] = field(default_factory=dict)  # request()'s overrides (for replay)
 
-    @property
-    def number(self) -> int:
-        return self.cycle.number
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(True, None, self.params)
 
 
 class TTSClientSession(_ClientSession):
@@ -1452,9 +1474,7 @@ class TTSClientSession(_ClientSession):
     def __init__(
         self, config: Config | None = None, *, cancel_timeout: float = 5.0, **config_fields: Any
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._requests: deque[_Request] = deque()
         self._next = 0
 
@@ -1506,24 +1526,6 @@ class TTSClientSession(_ClientSession):
         if self._closing and self._terminated is None and not self.pending_requests:
             return 1000
         return None
-
-    def _step(
-        self, req: _Request, event: RequestInput, arg: Any = None, now: float = 0.0
-    ) -> bool:
-        """Apply ``event`` to ``req`` by the table: move, then run the transition's action.
-        A pair not in the table: LocalProtocolError for a cancel, else dropped (False)."""
-        entry = CLIENT_REQUEST_TABLE.get((req.state, event))
-        if entry is None:
-            if event is RequestInput.CANCEL:
-                raise LocalProtocolError(
-                    f"cannot cancel request {req.number} in state {req.state.value}"
-                )
-            self.dropped_frames += 1
-            return False
-        action, req.state = entry
-        if action is not None:
-            _REQUEST_ACTIONS[action](self, req, arg, now)
-        return True
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         kind = type(msg)
@@ -1583,25 +1585,6 @@ class TTSClientSession(_ClientSession):
             self._step(nxt, RequestInput.CANCEL)
             pending.turns.append(nxt)
 
-    def _interrupted(self, req: _Request, arg: None, now: float) -> None:
-        metrics = req.cycle.metrics(self._time(), cancelled=True)
-        self._events.append(Interrupted(req.number, metrics=metrics))
-
-    def _unacknowledged(self, req: _Request, arg: None, now: float) -> None:
-        metrics = req.cycle.metrics(self._time(), cancelled=True)
-        self._events.append(Interrupted(req.number, acknowledged=False, metrics=metrics))
-
-    def _abort(self, req: _Request, lost: tuple[int | None, list[TurnReplay]], now: float) -> None:
-        code, replays = lost
-        replay = req.cycle.replay(True, None, req.params)
-        self._events.append(
-            TurnAborted(
-                req.number, code, not replay.replayable, replay.unspoken_text,
-                metrics=req.cycle.metrics(self._time()),
-            )
-        )
-        replays.append(replay)
-
     # -- cancel and connection loss ---------------------------------------------------------------
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns and not pending.reported:
@@ -1614,11 +1597,10 @@ class TTSClientSession(_ClientSession):
         if pending.timed_out:
             pending.reported = True
 
-    def _abort_all(self, code: int | None) -> list[TurnReplay]:
-        replays: list[TurnReplay] = []
-        while self._requests:
-            self._step(self._requests.popleft(), RequestInput.CONNECTION_LOST, (code, replays))
-        return replays
+    def _unfinished(self) -> list[Any]:
+        requests = list(self._requests)
+        self._requests.clear()
+        return requests
 
 
 _REQUEST_ACTIONS: dict[ClientAction, _Action] = {
@@ -1627,9 +1609,9 @@ _REQUEST_ACTIONS: dict[ClientAction, _Action] = {
     _A.FINAL: TTSClientSession._final,
     _A.FAIL: TTSClientSession._fail,
     _A.RETARGET: TTSClientSession._retarget,
-    _A.INTERRUPT: TTSClientSession._interrupted,
-    _A.ABANDON: TTSClientSession._unacknowledged,
-    _A.ABORT: TTSClientSession._abort,
+    _A.INTERRUPT: _ClientSession._interrupted,
+    _A.ABANDON: _ClientSession._unacknowledged,
+    _A.ABORT: _ClientSession._abort,
 }
 #: The request's input for each server frame that belongs to the oldest unfinished request.
 _REQUEST_INPUTS: dict[type[Any], RequestInput] = {
@@ -1645,7 +1627,11 @@ _REQUEST_INPUTS: dict[type[Any], RequestInput] = {
 _CANCELLABLE = frozenset(
     state for state, event in CLIENT_REQUEST_TABLE if event is RequestInput.CANCEL
 )
-TTSClientSession._frame_handlers = {
-    InterruptedFrame: TTSClientSession._on_interrupted,
-    SettingsUpdatedFrame: TTSClientSession._on_settings,
-}
+_machine(
+    TTSClientSession, CLIENT_REQUEST_TABLE, _REQUEST_ACTIONS,
+    LOCAL_REQUEST_INPUTS, RequestInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: TTSClientSession._on_interrupted,
+        SettingsUpdatedFrame: TTSClientSession._on_settings,
+    },
+)

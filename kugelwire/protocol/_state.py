@@ -263,6 +263,8 @@ class RequestInput(_State):
     CONNECTION_LOST = "connection_lost"
 
 
+LOCAL_REQUEST_INPUTS = frozenset({RequestInput.CANCEL})
+
 _R, _RI = ClientRequestState, RequestInput
 #: A ``/ws/tts`` request: ``(state, input) -> (action, next state)``.
 CLIENT_REQUEST_TABLE: Mapping[
