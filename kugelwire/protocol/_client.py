@@ -1296,6 +1296,17 @@ class MultiClientSession(_ClientSession):
         )
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
+        if type(msg) is AudioFrame:
+            # The hot path: audio of a context in a state where the table delivers it and
+            # stays (_CONTEXT_SPEAKING), not cancelled; the same as _step(OUTPUT) + _audio.
+            ctx = self._contexts.get(msg.context_id)  # type: ignore[arg-type]
+            if (
+                ctx is not None
+                and ctx.state in _CONTEXT_SPEAKING
+                and not (self._pending_cancels and self._cancelling(ctx.context_id))
+            ):
+                self._audio(ctx.cycle, msg, now, ctx.context_id)
+                return
         kind = type(msg)
         handler = self._frame_handlers.get(kind)
         if handler is not None:  # interrupted, settings_updated, session_closed, error, warning
@@ -1427,6 +1438,12 @@ _CONTEXT_INPUTS: dict[type[Any], ContextInput] = {
     ChunkCompleteFrame: ContextInput.OUTPUT,
     FinalFrame: ContextInput.OUTPUT,
 }
+#: Context states in which the table delivers output and keeps the state (the audio hot path).
+_CONTEXT_SPEAKING = frozenset(
+    state
+    for (state, event), (action, new) in CLIENT_CONTEXT_TABLE.items()
+    if event is ContextInput.OUTPUT and action is ClientAction.DELIVER and new is state
+)
 #: Context states that accept input (text, flush, keep-alive, cancel), by the table.
 _ACCEPTING = frozenset(state for state, event in CLIENT_CONTEXT_TABLE if event is ContextInput.SEND)
 _machine(
@@ -1528,6 +1545,13 @@ class TTSClientSession(_ClientSession):
         return None
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
+        if type(msg) is AudioFrame and self._requests:
+            # The hot path: audio of the request being answered, in a state where the table
+            # delivers it and stays (_REQUEST_SPEAKING); the same as _step(OUTPUT) + _audio.
+            head = self._requests[0]
+            if head.state in _REQUEST_SPEAKING:
+                self._audio(head.cycle, msg, now)
+                return
         kind = type(msg)
         handler = self._frame_handlers.get(kind)
         if handler is not None:  # interrupted, settings_updated
@@ -1626,6 +1650,12 @@ _REQUEST_INPUTS: dict[type[Any], RequestInput] = {
 #: Request states a cancel can target (still waiting for their output), by the table.
 _CANCELLABLE = frozenset(
     state for state, event in CLIENT_REQUEST_TABLE if event is RequestInput.CANCEL
+)
+#: Request states in which the table delivers output and keeps the state (the audio hot path).
+_REQUEST_SPEAKING = frozenset(
+    state
+    for (state, event), (action, new) in CLIENT_REQUEST_TABLE.items()
+    if event is RequestInput.OUTPUT and action is ClientAction.DELIVER and new is state
 )
 _machine(
     TTSClientSession, CLIENT_REQUEST_TABLE, _REQUEST_ACTIONS,

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kugelwire.protocol import _client, _state
@@ -63,6 +63,7 @@ from kugelwire.protocol._state import (
     RequestInput,
     TurnInput,
 )
+from tests.model._profiles import examples
 
 _A = ClientAction
 AUDIO = {
@@ -311,3 +312,141 @@ def test_random_walks_follow_the_table(name: str, data: st.DataObject) -> None:
         if entry is not None:
             expected = entry[1]
         assert work.state is expected
+
+
+# -- the audio hot paths are the table's path, taken early --------------------------------------
+_CIDS = st.sampled_from(["a", "b"])
+
+
+def _audio_obj(idx: int, chunk: int, cid: str | None) -> dict[str, Any]:
+    obj = {**AUDIO, "idx": idx, "chunk_id": chunk}
+    if cid is not None:
+        obj["context_id"] = cid
+    return obj
+
+
+def _frames(cid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    def with_ctx(obj: dict[str, Any], c: str | None) -> dict[str, Any]:
+        return obj if c is None else {**obj, "context_id": c}
+
+    return st.one_of(
+        st.builds(_audio_obj, st.integers(0, 4), st.integers(0, 1), cid),
+        st.builds(with_ctx, st.sampled_from([
+            {"generation_started": True, "chunk_id": 0, "text": "Hello."},
+            {"chunk_complete": True, "chunk_id": 0, "audio_seconds": 0.01, "gen_ms": 1.0},
+            {"final": True},
+            {"interrupted": True},
+            {"warning": "slow"},
+            {"context_created": True},
+            {"context_closed": True},
+            {"context_timeout": True},
+        ]), cid),
+        st.just({"session_closed": True, "usage": USAGE}),
+        st.just({"final": True, "usage": USAGE}),
+    )
+
+
+_OPS = {
+    "stream": st.lists(st.one_of(
+        st.tuples(st.just("send"), st.booleans()), st.tuples(st.just("cancel")),
+        st.tuples(st.just("timeout")), st.tuples(st.just("frame"), _frames(st.none())),
+    ), max_size=30),
+    "multi": st.lists(st.one_of(
+        st.tuples(st.just("create"), _CIDS), st.tuples(st.just("send"), _CIDS, st.booleans()),
+        st.tuples(st.just("cancel"), st.one_of(st.none(), _CIDS)),
+        st.tuples(st.just("close"), _CIDS, st.booleans()), st.tuples(st.just("timeout")),
+        st.tuples(st.just("frame"), _frames(st.one_of(st.none(), _CIDS))),
+    ), max_size=30),
+    "tts": st.lists(st.one_of(
+        st.tuples(st.just("request")), st.tuples(st.just("cancel")),
+        st.tuples(st.just("timeout")), st.tuples(st.just("frame"), _frames(st.none())),
+    ), max_size=30),
+}
+
+
+def _run(kind: str, ops: list[tuple[Any, ...]]) -> list[Any]:
+    import json
+
+    session: Any = {"stream": StreamClientSession, "multi": MultiClientSession,
+                    "tts": TTSClientSession}[kind](voice_id=1, cancel_timeout=1.0)
+    seen: list[Any] = []
+    now = 0.0
+    for op in ops:
+        now += 0.25
+        try:
+            if op[0] == "frame":
+                session.receive_message(json.dumps(op[1]), now)
+            elif op[0] == "timeout":
+                session.handle_timeout(now + 2.0)
+            elif kind == "stream":
+                (session.send_text("Hello. ", now, flush=op[1]) if op[0] == "send"
+                 else session.cancel(now))
+            elif kind == "tts":
+                session.request("Hello.", now) if op[0] == "request" else session.cancel(now)
+            elif op[0] == "create":
+                session.create_context(op[1], now)
+            elif op[0] == "send":
+                session.send_text(op[1], "Hello. ", now, flush=op[2])
+            elif op[0] == "cancel":
+                session.cancel(now, op[1])
+            else:
+                session.close_context(op[1], now, immediate=op[2])
+        except Exception as exc:  # the same errors on both paths
+            seen.append(type(exc).__name__)
+        seen.extend((e, getattr(e, "metrics", None)) for e in session.events())
+    seen.append((session.dropped_frames, session.unknown_frames, session.messages_to_send()))
+    return seen
+
+
+@pytest.mark.parametrize("kind", list(_OPS))
+@settings(max_examples=examples(300))
+@given(data=st.data())
+def test_the_audio_hot_paths_give_what_the_table_gives(kind: str, data: st.DataObject) -> None:
+    from unittest import mock
+
+    start: dict[str, list[tuple[Any, ...]]] = {  # work under way, so that audio has a taker
+        "stream": [("send", False)],
+        "multi": [("create", "a"), ("create", "b"), ("frame", {"context_created": True,
+                                                               "context_id": "a"})],
+        "tts": [("request",), ("request",)],
+    }
+    ops = start[kind] + data.draw(_OPS[kind])
+    fast = _run(kind, ops)
+    empty: frozenset[Any] = frozenset()
+    with mock.patch.object(_client, "_SPEAKING", empty), \
+         mock.patch.object(_client, "_CONTEXT_SPEAKING", empty), \
+         mock.patch.object(_client, "_REQUEST_SPEAKING", empty):
+        plain = _run(kind, ops)
+    assert fast == plain
+
+
+_SCRIPTS = {  # the cases that matter most, besides the random ones: audio around a cancel
+    "stream": [("send", False), ("cancel",), ("send", False), ("frame", _audio_obj(0, 0, None)),
+               ("frame", {"interrupted": True}), ("frame", _audio_obj(1, 0, None)),
+               ("send", True), ("frame", _audio_obj(2, 0, None)), ("frame", {"final": True})],
+    "multi": [("create", "a"), ("create", "b"), ("frame", {"context_created": True,
+                                                          "context_id": "a"}),
+              ("frame", _audio_obj(0, 0, "a")), ("cancel", "a"), ("frame", _audio_obj(1, 0, "a")),
+              ("frame", _audio_obj(0, 0, "b")), ("frame", {"interrupted": True,
+                                                          "context_id": "a"}),
+              ("send", "a", True), ("frame", _audio_obj(2, 0, "a")),
+              ("close", "b", True), ("frame", _audio_obj(1, 0, "b"))],
+    "tts": [("request",), ("request",), ("frame", _audio_obj(0, 0, None)), ("cancel",),
+            ("frame", _audio_obj(1, 0, None)), ("frame", {"final": True, "usage": USAGE}),
+            ("frame", _audio_obj(0, 0, None)), ("frame", {"interrupted": True}),
+            ("frame", _audio_obj(0, 0, None))],
+}
+
+
+@pytest.mark.parametrize("kind", list(_SCRIPTS))
+def test_the_audio_hot_paths_around_a_cancel(kind: str) -> None:
+    from unittest import mock
+
+    fast = _run(kind, _SCRIPTS[kind])
+    empty: frozenset[Any] = frozenset()
+    with mock.patch.object(_client, "_SPEAKING", empty), \
+         mock.patch.object(_client, "_CONTEXT_SPEAKING", empty), \
+         mock.patch.object(_client, "_REQUEST_SPEAKING", empty):
+        plain = _run(kind, _SCRIPTS[kind])
+    assert fast == plain
+    assert any(isinstance(e, tuple) and type(e[0]) is AudioChunk for e in fast)
