@@ -829,7 +829,7 @@ class StreamClientSession(_ClientSession):
 
     # -- internals ----------------------------------------------------------------------------
     def _open_turn(self) -> _Turn | None:
-        if self._turns and self._turns[-1].state is ClientTurnState.OPEN:
+        if self._turns and self._turns[-1].state in _TAKES_TEXT:
             return self._turns[-1]
         return None
 
@@ -987,6 +987,8 @@ _TURN_INPUTS: dict[type[Any], TurnInput] = {
     FinalFrame: TurnInput.FINAL,
     SessionClosedFrame: TurnInput.SESSION_CLOSED,
 }
+#: Turn states that take more text (the open turn), by the table.
+_TAKES_TEXT = frozenset(state for state, event in CLIENT_TURN_TABLE if event is TurnInput.SEND_TEXT)
 #: Turn states in which the table delivers output and keeps the state (the audio hot path).
 _SPEAKING = frozenset(
     state
