@@ -46,7 +46,6 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from operator import attrgetter
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -318,8 +317,10 @@ class ClientCore:
     # -- construction ----------------------------------------------------------------------
     def _new_session(self) -> Session:
         session = SESSIONS[self.kind](**self._session_options)
-        #: the work key of an audio chunk (the hot path of _route)
-        self._audio_key: Callable[[AudioChunk], WorkKey] = attrgetter(session.work_key_attr)
+        #: the session names work by the event's turn, else by its context id (read inline on
+        #: the hot path of _route: cheaper than calling work_key per audio chunk)
+        self._key_is_turn = session.work_key_attr == "turn"
+        assert self._key_is_turn or session.work_key_attr == "context_id"
         return session
 
     def _new_connection(self, now: float, delay: float = 0.0) -> ClientConnection:
@@ -792,9 +793,10 @@ class ClientCore:
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
         if type(event) is AudioChunk:  # the hot path
-            buf = self._by_key.get(self._audio_key(event))
+            buf = self._by_key.get(event.turn if self._key_is_turn else event.context_id)
             if buf is not None:
-                self._restarts_in_row = 0
+                if self._restarts_in_row:  # output: the connection works (a read, no store)
+                    self._restarts_in_row = 0
                 if not buf.done and not (buf.dropped and buf.flushed):  # _push, inline
                     buf.events.append(event)
                     size = len(event.frame.audio) * 3 // 4
