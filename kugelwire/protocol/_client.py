@@ -627,6 +627,18 @@ class _ClientSession:
         return replays
 
 
+def _speaking(
+    table: Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]], output: Any
+) -> frozenset[Any]:
+    """The states in which ``table`` delivers output and keeps the state: an audio frame in
+    one of them is delivered by a session's hot path without a step (the same result)."""
+    return frozenset(
+        state
+        for (state, event), (action, new) in table.items()
+        if event is output and action is ClientAction.DELIVER and new is state
+    )
+
+
 def _machine(
     cls: type[_ClientSession],
     table: Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]],
@@ -990,11 +1002,7 @@ _TURN_INPUTS: dict[type[Any], TurnInput] = {
 #: Turn states that take more text (the open turn), by the table.
 _TAKES_TEXT = frozenset(state for state, event in CLIENT_TURN_TABLE if event is TurnInput.SEND_TEXT)
 #: Turn states in which the table delivers output and keeps the state (the audio hot path).
-_SPEAKING = frozenset(
-    state
-    for (state, event), (action, new) in CLIENT_TURN_TABLE.items()
-    if event is TurnInput.OUTPUT and action is ClientAction.DELIVER and new is state
-)
+_SPEAKING = _speaking(CLIENT_TURN_TABLE, TurnInput.OUTPUT)
 _machine(
     StreamClientSession, CLIENT_TURN_TABLE, _TURN_ACTIONS,
     LOCAL_TURN_INPUTS, TurnInput.CONNECTION_LOST,
@@ -1441,11 +1449,7 @@ _CONTEXT_INPUTS: dict[type[Any], ContextInput] = {
     FinalFrame: ContextInput.OUTPUT,
 }
 #: Context states in which the table delivers output and keeps the state (the audio hot path).
-_CONTEXT_SPEAKING = frozenset(
-    state
-    for (state, event), (action, new) in CLIENT_CONTEXT_TABLE.items()
-    if event is ContextInput.OUTPUT and action is ClientAction.DELIVER and new is state
-)
+_CONTEXT_SPEAKING = _speaking(CLIENT_CONTEXT_TABLE, ContextInput.OUTPUT)
 #: Context states that accept input (text, flush, keep-alive, cancel), by the table.
 _ACCEPTING = frozenset(state for state, event in CLIENT_CONTEXT_TABLE if event is ContextInput.SEND)
 _machine(
@@ -1654,11 +1658,7 @@ _CANCELLABLE = frozenset(
     state for state, event in CLIENT_REQUEST_TABLE if event is RequestInput.CANCEL
 )
 #: Request states in which the table delivers output and keeps the state (the audio hot path).
-_REQUEST_SPEAKING = frozenset(
-    state
-    for (state, event), (action, new) in CLIENT_REQUEST_TABLE.items()
-    if event is RequestInput.OUTPUT and action is ClientAction.DELIVER and new is state
-)
+_REQUEST_SPEAKING = _speaking(CLIENT_REQUEST_TABLE, RequestInput.OUTPUT)
 _machine(
     TTSClientSession, CLIENT_REQUEST_TABLE, _REQUEST_ACTIONS,
     LOCAL_REQUEST_INPUTS, RequestInput.CONNECTION_LOST,
