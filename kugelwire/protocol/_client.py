@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _json_string  # what dumps() uses
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 from ._config import Config, SettingsUpdate
 from ._constants import MULTI_ENDPOINT, RESTART_CODES, STREAM_ENDPOINT, TTS_ENDPOINT
@@ -71,12 +71,18 @@ from ._messages import (
     parse_server_message,
 )
 from ._state import (
-    CLIENT_CONTEXT_TRANSITIONS,
-    CLIENT_TURN_TRANSITIONS,
+    CLIENT_CONTEXT_TABLE,
+    CLIENT_REQUEST_TABLE,
+    CLIENT_TURN_TABLE,
+    LOCAL_CONTEXT_INPUTS,
+    LOCAL_REQUEST_INPUTS,
     LOCAL_TURN_INPUTS,
+    ClientAction,
     ClientContextState,
+    ClientRequestState,
     ClientTurnState,
     ContextInput,
+    RequestInput,
     TurnInput,
 )
 
@@ -85,8 +91,18 @@ __all__ = [
     "MultiClientSession",
     "StreamClientSession",
     "TTSClientSession",
+    "WorkKey",
     "unspoken_text",
 ]
+
+#: What names a piece of work: a turn or request number, or a context id.
+WorkKey: TypeAlias = int | str
+#: A frame handler: ``(session, frame, now)``.
+_Handler: TypeAlias = Callable[[Any, Any, float], None]
+#: An output frame's event: ``(session, cycle, frame, now, context_id)``.
+_Output: TypeAlias = Callable[[Any, "_Cycle", Any, float, "str | None"], None]
+#: A transition's action: ``(session, turn / request / context, argument, now)``.
+_Action: TypeAlias = Callable[[Any, Any, Any, float], None]
 
 MAX_CONTEXTS = 20
 #: Abandoned (timed-out) cancels remembered to match a late ``interrupted``; older ones are
@@ -202,7 +218,9 @@ class _Cycle:
         if flushed is not None and self.flushed_at is not None and flushed < self.flushed_at:
             self.flushed_at = flushed
 
-    def replay(self, flushed: bool, context_id: str | None = None) -> TurnReplay:
+    def replay(
+        self, flushed: bool, context_id: str | None = None, options: dict[str, Any] | None = None
+    ) -> TurnReplay:
         text = self.text
         delivered = self.audio_frames > 0
         return TurnReplay(
@@ -214,6 +232,7 @@ class _Cycle:
             context_id=context_id,
             first_text_at=self.first_text_at,
             flushed_at=self.flushed_at,
+            options={} if options is None else options,
         )
 
 
@@ -236,13 +255,42 @@ class _PendingCancel:
 
 
 class _ClientSession:
-    """Outbox, events, cancel acknowledgement and error handling shared by all endpoints."""
+    """Outbox, events, cancel acknowledgement and error handling shared by all endpoints.
+
+    What a transport needs to know about the endpoint lives here, so a transport need not
+    switch on it: :meth:`work_key` names the piece of work an event belongs to (a turn, a
+    request, a context; ``event.ends_work`` says whether it is the work's last event),
+    :meth:`cancel` returns the keys of the work it cancelled, and :meth:`replay` sends work
+    lost to a restart again on a fresh session.
+    """
 
     endpoint = ""
+    #: The event attribute that names the piece of work an event belongs to.
+    work_key_attr: ClassVar[str] = "turn"
+    #: Whether one piece of work runs through several flush-cycles (a multi context): then an
+    #: ``Interrupted`` or a cancel ends a cycle, not the work.
+    work_has_cycles: ClassVar[bool] = False
+    #: Frames handled by the session as a whole, by frame type.
+    _frame_handlers: ClassVar[dict[type[Any], _Handler]] = {}
+    #: Output frames (``DELIVER``), by frame type.
+    _outputs: ClassVar[dict[type[Any], _Output]] = {}
+    #: The endpoint's state table (``(state, input) -> (action, next state)``), the
+    #: implementation of each of its actions, and its local inputs (set per endpoint below).
+    _table: ClassVar[Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]]] = {}
+    _actions: ClassVar[dict[ClientAction, _Action]] = {}
+    _local_inputs: ClassVar[frozenset[Any]] = frozenset()
+    _connection_lost: ClassVar[Any] = None  # the table's input for the connection's loss
 
-    def __init__(self, *, cancel_timeout: float = 5.0) -> None:
+    def __init__(
+        self, config: Config | None = None, config_fields: dict[str, Any] | None = None, *,
+        cancel_timeout: float = 5.0,
+    ) -> None:
         if cancel_timeout <= 0:
             raise LocalProtocolError("cancel_timeout must be positive")
+        base = config or Config()
+        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
+        #: the config travels on the next frame that carries it (see update_config)
+        self._send_config = True
         self._outbox: list[str] = []
         self._outbox_size = 0
         self._events: deque[ClientEvent] = deque()
@@ -332,6 +380,32 @@ class _ClientSession:
     def terminated(self) -> bool:
         return self._terminated is not None
 
+    def work_key(self, event: object) -> WorkKey | None:
+        """The turn number, request number or context id an event (or a
+        :class:`TurnReplay`) belongs to; None: no piece of work."""
+        key: WorkKey | None = getattr(event, self.work_key_attr, None)
+        return key
+
+    def cancel(self, now: float) -> tuple[WorkKey, ...]:
+        """Cancel the work in progress; the keys (:meth:`work_key`) of the work cancelled."""
+        raise NotImplementedError
+
+    def replay(self, replay: TurnReplay, now: float) -> WorkKey | None:
+        """Send work lost to a restart again (on a fresh session); its new work key."""
+        raise NotImplementedError
+
+    # -- config -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def update_config(self, **fields: Any) -> None:
+        """Change the session's config. It travels on the next frame that carries config (and
+        applies from then): the next turn's first frame (stream), the next context creation
+        (multi), the next request (tts)."""
+        self._config = self._config.merged(Config.build(**fields))
+        self._send_config = True
+
     # -- shared commands --------------------------------------------------------------------
     def update_settings(self, now: float, **settings: Any) -> None:
         """Queue ``update_settings`` (only the six updatable keys; others: LocalProtocolError)."""
@@ -381,7 +455,7 @@ class _ClientSession:
     def _other_timeout(self, now: float) -> None:
         return None
 
-    def _on_interrupted(self, msg: InterruptedFrame) -> None:
+    def _on_interrupted(self, msg: InterruptedFrame, now: float) -> None:
         if self._pending_cancels:
             pending = self._pending_cancels[0]
             if msg.context_id is not None:
@@ -401,11 +475,13 @@ class _ClientSession:
     def _late_ack(self, pending: _PendingCancel) -> None:
         """The ``interrupted`` of a cancel already reported as timed out: nothing to tell."""
 
-    def _on_settings(self, msg: SettingsUpdatedFrame) -> None:
+    def _on_settings(self, msg: SettingsUpdatedFrame, now: float) -> None:
         self._settings_pending = max(0, self._settings_pending - 1)
         self._events.append(SettingsUpdated(dict(msg.settings)))
 
-    def _server_error(self, msg: ErrorFrame, turn: int | None) -> ServerError:
+    def _server_error(
+        self, msg: ErrorFrame, turn: int | None, *, ends_work: bool = False
+    ) -> ServerError:
         code = ErrorCode.parse(msg.error_code)
         return ServerError(
             error_code=code,
@@ -417,6 +493,7 @@ class _ClientSession:
             request_id=msg.request_id,
             retry_after=msg.retry_after,
             fatal=code in FATAL_CODES,
+            ends_work=ends_work,
         )
 
     def _is_settings_error(self, msg: ErrorFrame) -> bool:
@@ -465,30 +542,163 @@ class _ClientSession:
                 )
             )
 
+    def _step(
+        self, work: Any, event: Any, arg: Any = None, now: float = 0.0, what: str = ""
+    ) -> bool:
+        """Apply ``event`` to ``work`` (a turn, context or request) by the table: move to the
+        next state, then run the transition's action. A pair not in the table is a
+        LocalProtocolError for a local input; a remote one is dropped and counted (False)."""
+        entry = self._table.get((work.state, event))
+        if entry is None:
+            if event in self._local_inputs:
+                raise LocalProtocolError(
+                    f"cannot {what or event.value} {work.label} in state {work.state.value}"
+                )
+            self.dropped_frames += 1
+            return False
+        action, work.state = entry
+        if action is not None:
+            self._actions[action](self, work, arg, now)
+        return True
+
+    # -- output: one event per output frame, by frame type (all endpoints) ------------------
+    def _deliver(self, cycle: _Cycle, msg: Any, now: float, context_id: str | None = None) -> None:
+        self._outputs[type(msg)](self, cycle, msg, now, context_id)
+
+    def _audio(
+        self, cycle: _Cycle, msg: AudioFrame, now: float, context_id: str | None = None
+    ) -> None:
+        offset = cycle.on_audio(msg, now)
+        if offset is None:
+            self._repeated_audio(cycle, msg, context_id)
+        else:
+            self._events.append(_audio_chunk(cycle.number, msg, offset, context_id))
+
+    def _generation_started(
+        self, cycle: _Cycle, msg: GenerationStartedFrame, now: float, context_id: str | None
+    ) -> None:
+        cycle.on_generation_started(msg)
+        self._events.append(GenerationStarted(cycle.number, msg.chunk_id, msg.text, context_id))
+
+    def _word_timestamps(
+        self, cycle: _Cycle, msg: WordTimestampsFrame, now: float, context_id: str | None
+    ) -> None:
+        offset = cycle.words_offset_ms(msg)
+        self._events.append(
+            WordTimestamps(cycle.number, msg.chunk_id, msg.words, offset, context_id)
+        )
+
+    def _chunk_complete(
+        self, cycle: _Cycle, msg: ChunkCompleteFrame, now: float, context_id: str | None
+    ) -> None:
+        cycle.on_chunk_complete(msg)
+        self._events.append(
+            ChunkComplete(cycle.number, msg.chunk_id, msg.audio_seconds, msg.gen_ms, context_id)
+        )
+
+    # -- actions shared by turns and requests (INTERRUPT, ABANDON, ABORT) ---------------------
+    def _interrupted(self, work: _Numbered, arg: None, now: float) -> None:
+        metrics = work.cycle.metrics(self._time(), cancelled=True)
+        self._events.append(Interrupted(work.number, metrics=metrics))
+
+    def _unacknowledged(self, work: _Numbered, arg: None, now: float) -> None:
+        metrics = work.cycle.metrics(self._time(), cancelled=True)
+        self._events.append(Interrupted(work.number, acknowledged=False, metrics=metrics))
+
+    def _abort(self, work: Any, lost: tuple[int | None, list[TurnReplay]], now: float) -> None:
+        code, replays = lost
+        replay = work.replay()
+        self._events.append(
+            TurnAborted(
+                work.number, code, not replay.replayable, replay.unspoken_text, work.context_id,
+                work.cycle.metrics(self._time(), work.context_id),
+            )
+        )
+        replays.append(replay)
+
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         raise NotImplementedError
 
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         raise NotImplementedError
 
-    def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
+    def _unfinished(self) -> list[Any]:
+        """The work the connection's loss ends (taken off the session's queues)."""
         raise NotImplementedError
+
+    def _abort_all(self, code: int | None) -> list[TurnReplay]:
+        """CONNECTION_LOST for every unfinished piece of work; the replays of those it aborts."""
+        replays: list[TurnReplay] = []
+        for work in self._unfinished():
+            self._step(work, self._connection_lost, (code, replays))
+        return replays
+
+
+def _speaking(
+    table: Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]], output: Any
+) -> frozenset[Any]:
+    """The states in which ``table`` delivers output and keeps the state: an audio frame in
+    one of them is delivered by a session's hot path without a step (the same result)."""
+    return frozenset(
+        state
+        for (state, event), (action, new) in table.items()
+        if event is output and action is ClientAction.DELIVER and new is state
+    )
+
+
+def _machine(
+    cls: type[_ClientSession],
+    table: Mapping[tuple[Any, Any], tuple[ClientAction | None, Any]],
+    actions: dict[ClientAction, _Action],
+    local_inputs: frozenset[Any],
+    connection_lost: Any,
+    frame_handlers: dict[type[Any], _Handler],
+) -> None:
+    """Give a session class its state table, the table's actions, and its frame handlers."""
+    cls._table, cls._actions, cls._local_inputs = table, actions, local_inputs
+    cls._connection_lost, cls._frame_handlers = connection_lost, frame_handlers
+
+
+_OUTPUTS: dict[type[Any], _Output] = {
+    AudioFrame: _ClientSession._audio,
+    GenerationStartedFrame: _ClientSession._generation_started,
+    WordTimestampsFrame: _ClientSession._word_timestamps,
+    ChunkCompleteFrame: _ClientSession._chunk_complete,
+}
+_ClientSession._outputs = _OUTPUTS
 
 
 # =============================================================================================
 # /ws/tts/stream
 
 
+class _Numbered:
+    """A turn or a request: named by its cycle's number."""
+
+    __slots__ = ()
+    cycle: _Cycle
+    noun: ClassVar[str] = ""
+    context_id: ClassVar[None] = None
+
+    @property
+    def number(self) -> int:
+        return self.cycle.number
+
+    @property
+    def label(self) -> str:
+        return f"{self.noun} {self.cycle.number}"
+
+
 @dataclass(slots=True)
-class _Turn:
+class _Turn(_Numbered):
+    noun = "turn"
     cycle: _Cycle
     state: ClientTurnState = ClientTurnState.OPEN
     last_text_at: float = -_INF
     flushed: bool = False
 
-    @property
-    def number(self) -> int:
-        return self.cycle.number
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(self.flushed)
 
 
 class StreamClientSession(_ClientSession):
@@ -517,23 +727,10 @@ class StreamClientSession(_ClientSession):
         idle_flush_guard: float | None = 4.5,
         **config_fields: Any,
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
-        self._send_config = True
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._turns: deque[_Turn] = deque()
         self._next_turn = 0
         self._idle_guard = idle_flush_guard
-
-    # -- config -----------------------------------------------------------------------------
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    def update_config(self, **fields: Any) -> None:
-        """Change sticky config; it travels on the next turn's first frame (applies from then)."""
-        self._config = self._config.merged(Config.build(**fields))
-        self._send_config = True
 
     # -- commands -----------------------------------------------------------------------------
     @property
@@ -563,14 +760,12 @@ class StreamClientSession(_ClientSession):
             if self._send_config:
                 msg.update(self._config.to_dict())
                 self._send_config = False
-        self._advance(turn, TurnInput.SEND_TEXT)
+        self._step(turn, TurnInput.SEND_TEXT)
         turn.cycle.parts.append(text)
         turn.last_text_at = now
         self._spell_check(turn.cycle, text, self._config, None)
         if flush:
-            self._advance(turn, TurnInput.FLUSH)
-            turn.flushed = True
-            turn.cycle.flushed_at = now
+            self._step(turn, TurnInput.FLUSH, None, now)
             msg["flush"] = True
         if len(msg) == 1:  # a plain token (the hot path): dumps({"text": text}), by hand
             self._send_json('{"text":' + _json_string(text) + "}")
@@ -589,9 +784,7 @@ class StreamClientSession(_ClientSession):
                     f"turn {last.number} was already flushed; flush exactly once per turn"
                 )
             raise LocalProtocolError("no open turn to flush: send text first")
-        self._advance(turn, TurnInput.FLUSH)
-        turn.flushed = True
-        turn.cycle.flushed_at = now
+        self._step(turn, TurnInput.FLUSH, None, now)
         self._send({"flush": True})
         return turn.number
 
@@ -601,9 +794,7 @@ class StreamClientSession(_ClientSession):
         turn = self._open_turn()
         if turn is None:
             return None
-        self._advance(turn, TurnInput.CLOSE)
-        turn.flushed = True
-        turn.cycle.flushed_at = now
+        self._step(turn, TurnInput.CLOSE, None, now)
         self._send_config = True
         self._send({"close": True})
         return turn.number
@@ -613,7 +804,7 @@ class StreamClientSession(_ClientSession):
         self._check_usable()
         cancelled = list(self._turns)
         for turn in cancelled:
-            self._advance(turn, TurnInput.CANCEL)
+            self._step(turn, TurnInput.CANCEL)
         self._turns.clear()
         self._pending_cancels.append(_PendingCancel(now, cancelled))
         self._send_config = True
@@ -657,27 +848,16 @@ class StreamClientSession(_ClientSession):
 
     # -- internals ----------------------------------------------------------------------------
     def _open_turn(self) -> _Turn | None:
-        if self._turns and self._turns[-1].state is ClientTurnState.OPEN:
+        if self._turns and self._turns[-1].state in _TAKES_TEXT:
             return self._turns[-1]
         return None
 
-    def _advance(self, turn: _Turn, event: TurnInput) -> bool:
-        new = CLIENT_TURN_TRANSITIONS.get((turn.state, event))
-        if new is None:
-            if event in LOCAL_TURN_INPUTS:
-                raise LocalProtocolError(
-                    f"cannot {event.value} turn {turn.number} in state {turn.state.value}"
-                )
-            self.dropped_frames += 1
-            return False
-        turn.state = new
-        return True
-
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
         if type(msg) is AudioFrame and self._turns and not self._pending_cancels:
-            # The hot path: audio of the turn being spoken (OUTPUT keeps OPEN / FLUSHED).
+            # The hot path: audio of the turn being spoken, in a state where the table
+            # delivers it and stays (_SPEAKING); the same as _step(OUTPUT) + _audio.
             first = self._turns[0]
-            if first.state is ClientTurnState.OPEN or first.state is ClientTurnState.FLUSHED:
+            if first.state in _SPEAKING:
                 cycle = first.cycle
                 offset = cycle.on_audio(msg, now)
                 if offset is None:
@@ -685,97 +865,50 @@ class StreamClientSession(_ClientSession):
                 else:
                     self._events.append(_audio_chunk(cycle.number, msg, offset))
                 return
-        if isinstance(msg, InterruptedFrame):
-            self._on_interrupted(msg)
-            return
-        if isinstance(msg, SettingsUpdatedFrame):
-            self._on_settings(msg)
+        kind = type(msg)
+        handler = self._frame_handlers.get(kind)
+        if handler is not None:  # interrupted, settings_updated, error
+            handler(self, msg, now)
             return
         head = self._turns[0] if self._turns else None
-        if isinstance(msg, ErrorFrame):
-            if not self._is_settings_error(msg):
-                event = self._server_error(msg, head.number if head else None)
-                if head is not None and self._refuses(head, msg):
-                    self._turns.popleft()
-                    self._send_config = True  # the next turn states its voice again
-                    event = replace(event, ends_turn=True)
-                self._events.append(event)
-            return
-        gated = head is not None and self._pending_cancels and self._cancel_gates()
-        if gated or head is None:
-            # Output before the ack of a cancel is the cancelled turn's; output with no turn
-            # is stray. Neither reaches the application.
-            if gated:
-                newest = self._turns[-1].number
-                for p in self._pending_cancels:
-                    if not p.timed_out:
-                        p.tainted = newest
-            if not isinstance(
-                msg,
-                AudioFrame
-                | GenerationStartedFrame
-                | ChunkCompleteFrame
-                | WordTimestampsFrame
-                | FinalFrame
-                | SessionClosedFrame
-                | WarningFrame,
-            ):
-                self.unknown_frames += 1
-            elif isinstance(msg, WarningFrame) and head is None:
-                self._events.append(Warning(msg.warning))
-            else:
-                self.dropped_frames += 1
-            return
-        cycle = head.cycle
-        n = cycle.number
-        if isinstance(msg, AudioFrame):
-            if self._advance(head, TurnInput.OUTPUT):
-                offset = cycle.on_audio(msg, now)
-                if offset is None:
-                    self._repeated_audio(cycle, msg)
-                else:
-                    self._events.append(_audio_chunk(n, msg, offset))
-        elif isinstance(msg, GenerationStartedFrame):
-            if self._advance(head, TurnInput.OUTPUT):
-                cycle.on_generation_started(msg)
-                self._events.append(GenerationStarted(n, msg.chunk_id, msg.text))
-        elif isinstance(msg, WordTimestampsFrame):
-            if self._advance(head, TurnInput.OUTPUT):
-                self._events.append(
-                    WordTimestamps(n, msg.chunk_id, msg.words, cycle.words_offset_ms(msg))
-                )
-        elif isinstance(msg, ChunkCompleteFrame):
-            if self._advance(head, TurnInput.OUTPUT):
-                cycle.on_chunk_complete(msg)
-                self._events.append(ChunkComplete(n, msg.chunk_id, msg.audio_seconds, msg.gen_ms))
-        elif isinstance(msg, WarningFrame):
-            self._advance(head, TurnInput.IDLE_WARNING)
-            self._events.append(Warning(msg.warning, n))
-        elif isinstance(msg, FinalFrame):
-            if self._advance(head, TurnInput.FINAL):
-                self._events.append(
-                    TurnFinal(
-                        n, msg.total_audio_seconds, msg.total_text_chunks, msg.total_audio_chunks
-                    )
-                )
-        elif isinstance(msg, SessionClosedFrame):
-            if self._advance(head, TurnInput.SESSION_CLOSED):
-                self._turns.popleft()
-                self._events.append(
-                    TurnClosed(
-                        n,
-                        msg.usage,
-                        msg.total_audio_seconds,
-                        msg.total_text_chunks,
-                        msg.total_audio_chunks,
-                        cycle.metrics(now),
-                    )
-                )
-        else:
+        event = _TURN_INPUTS.get(kind)
+        if head is None or (self._pending_cancels and self._cancel_gates()):
+            self._hold(msg, head, event)
+        elif event is None:
             self.unknown_frames += 1
+        elif not self._step(head, event, msg, now) and isinstance(msg, WarningFrame):
+            self._events.append(Warning(msg.warning, head.number))  # said even out of turn
 
-    def _refuses(self, head: _Turn, msg: ErrorFrame) -> bool:
-        """Does ``msg`` refuse the head turn? A voice error before any of its output: the
+    def _hold(self, msg: ServerMessage, head: _Turn | None, event: TurnInput | None) -> None:
+        """Output before the ack of a cancel is the cancelled turn's; output with no turn is
+        stray. Neither reaches the application."""
+        if head is not None:  # held back for a cancel: turns waiting now may lose output
+            newest = self._turns[-1].number
+            for p in self._pending_cancels:
+                if not p.timed_out:
+                    p.tainted = newest
+        if event is None:
+            self.unknown_frames += 1
+        elif head is None and isinstance(msg, WarningFrame):
+            self._events.append(Warning(msg.warning))
+        else:
+            self.dropped_frames += 1
+
+    def _on_error(self, msg: ErrorFrame, now: float) -> None:
+        if self._is_settings_error(msg):
+            return
+        head = self._turns[0] if self._turns else None
+        event = self._server_error(msg, None if head is None else head.number)
+        refused = (
+            head is not None
+            and self._refusable(head, msg)
+            and self._step(head, TurnInput.REFUSED, event, now)  # REFUSE says it (ends_turn)
+        )
+        if not refused:
+            self._events.append(event)
+
+    def _refusable(self, head: _Turn, msg: ErrorFrame) -> bool:
+        """Could ``msg`` refuse the head turn? A voice error before any of its output: the
         server dropped the turn's text, so no ``final`` follows (REFUSED ends it)."""
         cycle = head.cycle
         return (
@@ -783,18 +916,48 @@ class StreamClientSession(_ClientSession):
             and not self._pending_cancels
             and not cycle.audio_frames
             and not cycle.chunk_texts
-            and self._advance(head, TurnInput.REFUSED)
         )
 
+    # -- the turn table's actions ---------------------------------------------------------------
+    def _mark_flushed(self, turn: _Turn, arg: None, now: float) -> None:
+        turn.flushed = True
+        turn.cycle.flushed_at = now
+
+    def _deliver_output(self, turn: _Turn, msg: ServerMessage, now: float) -> None:
+        self._deliver(turn.cycle, msg, now)
+
+    def _warn(self, turn: _Turn, msg: WarningFrame, now: float) -> None:
+        self._events.append(Warning(msg.warning, turn.number))
+
+    def _final(self, turn: _Turn, msg: FinalFrame, now: float) -> None:
+        self._events.append(
+            TurnFinal(
+                turn.number, msg.total_audio_seconds, msg.total_text_chunks,
+                msg.total_audio_chunks,
+            )
+        )
+
+    def _close(self, turn: _Turn, msg: SessionClosedFrame, now: float) -> None:
+        self._turns.popleft()
+        self._events.append(
+            TurnClosed(
+                turn.number, msg.usage, msg.total_audio_seconds, msg.total_text_chunks,
+                msg.total_audio_chunks, turn.cycle.metrics(now),
+            )
+        )
+
+    def _refuse(self, turn: _Turn, event: ServerError, now: float) -> None:
+        self._turns.popleft()
+        self._send_config = True  # the next turn states its voice again
+        self._events.append(replace(event, ends_turn=True, ends_work=True))
+
+    # -- cancel and connection loss ---------------------------------------------------------------
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
+        event = TurnInput.INTERRUPTED if acknowledged else TurnInput.CANCEL_TIMEOUT
         for turn in pending.turns:
-            self._advance(turn, TurnInput.INTERRUPTED if acknowledged else TurnInput.CANCEL_TIMEOUT)
-            metrics = turn.cycle.metrics(self._time(), cancelled=True)
-            self._events.append(
-                Interrupted(turn.number, acknowledged=acknowledged, metrics=metrics)
-            )
+            self._step(turn, event)
 
     def _abandon(self, pending: _PendingCancel) -> None:
         """Turns sent after the abandoned cancel whose output may have been dropped with the
@@ -804,11 +967,9 @@ class StreamClientSession(_ClientSession):
             return
         while self._turns and self._turns[0].number <= pending.tainted:
             turn = self._turns.popleft()
-            self._advance(turn, TurnInput.CANCEL)
-            self._advance(turn, TurnInput.CANCEL_TIMEOUT)
+            self._step(turn, TurnInput.CANCEL)
+            self._step(turn, TurnInput.CANCEL_TIMEOUT)
             self._send_config = True
-            metrics = turn.cycle.metrics(self._time(), cancelled=True)
-            self._events.append(Interrupted(turn.number, acknowledged=False, metrics=metrics))
             self._events.append(
                 Diagnostic(
                     f"turn {turn.number} ended: its output may have been dropped with the "
@@ -817,18 +978,47 @@ class StreamClientSession(_ClientSession):
                 )
             )
 
-    def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
-        while self._turns:
-            turn = self._turns.popleft()
-            self._advance(turn, TurnInput.CONNECTION_LOST)
-            replay = turn.cycle.replay(turn.flushed)
-            self._events.append(
-                TurnAborted(
-                    turn.number, code, not replay.replayable, replay.unspoken_text,
-                    metrics=turn.cycle.metrics(self._time()),
-                )
-            )
-            yield replay
+    def _unfinished(self) -> list[Any]:
+        turns = list(self._turns)
+        self._turns.clear()
+        return turns
+
+
+_A = ClientAction
+_TURN_ACTIONS: dict[ClientAction, _Action] = {
+    _A.MARK_FLUSHED: StreamClientSession._mark_flushed,
+    _A.DELIVER: StreamClientSession._deliver_output,
+    _A.WARN: StreamClientSession._warn,
+    _A.FINAL: StreamClientSession._final,
+    _A.CLOSE: StreamClientSession._close,
+    _A.REFUSE: StreamClientSession._refuse,
+    _A.INTERRUPT: _ClientSession._interrupted,
+    _A.ABANDON: _ClientSession._unacknowledged,
+    _A.ABORT: _ClientSession._abort,
+}
+#: The turn's input for each server frame that belongs to the oldest unfinished turn.
+_TURN_INPUTS: dict[type[Any], TurnInput] = {
+    AudioFrame: TurnInput.OUTPUT,
+    GenerationStartedFrame: TurnInput.OUTPUT,
+    WordTimestampsFrame: TurnInput.OUTPUT,
+    ChunkCompleteFrame: TurnInput.OUTPUT,
+    WarningFrame: TurnInput.IDLE_WARNING,
+    FinalFrame: TurnInput.FINAL,
+    SessionClosedFrame: TurnInput.SESSION_CLOSED,
+}
+#: Turn states that take more text (the open turn), by the table.
+_TAKES_TEXT = frozenset(state for state, event in CLIENT_TURN_TABLE if event is TurnInput.SEND_TEXT)
+#: Turn states in which the table delivers output and keeps the state (the audio hot path).
+_SPEAKING = _speaking(CLIENT_TURN_TABLE, TurnInput.OUTPUT)
+_machine(
+    StreamClientSession, CLIENT_TURN_TABLE, _TURN_ACTIONS,
+    LOCAL_TURN_INPUTS, TurnInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: StreamClientSession._on_interrupted,
+        SettingsUpdatedFrame: StreamClientSession._on_settings,
+        ErrorFrame: StreamClientSession._on_error,
+    },
+)
 
 
 # =============================================================================================
@@ -848,10 +1038,19 @@ class _Context:
     flush_times: list[float] = field(default_factory=list)
     text_times: list[float | None] = field(default_factory=list)
     totals: _Cycle = field(default_factory=lambda: _Cycle(0))
+    #: What create_context() was given (a replay creates the context the same way).
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
         return self.cycle.number
+
+    @property
+    def label(self) -> str:
+        return f"context {self.context_id!r}"
+
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(bool(self.flush_marks), self.context_id, self.options)
 
     def text_sent(self, now: float) -> None:
         """Text went out: the first text of the current cycle, or of one still to come."""
@@ -881,6 +1080,8 @@ class MultiClientSession(_ClientSession):
     """
 
     endpoint = MULTI_ENDPOINT
+    work_key_attr = "context_id"
+    work_has_cycles = True
 
     def __init__(
         self,
@@ -891,25 +1092,13 @@ class MultiClientSession(_ClientSession):
         keepalive_interval: float | None = None,
         **config_fields: Any,
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
-        self._send_config = True
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._contexts: dict[str, _Context] = {}
         self._tombstones: set[str] = set()
         self._max_contexts = max_contexts
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise LocalProtocolError("keepalive_interval must be positive")
         self._keepalive = keepalive_interval
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    def update_config(self, **fields: Any) -> None:
-        """Change session config; it travels on the next context creation."""
-        self._config = self._config.merged(Config.build(**fields))
-        self._send_config = True
 
     @property
     def open_contexts(self) -> tuple[str, ...]:
@@ -945,6 +1134,7 @@ class MultiClientSession(_ClientSession):
             )
         from ._config import VoiceSettings
 
+        requested_voice = voice_id
         if voice_id is None:
             # The service binds a context's voice only from voice_settings: a session-wide
             # voice_id alone would leave the context voiceless (MISSING_VOICE_ID).
@@ -971,6 +1161,10 @@ class MultiClientSession(_ClientSession):
         ctx = _Context(
             context_id, _Cycle(0, first_text_at=now if text.strip() else None), last_sent_at=now
         )
+        ctx.options = {
+            "voice_id": requested_voice, "cfg_scale": cfg_scale,
+            "max_new_tokens": max_new_tokens, "text": text,
+        }
         self._contexts[context_id] = ctx
         self._events.append(TurnStarted(0, context_id))
         self._send(msg)
@@ -1015,14 +1209,7 @@ class MultiClientSession(_ClientSession):
         if ctx is None:
             raise LocalProtocolError(f"no context {context_id!r}")
         event = ContextInput.CLOSE_IMMEDIATE if immediate else ContextInput.CLOSE
-        graceful_from_open = not immediate and ctx.state in (
-            ClientContextState.CREATING,
-            ClientContextState.OPEN,
-        )
-        self._advance_local(ctx, event)
-        if graceful_from_open:  # a graceful close flushes: the server sends a final first
-            self._announce(ctx)
-            ctx.mark_flush(now)
+        self._step(ctx, event, None, now)  # a graceful close from OPEN flushes (CLOSE_FLUSH)
         msg: dict[str, Any] = {"close_context": True, "context_id": context_id}
         if immediate:
             msg["immediate"] = True
@@ -1034,11 +1221,7 @@ class MultiClientSession(_ClientSession):
         if context_id is not None:
             targets = [self._usable_context(context_id, "cancel")]
         else:
-            targets = [
-                c
-                for c in self._contexts.values()
-                if c.state in (ClientContextState.CREATING, ClientContextState.OPEN)
-            ]
+            targets = [c for c in self._contexts.values() if c.state in _ACCEPTING]
         ids = frozenset(c.context_id for c in targets)
         # The cancelled cycles end at the ack; text sent from now on is the next cycle's.
         self._pending_cancels.append(
@@ -1063,44 +1246,47 @@ class MultiClientSession(_ClientSession):
         # The server closes every context still open gracefully, which flushes it: each one's
         # current cycle gets a final, so it is started and marked like close_context() does.
         for ctx in self._contexts.values():
-            if ctx.state in (ClientContextState.CREATING, ClientContextState.OPEN):
+            if ctx.state in _ACCEPTING:
                 self._announce(ctx)
                 ctx.mark_flush(now)
         self._send({"close_socket": True})
 
-    def replay(self, replay: TurnReplay, now: float, *, voice_id: int | str | None = None) -> None:
-        """Re-create a context lost to a restart close and re-send its unspoken text."""
-        if replay.context_id is None:
+    def replay(
+        self, replay: TurnReplay, now: float, *, voice_id: int | str | None = None
+    ) -> str:
+        """Re-create a context lost to a restart close (with the options it was created with;
+        ``voice_id`` overrides its voice) and re-send its unspoken text. Returns its id."""
+        cid = replay.context_id
+        if cid is None:
             raise LocalProtocolError("not a multi-context replay")
-        if replay.context_id not in self._contexts:
-            self.create_context(replay.context_id, now, voice_id=voice_id)
-        if replay.text:
-            ctx = self._contexts[replay.context_id]
+        if cid not in self._contexts:
+            options = dict(replay.options)
+            if voice_id is not None:
+                options["voice_id"] = voice_id
+            self.create_context(cid, now, **options)
+        ctx = self._contexts[cid]
+        if replay.text.strip():
             current = not ctx.flush_marks  # the text starts the current cycle
-            self.send_text(replay.context_id, replay.text, now, flush=replay.flushed)
+            self.send_text(cid, replay.text, now, flush=replay.flushed)
             if current:
                 ctx.cycle.adopt(replay)
+        elif replay.flushed:
+            self.flush(cid, now)
+        return cid
 
     # -- timers -------------------------------------------------------------------------------
     def _other_deadline(self) -> float | None:
         # Same conditions as _other_timeout: a deadline it would not act on is never reported.
         if self._keepalive is None or self._terminated is not None or self._closing:
             return None
-        times = [
-            c.last_sent_at
-            for c in self._contexts.values()
-            if c.state in (ClientContextState.OPEN, ClientContextState.CREATING)
-        ]
+        times = [c.last_sent_at for c in self._contexts.values() if c.state in _ACCEPTING]
         return min(times) + self._keepalive if times else None
 
     def _other_timeout(self, now: float) -> None:
         if self._keepalive is None or self._terminated is not None or self._closing:
             return
         for ctx in list(self._contexts.values()):
-            if (
-                ctx.state in (ClientContextState.OPEN, ClientContextState.CREATING)
-                and now >= ctx.last_sent_at + self._keepalive
-            ):
+            if ctx.state in _ACCEPTING and now >= ctx.last_sent_at + self._keepalive:
                 self.keep_alive(ctx.context_id, now)
 
     # -- internals ----------------------------------------------------------------------------
@@ -1108,28 +1294,17 @@ class MultiClientSession(_ClientSession):
         ctx = self._contexts.get(context_id)
         if ctx is None:
             raise LocalProtocolError(f"cannot {what} context {context_id!r}: create it first")
-        self._advance_local(ctx, ContextInput.SEND, what)
+        self._step(ctx, ContextInput.SEND, what=what)
         return ctx
 
-    def _advance_local(self, ctx: _Context, event: ContextInput, what: str = "") -> None:
-        new = CLIENT_CONTEXT_TRANSITIONS.get((ctx.state, event))
-        if new is None:
-            raise LocalProtocolError(
-                f"cannot {what or event.value} context {ctx.context_id!r} in state "
-                f"{ctx.state.value}"
-            )
-        ctx.state = new
-
-    def _advance(self, ctx: _Context, event: ContextInput) -> bool:
-        new = CLIENT_CONTEXT_TRANSITIONS.get((ctx.state, event))
-        if new is None:
-            self.dropped_frames += 1
-            return False
-        ctx.state = new
-        if new is ClientContextState.CLOSED:
-            del self._contexts[ctx.context_id]
-            self._tombstones.add(ctx.context_id)
-        return True
+    def _step(
+        self, work: Any, event: Any, arg: Any = None, now: float = 0.0, what: str = ""
+    ) -> bool:
+        moved = super()._step(work, event, arg, now, what)
+        if moved and work.state is ClientContextState.CLOSED:  # tombstoned
+            del self._contexts[work.context_id]
+            self._tombstones.add(work.context_id)
+        return moved
 
     def _cancelling(self, context_id: str) -> bool:
         return any(
@@ -1138,89 +1313,76 @@ class MultiClientSession(_ClientSession):
         )
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
-        if isinstance(msg, InterruptedFrame):
-            self._on_interrupted(msg)
+        if type(msg) is AudioFrame:
+            # The hot path: audio of a context in a state where the table delivers it and
+            # stays (_CONTEXT_SPEAKING), not cancelled; the same as _step(OUTPUT) + _audio.
+            ctx = self._contexts.get(msg.context_id)  # type: ignore[arg-type]
+            if (
+                ctx is not None
+                and ctx.state in _CONTEXT_SPEAKING
+                and not (self._pending_cancels and self._cancelling(ctx.context_id))
+            ):
+                self._audio(ctx.cycle, msg, now, ctx.context_id)
+                return
+        kind = type(msg)
+        handler = self._frame_handlers.get(kind)
+        if handler is not None:  # interrupted, settings_updated, session_closed, error, warning
+            handler(self, msg, now)
             return
-        if isinstance(msg, SettingsUpdatedFrame):
-            self._on_settings(msg)
-            return
-        if isinstance(msg, SessionClosedFrame):
-            self._events.append(SessionClosed(msg.total_audio_seconds))
-            return
-        if isinstance(msg, ErrorFrame):
-            self._on_error(msg)
-            return
-        if isinstance(msg, WarningFrame):
-            self._events.append(Warning(msg.warning, None, msg.context_id))
-            return
+        event = _CONTEXT_INPUTS.get(kind)
         context_id = getattr(msg, "context_id", None)
         ctx = None if context_id is None else self._contexts.get(context_id)
-        if ctx is None:
-            if isinstance(
-                msg,
-                AudioFrame
-                | GenerationStartedFrame
-                | ChunkCompleteFrame
-                | WordTimestampsFrame
-                | FinalFrame
-                | ContextCreatedFrame
-                | ContextClosedFrame
-                | ContextTimeoutFrame,
-            ):
-                self.dropped_frames += 1  # tombstoned or unknown context
-            else:
+        if ctx is None or event is None:
+            if event is None:
                 self.unknown_frames += 1
-            return
-        cid = ctx.context_id
-        if isinstance(msg, ContextCreatedFrame):
-            was_creating = ctx.state is ClientContextState.CREATING
-            if self._advance(ctx, ContextInput.CREATED) and was_creating:
-                self._events.append(ContextCreated(cid))
-            return
-        if isinstance(msg, ContextClosedFrame):
-            immediate = ctx.state is ClientContextState.CLOSING_IMMEDIATE
-            if self._advance(ctx, ContextInput.CLOSED):
-                metrics = self._context_metrics(ctx, now, immediate)
-                self._events.append(ContextClosed(cid, msg.usage, metrics))
-            return
-        if isinstance(msg, ContextTimeoutFrame):
-            immediate = ctx.state is ClientContextState.CLOSING_IMMEDIATE
-            if self._advance(ctx, ContextInput.TIMEOUT) and not immediate:
-                self._events.append(ContextTimeout(cid))
-            return
-        if self._cancelling(cid) or ctx.state is ClientContextState.CLOSING_IMMEDIATE:
-            self.dropped_frames += 1
-            return
-        if not self._advance(ctx, ContextInput.OUTPUT):
-            return
-        cycle = ctx.cycle
-        n = cycle.number
-        if isinstance(msg, AudioFrame):
-            offset = cycle.on_audio(msg, now)
-            if offset is None:
-                self._repeated_audio(cycle, msg, cid)
             else:
-                self._events.append(_audio_chunk(n, msg, offset, cid))
-        elif isinstance(msg, GenerationStartedFrame):
-            cycle.on_generation_started(msg)
-            self._events.append(GenerationStarted(n, msg.chunk_id, msg.text, cid))
-        elif isinstance(msg, WordTimestampsFrame):
-            self._events.append(
-                WordTimestamps(n, msg.chunk_id, msg.words, cycle.words_offset_ms(msg), cid)
-            )
-        elif isinstance(msg, ChunkCompleteFrame):
-            cycle.on_chunk_complete(msg)
-            self._events.append(ChunkComplete(n, msg.chunk_id, msg.audio_seconds, msg.gen_ms, cid))
-        elif isinstance(msg, FinalFrame):
+                self.dropped_frames += 1  # tombstoned or unknown context
+        elif event is ContextInput.OUTPUT and self._cancelling(ctx.context_id):
+            self.dropped_frames += 1  # output of a cancelled cycle, before its ack
+        else:
+            self._step(ctx, event, msg, now)
+
+    def _on_session_closed(self, msg: SessionClosedFrame, now: float) -> None:
+        self._events.append(SessionClosed(msg.total_audio_seconds))
+
+    def _on_warning(self, msg: WarningFrame, now: float) -> None:
+        self._events.append(Warning(msg.warning, None, msg.context_id))
+
+    # -- the context table's actions ------------------------------------------------------------
+    def _created(self, ctx: _Context, msg: ContextCreatedFrame, now: float) -> None:
+        self._events.append(ContextCreated(ctx.context_id))
+
+    def _timed_out(self, ctx: _Context, msg: ContextTimeoutFrame, now: float) -> None:
+        self._events.append(ContextTimeout(ctx.context_id))
+
+    def _context_closed(self, ctx: _Context, msg: ContextClosedFrame, now: float) -> None:
+        metrics = self._context_metrics(ctx, now, False)
+        self._events.append(ContextClosed(ctx.context_id, msg.usage, metrics))
+
+    def _closed_immediate(self, ctx: _Context, msg: ContextClosedFrame, now: float) -> None:
+        metrics = self._context_metrics(ctx, now, True)
+        self._events.append(ContextClosed(ctx.context_id, msg.usage, metrics))
+
+    def _close_flush(self, ctx: _Context, arg: None, now: float) -> None:
+        """A graceful close flushes: the server sends a final first."""
+        self._announce(ctx)
+        ctx.mark_flush(now)
+
+    def _deliver_output(self, ctx: _Context, msg: ServerMessage, now: float) -> None:
+        if type(msg) is FinalFrame:
+            cid = ctx.context_id
             self._events.append(
                 TurnFinal(
-                    n, msg.total_audio_seconds, msg.total_text_chunks, msg.total_audio_chunks, cid,
-                    cycle.metrics(now, cid),
+                    ctx.number, msg.total_audio_seconds, msg.total_text_chunks,
+                    msg.total_audio_chunks, cid, ctx.cycle.metrics(now, cid),
                 )
             )
             self._new_cycle(ctx)
         else:
-            self.unknown_frames += 1
+            self._deliver(ctx.cycle, msg, now, ctx.context_id)
+
+    def _discard(self, ctx: _Context, arg: Any, now: float) -> None:
+        """Gone without an event of its own (the move tombstoned it)."""
 
     def _announce(self, ctx: _Context) -> None:
         if not ctx.announced:
@@ -1251,14 +1413,15 @@ class MultiClientSession(_ClientSession):
             totals.first_audio_at, now, totals.audio_s, totals.audio_frames, immediate,
         )
 
-    def _on_error(self, msg: ErrorFrame) -> None:
+    def _on_error(self, msg: ErrorFrame, now: float) -> None:
         if self._is_settings_error(msg):
             return
         ctx = None if msg.context_id is None else self._contexts.get(msg.context_id)
-        event = self._server_error(msg, None if ctx is None else ctx.number)
+        rejected = ErrorCode.parse(msg.error_code) is ErrorCode.TOO_MANY_CONTEXTS
+        event = self._server_error(msg, None if ctx is None else ctx.number, ends_work=rejected)
         self._events.append(event)
-        if ctx is not None and event.code is ErrorCode.TOO_MANY_CONTEXTS:
-            self._advance(ctx, ContextInput.REJECTED)
+        if ctx is not None and rejected:
+            self._step(ctx, ContextInput.REJECTED)
 
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns:
@@ -1267,28 +1430,46 @@ class MultiClientSession(_ClientSession):
             metrics = cycle.metrics(self._time(), ctx.context_id, cancelled=True)
             self._events.append(Interrupted(number, ctx.context_id, acknowledged, metrics))
 
-    def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
-        for ctx in list(self._contexts.values()):
-            live = ctx.state in (
-                ClientContextState.CREATING,
-                ClientContextState.OPEN,
-                ClientContextState.CLOSING,
-            )
-            flushed = bool(ctx.flush_marks)
-            replay = ctx.cycle.replay(flushed, ctx.context_id)
-            self._advance(ctx, ContextInput.CONNECTION_LOST)
-            if live:
-                self._events.append(
-                    TurnAborted(
-                        ctx.number,
-                        code,
-                        not replay.replayable,
-                        replay.unspoken_text,
-                        ctx.context_id,
-                        ctx.cycle.metrics(self._time(), ctx.context_id),
-                    )
-                )
-                yield replay
+    def _unfinished(self) -> list[Any]:
+        return list(self._contexts.values())
+
+
+_CONTEXT_ACTIONS: dict[ClientAction, _Action] = {
+    _A.CLOSE_FLUSH: MultiClientSession._close_flush,
+    _A.CREATED: MultiClientSession._created,
+    _A.DELIVER: MultiClientSession._deliver_output,
+    _A.TIMED_OUT: MultiClientSession._timed_out,
+    _A.CONTEXT_CLOSED: MultiClientSession._context_closed,
+    _A.CLOSED_IMMEDIATE: MultiClientSession._closed_immediate,
+    _A.DISCARD: MultiClientSession._discard,
+    _A.ABORT: _ClientSession._abort,
+}
+#: The context's input for each server frame that names a context.
+_CONTEXT_INPUTS: dict[type[Any], ContextInput] = {
+    ContextCreatedFrame: ContextInput.CREATED,
+    ContextClosedFrame: ContextInput.CLOSED,
+    ContextTimeoutFrame: ContextInput.TIMEOUT,
+    AudioFrame: ContextInput.OUTPUT,
+    GenerationStartedFrame: ContextInput.OUTPUT,
+    WordTimestampsFrame: ContextInput.OUTPUT,
+    ChunkCompleteFrame: ContextInput.OUTPUT,
+    FinalFrame: ContextInput.OUTPUT,
+}
+#: Context states in which the table delivers output and keeps the state (the audio hot path).
+_CONTEXT_SPEAKING = _speaking(CLIENT_CONTEXT_TABLE, ContextInput.OUTPUT)
+#: Context states that accept input (text, flush, keep-alive, cancel), by the table.
+_ACCEPTING = frozenset(state for state, event in CLIENT_CONTEXT_TABLE if event is ContextInput.SEND)
+_machine(
+    MultiClientSession, CLIENT_CONTEXT_TABLE, _CONTEXT_ACTIONS,
+    LOCAL_CONTEXT_INPUTS, ContextInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: MultiClientSession._on_interrupted,
+        SettingsUpdatedFrame: MultiClientSession._on_settings,
+        SessionClosedFrame: MultiClientSession._on_session_closed,
+        ErrorFrame: MultiClientSession._on_error,
+        WarningFrame: MultiClientSession._on_warning,
+    },
+)
 
 
 # =============================================================================================
@@ -1296,14 +1477,14 @@ class MultiClientSession(_ClientSession):
 
 
 @dataclass(slots=True)
-class _Request:
+class _Request(_Numbered):
+    noun = "request"
     cycle: _Cycle
-    cancelled: bool = False
-    announced: bool = False  # its Interrupted was emitted (cancel timed out); not again
+    state: ClientRequestState = ClientRequestState.PENDING
+    params: dict[str, Any] = field(default_factory=dict)  # request()'s overrides (for replay)
 
-    @property
-    def number(self) -> int:
-        return self.cycle.number
+    def replay(self) -> TurnReplay:
+        return self.cycle.replay(True, None, self.params)
 
 
 class TTSClientSession(_ClientSession):
@@ -1323,15 +1504,13 @@ class TTSClientSession(_ClientSession):
     def __init__(
         self, config: Config | None = None, *, cancel_timeout: float = 5.0, **config_fields: Any
     ) -> None:
-        super().__init__(cancel_timeout=cancel_timeout)
-        base = config or Config()
-        self._config = base.merged(Config.build(**config_fields)) if config_fields else base
+        super().__init__(config, config_fields, cancel_timeout=cancel_timeout)
         self._requests: deque[_Request] = deque()
         self._next = 0
 
     @property
     def pending_requests(self) -> tuple[int, ...]:
-        return tuple(r.number for r in self._requests if not r.cancelled)
+        return tuple(r.number for r in self._requests if r.state in _CANCELLABLE)
 
     def request(self, text: str, now: float, **params: Any) -> int:
         """Queue one request; ``params`` override the session's default config for it."""
@@ -1339,7 +1518,7 @@ class TTSClientSession(_ClientSession):
         if not isinstance(text, str) or not text.strip():
             raise LocalProtocolError("text must be a non-empty str")
         config = self._config.merged(Config.build(**params)) if params else self._config
-        req = _Request(_Cycle(self._next, first_text_at=now, flushed_at=now))
+        req = _Request(_Cycle(self._next, first_text_at=now, flushed_at=now), params=params)
         self._next += 1
         req.cycle.parts.append(text)
         self._requests.append(req)
@@ -1348,121 +1527,150 @@ class TTSClientSession(_ClientSession):
         self._send({"text": text, **config.to_dict()})
         return req.number
 
-    def cancel(self, now: float) -> int | None:
-        """Abandon the request currently generating (the oldest unfinished one)."""
+    def cancel(self, now: float) -> tuple[int, ...]:
+        """Abandon the request currently generating (the oldest unfinished one). Returns its
+        number, as a tuple like every session's ``cancel()`` (empty: none was unfinished)."""
         self._check_usable()
-        target = next((r for r in self._requests if not r.cancelled), None)
+        target = next((r for r in self._requests if r.state in _CANCELLABLE), None)
         if target is not None:
-            target.cancelled = True
+            self._step(target, RequestInput.CANCEL)
         self._pending_cancels.append(
             _PendingCancel(now, [] if target is None else [target], sent_before=self._next)
         )
         self._send({"cancel": True})
-        return None if target is None else target.number
+        return () if target is None else (target.number,)
+
+    def replay(self, replay: TurnReplay, now: float) -> int:
+        """Re-send a request lost to a restart close (on a fresh session/connection), with the
+        parameters it was first sent with. Returns its new number."""
+        return self.request(replay.text, now, **replay.options)
+
+    def close_socket(self, now: float) -> None:
+        """Close once the requests sent are answered (``/ws/tts`` has no ``close_socket``
+        message): :attr:`close_code` turns 1000 when none is left waiting."""
+        self._check_usable()
+        self._closing = True
+
+    @property
+    def close_code(self) -> int | None:
+        if self._closing and self._terminated is None and not self.pending_requests:
+            return 1000
+        return None
 
     def _dispatch(self, msg: ServerMessage, now: float) -> None:
-        if isinstance(msg, InterruptedFrame):
-            self._on_interrupted(msg)
+        if type(msg) is AudioFrame and self._requests:
+            # The hot path: audio of the request being answered, in a state where the table
+            # delivers it and stays (_REQUEST_SPEAKING); the same as _step(OUTPUT) + _audio.
+            head = self._requests[0]
+            if head.state in _REQUEST_SPEAKING:
+                self._audio(head.cycle, msg, now)
+                return
+        kind = type(msg)
+        handler = self._frame_handlers.get(kind)
+        if handler is not None:  # interrupted, settings_updated
+            handler(self, msg, now)
+        elif isinstance(msg, ErrorFrame) and self._is_settings_error(msg):
             return
-        if isinstance(msg, SettingsUpdatedFrame):
-            self._on_settings(msg)
-            return
-        if isinstance(msg, ErrorFrame) and self._is_settings_error(msg):
-            return
-        if not self._requests:
+        elif not self._requests:
             if isinstance(msg, ErrorFrame):
                 self._events.append(self._server_error(msg, None))
             else:
                 self.dropped_frames += 1
-            return
-        head = self._requests[0]
-        if head.cancelled:
-            if isinstance(msg, FinalFrame | ErrorFrame):
-                self._retarget_cancel(head)
-            else:
-                self.dropped_frames += 1
-            return
-        cycle = head.cycle
-        n = cycle.number
-        if isinstance(msg, AudioFrame):
-            offset = cycle.on_audio(msg, now)
-            if offset is None:
-                self._repeated_audio(cycle, msg)
-            else:
-                self._events.append(_audio_chunk(n, msg, offset))
-        elif isinstance(msg, WordTimestampsFrame):
-            self._events.append(
-                WordTimestamps(n, msg.chunk_id, msg.words, cycle.words_offset_ms(msg))
-            )
-        elif isinstance(msg, GenerationStartedFrame):
-            cycle.on_generation_started(msg)
-            self._events.append(GenerationStarted(n, msg.chunk_id, msg.text))
-        elif isinstance(msg, ChunkCompleteFrame):
-            cycle.on_chunk_complete(msg)
-            self._events.append(ChunkComplete(n, msg.chunk_id, msg.audio_seconds, msg.gen_ms))
-        elif isinstance(msg, FinalFrame):
-            self._requests.popleft()
-            self._events.append(
-                RequestFinal(
-                    n,
-                    msg.chunks,
-                    msg.total_samples,
-                    msg.dur_ms,
-                    msg.gen_ms,
-                    msg.rtf,
-                    msg.usage,
-                    msg.debug,
-                    cycle.metrics(now),
-                )
-            )
-        elif isinstance(msg, ErrorFrame):
-            self._requests.popleft()
-            self._events.append(self._server_error(msg, n))
-        elif isinstance(msg, WarningFrame):
-            self._events.append(Warning(msg.warning, n))
         else:
-            self.unknown_frames += 1
+            head = self._requests[0]
+            event = _REQUEST_INPUTS.get(kind)
+            if event is not None:
+                self._step(head, event, msg, now)
+            elif head.state in _CANCELLABLE:
+                self.unknown_frames += 1
+            else:  # anything before the cancelled request's end is its
+                self.dropped_frames += 1
 
-    def _retarget_cancel(self, head: _Request) -> None:
+    # -- the request table's actions --------------------------------------------------------------
+    def _deliver_output(self, req: _Request, msg: ServerMessage, now: float) -> None:
+        self._deliver(req.cycle, msg, now)
+
+    def _warn(self, req: _Request, msg: WarningFrame, now: float) -> None:
+        self._events.append(Warning(msg.warning, req.number))
+
+    def _final(self, req: _Request, msg: FinalFrame, now: float) -> None:
+        self._requests.popleft()
+        self._events.append(
+            RequestFinal(
+                req.number, msg.chunks, msg.total_samples, msg.dur_ms, msg.gen_ms, msg.rtf,
+                msg.usage, msg.debug, req.cycle.metrics(now),
+            )
+        )
+
+    def _fail(self, req: _Request, msg: ErrorFrame, now: float) -> None:
+        self._requests.popleft()
+        self._events.append(self._server_error(msg, req.number, ends_work=True))
+
+    def _retarget(self, head: _Request, msg: ServerMessage, now: float) -> None:
         """The cancelled request ended before the cancel reached the server: the server will
         cancel the next request sent before the cancel instead."""
         self._requests.popleft()
         pending = next((p for p in self._pending_cancels if head in p.turns), None)
-        if not head.announced:
-            metrics = head.cycle.metrics(self._time(), cancelled=True)
-            self._events.append(Interrupted(head.number, metrics=metrics))
+        metrics = head.cycle.metrics(self._time(), cancelled=True)
+        self._events.append(Interrupted(head.number, metrics=metrics))
         if pending is None:
             return
         pending.turns.remove(head)
         pending.reported = True
         nxt = self._requests[0] if self._requests else None
-        if nxt is not None and not nxt.cancelled and nxt.number < pending.sent_before:
-            nxt.cancelled = True
+        if nxt is not None and nxt.state in _CANCELLABLE and nxt.number < pending.sent_before:
+            self._step(nxt, RequestInput.CANCEL)
             pending.turns.append(nxt)
 
+    # -- cancel and connection loss ---------------------------------------------------------------
     def _finish_cancel(self, pending: _PendingCancel, *, acknowledged: bool) -> None:
         if not pending.turns and not pending.reported:
             self._events.append(Interrupted(None, acknowledged=acknowledged))
+        event = RequestInput.INTERRUPTED if acknowledged else RequestInput.CANCEL_TIMEOUT
         for req in pending.turns:
-            if not req.announced:
-                metrics = req.cycle.metrics(self._time(), cancelled=True)
-                self._events.append(
-                    Interrupted(req.number, acknowledged=acknowledged, metrics=metrics)
-                )
-            req.announced = True
+            self._step(req, event)
             if req in self._requests:  # abandoned on a timeout: later requests flow
                 self._requests.remove(req)
         if pending.timed_out:
             pending.reported = True
 
-    def _abort_all(self, code: int | None) -> Iterator[TurnReplay]:
-        while self._requests:
-            req = self._requests.popleft()
-            replay = req.cycle.replay(True)
-            self._events.append(
-                TurnAborted(
-                    req.number, code, not replay.replayable, replay.unspoken_text,
-                    metrics=req.cycle.metrics(self._time()),
-                )
-            )
-            yield replay
+    def _unfinished(self) -> list[Any]:
+        requests = list(self._requests)
+        self._requests.clear()
+        return requests
+
+
+_REQUEST_ACTIONS: dict[ClientAction, _Action] = {
+    _A.DELIVER: TTSClientSession._deliver_output,
+    _A.WARN: TTSClientSession._warn,
+    _A.FINAL: TTSClientSession._final,
+    _A.FAIL: TTSClientSession._fail,
+    _A.RETARGET: TTSClientSession._retarget,
+    _A.INTERRUPT: _ClientSession._interrupted,
+    _A.ABANDON: _ClientSession._unacknowledged,
+    _A.ABORT: _ClientSession._abort,
+}
+#: The request's input for each server frame that belongs to the oldest unfinished request.
+_REQUEST_INPUTS: dict[type[Any], RequestInput] = {
+    AudioFrame: RequestInput.OUTPUT,
+    GenerationStartedFrame: RequestInput.OUTPUT,
+    WordTimestampsFrame: RequestInput.OUTPUT,
+    ChunkCompleteFrame: RequestInput.OUTPUT,
+    WarningFrame: RequestInput.WARNING,
+    FinalFrame: RequestInput.FINAL,
+    ErrorFrame: RequestInput.ERROR,
+}
+#: Request states a cancel can target (still waiting for their output), by the table.
+_CANCELLABLE = frozenset(
+    state for state, event in CLIENT_REQUEST_TABLE if event is RequestInput.CANCEL
+)
+#: Request states in which the table delivers output and keeps the state (the audio hot path).
+_REQUEST_SPEAKING = _speaking(CLIENT_REQUEST_TABLE, RequestInput.OUTPUT)
+_machine(
+    TTSClientSession, CLIENT_REQUEST_TABLE, _REQUEST_ACTIONS,
+    LOCAL_REQUEST_INPUTS, RequestInput.CONNECTION_LOST,
+    {
+        InterruptedFrame: TTSClientSession._on_interrupted,
+        SettingsUpdatedFrame: TTSClientSession._on_settings,
+    },
+)

@@ -119,8 +119,21 @@ class TurnMetrics:
         return None if self.first_text_at is None else self.ended_at - self.first_text_at
 
 
+class _Event:
+    """Base of the client events. :attr:`ends_work` says whether the event is the last one of
+    the piece of work it names (a ``/ws/tts/stream`` turn, a ``/ws/tts`` request, a
+    ``/ws/tts/multi`` context): nothing more of that work follows it. Which attribute names the
+    work is the session's :attr:`work_key_attr` (``turn``, or ``context_id`` on multi)."""
+
+    __slots__ = ()
+
+    @property
+    def ends_work(self) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
-class TurnStarted:
+class TurnStarted(_Event):
     """A new turn (stream), request (tts) or context flush-cycle began on this side."""
 
     turn: int
@@ -128,7 +141,7 @@ class TurnStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationStarted:
+class GenerationStarted(_Event):
     turn: int
     chunk_id: int
     text: str
@@ -136,7 +149,7 @@ class GenerationStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioChunk:
+class AudioChunk(_Event):
     """One audio frame of a turn. ``offset_s`` is where it starts on the turn's timeline."""
 
     turn: int
@@ -198,7 +211,7 @@ def _audio_chunk(
 
 
 @dataclass(frozen=True, slots=True)
-class WordTimestamps:
+class WordTimestamps(_Event):
     """Word timings of one text chunk: wire times (chunk-relative) plus the chunk's turn offset."""
 
     turn: int
@@ -220,7 +233,7 @@ class WordTimestamps:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkComplete:
+class ChunkComplete(_Event):
     turn: int
     chunk_id: int
     audio_seconds: float
@@ -229,7 +242,7 @@ class ChunkComplete:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnFinal:
+class TurnFinal(_Event):
     """``final``: no more audio for this turn (stream) or this flush (multi context)."""
 
     turn: int
@@ -243,7 +256,7 @@ class TurnFinal:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnClosed:
+class TurnClosed(_Event):
     """``session_closed``: the turn is over (terminal event of a graceful stream turn)."""
 
     turn: int
@@ -254,9 +267,13 @@ class TurnClosed:
     #: Timing and volume of the turn (not compared: two events equal without it).
     metrics: TurnMetrics | None = field(default=None, compare=False)
 
+    @property
+    def ends_work(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, slots=True)
-class RequestFinal:
+class RequestFinal(_Event):
     """``final`` of a one-shot ``/ws/tts`` request: statistics and usage (terminal)."""
 
     turn: int
@@ -270,9 +287,13 @@ class RequestFinal:
     #: Timing and volume of the turn (not compared: two events equal without it).
     metrics: TurnMetrics | None = field(default=None, compare=False)
 
+    @property
+    def ends_work(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, slots=True)
-class Interrupted:
+class Interrupted(_Event):
     """Terminal event of a cancelled turn/request/context flush-cycle.
 
     ``acknowledged`` is False when the server stayed quiet past the cancel timeout without
@@ -285,9 +306,14 @@ class Interrupted:
     #: Timing and volume of the turn (not compared: two events equal without it).
     metrics: TurnMetrics | None = field(default=None, compare=False)
 
+    @property
+    def ends_work(self) -> bool:
+        """A turn's or a request's; a context's Interrupted ends only its flush-cycle."""
+        return self.context_id is None
+
 
 @dataclass(frozen=True, slots=True)
-class TurnAborted:
+class TurnAborted(_Event):
     """Terminal event of a turn whose connection ended before it finished."""
 
     turn: int
@@ -304,9 +330,13 @@ class TurnAborted:
         """Deprecated alias of :attr:`close_code`."""
         return self.close_code
 
+    @property
+    def ends_work(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, slots=True)
-class ServerWarning:
+class ServerWarning(_Event):
     """A ``warning`` frame (the server's idle auto-flush), for the turn or context it names.
 
     Called ``Warning`` before; that name (which shadowed the builtin) is a deprecated alias.
@@ -322,12 +352,12 @@ Warning = ServerWarning
 
 
 @dataclass(frozen=True, slots=True)
-class SettingsUpdated:
+class SettingsUpdated(_Event):
     settings: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class ServerError:
+class ServerError(_Event):
     """An ``error`` frame: ``error_code`` typed (the wire's ``error_code``; ``raw_code`` as sent),
     ``status`` the HTTP-like status (the frame's ``code``)."""
 
@@ -343,6 +373,9 @@ class ServerError:
     #: The error ended the turn it names: the server refused it before any output (no voice,
     #: or a voice outside its catalogue), so no ``final`` will come.
     ends_turn: bool = False
+    #: The error ended the piece of work it names (set by the session: a refused stream turn,
+    #: a failed ``/ws/tts`` request, a context the server would not open); not compared.
+    ends_work: bool = field(default=False, compare=False, repr=False)
 
     @property
     def code(self) -> ErrorCode:
@@ -351,7 +384,7 @@ class ServerError:
 
 
 @dataclass(frozen=True, slots=True)
-class Diagnostic:
+class Diagnostic(_Event):
     """A non-fatal hint from the client core (e.g. spell without normalize,
     rulings.md#ruling-20)."""
 
@@ -361,12 +394,12 @@ class Diagnostic:
 
 
 @dataclass(frozen=True, slots=True)
-class ContextCreated:
+class ContextCreated(_Event):
     context_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class ContextClosed:
+class ContextClosed(_Event):
     """``context_closed``: terminal event of a multi context."""
 
     context_id: str
@@ -374,14 +407,18 @@ class ContextClosed:
     #: The whole context's timing and volume (``turn``: its last flush-cycle); not compared.
     metrics: TurnMetrics | None = field(default=None, compare=False)
 
+    @property
+    def ends_work(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, slots=True)
-class ContextTimeout:
+class ContextTimeout(_Event):
     context_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class SessionClosed:
+class SessionClosed(_Event):
     """``session_closed`` on ``/ws/tts/multi``: answer to ``close_socket``."""
 
     total_audio_seconds: float | None = None
@@ -405,10 +442,13 @@ class TurnReplay:
     #: When the lost turn's first text and flush were sent (kept by a replay); not compared.
     first_text_at: float | None = field(default=None, compare=False)
     flushed_at: float | None = field(default=None, compare=False)
+    #: What the work was started with (a request's parameters, a context's voice settings),
+    #: so that ``replay`` on a fresh session sends it the same way; not compared.
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionTerminated:
+class ConnectionTerminated(_Event):
     """The WebSocket closed (``close_code`` None: dropped without a close frame)."""
 
     close_code: int | None
@@ -423,7 +463,7 @@ class ConnectionTerminated:
 
 
 @dataclass(frozen=True, slots=True)
-class Reconnecting:
+class Reconnecting(_Event):
     """A client transport re-establishes its connection (a restart close 1012/1013, or a drop
     with ``reconnect=True``); emitted once per attempt, in the connection's log.
 

@@ -1,12 +1,14 @@
 """State machines as data (h11 ``_state.py`` and h2 ``stream.py`` style).
 
-Each client table maps ``(state, input) -> next state``; each server table maps
-``(state, input) -> (actions, next state)`` and the session runs the actions it names. A pair
-that is not in a table is forbidden: for a local input (something the application asked for,
-or the session's own timers and bookkeeping) the session raises :class:`LocalProtocolError`;
-for a remote input the client drops and counts the frame (it is tolerant about what it accepts,
-rulings.md#guiding-rule) and the server refuses it with an error frame. :data:`MACHINES` lists
-every machine; the documentation's state diagrams are generated from it.
+Every table maps ``(state, input) -> (action(s), next state)``: a session looks the pair up,
+moves to the next state and runs what the table names (a client table: one action or ``None``,
+nothing beyond the move; a server table: a tuple of actions). A pair that is not in a table is
+forbidden: for a local input (something the application asked for, or the session's own timers
+and bookkeeping) the session raises :class:`LocalProtocolError`; for a remote input the client
+drops and counts the frame (it is tolerant about what it accepts, rulings.md#guiding-rule) and
+the server refuses it with an error frame. The client's ``*_TRANSITIONS`` are its tables without
+the actions. :data:`MACHINES` lists every machine; the documentation's state diagrams are
+generated from it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "CLIENT_CONTEXT_TABLE",
     "CLIENT_CONTEXT_TRANSITIONS",
+    "CLIENT_REQUEST_TABLE",
+    "CLIENT_REQUEST_TRANSITIONS",
+    "CLIENT_TURN_TABLE",
     "CLIENT_TURN_TRANSITIONS",
     "MACHINES",
     "SERVER_CONTEXT_TRANSITIONS",
     "SERVER_REQUEST_TRANSITIONS",
     "SERVER_TURN_TRANSITIONS",
+    "ClientAction",
     "ClientContextState",
+    "ClientRequestState",
     "ClientTurnState",
     "ContextInput",
     "Machine",
+    "RequestInput",
     "ServerContextAction",
     "ServerContextInput",
     "ServerContextState",
@@ -45,6 +54,28 @@ class _State(Enum):
     the transition tables are looked up on every frame, and ``Enum.__hash__`` is Python code."""
 
     __hash__ = object.__hash__
+
+
+class ClientAction(_State):
+    """What a client session does on a transition (the actions of the client tables)."""
+
+    MARK_FLUSHED = "mark_flushed"  # the turn takes no more text; its flush time is kept
+    DELIVER = "deliver"  # output (generation_started/audio/word_timestamps/chunk_complete)
+    WARN = "warn"  # a warning naming the turn
+    FINAL = "final"  # TurnFinal / RequestFinal
+    CLOSE = "close"  # TurnClosed: the turn is over
+    REFUSE = "refuse"  # the refusing error, marked as ending the turn
+    INTERRUPT = "interrupt"  # Interrupted (acknowledged)
+    ABANDON = "abandon"  # Interrupted(acknowledged=False): the cancel timed out
+    ABORT = "abort"  # TurnAborted, and the work's replay
+    FAIL = "fail"  # an error frame ended the request
+    RETARGET = "retarget"  # the cancelled request ended first: the cancel moves to the next
+    CREATED = "created"  # ContextCreated
+    TIMED_OUT = "timed_out"  # ContextTimeout
+    CLOSE_FLUSH = "close_flush"  # a graceful context close flushes the current cycle
+    CONTEXT_CLOSED = "context_closed"  # ContextClosed (tombstoned)
+    CLOSED_IMMEDIATE = "closed_immediate"  # ContextClosed of an immediate close (cancelled)
+    DISCARD = "discard"  # the context is gone without an event of its own (tombstoned)
 
 
 class ClientTurnState(_State):
@@ -83,31 +114,37 @@ TERMINAL_TURN_STATES = frozenset(
      ClientTurnState.REFUSED}
 )
 
-_T, _I = ClientTurnState, TurnInput
+_T, _I, _A = ClientTurnState, TurnInput, ClientAction
+#: The ``/ws/tts/stream`` turn: ``(state, input) -> (action, next state)``.
+CLIENT_TURN_TABLE: Mapping[
+    tuple[ClientTurnState, TurnInput], tuple[ClientAction | None, ClientTurnState]
+] = {
+    (_T.OPEN, _I.SEND_TEXT): (None, _T.OPEN),
+    (_T.OPEN, _I.FLUSH): (_A.MARK_FLUSHED, _T.FLUSHED),
+    (_T.OPEN, _I.CLOSE): (_A.MARK_FLUSHED, _T.FLUSHED),
+    (_T.OPEN, _I.CANCEL): (None, _T.CANCELLING),
+    (_T.OPEN, _I.OUTPUT): (_A.DELIVER, _T.OPEN),
+    (_T.OPEN, _I.IDLE_WARNING): (_A.WARN, _T.FLUSHED),  # the server's 5 s idle auto-flush
+    (_T.OPEN, _I.FINAL): (_A.FINAL, _T.FINAL),
+    (_T.OPEN, _I.SESSION_CLOSED): (_A.CLOSE, _T.DONE),
+    (_T.OPEN, _I.CONNECTION_LOST): (_A.ABORT, _T.ABORTED),
+    (_T.OPEN, _I.REFUSED): (_A.REFUSE, _T.REFUSED),
+    (_T.FLUSHED, _I.CANCEL): (None, _T.CANCELLING),
+    (_T.FLUSHED, _I.OUTPUT): (_A.DELIVER, _T.FLUSHED),
+    (_T.FLUSHED, _I.IDLE_WARNING): (_A.WARN, _T.FLUSHED),
+    (_T.FLUSHED, _I.FINAL): (_A.FINAL, _T.FINAL),
+    (_T.FLUSHED, _I.SESSION_CLOSED): (_A.CLOSE, _T.DONE),  # legacy servers without ``final``
+    (_T.FLUSHED, _I.CONNECTION_LOST): (_A.ABORT, _T.ABORTED),
+    (_T.FLUSHED, _I.REFUSED): (_A.REFUSE, _T.REFUSED),
+    (_T.FINAL, _I.CANCEL): (None, _T.CANCELLING),
+    (_T.FINAL, _I.SESSION_CLOSED): (_A.CLOSE, _T.DONE),
+    (_T.FINAL, _I.CONNECTION_LOST): (_A.ABORT, _T.ABORTED),
+    (_T.CANCELLING, _I.INTERRUPTED): (_A.INTERRUPT, _T.CANCELLED),
+    (_T.CANCELLING, _I.CANCEL_TIMEOUT): (_A.ABANDON, _T.CANCELLED),
+    (_T.CANCELLING, _I.CONNECTION_LOST): (None, _T.CANCELLED),
+}
 CLIENT_TURN_TRANSITIONS: Mapping[tuple[ClientTurnState, TurnInput], ClientTurnState] = {
-    (_T.OPEN, _I.SEND_TEXT): _T.OPEN,
-    (_T.OPEN, _I.FLUSH): _T.FLUSHED,
-    (_T.OPEN, _I.CLOSE): _T.FLUSHED,
-    (_T.OPEN, _I.CANCEL): _T.CANCELLING,
-    (_T.OPEN, _I.OUTPUT): _T.OPEN,
-    (_T.OPEN, _I.IDLE_WARNING): _T.FLUSHED,  # the server's 5 s idle auto-flush
-    (_T.OPEN, _I.FINAL): _T.FINAL,
-    (_T.OPEN, _I.SESSION_CLOSED): _T.DONE,
-    (_T.OPEN, _I.CONNECTION_LOST): _T.ABORTED,
-    (_T.OPEN, _I.REFUSED): _T.REFUSED,
-    (_T.FLUSHED, _I.CANCEL): _T.CANCELLING,
-    (_T.FLUSHED, _I.OUTPUT): _T.FLUSHED,
-    (_T.FLUSHED, _I.IDLE_WARNING): _T.FLUSHED,
-    (_T.FLUSHED, _I.FINAL): _T.FINAL,
-    (_T.FLUSHED, _I.SESSION_CLOSED): _T.DONE,  # legacy servers without ``final``
-    (_T.FLUSHED, _I.CONNECTION_LOST): _T.ABORTED,
-    (_T.FLUSHED, _I.REFUSED): _T.REFUSED,
-    (_T.FINAL, _I.CANCEL): _T.CANCELLING,
-    (_T.FINAL, _I.SESSION_CLOSED): _T.DONE,
-    (_T.FINAL, _I.CONNECTION_LOST): _T.ABORTED,
-    (_T.CANCELLING, _I.INTERRUPTED): _T.CANCELLED,
-    (_T.CANCELLING, _I.CANCEL_TIMEOUT): _T.CANCELLED,
-    (_T.CANCELLING, _I.CONNECTION_LOST): _T.CANCELLED,
+    pair: new for pair, (_, new) in CLIENT_TURN_TABLE.items()
 }
 
 
@@ -134,38 +171,49 @@ class ContextInput(_State):
     CONNECTION_LOST = "connection_lost"
 
 
+LOCAL_CONTEXT_INPUTS = frozenset(
+    {ContextInput.SEND, ContextInput.CLOSE, ContextInput.CLOSE_IMMEDIATE}
+)
+
 _C, _X = ClientContextState, ContextInput
+#: A ``/ws/tts/multi`` context: ``(state, input) -> (action, next state)``.
+CLIENT_CONTEXT_TABLE: Mapping[
+    tuple[ClientContextState, ContextInput], tuple[ClientAction | None, ClientContextState]
+] = {
+    (_C.CREATING, _X.SEND): (None, _C.CREATING),
+    (_C.CREATING, _X.CLOSE): (_A.CLOSE_FLUSH, _C.CLOSING),
+    (_C.CREATING, _X.CLOSE_IMMEDIATE): (None, _C.CLOSING_IMMEDIATE),
+    (_C.CREATING, _X.CREATED): (_A.CREATED, _C.OPEN),
+    (_C.CREATING, _X.OUTPUT): (_A.DELIVER, _C.OPEN),
+    (_C.CREATING, _X.TIMEOUT): (_A.TIMED_OUT, _C.TIMED_OUT),
+    (_C.CREATING, _X.CLOSED): (_A.CONTEXT_CLOSED, _C.CLOSED),
+    (_C.CREATING, _X.REJECTED): (_A.DISCARD, _C.CLOSED),
+    (_C.CREATING, _X.CONNECTION_LOST): (_A.ABORT, _C.CLOSED),
+    (_C.OPEN, _X.SEND): (None, _C.OPEN),
+    (_C.OPEN, _X.CLOSE): (_A.CLOSE_FLUSH, _C.CLOSING),
+    (_C.OPEN, _X.CLOSE_IMMEDIATE): (None, _C.CLOSING_IMMEDIATE),
+    (_C.OPEN, _X.OUTPUT): (_A.DELIVER, _C.OPEN),
+    (_C.OPEN, _X.TIMEOUT): (_A.TIMED_OUT, _C.TIMED_OUT),
+    (_C.OPEN, _X.CLOSED): (_A.CONTEXT_CLOSED, _C.CLOSED),
+    (_C.OPEN, _X.CONNECTION_LOST): (_A.ABORT, _C.CLOSED),
+    (_C.CLOSING, _X.CLOSE_IMMEDIATE): (None, _C.CLOSING_IMMEDIATE),
+    (_C.CLOSING, _X.CREATED): (None, _C.CLOSING),
+    (_C.CLOSING, _X.OUTPUT): (_A.DELIVER, _C.CLOSING),
+    (_C.CLOSING, _X.TIMEOUT): (_A.TIMED_OUT, _C.TIMED_OUT),
+    (_C.CLOSING, _X.CLOSED): (_A.CONTEXT_CLOSED, _C.CLOSED),
+    (_C.CLOSING, _X.REJECTED): (_A.DISCARD, _C.CLOSED),
+    (_C.CLOSING, _X.CONNECTION_LOST): (_A.ABORT, _C.CLOSED),
+    # immediately closed: everything is dropped, nothing more is said until context_closed
+    (_C.CLOSING_IMMEDIATE, _X.CREATED): (None, _C.CLOSING_IMMEDIATE),
+    (_C.CLOSING_IMMEDIATE, _X.TIMEOUT): (None, _C.CLOSING_IMMEDIATE),
+    (_C.CLOSING_IMMEDIATE, _X.CLOSED): (_A.CLOSED_IMMEDIATE, _C.CLOSED),
+    (_C.CLOSING_IMMEDIATE, _X.REJECTED): (_A.DISCARD, _C.CLOSED),
+    (_C.CLOSING_IMMEDIATE, _X.CONNECTION_LOST): (_A.DISCARD, _C.CLOSED),
+    (_C.TIMED_OUT, _X.CLOSED): (_A.CONTEXT_CLOSED, _C.CLOSED),
+    (_C.TIMED_OUT, _X.CONNECTION_LOST): (_A.DISCARD, _C.CLOSED),
+}
 CLIENT_CONTEXT_TRANSITIONS: Mapping[tuple[ClientContextState, ContextInput], ClientContextState] = {
-    (_C.CREATING, _X.SEND): _C.CREATING,
-    (_C.CREATING, _X.CLOSE): _C.CLOSING,
-    (_C.CREATING, _X.CLOSE_IMMEDIATE): _C.CLOSING_IMMEDIATE,
-    (_C.CREATING, _X.CREATED): _C.OPEN,
-    (_C.CREATING, _X.OUTPUT): _C.OPEN,
-    (_C.CREATING, _X.TIMEOUT): _C.TIMED_OUT,
-    (_C.CREATING, _X.CLOSED): _C.CLOSED,
-    (_C.CREATING, _X.REJECTED): _C.CLOSED,
-    (_C.CREATING, _X.CONNECTION_LOST): _C.CLOSED,
-    (_C.OPEN, _X.SEND): _C.OPEN,
-    (_C.OPEN, _X.CLOSE): _C.CLOSING,
-    (_C.OPEN, _X.CLOSE_IMMEDIATE): _C.CLOSING_IMMEDIATE,
-    (_C.OPEN, _X.OUTPUT): _C.OPEN,
-    (_C.OPEN, _X.TIMEOUT): _C.TIMED_OUT,
-    (_C.OPEN, _X.CLOSED): _C.CLOSED,
-    (_C.OPEN, _X.CONNECTION_LOST): _C.CLOSED,
-    (_C.CLOSING, _X.CLOSE_IMMEDIATE): _C.CLOSING_IMMEDIATE,
-    (_C.CLOSING, _X.CREATED): _C.CLOSING,
-    (_C.CLOSING, _X.OUTPUT): _C.CLOSING,
-    (_C.CLOSING, _X.TIMEOUT): _C.TIMED_OUT,
-    (_C.CLOSING, _X.CLOSED): _C.CLOSED,
-    (_C.CLOSING, _X.REJECTED): _C.CLOSED,
-    (_C.CLOSING, _X.CONNECTION_LOST): _C.CLOSED,
-    (_C.CLOSING_IMMEDIATE, _X.CREATED): _C.CLOSING_IMMEDIATE,
-    (_C.CLOSING_IMMEDIATE, _X.TIMEOUT): _C.CLOSING_IMMEDIATE,
-    (_C.CLOSING_IMMEDIATE, _X.CLOSED): _C.CLOSED,
-    (_C.CLOSING_IMMEDIATE, _X.REJECTED): _C.CLOSED,
-    (_C.CLOSING_IMMEDIATE, _X.CONNECTION_LOST): _C.CLOSED,
-    (_C.TIMED_OUT, _X.CLOSED): _C.CLOSED,
-    (_C.TIMED_OUT, _X.CONNECTION_LOST): _C.CLOSED,
+    pair: new for pair, (_, new) in CLIENT_CONTEXT_TABLE.items()
 }
 
 
@@ -235,6 +283,59 @@ SERVER_TURN_TRANSITIONS: Mapping[
     (_S.DRAINING, _SI.CANCEL): ((_SA.CANCEL,), _S.IDLE),
     (_S.DRAINING, _SI.CLOSE_SOCKET): ((_SA.QUEUE_CLOSE,), _S.DRAINING),
     (_S.DRAINING, _SI.DRAINED): ((_SA.FINISH,), _S.IDLE),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Client role, /ws/tts requests
+
+
+class ClientRequestState(_State):
+    """A ``/ws/tts`` request on the client (requests are answered in order)."""
+
+    PENDING = "pending"  # sent: its output, then final (or an error), is expected
+    CANCELLING = "cancelling"  # cancel sent: its output is dropped until interrupted
+    DONE = "done"  # final received (terminal)
+    FAILED = "failed"  # an error frame ended it (terminal)
+    CANCELLED = "cancelled"  # interrupted, or its cancel timed out (terminal)
+    ABORTED = "aborted"  # connection lost (terminal)
+
+
+class RequestInput(_State):
+    # local
+    CANCEL = "cancel"
+    # remote
+    OUTPUT = "output"  # generation_started / audio / word_timestamps / chunk_complete
+    WARNING = "warning"
+    FINAL = "final"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    CANCEL_TIMEOUT = "cancel_timeout"
+    CONNECTION_LOST = "connection_lost"
+
+
+LOCAL_REQUEST_INPUTS = frozenset({RequestInput.CANCEL})
+
+_CR, _CRI = ClientRequestState, RequestInput
+#: A ``/ws/tts`` request: ``(state, input) -> (action, next state)``.
+CLIENT_REQUEST_TABLE: Mapping[
+    tuple[ClientRequestState, RequestInput], tuple[ClientAction | None, ClientRequestState]
+] = {
+    (_CR.PENDING, _CRI.CANCEL): (None, _CR.CANCELLING),
+    (_CR.PENDING, _CRI.OUTPUT): (_A.DELIVER, _CR.PENDING),
+    (_CR.PENDING, _CRI.WARNING): (_A.WARN, _CR.PENDING),
+    (_CR.PENDING, _CRI.FINAL): (_A.FINAL, _CR.DONE),
+    (_CR.PENDING, _CRI.ERROR): (_A.FAIL, _CR.FAILED),
+    (_CR.PENDING, _CRI.CONNECTION_LOST): (_A.ABORT, _CR.ABORTED),
+    # it ended on the server before the cancel reached it: the server cancels the next one
+    (_CR.CANCELLING, _CRI.FINAL): (_A.RETARGET, _CR.CANCELLED),
+    (_CR.CANCELLING, _CRI.ERROR): (_A.RETARGET, _CR.CANCELLED),
+    (_CR.CANCELLING, _CRI.INTERRUPTED): (_A.INTERRUPT, _CR.CANCELLED),
+    (_CR.CANCELLING, _CRI.CANCEL_TIMEOUT): (_A.ABANDON, _CR.CANCELLED),
+    (_CR.CANCELLING, _CRI.CONNECTION_LOST): (_A.ABORT, _CR.ABORTED),
+}
+CLIENT_REQUEST_TRANSITIONS: Mapping[tuple[ClientRequestState, RequestInput], ClientRequestState] = {
+    pair: new for pair, (_, new) in CLIENT_REQUEST_TABLE.items()
 }
 
 
@@ -387,6 +488,16 @@ MACHINES: tuple[Machine, ...] = (
         " Remote inputs: `created`, `output` (including `final`), `timeout`, `closed`,"
         " `rejected` (`TOO_MANY_CONTEXTS` for this context), and the connection going away."
         " `CLOSED` contexts are tombstoned: late frames for them are dropped.",
+    ),
+    Machine(
+        "CLIENT_REQUEST_TRANSITIONS",
+        "A client request (`/ws/tts`)",
+        CLIENT_REQUEST_TRANSITIONS,
+        "Requests are answered in order. Local input: `cancel` (then the `cancel_timeout`"
+        " timer). Remote inputs: `output` (`generation_started`, `audio`, `word_timestamps`,"
+        " `chunk_complete`), `warning`, `final`, `error`, `interrupted`, and the connection"
+        " going away. A request that ends on the server before its cancel reaches it passes"
+        " the cancel on to the next one.",
     ),
     Machine(
         "SERVER_TURN_TRANSITIONS",

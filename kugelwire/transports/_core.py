@@ -81,7 +81,12 @@ from ..protocol.events import (
     TurnStarted,
     WordTimestamps,
 )
-from ..protocol.sessions import MultiClientSession, StreamClientSession, TTSClientSession
+from ..protocol.sessions import (
+    MultiClientSession,
+    StreamClientSession,
+    TTSClientSession,
+    WorkKey,
+)
 from ..protocol.ws import ENDPOINT_KINDS as ENDPOINT
 from ..protocol.ws import (
     ENDPOINTS,
@@ -94,10 +99,15 @@ from ..protocol.ws import (
 )
 from ..protocol.ws import RESTART_CODES as _RESTART
 
-__all__ = ["ENDPOINT", "ClientCore", "EventBuffer", "Kind"]
+__all__ = ["ENDPOINT", "SESSIONS", "ClientCore", "EventBuffer", "Kind"]
 
 Kind = Literal["stream", "multi", "tts"]
 Session = StreamClientSession | MultiClientSession | TTSClientSession
+#: The session class of each endpoint kind: the one place the core names the endpoints (what an
+#: endpoint means, the sessions say: work keys, ``ends_work``, ``cancel``, ``replay``).
+SESSIONS: dict[str, type[Session]] = {
+    "stream": StreamClientSession, "multi": MultiClientSession, "tts": TTSClientSession,
+}
 _OUTPUT = (AudioChunk, GenerationStarted, WordTimestamps, ChunkComplete, TurnFinal)
 State = Literal["connecting", "open", "reconnecting", "closing", "closed"]
 #: Events that carry a turn's (or a multi flush-cycle's, or a context's) TurnMetrics.
@@ -177,6 +187,7 @@ class EventBuffer:
         "exhausted",
         "flushed",
         "handle",
+        "key",
         "nbytes",
         "number",
         "origin",
@@ -187,6 +198,8 @@ class EventBuffer:
     def __init__(self, number: int | None, context_id: str | None = None) -> None:
         self.number = number  # turn/request number on the connection that started it
         self.context_id = context_id
+        #: the session's work key for it now (a context's id; else its turn / request number)
+        self.key: WorkKey | None = number if context_id is None else context_id
         self.events: deque[ClientEvent] = deque()
         self.nbytes = 0
         self.done = False  # the terminal event (or error) is queued: nothing more comes
@@ -242,7 +255,8 @@ class ClientCore:
         if max_buffered_bytes <= 0 or max_buffered_events <= 0:
             raise LocalProtocolError("buffer bounds must be positive")
         self.kind: Kind = kind
-        self.url = resolve_url(url, ENDPOINT[kind])
+        self.endpoint = ENDPOINT[kind]
+        self.url = resolve_url(url, self.endpoint)
         self._conn_options: dict[str, Any] = {
             "api_key": api_key,
             "auth": auth,
@@ -284,10 +298,8 @@ class ClientCore:
         self._dropped: deque[EventBuffer] = deque()  # handles gone: collect their buffers
         self._settings_applied: dict[str, Any] = {}
         self._live: list[EventBuffer] = []
-        self._by_number: dict[int, EventBuffer] = {}
-        self._by_context: dict[str, EventBuffer] = {}
-        self._ctx_options: dict[str, dict[str, Any]] = {}
-        self._req_params: dict[int, dict[str, Any]] = {}
+        #: unfinished work by the session's work key (None, no work, is never a key)
+        self._by_key: dict[WorkKey | None, EventBuffer] = {}
         self._rejection: HandshakeRejected | None = None
         self._closed: ConnectionClosed | None = None
         self._fatal: ServerError | None = None
@@ -304,12 +316,12 @@ class ClientCore:
 
     # -- construction ----------------------------------------------------------------------
     def _new_session(self) -> Session:
-        opts = self._session_options
-        if self.kind == "stream":
-            return StreamClientSession(**opts)
-        if self.kind == "multi":
-            return MultiClientSession(**opts)
-        return TTSClientSession(**opts)
+        session = SESSIONS[self.kind](**self._session_options)
+        #: the session names work by the event's turn, else by its context id (read inline on
+        #: the hot path of _route: cheaper than calling work_key per audio chunk)
+        self._key_is_turn = session.work_key_attr == "turn"
+        assert self._key_is_turn or session.work_key_attr == "context_id"
+        return session
 
     def _new_connection(self, now: float, delay: float = 0.0) -> ClientConnection:
         """A connection for the current session; ``delay``: it is opened that much later (its
@@ -484,33 +496,19 @@ class ClientCore:
         assert buf is not None
         return buf
 
-    def stream_cancel(self, now: float) -> None:
-        session = self._session(StreamClientSession)
-        for number in session.cancel(now):
-            buf = self._by_number.get(number)
-            if buf is not None:
-                buf.flushed = True
-                self._purge(buf)
-        self._process(now)
-
     def update_settings(self, now: float, **settings: Any) -> None:
-        session = self._session(StreamClientSession, MultiClientSession, TTSClientSession)
-        session.update_settings(now, **settings)
+        self.check_usable()
+        self.session.update_settings(now, **settings)
         self._settings_applied.update(settings)
         self._process(now)
 
     def multi_create(self, context_id: str, now: float, **options: Any) -> EventBuffer:
         session = self._session(MultiClientSession)
-        old = self._by_context.get(context_id)
+        old = self._by_key.get(context_id)
         if old is not None and not old.done:
             raise LocalProtocolError(f"context {context_id!r} already exists")
         session.create_context(context_id, now, **options)
-        buf = EventBuffer(0, context_id)
-        self._by_context[context_id] = buf
-        self._ctx_options[context_id] = options
-        self._live.append(buf)
-        self._process(now)
-        return buf
+        return self._open(EventBuffer(0, context_id), now)
 
     def multi_send_text(
         self, buf: EventBuffer, text: str, now: float, *, flush: bool = False
@@ -522,15 +520,6 @@ class ClientCore:
         self._session(MultiClientSession).flush(self._cid(buf), now)
         self._process(now)
 
-    def multi_cancel(self, buf: EventBuffer | None, now: float) -> None:
-        session = self._session(MultiClientSession)
-        ids = session.cancel(now, None if buf is None else self._cid(buf))
-        for cid in ids:
-            target = self._by_context.get(cid)
-            if target is not None:
-                self._purge_cycle(target)
-        self._process(now)
-
     def multi_close(self, buf: EventBuffer, now: float, *, immediate: bool = False) -> None:
         self._session(MultiClientSession).close_context(self._cid(buf), now, immediate=immediate)
         buf.closing = True
@@ -539,36 +528,54 @@ class ClientCore:
         self._process(now)
 
     def tts_request(self, text: str, now: float, **params: Any) -> EventBuffer:
-        session = self._session(TTSClientSession)
-        number = session.request(text, now, **params)
-        buf = EventBuffer(number)
+        buf = EventBuffer(self._session(TTSClientSession).request(text, now, **params))
         buf.flushed = True
-        self._by_number[number] = buf
-        self._req_params[number] = params
-        self._live.append(buf)
+        return self._open(buf, now)
+
+    def cancel(self, now: float, buf: EventBuffer | None = None) -> None:
+        """Barge-in: the session cancels (``buf``: that context only); the buffered output of
+        what it cancelled goes at once. Work that runs through cycles (a context) loses its
+        current cycle's; other work (a turn, a request) all of its output."""
+        self.check_usable()
+        session = self.session
+        if buf is None:
+            keys = session.cancel(now)
+        else:
+            keys = self._session(MultiClientSession).cancel(now, self._cid(buf))
+        for key in keys:
+            target = self._by_key.get(key)
+            if target is None:
+                continue
+            if session.work_has_cycles:
+                self._purge_cycle(target)
+            else:
+                target.flushed = True
+                self._purge(target)
         self._process(now)
-        return buf
+
+    def stream_cancel(self, now: float) -> None:
+        self._session(StreamClientSession)
+        self.cancel(now)
+
+    def multi_cancel(self, buf: EventBuffer | None, now: float) -> None:
+        self._session(MultiClientSession)
+        self.cancel(now, buf)
 
     def tts_cancel(self, now: float) -> None:
-        number = self._session(TTSClientSession).cancel(now)
-        buf = None if number is None else self._by_number.get(number)
-        if buf is not None:
-            self._purge(buf)
-        self._process(now)
+        self._session(TTSClientSession)
+        self.cancel(now)
 
     def close_socket(self, now: float) -> None:
-        """Graceful close: ``close_socket`` (stream/multi) or close once requests drained (tts)."""
+        """Graceful close: the session's (``close_socket``; on ``/ws/tts`` once the requests
+        are answered), or at once while the upgrade is still pending."""
         if self.state == "closed" or self._user_closing:
             return
         self._user_closing = True
-        session = self.session
         if self.state in ("connecting", "reconnecting"):
             self.conn.close()
-        elif isinstance(session, TTSClientSession):
-            self._maybe_close_tts()
-        elif not session.terminated:
+        elif not self.session.terminated:
             self.state = "closing"
-            session.close_socket(now)
+            self.session.close_socket(now)
         self._process(now)
 
     # -- consuming -----------------------------------------------------------------------------
@@ -625,23 +632,29 @@ class ClientCore:
     def _session(self, *types: type[Any]) -> Any:
         self.check_usable()
         if not isinstance(self.session, types):
-            raise LocalProtocolError(f"not available on {ENDPOINT[self.kind]}")
+            raise LocalProtocolError(f"not available on {self.endpoint}")
         return self.session
 
     def _cid(self, buf: EventBuffer) -> str:
         assert buf.context_id is not None
-        if self._by_context.get(buf.context_id) is not buf or buf.done:
+        if self._by_key.get(buf.context_id) is not buf or buf.done:
             raise LocalProtocolError(f"context {buf.context_id!r} is closed")
         return buf.context_id
 
+    def _open(self, buf: EventBuffer, now: float | None = None) -> EventBuffer:
+        """Route the session's events for ``buf``'s work to it (then process, given ``now``)."""
+        assert buf.key is not None
+        self._by_key[buf.key] = buf
+        self._live.append(buf)
+        if now is not None:
+            self._process(now)
+        return buf
+
     def _stream_buffer(self, number: int | None, flush: bool, now: float) -> EventBuffer | None:
-        buf = None
-        if number is not None:
-            buf = self._by_number.get(number)
-            if buf is None:
-                buf = EventBuffer(number)
-                self._by_number[number] = buf
-                self._live.append(buf)
+        buf = None if number is None else self._by_key.get(number)
+        if buf is None and number is not None:
+            buf = self._open(EventBuffer(number))
+        if buf is not None:
             buf.flushed = buf.flushed or flush
         self._process(now)
         return buf
@@ -713,13 +726,8 @@ class ClientCore:
         buf.done = True
         if buf in self._live:
             self._live.remove(buf)
-        if buf.context_id is not None:
-            if self._by_context.get(buf.context_id) is buf:
-                del self._by_context[buf.context_id]
-        elif buf.number is not None:
-            for key, value in list(self._by_number.items()):
-                if value is buf:
-                    del self._by_number[key]
+        if buf.key is not None and self._by_key.get(buf.key) is buf:
+            del self._by_key[buf.key]
 
     def _process(self, now: float) -> None:
         """Take the connection's and the session's events and route them."""
@@ -748,8 +756,8 @@ class ClientCore:
                 self._restart([r for r in term.replay if r.replayable], now)
             else:
                 self._terminate(now)
-        elif self.kind == "tts" and self._user_closing:
-            self._maybe_close_tts()
+        elif self._user_closing:
+            self._close_if_asked()
         closed = self.conn.state is ConnectionState.CLOSED and term is None
         if closed and not self.finished and not self.wants_socket:
             self._terminate(now)  # a connection without session events ended
@@ -805,13 +813,10 @@ class ClientCore:
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
         if type(event) is AudioChunk:  # the hot path
-            buf = (
-                self._by_context.get(event.context_id or "")
-                if self.kind == "multi"
-                else self._by_number.get(event.turn)
-            )
+            buf = self._by_key.get(event.turn if self._key_is_turn else event.context_id)
             if buf is not None:
-                self._restarts_in_row = 0
+                if self._restarts_in_row:  # output: the connection works (a read, no store)
+                    self._restarts_in_row = 0
                 if not buf.done and not (buf.dropped and buf.flushed):  # _push, inline
                     buf.events.append(event)
                     size = len(event.frame.audio) * 3 // 4
@@ -836,13 +841,15 @@ class ClientCore:
             self._log_error(event)
             if event.fatal:
                 self._fatal = event
-        if isinstance(event, ConnectionTerminated):
-            self.log.append(event)
-            return
-        buf = self._target(event)
+        buf = None if isinstance(event, ConnectionTerminated) else self._target(event)
         if buf is None:
             self.log.append(event)
-            return
+        else:
+            self._route_to(buf, event, restart)
+
+    def _route_to(self, buf: EventBuffer, event: ClientEvent, restart: bool) -> None:
+        """An event of ``buf``'s work that is not plain output: ``event.ends_work`` says
+        whether it is the work's last (a cycle's end, e.g. a context's final, is not)."""
         if isinstance(event, AudioChunk | TurnClosed | RequestFinal | TurnFinal):
             self._restarts_in_row = 0
         if isinstance(event, TurnAborted):
@@ -850,50 +857,35 @@ class ClientCore:
             if not (restart and not event.audio_delivered):
                 self._fail(buf, self._error(event.unspoken_text))
             return
-        if isinstance(event, ServerError):
-            ends = (self.kind == "tts" or event.code is ErrorCode.TOO_MANY_CONTEXTS
-                    or event.ends_turn)
-            if ends:
-                self._fail(buf, ServerErrorResponse(event))
-            else:
-                self._push(buf, event)
+        if isinstance(event, ServerError) and event.ends_work:
+            self._fail(buf, ServerErrorResponse(event))
             return
         if isinstance(event, _WITH_METRICS) and event.metrics is not None:
             if buf.reconnects:
                 event = self._stamp(buf, event)
-            if self.kind == "multi" and not isinstance(event, ContextClosed):
+            if not event.ends_work:  # a cycle's figures: the work's end adds them up
                 metrics = event.metrics
                 assert metrics is not None
                 buf.seen = _combined(buf.seen, metrics)
             if _turn_log.isEnabledFor(logging.DEBUG):
                 self._log_turn(event)
-        terminal = isinstance(event, TurnClosed | RequestFinal | ContextClosed) or (
-            isinstance(event, Interrupted) and self.kind != "multi"
-        )
-        self._push(buf, event, terminal=terminal)
+        self._push(buf, event, terminal=event.ends_work)
 
     def _target(self, event: ClientEvent) -> EventBuffer | None:
-        cid = getattr(event, "context_id", None)
-        if self.kind == "multi":
-            return None if cid is None else self._by_context.get(cid)
-        number = getattr(event, "turn", None)
-        return None if number is None else self._by_number.get(number)
+        return self._by_key.get(self.session.work_key(event))
 
-    def _maybe_close_tts(self) -> None:
-        session = self.session
-        if (
-            isinstance(session, TTSClientSession)
-            and not session.pending_requests
-            and self.conn.state is ConnectionState.OPEN
-        ):
-            self.conn.close(1000)
+    def _close_if_asked(self) -> None:
+        """The session asks for the close (``/ws/tts``: every request answered)."""
+        code = self.session.close_code
+        if code is not None and self.conn.state is ConnectionState.OPEN:
+            self.conn.close(code)
 
     def _terminate(self, now: float) -> None:
         """The connection is over for good: fail everything still waiting."""
         self.error = None if self._clean_end() else self._error("")
         self._log_close(now, self.error)
         for buf in list(self._live):
-            if buf.closing and self.kind == "multi":
+            if buf.closing:  # a context being closed: it ends without an error
                 self._end(buf)
             else:
                 self._fail(buf, self._error(""))
@@ -913,10 +905,10 @@ class ClientCore:
 
     def _restart(self, replays: list[TurnReplay], now: float) -> None:
         retry = self._rejection.retry_after if self._rejection is not None else None
-        replayed = {r.context_id if r.context_id is not None else r.turn for r in replays}
+        key_of = self.session.work_key
+        replayed = {key_of(r) for r in replays}
         for buf in list(self._live):  # everything not replayed is over
-            key = buf.context_id if buf.context_id is not None else buf.number
-            if key not in replayed:
+            if buf.key not in replayed:
                 if buf.closing:
                     self._end(buf)
                 else:
@@ -935,20 +927,15 @@ class ClientCore:
         self.log.append(reconnecting)
         self._log_close(now, None)
         self._log_reconnect(reconnecting)
-        old_numbers = dict(self._by_number)
-        old_contexts = dict(self._by_context)
-        for r in replays:  # the work carried over counts the reconnect in its TurnMetrics
-            carried = (
-                old_numbers.get(r.turn) if r.context_id is None else old_contexts.get(r.context_id)
-            )
-            if carried is not None:
-                carried.reconnects += 1
-                carried.cycle_reconnects += 1
-                carried.carried = carried.seen
-                if carried.origin is None:
-                    carried.origin = r
-        self._by_number = {}
-        self._by_context = {}
+        carried = [(r, self._by_key.get(key_of(r))) for r in replays]
+        for r, work in carried:  # the work carried over counts the reconnect
+            if work is not None:
+                work.reconnects += 1
+                work.cycle_reconnects += 1
+                work.carried = work.seen
+                if work.origin is None:
+                    work.origin = r
+        self._by_key = {}
         self._rejection = self._closed = self._fatal = None
         self._connect_exc = None
         self._io_error = None
@@ -959,33 +946,21 @@ class ClientCore:
         self._attempt_at, self._opened_at = now + delay, None
         self.state = "reconnecting"
         self.reconnect_at = now + delay
+        self._replay(carried, now)
+
+    def _replay(self, carried: list[tuple[TurnReplay, EventBuffer | None]], now: float) -> None:
+        """Send the lost work again on the new session (it knows how: ``replay``); each
+        buffer follows its work's new key."""
         session = self.session
         if self._settings_applied:
             session.update_settings(now, **self._settings_applied)
-        for r in replays:
-            if isinstance(session, StreamClientSession):
-                turn = old_numbers.get(r.turn)
-                number = session.replay(r, now)
-                if turn is not None and number is not None:
-                    turn.number = number
-                    self._by_number[number] = turn
-            elif isinstance(session, TTSClientSession):
-                req = old_numbers.get(r.turn)
-                params = self._req_params.pop(r.turn, {})
-                number = session.request(r.text, now, **params)
-                self._req_params[number] = params
-                if req is not None:
-                    req.number = number
-                    self._by_number[number] = req
-            elif r.context_id is not None:
-                ctx = old_contexts.get(r.context_id)
-                session.create_context(r.context_id, now, **self._ctx_options[r.context_id])
-                if r.text.strip():
-                    session.send_text(r.context_id, r.text, now, flush=r.flushed)
-                elif r.flushed:
-                    session.flush(r.context_id, now)
-                if ctx is not None:
-                    self._by_context[r.context_id] = ctx
+        for r, buf in carried:
+            key = session.replay(r, now)
+            if buf is not None and key is not None:
+                buf.key = key
+                if isinstance(key, int):  # a turn or request: numbered anew on this connection
+                    buf.number = key
+                self._by_key[key] = buf
         for event in session.events():
             if not isinstance(event, TurnStarted):  # the replayed work announced itself already
                 self._route(event, False)
@@ -1026,7 +1001,7 @@ class ClientCore:
 
     def _fields(self) -> dict[str, Any]:
         host, port = self.conn.address
-        return {"endpoint": ENDPOINT[self.kind], "peer": f"{host}:{port}"}
+        return {"endpoint": self.endpoint, "peer": f"{host}:{port}"}
 
     def _log_open(self) -> None:
         if not _log.isEnabledFor(logging.INFO):
@@ -1096,10 +1071,10 @@ class ClientCore:
         _turn_log.debug(
             "%s endpoint=%s turn=%d context_id=%s ttfa_s=%s flush_ttfa_s=%s audio_s=%.3f "
             "chunks=%d cancelled=%s reconnects=%d",
-            what, ENDPOINT[self.kind], m.turn, m.context_id, _seconds(m.time_to_first_audio),
+            what, self.endpoint, m.turn, m.context_id, _seconds(m.time_to_first_audio),
             _seconds(m.flush_to_first_audio), m.audio_seconds, m.audio_chunks, m.cancelled,
             m.reconnects,
-            extra={"kugelwire_event": what, "endpoint": ENDPOINT[self.kind], "metrics": m},
+            extra={"kugelwire_event": what, "endpoint": self.endpoint, "metrics": m},
         )
 
     def _drop_reason(self) -> str:
