@@ -30,6 +30,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from types import ModuleType  # noqa: E402
 
@@ -45,6 +46,8 @@ from benchmarks.bench_core import (  # noqa: E402
 )
 
 BASE_NAME = "kugelwire_base"
+#: Runs of each side per figure and round (the best one counts).
+REPEATS = 4
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _IMPORT = re.compile(r"^(\s*)(from|import)(\s+)kugelwire\b", re.MULTILINE)
 
@@ -113,17 +116,20 @@ def _ours(module: str) -> bool:
 
 
 def measure(rounds: int, quick: bool, base: Api) -> dict[str, tuple[list[float], list[float]]]:
-    """name -> (base values, current values), one of each per round."""
+    """name -> (base values, current values), one of each per round: the best of ``REPEATS``
+    runs of each side, the sides interleaved run by run (ABBA...), so a burst of load on the
+    machine lands on both. Every figure is CPU time of this process (``time.process_time``):
+    time the process spends preempted by others does not count."""
     texts = turn_texts(20, 250 if quick else 1000)
-    chars = 100_000 if quick else 200_000
+    chars = 50_000 if quick else 100_000
     tokens = 300 if quick else 600
     probes: dict[str, Callable[[Api], float]] = {
         "client receive+dispatch+pcm16, 20 ms frame [stdlib base64] (us/frame)":
-            lambda api: min(client_run(texts, api) for _ in range(3)) * 1e6,
+            lambda api: client_run(texts, api) * 1e6,
         "server per 4-char token message (us/token)":
-            lambda api: min(server_tokens(3, tokens, api) for _ in range(2)) * 1e6,
+            lambda api: server_tokens(3, tokens, api, time.process_time) * 1e6,
         f"chunker {chars:,} chars (ms)":
-            lambda api: min(chunker_time(chars, api) for _ in range(2)) * 1e3,
+            lambda api: chunker_time(chars, api, time.process_time) * 1e3,
     }
     for probe in probes.values():  # warm-up of both, not counted
         probe(base)
@@ -131,13 +137,13 @@ def measure(rounds: int, quick: bool, base: Api) -> dict[str, tuple[list[float],
     results: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in probes}
     for r in range(rounds):
         for name, probe in probes.items():
+            runs: dict[int, list[float]] = {0: [], 1: []}  # 0: base, 1: current
+            for i in range(REPEATS):
+                for side in ((0, 1) if (r + i) % 2 == 0 else (1, 0)):
+                    runs[side].append(probe(CURRENT if side else base))
             before, after = results[name]
-            if r % 2:
-                after.append(probe(CURRENT))
-                before.append(probe(base))
-            else:
-                before.append(probe(base))
-                after.append(probe(CURRENT))
+            before.append(min(runs[0]))
+            after.append(min(runs[1]))
     return results
 
 

@@ -107,8 +107,14 @@ def client_dispatch(frame_ms: int, n: int, repeats: int) -> tuple[float, float]:
     return best_of(lambda: per_frame(floor, n), repeats), ours
 
 
-def server_tokens(turns: int, tokens_per_turn: int, api: Api = CURRENT) -> float:
-    """Seconds per 4-character token message (``{"text": "abc "}``) in a live turn."""
+def server_tokens(
+    turns: int,
+    tokens_per_turn: int,
+    api: Api = CURRENT,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds per 4-character token message (``{"text": "abc "}``) in a live turn, by
+    ``clock``."""
     session = api.StreamServerSession()
     words = ["abc ", "def ", "ghi ", "jkl ", "mno ", "pqr ", "stu ", "vw. ", "Xyz "]
     messages = [json.dumps({"text": w}) for w in words]
@@ -120,10 +126,10 @@ def server_tokens(turns: int, tokens_per_turn: int, api: Api = CURRENT) -> float
         session.receive_message(first, now)
         batch = [messages[i % len(messages)] for i in range(tokens_per_turn)]
         receive = session.receive_message
-        t0 = time.perf_counter()
+        t0 = clock()
         for msg in batch:
             receive(msg, now)
-        spent += time.perf_counter() - t0
+        spent += clock() - t0
         sent += len(batch)
         session.receive_message('{"flush": true}', now)
         # complete every chunk so the turn closes (the engine's part, not timed)
@@ -141,17 +147,21 @@ def server_tokens(turns: int, tokens_per_turn: int, api: Api = CURRENT) -> float
     return spent / sent
 
 
-def chunker_time(chars: int, api: Api = CURRENT) -> float:
+def chunker_time(
+    chars: int, api: Api = CURRENT, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds (by ``clock``) the chunker takes for ``chars`` characters in 4-character
+    tokens, then a flush."""
     sentence = "The quick brown fox jumps over the lazy dog, again and again. "
     tokens = [sentence[i : i + 4] for i in range(0, len(sentence), 4)]
     reps = chars // len(sentence)
     stream = tokens * reps
     chunker = api.Chunker()
-    t0 = time.perf_counter()
+    t0 = clock()
     for tok in stream:
         chunker.feed(tok, 0.0)
     chunker.flush(0.0)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main() -> None:
