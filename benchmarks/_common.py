@@ -16,6 +16,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterator
 
+# internal on purpose: stdlib_base64() swaps the codec functions the audio parser calls
 from kugelwire.protocol import _messages
 
 __all__ = ["FAST_BASE64", "best_of", "figure", "median", "parse_args", "percentile", "skip",

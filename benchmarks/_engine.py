@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from kugelwire.protocol._chunker import TextChunk
-from kugelwire.protocol._server import ServerLimits, SynthesisParams
-from kugelwire.synth._base import CancelToken, SynthesisItem
+from kugelwire.protocol.sessions import ServerLimits, SynthesisParams
+from kugelwire.protocol.text import TextChunk
+from kugelwire.synth import CancelToken, SynthesisItem
 
 __all__ = ["KEY", "FrameEngine", "ServerProcess"]
 

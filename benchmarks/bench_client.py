@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks._common import figure, median, parse_args, stdlib_base64
 from benchmarks._engine import KEY, ServerProcess
-from kugelwire.protocol._events import AudioChunk
+from kugelwire.protocol.events import AudioChunk
 
 os.environ.setdefault("KUGELAUDIO_TELEMETRY", "0")
 

@@ -11,15 +11,39 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from types import ModuleType
+from typing import Any
 
 from benchmarks._common import FAST_BASE64, best_of, figure, parse_args, stdlib_base64
-from kugelwire.protocol._chunker import Chunker
-from kugelwire.protocol._client import StreamClientSession
-from kugelwire.protocol._events import AudioChunk
-from kugelwire.protocol._messages import AudioFrame
-from kugelwire.protocol._server import StreamServerSession, SynthesisRequested
+from kugelwire.protocol.events import AudioChunk
+from kugelwire.protocol.messages import AudioFrame
+from kugelwire.protocol.sessions import StreamClientSession, StreamServerSession, SynthesisRequested
+from kugelwire.protocol.text import Chunker
 
 SR = 24000
+
+
+@dataclass(frozen=True)
+class Api:
+    """The classes the figures use, from one kugelwire package (:mod:`benchmarks.bench_ab`
+    passes an older revision's, imported under another name)."""
+
+    Chunker: Any
+    StreamClientSession: Any
+    AudioChunk: Any
+    StreamServerSession: Any
+    SynthesisRequested: Any
+
+    @classmethod
+    def of(cls, protocol: ModuleType) -> Api:
+        """The names looked up on a package's ``protocol`` namespace (every revision has them
+        there)."""
+        return cls(*(getattr(protocol, f.name) for f in fields(cls)))
+
+
+#: This tree's classes.
+CURRENT = Api(Chunker, StreamClientSession, AudioChunk, StreamServerSession, SynthesisRequested)
 
 
 def audio_text(frame_ms: int, idx: int = 0) -> str:
@@ -37,42 +61,61 @@ def per_frame(fn: Callable[[], None], n: int) -> float:
     return (time.process_time() - t0) / n
 
 
-def client_dispatch(frame_ms: int, n: int, repeats: int) -> tuple[float, float]:
+def turn_texts(frame_ms: int, n: int) -> list[str]:
+    """The ``n`` audio frames of one turn: idx 0, 1, 2... (a repeated idx is dropped, not
+    delivered)."""
     text = audio_text(frame_ms)
-    # the frames of one turn: idx 0, 1, 2... (a repeated idx is dropped, not delivered)
     assert text.count('"idx":0,') == 1
-    texts = [text.replace('"idx":0,', f'"idx":{i},') for i in range(n)]
+    return [text.replace('"idx":0,', f'"idx":{i},') for i in range(n)]
+
+
+def client_run(texts: list[str], api: Api = CURRENT) -> float:
+    """CPU seconds per frame: a stream session receives ``texts`` in one turn, each event is
+    dispatched and its ``pcm16()`` decoded."""
+    session = api.StreamClientSession(voice_id=1)
+    session.send_text("Hello there.", 0.0, flush=True)
+    session.messages_to_send()
+    for _ in session.events():
+        pass
+    # the session's event queue, read directly: what a transport's loop does, without the
+    # generator of events() per frame
+    receive, events = session.receive_message, session._events
+    popleft = events.popleft
+    frames = iter(texts)
+    chunk_type = api.AudioChunk
+
+    def ours() -> None:
+        receive(next(frames), 1.0)
+        while events:
+            event = popleft()
+            if type(event) is chunk_type:
+                event.pcm16()
+            else:
+                raise AssertionError(f"not an audio chunk: {event!r}")
+
+    return per_frame(ours, len(texts))
+
+
+def client_dispatch(frame_ms: int, n: int, repeats: int) -> tuple[float, float]:
+    texts = turn_texts(frame_ms, n)
+    text = texts[0]
 
     def floor() -> None:
         base64.b64decode(json.loads(text)["audio"])
 
-    def ours_run() -> float:
-        session = StreamClientSession(voice_id=1)
-        session.send_text("Hello there.", 0.0, flush=True)
-        session.messages_to_send()
-        for _ in session.events():
-            pass
-        receive, events = session.receive_message, session._events
-        popleft = events.popleft
-        frames = iter(texts)
-
-        def ours() -> None:
-            receive(next(frames), 1.0)
-            while events:
-                event = popleft()
-                if type(event) is AudioChunk:
-                    event.pcm16()
-                else:
-                    raise AssertionError(f"not an audio chunk: {event!r}")
-
-        return per_frame(ours, n)
-
-    return best_of(lambda: per_frame(floor, n), repeats), best_of(ours_run, repeats)
+    ours = best_of(lambda: client_run(texts), repeats)
+    return best_of(lambda: per_frame(floor, n), repeats), ours
 
 
-def server_tokens(turns: int, tokens_per_turn: int) -> float:
-    """Seconds per 4-character token message (``{"text": "abc "}``) in a live turn."""
-    session = StreamServerSession()
+def server_tokens(
+    turns: int,
+    tokens_per_turn: int,
+    api: Api = CURRENT,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds per 4-character token message (``{"text": "abc "}``) in a live turn, by
+    ``clock``."""
+    session = api.StreamServerSession()
     words = ["abc ", "def ", "ghi ", "jkl ", "mno ", "pqr ", "stu ", "vw. ", "Xyz "]
     messages = [json.dumps({"text": w}) for w in words]
     first = json.dumps({"text": " ", "voice_id": 1})
@@ -83,16 +126,16 @@ def server_tokens(turns: int, tokens_per_turn: int) -> float:
         session.receive_message(first, now)
         batch = [messages[i % len(messages)] for i in range(tokens_per_turn)]
         receive = session.receive_message
-        t0 = time.perf_counter()
+        t0 = clock()
         for msg in batch:
             receive(msg, now)
-        spent += time.perf_counter() - t0
+        spent += clock() - t0
         sent += len(batch)
         session.receive_message('{"flush": true}', now)
         # complete every chunk so the turn closes (the engine's part, not timed)
         while True:
             events = list(session.events())
-            requests = [e for e in events if isinstance(e, SynthesisRequested)]
+            requests = [e for e in events if isinstance(e, api.SynthesisRequested)]
             session.messages_to_send()
             if not requests:
                 break
@@ -104,17 +147,21 @@ def server_tokens(turns: int, tokens_per_turn: int) -> float:
     return spent / sent
 
 
-def chunker_time(chars: int) -> float:
+def chunker_time(
+    chars: int, api: Api = CURRENT, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds (by ``clock``) the chunker takes for ``chars`` characters in 4-character
+    tokens, then a flush."""
     sentence = "The quick brown fox jumps over the lazy dog, again and again. "
     tokens = [sentence[i : i + 4] for i in range(0, len(sentence), 4)]
     reps = chars // len(sentence)
     stream = tokens * reps
-    chunker = Chunker()
-    t0 = time.perf_counter()
+    chunker = api.Chunker()
+    t0 = clock()
     for tok in stream:
         chunker.feed(tok, 0.0)
     chunker.flush(0.0)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 from benchmarks._common import FAST_BASE64, figure, median, parse_args, percentile, stdlib_base64
 from benchmarks._engine import KEY, ServerProcess, _pcm
-from kugelwire.protocol._events import AudioChunk
-from kugelwire.protocol._messages import AudioFrame
+from kugelwire.protocol.events import AudioChunk
+from kugelwire.protocol.messages import AudioFrame
 
 os.environ.setdefault("KUGELAUDIO_TELEMETRY", "0")
 

@@ -16,11 +16,9 @@ import json
 import time
 from typing import Any
 
-from kugelwire.server._common import ServerOptions
-
 from benchmarks._common import figure, parse_args
-from kugelwire.protocol._server import StreamServerSession
-from kugelwire.server._metrics import Metrics
+from kugelwire.protocol.sessions import StreamServerSession
+from kugelwire.server import Metrics, ServerOptions
 from kugelwire.synth import ToneEngine
 
 TOKENS = ["Hello", " there,", " this", " is", " one", " short", " sentence."]

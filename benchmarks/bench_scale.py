@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks._common import figure, median, parse_args, percentile
 from benchmarks._engine import KEY, ServerProcess
-from kugelwire.protocol._events import AudioChunk
+from kugelwire.protocol.events import AudioChunk
 from kugelwire.transports.asyncio import connect_stream
 
 TOKENS = ["Hello", " there,", " this", " is", " one", " short", " sentence."]
@@ -154,6 +154,7 @@ def _bench_tone() -> object:
 
 _SUPERVISOR = """
 import asyncio, sys
+# internal: the multi-worker supervisor has no public name (``kugelwire serve --workers``)
 from kugelwire.server._workers import supervise
 def ready(url, pids):
     print("READY", url, *pids, flush=True)

@@ -29,7 +29,7 @@ def _tokens(sentences: int) -> list[tuple[str, bool]]:
 
 
 async def ours(url: str, sentences: int) -> tuple[list[float], list[float], int]:
-    from kugelwire.protocol._events import AudioChunk
+    from kugelwire.protocol.events import AudioChunk
     from kugelwire.transports.asyncio import connect_stream
 
     ends: list[float] = []

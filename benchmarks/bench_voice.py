@@ -12,7 +12,7 @@ import time
 
 from benchmarks._common import figure, median, parse_args, percentile, skip
 from benchmarks._engine import KEY, ServerProcess
-from kugelwire.protocol._events import AudioChunk
+from kugelwire.protocol.events import AudioChunk
 from kugelwire.transports.asyncio import connect_stream
 
 SENTENCES = [

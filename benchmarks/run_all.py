@@ -28,6 +28,7 @@ SCRIPTS = {
     "metrics": "benchmarks.bench_metrics",
     "voice": "benchmarks.bench_voice",
     "lint": "benchmarks.bench_lint",
+    "ab": "benchmarks.bench_ab",
 }
 
 

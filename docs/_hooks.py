@@ -1,7 +1,7 @@
 """mkdocs hooks for the kugelwire documentation (wired up in ``mkdocs.yml``).
 
 * State diagrams are generated from the core's transition tables
-  (:mod:`kugelwire.protocol._state`), never drawn by hand: a page writes
+  (:mod:`kugelwire.protocol.state`), never drawn by hand: a page writes
   ``<!-- kugelwire:state-diagrams -->`` and gets a section per machine of the registry
   ``_state.MACHINES`` (title, description, a Mermaid ``stateDiagram-v2`` of the table, then
   the same transitions, with their actions, as a table); or it writes
@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeAlias
 
-from kugelwire.protocol import _state
+from kugelwire.protocol import state as _state
 
 #: A transition table: ``(state, input) -> next state``, or h2-style
 #: ``(state, input) -> (actions, next state)`` (the key types vary by table).
 Table: TypeAlias = Mapping[tuple[Any, Any], Any]
 
-#: Tables a page may ask for, by their name in ``kugelwire.protocol._state`` (the registry).
+#: Tables a page may ask for, by their name in ``kugelwire.protocol.state`` (the registry).
 TABLES: dict[str, Table] = {machine.name: machine.table for machine in _state.MACHINES}
 
 _MARKER = re.compile(r"^<!--\s*kugelwire:state-diagram\s+(\S+)\s*-->[ \t]*$", re.MULTILINE)

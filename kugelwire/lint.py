@@ -37,7 +37,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -239,6 +239,14 @@ class ConnectionSummary:
             f"{self.characters} characters, {self.flushes} flush(es), {self.client_frames} "
             f"client / {self.server_frames} server frames; {verdict}"
         )
+
+
+#: The :class:`ConnectionSummary` fields a connection's tracker counts under the same names.
+_SUMMARY_COUNTERS = tuple(
+    f.name
+    for f in fields(ConnectionSummary)
+    if f.name not in ("connection", "closed_at", "findings")
+)
 
 
 def _log_finding(finding: Finding) -> None:
@@ -842,17 +850,10 @@ class _Watch:
                 self._emit_pending(unit, now, None)
 
     def summary(self, now: float) -> ConnectionSummary:
+        # the summary's counters are this tracker's attributes of the same names
+        counters = {name: getattr(self, name) for name in _SUMMARY_COUNTERS}
         return ConnectionSummary(
-            connection=self.id,
-            endpoint=self.endpoint,
-            opened_at=self.opened_at,
-            closed_at=now,
-            client_frames=self.client_frames,
-            server_frames=self.server_frames,
-            units=self.units,
-            flushes=self.flushes,
-            characters=self.characters,
-            findings=tuple(self.rules),
+            connection=self.id, closed_at=now, findings=tuple(self.rules), **counters
         )
 
 

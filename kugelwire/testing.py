@@ -178,10 +178,9 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[StreamClientSession]:
-        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
-        client = StreamClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(
-            client, StreamServerSession(limits=limits), engine=engine, collect_events=collect_events
+        server = StreamServerSession(limits=limits)
+        return _joined(
+            StreamClientSession, server, engine, collect_events, client_kwargs, config
         )
 
     @classmethod
@@ -194,10 +193,9 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[MultiClientSession]:
-        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
-        client = MultiClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(
-            client, MultiServerSession(limits=limits), engine=engine, collect_events=collect_events
+        server = MultiServerSession(limits=limits)
+        return _joined(
+            MultiClientSession, server, engine, collect_events, client_kwargs, config
         )
 
     @classmethod
@@ -210,10 +208,9 @@ class SessionPair(Generic[C]):
         client_kwargs: dict[str, Any] | None = None,
         **config: Any,
     ) -> SessionPair[TTSClientSession]:
-        config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
-        client = TTSClientSession(**(client_kwargs or {}), **config)
-        return SessionPair(
-            client, TTSServerSession(limits=limits), engine=engine, collect_events=collect_events
+        server = TTSServerSession(limits=limits)
+        return _joined(
+            TTSClientSession, server, engine, collect_events, client_kwargs, config
         )
 
     # -- moving things ---------------------------------------------------------------------------
@@ -316,3 +313,20 @@ class SessionPair(Generic[C]):
 
     def events_of(self, kind: type[Any] | tuple[type[Any], ...]) -> list[Any]:
         return [e for e in self.client_events() if isinstance(e, kind)]
+
+
+_P = TypeVar("_P", bound=_ClientSession)
+
+
+def _joined(
+    client_type: type[_P],
+    server: _ServerSession,
+    engine: PairEngine | None,
+    collect_events: bool,
+    client_kwargs: dict[str, Any] | None,
+    config: dict[str, Any],
+) -> SessionPair[_P]:
+    """The pair of a new ``client_type`` session (``config`` with a voice) and ``server``."""
+    config.setdefault("voice_id", DEFAULT_VOICE_ID)  # the server requires a voice
+    client = client_type(**(client_kwargs or {}), **config)
+    return SessionPair(client, server, engine=engine, collect_events=collect_events)

@@ -13,18 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from kugelwire.protocol._messages import WordTimestamp
-from kugelwire.protocol._server import (
+from kugelwire.protocol.messages import WordTimestamp
+from kugelwire.protocol.sessions import (
     MultiServerSession,
     ServerLimits,
     StreamServerSession,
     SynthesisCancelled,
     SynthesisRequested,
     TTSServerSession,
-    _ServerSession,
 )
-from kugelwire.protocol._ws import HttpHandler
-from kugelwire.synth._base import CancelToken, Engine, SynthesisItem
+from kugelwire.protocol.sessions import ServerSession as _ServerSession
+from kugelwire.protocol.ws import HttpHandler
+from kugelwire.synth import CancelToken, Engine, SynthesisItem
 
 __all__ = ["BUSY_RESPONSE", "EngineJob", "JobTable", "ServerOptions", "apply_item", "log"]
 

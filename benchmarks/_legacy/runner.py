@@ -1,7 +1,7 @@
 """The asyncio server runner: TCP listener, per-connection byte pump, timers, engine driver.
 
 Per connection an :class:`asyncio.Protocol` feeds socket bytes into a
-:class:`~kugelwire.protocol._ws.ServerConnection`, writes what it produces, arms one loop timer
+:class:`~kugelwire.protocol.ws.ServerConnection`, writes what it produces, arms one loop timer
 at ``next_deadline()`` and runs the session's synthesis jobs in worker threads (at most
 ``engine.max_concurrency`` engine calls at once server-wide). A job advances its generator only
 while the connection's unsent bytes are below ``write_buffer_limit``: a slow reader pauses its
@@ -24,8 +24,8 @@ from benchmarks._legacy.common import (
     apply_item,
     log,
 )
-from kugelwire.protocol._server import _ServerSession
-from kugelwire.protocol._ws import (
+from kugelwire.protocol.sessions import ServerSession as _ServerSession
+from kugelwire.protocol.ws import (
     Accepted,
     ConnectionClosed,
     ConnectionState,

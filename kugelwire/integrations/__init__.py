@@ -13,10 +13,13 @@ either module without its framework installed raises an ``ImportError`` naming t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "DEFAULT_URL",
+    "ServiceOptions",
     "audio_format",
     "closest_sample_rate",
     "language_code",
@@ -80,3 +83,37 @@ def voice_id(value: object) -> int | str:
         return value
     text = str(value)
     return int(text) if text.isdigit() else text
+
+
+@dataclass
+class ServiceOptions:
+    """What every framework service keeps of its constructor's connection keywords (``voice_id``,
+    ``encoding``, ``word_timestamps``, ``keepalive_interval``, ``connect_options``; the
+    generation settings stay with each framework's own settings objects), and the
+    :func:`~kugelwire.transports.asyncio.connect_multi` arguments built from them.
+
+    Raises ``ValueError`` for an unknown ``encoding``.
+    """
+
+    voice_id: int | str
+    encoding: str = "pcm"
+    word_timestamps: bool = True
+    keepalive_interval: float = 10.0
+    connect_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.voice_id = voice_id(self.voice_id)
+        self.connect_options = dict(self.connect_options)
+        audio_format(self.encoding, 24000)  # validates the encoding now
+
+    def connect_kwargs(
+        self, sample_rate: int, settings: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """The keyword arguments of ``connect_multi`` for audio wanted at ``sample_rate`` with
+        the generation ``settings`` (a None value is left out, so the server's default
+        applies), and the rate the server will send. ``connect_options`` win over the rest."""
+        fmt, wire = audio_format(self.encoding, sample_rate)
+        config = {k: v for k, v in settings.items() if v is not None}
+        config.update(fmt, word_timestamps=self.word_timestamps)
+        base = {"close_timeout": 2.0, "keepalive_interval": self.keepalive_interval}
+        return {**base, **config, **self.connect_options}, wire

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import missing_framework
@@ -52,34 +52,29 @@ from ..errors import (
 )
 from ..protocol.events import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
-from . import DEFAULT_URL, audio_format, language_code
+from . import DEFAULT_URL, ServiceOptions, audio_format, language_code
 from . import voice_id as _voice_id
 
 __all__ = ["TTS", "ChunkedStream", "SynthesizeStream"]
 
 
 @dataclass
-class _Options:
-    voice_id: int | str
-    language: str | None
-    encoding: str
-    word_timestamps: bool
-    model_id: str | None
-    speed: float | None
-    temperature: float | None
-    cfg_scale: float | None
-    normalize: bool | None
-    extra: dict[str, Any] = field(default_factory=dict)
+class _Options(ServiceOptions):
+    """The constructor's options; the generation settings change with ``update_options``."""
+
+    language: str | None = None
+    model_id: str | None = None
+    speed: float | None = None
+    temperature: float | None = None
+    cfg_scale: float | None = None  # travels with each context, not on the connection
+    normalize: bool | None = None
 
     def config(self, sample_rate: int) -> dict[str, Any]:
-        fmt, _ = audio_format(self.encoding, sample_rate)
-        values = {
+        settings = {
             "language": self.language, "model_id": self.model_id, "speed": self.speed,
             "temperature": self.temperature, "normalize": self.normalize,
         }
-        config = {k: v for k, v in values.items() if v is not None}
-        config.update(fmt, word_timestamps=self.word_timestamps)
-        return {**config, **self.extra}
+        return self.connect_kwargs(sample_rate, settings)[0]
 
 
 def _api_error(exc: BaseException) -> Any:
@@ -131,13 +126,11 @@ class TTS(tts.TTS):
             sample_rate=sample_rate,
             num_channels=1,
         )
-        audio_format(encoding, sample_rate)  # validates the encoding now
         self._api_key, self._url = api_key, url
-        extra = {"close_timeout": 2.0, "keepalive_interval": keepalive_interval}
         self._opts = _Options(
-            _voice_id(voice_id), language_code(language) if language else None, encoding,
-            word_timestamps, model_id, speed, temperature, cfg_scale, normalize,
-            {**extra, **(connect_options or {})},
+            voice_id, encoding, word_timestamps, keepalive_interval, connect_options or {},
+            language=language_code(language) if language else None, model_id=model_id,
+            speed=speed, temperature=temperature, cfg_scale=cfg_scale, normalize=normalize,
         )
         self._multi: AsyncMulti | None = None
         self._lock = asyncio.Lock()

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..errors import KugelwireError, LocalProtocolError
 from ..protocol.events import AudioChunk, ContextClosed, ServerError, TurnFinal, WordTimestamps
 from ..transports.asyncio import AsyncContext, AsyncMulti, connect_multi
-from . import DEFAULT_URL, audio_format, language_code
+from . import DEFAULT_URL, ServiceOptions, language_code
 from . import voice_id as _voice_id
 
 __all__ = ["KugelwireTTSService", "KugelwireTTSSettings"]
@@ -123,7 +123,9 @@ class KugelwireTTSService(WebsocketTTSService):
         text_aggregation_mode: Any = None,
         **kwargs: Any,
     ) -> None:
-        audio_format(encoding, 24000)  # validates the encoding now
+        service = ServiceOptions(
+            voice_id, encoding, word_timestamps, keepalive_interval, connect_options or {}
+        )
         settings = KugelwireTTSSettings(
             model=model_id, voice=str(voice_id), language=language, speed=speed,
             temperature=temperature, cfg_scale=cfg_scale, normalize=normalize,
@@ -138,11 +140,7 @@ class KugelwireTTSService(WebsocketTTSService):
             **kwargs,
         )
         self._api_key, self._url = api_key, url
-        self._voice_id = _voice_id(voice_id)
-        self._encoding = encoding
-        self._word_timestamps = word_timestamps
-        self._keepalive_interval = keepalive_interval
-        self._connect_options = dict(connect_options or {})
+        self._service = service
         self._multi: AsyncMulti | None = None
         self._contexts: dict[str, _Context] = {}
         self._receive_task: asyncio.Task[None] | None = None
@@ -205,7 +203,7 @@ class KugelwireTTSService(WebsocketTTSService):
             live["language"] = language_code(live["language"])
         live = {k: v for k, v in live.items() if v is not None and v is not NOT_GIVEN}
         if "voice" in changed:
-            self._voice_id = _voice_id(self._settings.voice)
+            self._service.voice_id = _voice_id(self._settings.voice)
         if "model" in changed and self._multi is not None:
             await self._close_connection_contexts()  # the model is fixed per connection
             await self._disconnect_websocket()
@@ -245,16 +243,14 @@ class KugelwireTTSService(WebsocketTTSService):
         await self._disconnect_websocket()
 
     def _config(self) -> dict[str, Any]:
-        fmt, self._wire_rate = audio_format(self._encoding, self.sample_rate or 24000)
         s = self._settings
         values = {
             "language": language_code(s.language), "model_id": s.model, "speed": s.speed,
             "temperature": s.temperature, "cfg_scale": s.cfg_scale, "normalize": s.normalize,
         }
-        config = {k: v for k, v in values.items() if v is not None and v is not NOT_GIVEN}
-        config.update(fmt, word_timestamps=self._word_timestamps)
-        options = {"close_timeout": 2.0, "keepalive_interval": self._keepalive_interval}
-        return {**options, **config, **self._connect_options}
+        given = {k: v for k, v in values.items() if v is not NOT_GIVEN}
+        config, self._wire_rate = self._service.connect_kwargs(self.sample_rate or 24000, given)
+        return config
 
     async def _connect_websocket(self) -> None:
         async with self._connect_lock:
@@ -314,7 +310,7 @@ class KugelwireTTSService(WebsocketTTSService):
         if self._multi is None:
             raise KugelwireError(f"not connected to {self._url}")
         handle = await self._multi.create_context(
-            context_id, voice_id=self._voice_id,
+            context_id, voice_id=self._service.voice_id,
             cfg_scale=self._given(self._settings.cfg_scale),
         )
         ctx = self._contexts[context_id] = _Context(handle)

@@ -1265,7 +1265,12 @@ class TTSServerSession(_ServerSession):
         self._start_next(now)
 
     def _start_next(self, now: float) -> None:
-        while self._current is None and self._queue and self._shutdown_code is None:
+        if self._current is None and self._shutdown_code is not None:
+            # A restarting server starts nothing new (protocol.md#lifecycle): the requests not
+            # started have no audio, so the client replays them after reconnecting.
+            self._queue.clear()
+            self._queued_chars = 0
+        while self._current is None and self._queue:
             request = self._queue.popleft()
             self._queued_chars -= len(request.text)
             try:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kugelwire.integrations import audio_format, closest_sample_rate, language_code, voice_id
+from kugelwire.integrations import (
+    ServiceOptions,
+    audio_format,
+    closest_sample_rate,
+    language_code,
+    voice_id,
+)
 from kugelwire.protocol import SAMPLE_RATES
 
 
@@ -42,3 +48,25 @@ def test_voice_ids() -> None:
     assert voice_id(1071) == 1071
     assert voice_id("1071") == 1071  # frameworks keep voices as strings
     assert voice_id("narrator-en") == "narrator-en"
+
+
+def test_service_options_build_the_connect_arguments() -> None:
+    options = ServiceOptions("7", keepalive_interval=3.0,
+                             connect_options={"close_timeout": 5.0, "max_queue": 4})
+    assert options.voice_id == 7  # numeric ids travel as integers
+    kwargs, wire = options.connect_kwargs(32000, {"speed": 1.1, "language": None})
+    assert wire == 44100
+    assert kwargs == {
+        "close_timeout": 5.0,  # connect_options win
+        "keepalive_interval": 3.0,
+        "speed": 1.1,  # None: left out, the server's default applies
+        "sample_rate": 44100,
+        "word_timestamps": True,
+        "max_queue": 4,
+    }
+    telephony = ServiceOptions(1, encoding="mulaw", word_timestamps=False)
+    kwargs, wire = telephony.connect_kwargs(16000, {})
+    assert wire == 8000 and kwargs["output_format"] == "ulaw_8000"
+    assert kwargs["word_timestamps"] is False and kwargs["close_timeout"] == 2.0
+    with pytest.raises(ValueError, match="encoding"):
+        ServiceOptions(1, encoding="opus")

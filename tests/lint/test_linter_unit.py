@@ -105,6 +105,11 @@ def test_flush_per_sentence_on_a_fake_clock() -> None:
     assert (summary.units, summary.flushes, summary.findings) == (
         4, 4, (Rule.FLUSH_PER_SENTENCE,))
     assert "4 turn(s)" in str(summary) and "flush-per-sentence" in str(summary)
+    assert (summary.connection, summary.endpoint, summary.closed_at) == (
+        "c1", "/ws/tts/stream", 30.0)
+    assert summary.client_frames == 4 and summary.server_frames > 4
+    assert summary.characters == sum(map(len, (
+        "One sentence.", "Another one.", "And a third.", "Next turn.")))
 
 
 def test_idle_auto_flush_costs_the_idle_time() -> None:

@@ -377,3 +377,43 @@ def test_pair_multi_two_flushes_map_audio_to_the_right_cycle() -> None:
     per_cycle = {t: sum(e.samples for e in events if isinstance(e, AudioChunk) and e.turn == t)
                  for t in finals}
     assert per_cycle[0] > per_cycle[1] > 0  # three words vs two: audio went to its own cycle
+
+
+def test_tts_restart_with_a_queued_request_closes_after_the_current_one() -> None:
+    # A restarting server (1012) finishes the request being spoken and starts nothing new: the
+    # queued request, which has no audio yet, is the client's to replay after reconnecting.
+    d = Driver(TTSServerSession(), engine=False)
+    d.send({"text": "Being spoken."})
+    d.send({"text": "Queued behind it."})
+    d.server.shutdown(d.now)
+    assert d.server.close_code is None  # busy: the current request finishes first
+    d.send({"text": "Sent after the restart began."})
+    assert len(d.requests) == 1
+    d.finish(d.requests[0])
+    out = d.collect()
+    assert [f for f in out if "final" in f]
+    assert d.server.close_code == 1012
+    assert len(d.requests) == 1 and d.server.held_chars() == 0
+    assert not any("error" in f for f in d.out)
+    assert d.send({"text": "After the close."}) == []
+
+
+def test_tts_restart_then_cancel_closes_at_once() -> None:
+    d = Driver(TTSServerSession(), engine=False)
+    d.send({"text": "Being spoken."})
+    d.send({"text": "Queued behind it."})
+    d.server.shutdown(d.now, 1013)
+    out = d.send({"cancel": True})
+    assert out == [{"interrupted": True}]
+    assert len(d.cancelled) == 1 and len(d.requests) == 1
+    assert d.server.close_code == 1013 and d.server.held_chars() == 0
+
+
+def test_tts_restart_when_idle_closes_at_once() -> None:
+    d = Driver(TTSServerSession(), engine=False)
+    d.send({"text": "Done before the restart."})
+    d.finish(d.requests[0])
+    d.collect()
+    assert d.server.close_code is None
+    d.server.shutdown(d.now)
+    assert d.server.close_code == 1012

@@ -17,6 +17,7 @@ from kugelwire.protocol._events import (
     Interrupted,
     RequestFinal,
     ServerError,
+    TurnAborted,
     TurnClosed,
     TurnFinal,
     WordTimestamps,
@@ -213,6 +214,33 @@ def test_shutdown_waits_for_busy_turn_then_1012(kind: str) -> None:
             assert server.connections == 0
             for c in (busy, idle, late):
                 await c.aclose()
+
+    run(main)
+
+
+def test_shutdown_with_a_queued_tts_request_closes_1012_after_the_current_one(kind: str) -> None:
+    # /ws/tts queues requests: a restart finishes the one being spoken, starts nothing new and
+    # closes, so the queued request (no audio yet) ends for the client as replayable.
+    engine = ToneEngine(piece_ms=50, realtime_factor=0.2)
+
+    async def main() -> None:
+        async with served(kind, api_key=KEY, engine=engine) as server:
+            session = TTSClientSession(voice_id=1)
+            client = await RawClient(session, server.url, api_key=KEY).connect()
+            first = session.request("A request with some words to speak. And more.", client.now)
+            second = session.request("Queued behind the first one.", client.now)
+            client.flush()
+            await client.pump(lambda: bool(client.of(AudioChunk)))
+            shutdown = asyncio.ensure_future(server.shutdown(1012))
+            closed = await client.until_closed(timeout=10)
+            assert closed.code == 1012
+            assert [f.turn for f in client.of(RequestFinal)] == [first]
+            [aborted] = client.of(TurnAborted)
+            assert aborted.turn == second and not aborted.audio_delivered
+            assert aborted.unspoken_text == "Queued behind the first one."
+            await asyncio.wait_for(shutdown, 10)
+            assert server.connections == 0
+            await client.aclose()
 
     run(main)
 
