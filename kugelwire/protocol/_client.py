@@ -40,6 +40,7 @@ from ._events import (
     Interrupted,
     RequestFinal,
     ServerError,
+    ServerWarning,
     SessionClosed,
     SettingsUpdated,
     TurnAborted,
@@ -48,7 +49,6 @@ from ._events import (
     TurnMetrics,
     TurnReplay,
     TurnStarted,
-    Warning,
     WordTimestamps,
     _audio_chunk,
 )
@@ -877,7 +877,7 @@ class StreamClientSession(_ClientSession):
         elif event is None:
             self.unknown_frames += 1
         elif not self._step(head, event, msg, now) and isinstance(msg, WarningFrame):
-            self._events.append(Warning(msg.warning, head.number))  # said even out of turn
+            self._events.append(ServerWarning(msg.warning, head.number))  # said even out of turn
 
     def _hold(self, msg: ServerMessage, head: _Turn | None, event: TurnInput | None) -> None:
         """Output before the ack of a cancel is the cancelled turn's; output with no turn is
@@ -890,7 +890,7 @@ class StreamClientSession(_ClientSession):
         if event is None:
             self.unknown_frames += 1
         elif head is None and isinstance(msg, WarningFrame):
-            self._events.append(Warning(msg.warning))
+            self._events.append(ServerWarning(msg.warning))
         else:
             self.dropped_frames += 1
 
@@ -927,7 +927,7 @@ class StreamClientSession(_ClientSession):
         self._deliver(turn.cycle, msg, now)
 
     def _warn(self, turn: _Turn, msg: WarningFrame, now: float) -> None:
-        self._events.append(Warning(msg.warning, turn.number))
+        self._events.append(ServerWarning(msg.warning, turn.number))
 
     def _final(self, turn: _Turn, msg: FinalFrame, now: float) -> None:
         self._events.append(
@@ -1346,7 +1346,7 @@ class MultiClientSession(_ClientSession):
         self._events.append(SessionClosed(msg.total_audio_seconds))
 
     def _on_warning(self, msg: WarningFrame, now: float) -> None:
-        self._events.append(Warning(msg.warning, None, msg.context_id))
+        self._events.append(ServerWarning(msg.warning, None, msg.context_id))
 
     # -- the context table's actions ------------------------------------------------------------
     def _created(self, ctx: _Context, msg: ContextCreatedFrame, now: float) -> None:
@@ -1591,7 +1591,7 @@ class TTSClientSession(_ClientSession):
         self._deliver(req.cycle, msg, now)
 
     def _warn(self, req: _Request, msg: WarningFrame, now: float) -> None:
-        self._events.append(Warning(msg.warning, req.number))
+        self._events.append(ServerWarning(msg.warning, req.number))
 
     def _final(self, req: _Request, msg: FinalFrame, now: float) -> None:
         self._requests.popleft()
