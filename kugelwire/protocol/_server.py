@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _messages  # the context frames, by module: _messages.ContextCreatedFrame
 from ._catalogue import DEFAULT_MODEL, MODELS, VoiceCatalogue
 from ._chunker import Chunker, TextChunk
 from ._config import SETTINGS_KEYS, Config, resolve_audio_format
@@ -28,11 +29,7 @@ from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._markup import MarkupError
 from ._messages import (
     AudioFrame,
-    ChunkCompleteFrame,
     ClientMessage,
-    ContextClosedFrame,
-    ContextCreatedFrame,
-    ContextTimeoutFrame,
     ErrorFrame,
     FinalFrame,
     GenerationStartedFrame,
@@ -604,7 +601,7 @@ class _ServerSession:
             self._send(WordTimestampsFrame(tuple(job.words), job.ref.chunk_id, work.context_id))
         if self.endpoint != TTS_ENDPOINT:
             self._send(
-                ChunkCompleteFrame(
+                _messages.ChunkCompleteFrame(
                     job.ref.chunk_id,
                     work.audio_seconds(job.samples),
                     round(gen_ms, 3),
@@ -1027,7 +1024,7 @@ class MultiServerSession(_ServerSession):
         self._drop_work(self._contexts[cid].work)
 
     def _timed_out(self, cid: str, msg: ClientMessage | None, now: float) -> None:
-        self._send(ContextTimeoutFrame(cid))
+        self._send(_messages.ContextTimeoutFrame(cid))
 
     def _close_ctx(self, cid: str, msg: ClientMessage | None, now: float) -> None:
         self._closed_context(self._contexts[cid])
@@ -1060,7 +1057,7 @@ class MultiServerSession(_ServerSession):
         timeout = min(timeout, self.limits.max_context_timeout_s)
         ctx = _Context(self._new_work(0, config, now, cid), now, timeout)
         self._contexts[cid] = ctx
-        self._send(ContextCreatedFrame(cid))
+        self._send(_messages.ContextCreatedFrame(cid))
         return ctx
 
     def _cancel(self, context_id: str | None, msg: ClientMessage, now: float) -> None:
@@ -1093,7 +1090,7 @@ class MultiServerSession(_ServerSession):
         if len(self._closed_ids) > _MAX_TOMBSTONES:
             del self._closed_ids[next(iter(self._closed_ids))]
         self._total_samples_s += work.audio_seconds()
-        self._send(ContextClosedFrame(cid, work.usage() if work.total_samples else None))
+        self._send(_messages.ContextClosedFrame(cid, work.usage() if work.total_samples else None))
         if self._closing and not self._contexts:
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
             self._finish_close()

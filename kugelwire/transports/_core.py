@@ -60,6 +60,7 @@ from ..errors import (
     ServerErrorResponse,
     ServerRestarting,
 )
+from ..protocol import events  # a few event types, by module: events.TurnStarted
 from ..protocol.events import (
     AudioChunk,
     ChunkComplete,
@@ -72,13 +73,10 @@ from ..protocol.events import (
     Reconnecting,
     RequestFinal,
     ServerError,
-    SettingsUpdated,
-    TurnAborted,
     TurnClosed,
     TurnFinal,
     TurnMetrics,
     TurnReplay,
-    TurnStarted,
     WordTimestamps,
 )
 from ..protocol.sessions import (
@@ -139,7 +137,7 @@ def resolve_url(url: str, endpoint: str) -> str:
 #: ends the buffer). The same rules as _route's general path, looked up once by type (terminal
 #: events, which carry metrics, take the general path).
 _QUEUED: dict[type[Any], tuple[bool, bool]] = {
-    TurnStarted: (False, False),
+    events.TurnStarted: (False, False),
     GenerationStarted: (False, False),
     WordTimestamps: (False, False),
     ChunkComplete: (False, False),
@@ -835,7 +833,7 @@ class ClientCore:
                 self._restarts_in_row = 0
             self._push(buf, event, terminal=terminal)
             return
-        if isinstance(event, SettingsUpdated):
+        if isinstance(event, events.SettingsUpdated):
             self.settings = dict(event.settings)
         if isinstance(event, ServerError):
             self._log_error(event)
@@ -852,7 +850,7 @@ class ClientCore:
         whether it is the work's last (a cycle's end, e.g. a context's final, is not)."""
         if isinstance(event, AudioChunk | TurnClosed | RequestFinal | TurnFinal):
             self._restarts_in_row = 0
-        if isinstance(event, TurnAborted):
+        if isinstance(event, events.TurnAborted):
             buf.flushed = True
             if not (restart and not event.audio_delivered):
                 self._fail(buf, self._error(event.unspoken_text))
@@ -962,7 +960,8 @@ class ClientCore:
                     buf.number = key
                 self._by_key[key] = buf
         for event in session.events():
-            if not isinstance(event, TurnStarted):  # the replayed work announced itself already
+            # the replayed work announced itself already
+            if not isinstance(event, events.TurnStarted):
                 self._route(event, False)
 
     # -- metrics and logs (once per turn or connection, never per frame) ---------------------
