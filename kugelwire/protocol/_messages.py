@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from . import _fast
 from ._config import EMPTY_CONFIG, SETTINGS_KEYS, Config, SettingsUpdate, VoiceSettings
 from ._errors import RemoteProtocolError
 from ._validate import ErrT, _type_name, bad, opt_bool, opt_float, opt_int, opt_str, req_str
@@ -146,7 +147,7 @@ _TEXT_KEYS = frozenset({"text", "flush"})
 def parse_client_message(text: str | bytes, err: ErrT = RemoteProtocolError) -> ClientMessage:
     """Parse and validate one client frame (server role)."""
     obj = loads_object(text, err)
-    if obj.keys() <= _TEXT_KEYS and type(obj.get("text")) is str:
+    if obj.keys() <= _TEXT_KEYS and type(obj.get("text")) is str and _fast.ENABLED:
         # The hot path (an LLM token): no config, context or command fields to look at.
         return ClientMessage(text=obj["text"], flush=_truthy_flag(obj, "flush", err))
     context_id = _opt_context_id(obj, err)
@@ -371,40 +372,14 @@ class AudioFrame:
         return dumps(self.to_dict())
 
 
-# The frozen dataclass __init__ sets each field through object.__setattr__; the hot path of the
-# client (one AudioFrame per audio message) sets the slots directly instead.
-_new = object.__new__
-_set_audio, _set_enc, _set_idx, _set_sr, _set_samples, _set_chunk_id, _set_ctx, _set_data = (
-    getattr(AudioFrame, name).__set__
-    for name in ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "_data")
+#: ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)`` of a parsed (checked)
+#: frame, its slots filled directly (see :mod:`._fast`).
+_audio_frame = _fast.frozen_constructor(
+    AudioFrame,
+    ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id"),
+    fixed={"_data": "[]", "_has_idx": "True", "_checked": "True"},
 )
-_set_has_idx = getattr(AudioFrame, "_has_idx").__set__  # noqa: B009 (a slot descriptor)
 _set_checked = getattr(AudioFrame, "_checked").__set__  # noqa: B009 (a slot descriptor)
-
-
-def _audio_frame(
-    audio: str,
-    enc: str,
-    idx: int,
-    sr: int,
-    samples: int,
-    chunk_id: int | None,
-    context_id: str | None,
-) -> AudioFrame:
-    """A parsed (checked) ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)``,
-    about twice as fast."""
-    frame: AudioFrame = _new(AudioFrame)
-    _set_audio(frame, audio)
-    _set_enc(frame, enc)
-    _set_idx(frame, idx)
-    _set_sr(frame, sr)
-    _set_samples(frame, samples)
-    _set_chunk_id(frame, chunk_id)
-    _set_ctx(frame, context_id)
-    _set_data(frame, [])
-    _set_has_idx(frame, True)
-    _set_checked(frame, True)
-    return frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -776,7 +751,7 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
     audio = obj["audio"]
     if not isinstance(audio, str):
         raise bad(_E, "audio", "a base64 string", audio)
-    frame = _audio_hot(audio, obj) if type(audio) is str else None
+    frame = _audio_hot(audio, obj) if type(audio) is str and _fast.ENABLED else None
     if frame is not None:
         return frame
     enc = obj.get("enc")
@@ -807,7 +782,8 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
             field="samples",
         )
     frame = AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id, [], "idx" in obj)
-    _set_checked(frame, True)
+    if _fast.ENABLED:  # data may decode without checking again (off: decoded strictly)
+        _set_checked(frame, True)
     return frame
 
 
@@ -911,15 +887,15 @@ def _truthy(obj: dict[str, Any], key: str) -> bool:
     return value is not None and value is not False and value != 0 and value != ""
 
 
-#: json's C scanner: ``json.loads`` without its two Python-level wrappers (the receive hot path;
-#: anything it does not take whole goes through :func:`loads_object` for the same result).
-_scan_object: Callable[[str, int], tuple[Any, int]] = getattr(  # noqa: B009 (untyped)
-    json.JSONDecoder(), "scan_once"
-)
+#: json's C scanner (see :mod:`._fast`; anything it does not take whole goes through
+#: :func:`loads_object` for the same result).
+_scan_object = _fast.scan_object
 
 
 def parse_server_message(text: str | bytes) -> ServerMessage:
     """Parse one server frame (client role), dispatching by the key present (Appendix B order)."""
+    if not _fast.ENABLED:
+        return _parse_ladder(loads_object(text))
     obj: Any = None
     if type(text) is str and text.startswith(_AUDIO_HEAD):
         frame = _split_audio(text)

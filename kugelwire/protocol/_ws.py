@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
-from os import urandom as _urandom  # the masking key (as wsproto does)
 from typing import Any, Literal, Protocol, TypeAlias
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -52,6 +51,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError as _WSRemoteProtocolError
 
+from . import _fast
 from ._constants import AI_GENERATED_HEADER as _AI_HEADER
 from ._constants import ENDPOINTS, TTS_ENDPOINT
 from ._constants import NOT_FOUND_ERROR as _NOT_FOUND
@@ -347,22 +347,6 @@ def _retry_after(value: bytes | None) -> float | None:
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         return None
     return max(seconds, 0.0)
-
-
-def _http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    lines = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
-    names = set()
-    for name, value in headers:
-        names.add(name.lower())
-        lines.append(name + b": " + value)
-    if b"content-length" not in names:
-        lines.append(b"content-length: " + str(len(body)).encode("ascii"))
-    lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 _WS_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
@@ -733,42 +717,6 @@ class _Connection:
 
 
 # -- client ----------------------------------------------------------------------------------------
-class _Masks:
-    """Masking keys from the OS's strong random source (RFC 6455 section 10.3), fetched 4 KiB at
-    a time: one system call per 1,024 frames instead of one per frame."""
-
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self) -> None:
-        self._pool, self._pos = b"", 0
-
-    def __call__(self) -> bytes:
-        pos = self._pos
-        if pos >= len(self._pool):
-            self._pool, pos = _urandom(4096), 0
-        self._pos = pos + 4
-        return self._pool[pos : pos + 4]
-
-
-_mask = _Masks()
-
-
-def _masked_text_frame(payload: bytes) -> bytes:
-    """One final, masked text frame (RFC 6455 section 5.2) carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0xFF)) + n.to_bytes(8, "big")
-    mask = _mask()
-    if not n:
-        return head + mask
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
-
-
 class ClientConnection(_Connection):
     """The client side of one WebSocket connection, driving a client ``session``.
 
@@ -878,10 +826,10 @@ class ClientConnection(_Connection):
         if session is None or self._state is not ConnectionState.OPEN:
             return
         texts = session.messages_to_send()
-        if texts and self._ws.state is _WSState.OPEN:
+        if texts and self._ws.state is _WSState.OPEN and _fast.ENABLED:
             out = self._out
             for text in texts:
-                out += _masked_text_frame(text.encode())
+                out += _fast.masked_text_frame(text.encode())
         else:
             for text in texts:
                 self._send(TextMessage(data=text))
@@ -967,7 +915,7 @@ class ClientConnection(_Connection):
                 return
         elif not data:
             rx.clear()
-        elif self._wsproto_idle():
+        elif _fast.ENABLED and self._wsproto_idle():
             pos, fast = self._fast_text(data)
             if fast:
                 rx += data[pos:]  # the start of a text frame (usually nothing)
@@ -980,14 +928,9 @@ class ClientConnection(_Connection):
 
     def _wsproto_idle(self) -> bool:
         """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
-        if self._state is not ConnectionState.OPEN or self._parts:
-            return False
-        try:
-            proto: Any = getattr(self._ws.connection, "_proto")  # noqa: B009
-            frames, messages = proto._frame_decoder, proto._message_decoder
-            return frames.header is None and not frames.buffer.buffer and messages.opcode is None
-        except AttributeError:  # another wsproto version: always use wsproto
-            return False
+        return self._state is ConnectionState.OPEN and not self._parts and _fast.wsproto_idle(
+            self._ws
+        )
 
     def _fast_text(self, rx: bytes | bytearray) -> tuple[int, bool]:
         """Deliver the complete unmasked ``FIN`` text frames at the head of ``rx``; return how
@@ -1005,29 +948,12 @@ class ClientConnection(_Connection):
         other = False  # a message other than audio came first in this batch
         with memoryview(rx) as view:
             while pos < end:
-                if rx[pos] != 0x81 or self._state is not ConnectionState.OPEN:
-                    fast = False  # not FIN+text with clear RSV bits, or no longer OPEN
-                    break
-                if pos + 2 > end:
-                    break
-                size, start = rx[pos + 1], pos + 2
-                if size == 126:
-                    if start + 2 > end:
-                        break
-                    size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
-                    fast = size >= 126
-                elif size == 127:
-                    if start + 8 > end:
-                        break
-                    size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
-                    fast = 65536 <= size <= self._max_message_size
-                else:
-                    fast = size <= 125  # else masked: wsproto fails the connection
-                if not fast or size > self._max_message_size:
+                if self._state is not ConnectionState.OPEN:
                     fast = False
                     break
-                stop = start + size
-                if stop > end:
+                start, stop = _fast.text_frame(rx, view, pos, end, self._max_message_size)
+                if start < 0:
+                    fast = start == _fast.MORE[0]
                     break
                 try:
                     text = str(view[start:stop], "utf-8")
@@ -1256,9 +1182,7 @@ class ServerConnection(_Connection):
         """Answer an upgrade request that is not a well-formed WebSocket handshake with its
         HTTP error; True if it was refused."""
         if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
-            self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
-            self._events.append(Rejected(405, self._path, "method"))
-            self._finish(None, "rejected: HTTP 405", False)
+            self._http_reject(405, "method", b"", [(b"allow", b"GET")])
             return True
         head_size = self._head_bytes - len(self._h11.trailing_data[0])
         if head_size > self._max_request_size:
@@ -1338,15 +1262,15 @@ class ServerConnection(_Connection):
         all_headers = [*headers, (b"x-request-id", self.request_id.encode("ascii"))]
         if body:
             all_headers.append((b"content-type", b"application/json"))
-        self._out += _http_response(status, all_headers, body)
+        self._out += _fast.http_response(self._h11, status, all_headers, body)
         self._events.append(Rejected(status, self._path, reason))
         self._finish(None, f"rejected: HTTP {status}", False)
 
     def _on_http_request(self, method: bytes, path: str) -> None:
         """A plain HTTP request (no upgrade): the hook for serving static files later."""
         if method not in (b"GET", b"HEAD"):
-            self._out += _http_response(
-                405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
+            self._out += _fast.http_response(
+                self._h11, 405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
             )
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
@@ -1360,7 +1284,9 @@ class ServerConnection(_Connection):
             if not any(name.lower() == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
             body = b""
-        self._out += _http_response(status, [*headers, self._request_id_header], body)
+        self._out += _fast.http_response(
+            self._h11, status, [*headers, self._request_id_header], body
+        )
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
 
@@ -1388,7 +1314,7 @@ class ServerConnection(_Connection):
         if method == b"HEAD":
             all_headers.append((b"content-length", str(len(body)).encode("ascii")))
             body = b""
-        self._out += _http_response(status, all_headers, body)
+        self._out += _fast.http_response(self._h11, status, all_headers, body)
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
 
