@@ -95,8 +95,21 @@ def _truthy_flag(obj: Mapping[str, Any], key: str, err: ErrT) -> bool:
 # Client -> server
 
 
+class _JsonMessage:
+    """A message of the wire as one JSON object: :meth:`to_dict`, and :meth:`to_json` (its
+    compact text, as sent)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
 @dataclass(frozen=True, slots=True)
-class ClientMessage:
+class ClientMessage(_JsonMessage):
     """One client frame. A frame may combine config fields, ``text`` and ``flush``
     (protocol.md#framing)."""
 
@@ -136,9 +149,6 @@ class ClientMessage:
             if getattr(self, key):
                 out[key] = True
         return out
-
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
 
 
 _TEXT_KEYS = frozenset({"text", "flush"})
@@ -291,7 +301,7 @@ def _b64(data: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioFrame:
+class AudioFrame(_JsonMessage):
     """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.
 
     ``audio`` is kept as the base64 text; :attr:`data` decodes it on first access (and caches).
@@ -368,9 +378,6 @@ class AudioFrame:
             out["context_id"] = self.context_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 #: ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)`` of a parsed (checked)
 #: frame, its slots filled directly (see :mod:`._fast`).
@@ -407,7 +414,7 @@ def _ms(value: float) -> float | int:
 
 
 @dataclass(frozen=True, slots=True)
-class WordTimestampsFrame:
+class WordTimestampsFrame(_JsonMessage):
     words: tuple[WordTimestamp, ...]
     chunk_id: int | None = None
     context_id: str | None = None
@@ -425,9 +432,6 @@ class WordTimestampsFrame:
             out["context_id"] = self.context_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 def _with_ctx(out: dict[str, Any], context_id: str | None) -> dict[str, Any]:
     if context_id is not None:
@@ -436,7 +440,7 @@ def _with_ctx(out: dict[str, Any], context_id: str | None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationStartedFrame:
+class GenerationStartedFrame(_JsonMessage):
     chunk_id: int
     text: str = ""
     context_id: str | None = None
@@ -447,12 +451,9 @@ class GenerationStartedFrame:
             self.context_id,
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ChunkCompleteFrame:
+class ChunkCompleteFrame(_JsonMessage):
     chunk_id: int
     audio_seconds: float = 0.0
     gen_ms: float = 0.0
@@ -469,12 +470,9 @@ class ChunkCompleteFrame:
             self.context_id,
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class FinalFrame:
+class FinalFrame(_JsonMessage):
     """``final``: end of audio. Stream fields (``total_*``), ``/ws/tts`` stats, or multi."""
 
     context_id: str | None = None
@@ -511,12 +509,9 @@ class FinalFrame:
             out["usage"] = self.usage.to_dict()
         return _with_ctx(out, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SessionClosedFrame:
+class SessionClosedFrame(_JsonMessage):
     total_audio_seconds: float | None = None
     total_text_chunks: int | None = None
     total_audio_chunks: int | None = None
@@ -532,23 +527,17 @@ class SessionClosedFrame:
             out["usage"] = self.usage.to_dict()
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class InterruptedFrame:
+class InterruptedFrame(_JsonMessage):
     context_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"interrupted": True}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SettingsUpdatedFrame:
+class SettingsUpdatedFrame(_JsonMessage):
     """``settings_updated``: the full effective set of the six keys, ``None`` for unset."""
 
     settings: Mapping[str, Any]
@@ -559,12 +548,9 @@ class SettingsUpdatedFrame:
             "settings": {k: self.settings.get(k) for k in SETTINGS_KEYS},
         }
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ErrorFrame:
+class ErrorFrame(_JsonMessage):
     error: str
     error_code: str | None = None
     code: int | None = None
@@ -584,35 +570,26 @@ class ErrorFrame:
             out["retry_after"] = self.retry_after
         return _with_ctx(out, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class WarningFrame:
+class WarningFrame(_JsonMessage):
     warning: str
     context_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"warning": self.warning}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextCreatedFrame:
+class ContextCreatedFrame(_JsonMessage):
     context_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"context_created": True, "context_id": self.context_id}
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextClosedFrame:
+class ContextClosedFrame(_JsonMessage):
     context_id: str
     usage: Usage | None = None
 
@@ -622,23 +599,17 @@ class ContextClosedFrame:
             out["usage"] = self.usage.to_dict()
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextTimeoutFrame:
+class ContextTimeoutFrame(_JsonMessage):
     context_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"context_timeout": True, "context_id": self.context_id}
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SessionStartedFrame:
+class SessionStartedFrame(_JsonMessage):
     """Legacy multi greeting; tolerated, never sent by our server (rulings.md#ruling-24)."""
 
     session_id: str | None = None
@@ -649,12 +620,9 @@ class SessionStartedFrame:
             out["session_id"] = self.session_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class IsFinalFrame:
+class IsFinalFrame(_JsonMessage):
     """Legacy multi ``is_final``; tolerated, never sent by our server."""
 
     context_id: str | None = None
@@ -662,21 +630,15 @@ class IsFinalFrame:
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"is_final": True}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class UnknownFrame:
+class UnknownFrame(_JsonMessage):
     """A JSON object with none of the known keys (forward compatibility: ignored, counted)."""
 
     keys: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {}
-
-    def to_json(self) -> str:
-        return "{}"
 
 
 ServerMessage: TypeAlias = (

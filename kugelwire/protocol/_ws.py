@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeAlias, TypeVar, cast
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import h11
@@ -233,6 +233,7 @@ class ConnectionClosed:
 ClientConnectionEvent: TypeAlias = Connected | HandshakeRejected | ConnectionClosed
 ServerConnectionEvent: TypeAlias = Accepted | Rejected | ConnectionClosed
 ConnectionEvent: TypeAlias = Connected | HandshakeRejected | Accepted | Rejected | ConnectionClosed
+_E = TypeVar("_E", ClientConnectionEvent, ServerConnectionEvent)
 
 
 # -- URLs ------------------------------------------------------------------------------------------
@@ -368,10 +369,12 @@ def _bad_upgrade(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> boo
 
 
 # -- shared machinery ------------------------------------------------------------------------------
-class _Connection:
+class _Connection(Generic[_E]):
     """Framing, message assembly, limits, pings, and the close handshake for both roles."""
 
     _ws: WSConnection
+    #: The events only the other role has (never queued by this one).
+    _OTHER_ROLE: ClassVar[tuple[type, ...]] = ()
 
     def __init__(
         self,
@@ -414,6 +417,7 @@ class _Connection:
         self._message_timeout = message_timeout
         self._partial_since: float | None = None  # when the unfinished message/frame began
         self._completed = False  # a message completed during the current receive_data
+        self._handshake_deadline: float | None = None  # each role sets its own
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -437,9 +441,16 @@ class _Connection:
         self._out.clear()
         return data
 
-    def events(self) -> Iterator[ConnectionEvent]:
-        while self._events:
-            yield self._events.popleft()
+    def next_event(self) -> _E | None:
+        """The next event, or None."""
+        event = self._events.popleft() if self._events else None
+        assert not isinstance(event, self._OTHER_ROLE)
+        return cast("_E | None", event)
+
+    def events(self) -> Iterator[_E]:
+        """The events so far, oldest first."""
+        while (event := self.next_event()) is not None:
+            yield event
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the close handshake (queued session messages go out first).
@@ -494,10 +505,19 @@ class _Connection:
             out.append(self._close_deadline)
         if self._partial_since is not None and self._message_timeout is not None:
             out.append(self._partial_since + self._message_timeout)
+        if self._state is ConnectionState.CONNECTING:
+            out.append(self._handshake_deadline)
+        elif self._state is ConnectionState.OPEN:
+            out.append(self._keepalive_deadline())
         return out
 
     def _timeouts(self, now: float) -> None:
-        """Role-specific timers (handshake, keepalive)."""
+        """The handshake's timer, then the keepalive's."""
+        if self._state is ConnectionState.CONNECTING:
+            if self._handshake_deadline is not None and now >= self._handshake_deadline:
+                self._finish(None, "handshake timeout", False)
+        elif self._state is ConnectionState.OPEN:
+            self._keepalive_timeout(now)
 
     def _on_session_error(self, exc: RemoteProtocolError) -> None:
         raise NotImplementedError
@@ -717,7 +737,7 @@ class _Connection:
 
 
 # -- client ----------------------------------------------------------------------------------------
-class ClientConnection(_Connection):
+class ClientConnection(_Connection[ClientConnectionEvent]):
     """The client side of one WebSocket connection, driving a client ``session``.
 
     ``url`` is ws(s):// or http(s)://; with ``auth="query"`` a given ``api_key`` is added as the
@@ -726,6 +746,8 @@ class ClientConnection(_Connection):
     where to connect and whether to use TLS.  The session's outbox is held back until the
     handshake completes and sent right after it.
     """
+
+    _OTHER_ROLE = (Accepted, Rejected)
 
     def __init__(
         self,
@@ -841,15 +863,6 @@ class ClientConnection(_Connection):
     def secure(self) -> bool:
         """Whether the transport must use TLS (``wss``)."""
         return self._secure
-
-    def next_event(self) -> ClientConnectionEvent | None:
-        event = self._events.popleft() if self._events else None
-        assert not isinstance(event, (Accepted, Rejected))
-        return event
-
-    def events(self) -> Iterator[ClientConnectionEvent]:
-        while (event := self.next_event()) is not None:
-            yield event
 
     @property
     def held(self) -> bool:
@@ -1033,25 +1046,10 @@ class ClientConnection(_Connection):
             best = keepalive
         return best
 
-    def _deadlines(self) -> list[float | None]:
-        out = super()._deadlines()
-        if self._state is ConnectionState.CONNECTING:
-            out.append(self._handshake_deadline)
-        elif self._state is ConnectionState.OPEN:
-            out.append(self._keepalive_deadline())
-        return out
-
-    def _timeouts(self, now: float) -> None:
-        if self._state is ConnectionState.CONNECTING:
-            if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self._finish(None, "handshake timeout", False)
-            return
-        if self._state is ConnectionState.OPEN:
-            self._keepalive_timeout(now)
 
 
 # -- server ----------------------------------------------------------------------------------------
-class ServerConnection(_Connection):
+class ServerConnection(_Connection[ServerConnectionEvent]):
     """The server side of one accepted TCP connection.
 
     ``route(path)`` (path without query, not percent-decoded) returns a new session for a
@@ -1063,6 +1061,8 @@ class ServerConnection(_Connection):
     With ``keepalive_interval`` set, an open connection that was silent that long is pinged and
     failed with 1011 when the pong does not come within ``ping_timeout`` (a dead peer).
     """
+
+    _OTHER_ROLE = (Connected, HandshakeRejected)
 
     def __init__(
         self,
@@ -1106,7 +1106,7 @@ class ServerConnection(_Connection):
         #: This connection's id: ``x-request-id`` of every HTTP response and ``request_id`` of
         #: every error frame (the session's too, see ``bind_request_id``).
         self.request_id = request_id or "req_" + secrets.token_hex(8)
-        self._handshake_deadline: float | None = now + handshake_timeout
+        self._handshake_deadline = now + handshake_timeout
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_size)
         self._max_request_size = max_request_size
         self._head_bytes = 0  # bytes received before the request head was parsed
@@ -1120,15 +1120,6 @@ class ServerConnection(_Connection):
     def path(self) -> str:
         """The request path (empty until the request head has arrived)."""
         return self._path
-
-    def next_event(self) -> ServerConnectionEvent | None:
-        event = self._events.popleft() if self._events else None
-        assert not isinstance(event, (Connected, HandshakeRejected))
-        return event
-
-    def events(self) -> Iterator[ServerConnectionEvent]:
-        while (event := self.next_event()) is not None:
-            yield event
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the socket; ``b""`` means the client closed its end (EOF)."""
@@ -1319,21 +1310,6 @@ class ServerConnection(_Connection):
         self._finish(None, f"HTTP {status}", False)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _deadlines(self) -> list[float | None]:
-        out = super()._deadlines()
-        if self._state is ConnectionState.CONNECTING:
-            out.append(self._handshake_deadline)
-        elif self._state is ConnectionState.OPEN:
-            out.append(self._keepalive_deadline())
-        return out
-
-    def _timeouts(self, now: float) -> None:
-        if self._state is ConnectionState.CONNECTING:
-            if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self._finish(None, "handshake timeout", False)
-        elif self._state is ConnectionState.OPEN:
-            self._keepalive_timeout(now)
-
     def _on_session_error(self, exc: RemoteProtocolError) -> None:
         self._queue_error(exc.message, exc.error_code, exc.code, exc.context_id)
 
