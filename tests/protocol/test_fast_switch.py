@@ -257,3 +257,48 @@ def test_a_turn_gives_the_same_events_with_the_fast_paths_on_and_off(
     kinds = [e[0] if isinstance(e, tuple) else e.split("(")[0] for e in runs[0][0]]
     assert "audio" in kinds and "TurnFinal" in kinds, kinds  # the turn really ran
     assert {"Connected", "Accepted"} <= set(runs[0][2])
+
+
+# -- masked text frames: one step vs wsproto ---------------------------------------------------
+def _wsproto_client() -> Any:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="x", target="/")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    list(client.events())
+    return client
+
+
+@given(st.text(max_size=200), st.sampled_from([0, 125, 126, 65535, 65536, 70000]),
+       st.binary(min_size=4, max_size=4))
+def test_masked_text_frames_are_the_bytes_wsproto_writes(text: str, pad: int, key: bytes) -> None:
+    from wsproto.events import TextMessage
+
+    text += "x" * pad  # across the 7-bit, 16-bit and 64-bit length forms
+
+    client = _wsproto_client()
+    with pytest.MonkeyPatch.context() as patch:  # the same masking key for both
+        patch.setattr(_fast, "_mask", lambda: key)
+        patch.setattr("wsproto.frame_protocol.os.urandom", lambda n: key)
+        assert _fast.masked_text_frame(text.encode()) == client.send(TextMessage(data=text))
+
+
+def test_with_the_switch_off_the_client_frames_through_wsproto(switch: None) -> None:
+    session = StreamClientSession(voice_id=1)
+    conn = ClientConnection(session, _UPGRADE_URL, now=0.0, keepalive_interval=None)
+    server = ServerConnection(lambda path: StreamServerSession(), now=0.0)
+    server.receive_data(conn.data_to_send(), 0.0)
+    conn.receive_data(server.data_to_send(), 0.0)
+    framed: list[Any] = []
+    real = conn._ws.send
+    conn._ws.send = lambda event: framed.append(event) or real(event)  # type: ignore[method-assign]
+    for on in (True, False):
+        fast_paths(on)
+        framed.clear()
+        session.send_text("Hi ", 0.0)
+        conn.data_to_send()
+        assert bool(framed) is not on  # off: wsproto framed the message
