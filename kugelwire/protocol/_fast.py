@@ -10,7 +10,7 @@ chasing a bug, and what the differential tests compare against.
 ========================  ===================================  ===================================
 fast path                 replaces (the plain path)            why equivalent; the test
 ========================  ===================================  ===================================
-:func:`text_frame`        wsproto's frame decoder for the      only unmasked FIN text frames with
+:func:`text_frames`       wsproto's frame decoder for the      only unmasked FIN text frames with
 (``ClientConnection.``    server's single-frame text messages  a minimal length, within the size
 ``_fast_text``), with     (``_receive_frames`` ->              limit and valid UTF-8; anything
 :func:`wsproto_idle`      ``WSConnection.receive_data``)       else goes to wsproto at a frame
@@ -65,7 +65,7 @@ __all__ = [
     "http_response",
     "masked_text_frame",
     "scan_object",
-    "text_frame",
+    "text_frames",
     "wsproto_idle",
 ]
 
@@ -188,40 +188,45 @@ def masked_text_frame(payload: bytes) -> bytes:
     return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
 
 
-#: :func:`text_frame`'s answers other than a frame's payload bounds.
-MORE = (-1, 0)  # the frame is not complete yet
-DECLINE = (-2, 0)  # not for the fast path: wsproto decides
-
-
-def text_frame(
-    rx: bytes | bytearray, view: memoryview, pos: int, end: int, max_size: int
-) -> tuple[int, int]:
-    """The payload bounds ``(start, stop)`` of the frame at ``rx[pos:end]`` when it is an
-    unmasked, final text frame with clear RSV bits and a minimal length of at most ``max_size``
-    bytes (how a server sends its messages); :data:`MORE` when its header or payload is not
-    all there; :data:`DECLINE` for any other frame (control frames, fragments, masked or
-    non-minimal frames, too big), which wsproto must parse (and may reject)."""
-    if rx[pos] != 0x81:
-        return DECLINE
-    if pos + 2 > end:
-        return MORE
-    size, start = rx[pos + 1], pos + 2
-    if size == 126:
-        if start + 2 > end:
-            return MORE
-        size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
-        ok = size >= 126
-    elif size == 127:
-        if start + 8 > end:
-            return MORE
-        size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
-        ok = size >= 65536
-    else:
-        ok = size <= 125  # else masked: wsproto fails the connection
-    if not ok or size > max_size:
-        return DECLINE
-    stop = start + size
-    return (start, stop) if stop <= end else MORE
+def text_frames(
+    rx: bytes | bytearray, view: memoryview, max_size: int
+) -> tuple[list[tuple[int, int]], bool]:
+    """The payload bounds ``(start, stop)`` of the complete frames at the head of ``rx`` that
+    are unmasked, final text frames with clear RSV bits and a minimal length of at most
+    ``max_size`` bytes (how a server sends its messages), and whether what follows them is for
+    this path too (nothing, or the start of such a frame) rather than for wsproto (control
+    frames, fragments, masked or non-minimal frames, too big: wsproto parses, and may reject,
+    them)."""
+    out: list[tuple[int, int]] = []
+    end = len(rx)
+    pos = 0
+    while pos < end:
+        if rx[pos] != 0x81:
+            return out, False
+        if pos + 2 > end:
+            break
+        size, start = rx[pos + 1], pos + 2
+        if size == 126:
+            if start + 2 > end:
+                break
+            size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
+            if size < 126:
+                return out, False
+        elif size == 127:
+            if start + 8 > end:
+                break
+            size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
+            if size < 65536:
+                return out, False
+        elif size > 125:  # masked: wsproto fails the connection
+            return out, False
+        if size > max_size:
+            return out, False
+        pos = start + size
+        if pos > end:
+            break
+        out.append((start, pos))
+    return out, True
 
 
 def wsproto_idle(ws: Any) -> bool:

@@ -939,6 +939,9 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
     def _busy(self) -> bool:
         return bool(self._rx) or super()._busy()
 
+    def _open(self) -> bool:
+        return self._state is ConnectionState.OPEN
+
     def _wsproto_idle(self) -> bool:
         """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
         return self._state is ConnectionState.OPEN and not self._parts and _fast.wsproto_idle(
@@ -950,23 +953,18 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
         many bytes they took and whether the rest is for the fast path too (nothing, or the
         start of such a frame) rather than for wsproto (any other frame, or one wsproto must
         reject: non-minimal length, too big, bad UTF-8)."""
-        end = len(rx)
-        pos = 0
-        fast = True
         session = self._session
         if session is None:
             return 0, False
         receive = session.receive_message
         hold = self.yield_after_audio
         other = False  # a message other than audio came first in this batch
+        pos = 0
         with memoryview(rx) as view:
-            while pos < end:
+            frames, fast = _fast.text_frames(rx, view, self._max_message_size)
+            for start, stop in frames:
                 if self._state is not ConnectionState.OPEN:
                     fast = False
-                    break
-                start, stop = _fast.text_frame(rx, view, pos, end, self._max_message_size)
-                if start < 0:
-                    fast = start == _fast.MORE[0]
                     break
                 try:
                     text = str(view[start:stop], "utf-8")
@@ -983,9 +981,12 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
                 if hold:
                     if not text.startswith('{"audio"'):
                         other = True
-                    elif other and pos < end:  # a first audio, most likely: deliver it now
+                    elif other and pos < len(rx):  # a first audio, most likely: deliver it now
                         self._held = True
+                        fast = True  # the rest waits in _rx
                         break
+            if fast and not self._held and pos < len(rx) and not self._open():
+                fast = False  # the start of a frame, no longer OPEN: wsproto's
         if pos:
             self._flush_session()  # once per batch (a client session never closes by itself)
         return pos, fast
