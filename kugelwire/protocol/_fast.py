@@ -16,7 +16,7 @@ fast path                 replaces (the plain path)            why equivalent; t
 :func:`wsproto_idle`      ``WSConnection.receive_data``)       else goes to wsproto at a frame
                                                                boundary. tests/transports/
                                                                test_fast_path.py
-:func:`masked_text_frame` ``WSConnection.send(TextMessage)``   RFC 6455 5.2 framing of a complete
+``masked_text_frame``     ``WSConnection.send(TextMessage)``   RFC 6455 5.2 framing of a complete
 (:class:`Masks`)          on the client                        message; wsproto keeps no state for
                                                                it. test_fast_path.py (decoded by
                                                                wsproto), test_fast_switch.py
@@ -24,17 +24,25 @@ fast path                 replaces (the plain path)            why equivalent; t
                           Data, EndOfMessage)`` for the        status line and headers as given).
                           server's HTTP answers                tests/protocol/test_fast_switch.py
 :data:`scan_object`       ``json.loads`` (its two Python       the same C scanner; text it does
-(``parse_server_message``  wrappers)                           not take whole (trailing space)
+(parse_server_message,    wrappers)                            not take whole (trailing space)
 ``_split_audio``)                                              goes to ``json.loads``.
                                                                tests/protocol/test_hot_paths.py
 audio split, checked      the JSON scan of an audio frame's    declines on anything unusual (see
 audio fields, first-key   base64, the general field checks,    ``_messages._split_audio``,
-dispatch (``_messages``)  the precedence ladder                ``_audio_hot``, ``_parse_object``).
-                                                               test_hot_paths.py
-:func:`frozen_constructor` the frozen dataclass ``__init__``   sets the same slots, ``object.
+dispatch, the checked     the precedence ladder, the strict    ``_audio_hot``, ``_parse_object``).
+base64 decode             decode (``_messages``)               test_hot_paths.py
+the token shortcut        ``parse_client_message``'s general   a ``{"text"[, "flush"]}`` object
+(``_messages``)           field checks (server role)           only. test_fast_switch.py
+``frozen_constructor``    the frozen dataclass ``__init__``   sets the same slots, ``object.
 (``_audio_frame``,        (``object.__setattr__`` per field)   __setattr__``-free. test_hot_paths.
 ``_audio_chunk``)                                              py, test_fast_switch.py
 ========================  ===================================  ===================================
+
+The rows of ``_messages`` stay beside the frames they parse (they are built from its validators
+and its table of frame kinds, which would otherwise have to come here); each checks
+:data:`ENABLED` itself. The client session's hand-written token message
+(``StreamClientSession.send_text``: ``dumps({"text": ...})`` by hand) is not switched;
+``tests/protocol/test_hot_paths.py`` compares it with ``dumps``.
 
 ``yield_after_audio`` (``ClientConnection``) lives in the fast receive path: with the switch off
 no read is held back (the messages and their order are the same; only when a consumer sees the
