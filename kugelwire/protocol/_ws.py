@@ -1113,6 +1113,7 @@ class ServerConnection(_Connection[ServerConnectionEvent]):
         self._head_bytes = 0  # bytes received before the request head was parsed
         self._ws = WSConnection(ConnectionType.SERVER)
         self._path = ""
+        self._head = False  # the request is a HEAD: its answers carry no body
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self._path or '-'} {self._state.value}>"
@@ -1153,6 +1154,7 @@ class ServerConnection(_Connection[ServerConnectionEvent]):
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
         self._path = path
+        self._head = request.method == b"HEAD"
         headers = list(request.headers)
         upgrade = _header(headers, b"upgrade")
         if upgrade is None or b"websocket" not in upgrade.lower():
@@ -1254,6 +1256,9 @@ class ServerConnection(_Connection[ServerConnectionEvent]):
         all_headers = [*headers, (b"x-request-id", self.request_id.encode("ascii"))]
         if body:
             all_headers.append((b"content-type", b"application/json"))
+        if self._head:  # the length the body would have, no body (RFC 9110 9.3.2)
+            all_headers.append((b"content-length", str(len(body)).encode("ascii")))
+            body = b""
         self._out += _fast.http_response(self._h11, status, all_headers, body)
         self._events.append(Rejected(status, self._path, reason))
         self._finish(None, f"rejected: HTTP {status}", False)

@@ -134,6 +134,7 @@ def _server_bytes(request: bytes) -> bytes:
     b"GET /hi HTTP/1.1\r\nHost: a\r\n\r\n",
     b"HEAD /hi HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"HEAD /nothing HTTP/1.1\r\nHost: a\r\n\r\n",
     b"POST /hi HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     b"POST /ws/tts/stream HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -150,6 +151,8 @@ def test_a_server_connection_answers_http_the_same_either_way(
     fast_paths(False)
     assert _server_bytes(request_bytes) == fast
     assert fast.startswith(b"HTTP/1.1 ")
+    if request_bytes.startswith(b"HEAD"):
+        assert fast.endswith(b"\r\n\r\n"), "an answer to HEAD has no body"
 
 
 # -- frozen-slot constructors vs the dataclass constructors --------------------------------------
