@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import _fast
 from ._messages import AudioFrame, Usage, WordTimestamp
@@ -181,9 +181,16 @@ class AudioChunk:
 
 #: ``AudioChunk(turn, frame, offset_s, context_id)``, its slots filled directly (the client's
 #: hot path: one per audio message; see :mod:`._fast`).
-_audio_chunk: Callable[..., AudioChunk] = _fast.frozen_constructor(
-    AudioChunk, ("turn", "frame", "offset_s", "context_id"), {"context_id": None}
-)
+if TYPE_CHECKING:  # the signature the generated function has
+
+    def _audio_chunk(
+        turn: int, frame: AudioFrame, offset_s: float, context_id: str | None = None
+    ) -> AudioChunk: ...
+
+else:
+    _audio_chunk = _fast.frozen_constructor(
+        AudioChunk, ("turn", "frame", "offset_s", "context_id"), {"context_id": None}
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import sys
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import _fast
 from ._config import EMPTY_CONFIG, SETTINGS_KEYS, Config, SettingsUpdate, VoiceSettings
@@ -381,11 +381,24 @@ class AudioFrame(_JsonMessage):
 
 #: ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)`` of a parsed (checked)
 #: frame, its slots filled directly (see :mod:`._fast`).
-_audio_frame = _fast.frozen_constructor(
-    AudioFrame,
-    ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id"),
-    fixed={"_data": "[]", "_has_idx": "True", "_checked": "True"},
-)
+if TYPE_CHECKING:  # the signature the generated function has
+
+    def _audio_frame(
+        audio: str,
+        enc: str,
+        idx: int,
+        sr: int,
+        samples: int,
+        chunk_id: int | None,
+        context_id: str | None,
+    ) -> AudioFrame: ...
+
+else:
+    _audio_frame = _fast.frozen_constructor(
+        AudioFrame,
+        ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id"),
+        fixed={"_data": "[]", "_has_idx": "True", "_checked": "True"},
+    )
 _set_checked = getattr(AudioFrame, "_checked").__set__  # noqa: B009 (a slot descriptor)
 
 
