@@ -20,6 +20,10 @@ the errors, the endpoints); the rest lives in documented submodules:
 :mod:`kugelwire.protocol.g711`      µ-law / A-law codecs
 =================================  ==============================================================
 
+``fast_paths(False)`` (or ``KUGELWIRE_FAST_PATHS=0`` in the environment at import) turns off
+the core's fast paths: every message then goes through wsproto, h11, ``json.loads`` and the
+dataclass constructors (the same results, more slowly).
+
 Every name of those submodules is also reachable here for compatibility (``Warning``, the
 deprecated old name of ``ServerWarning``, with a ``DeprecationWarning``).
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import config, errors, events, g711, messages, sessions, state, text, ws
+from ._fast import fast_paths
 from .config import Config, SettingsUpdate, VoiceSettings
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import ErrorCode
@@ -73,6 +78,7 @@ __all__ = [
     "TTSServerSession",
     "VoiceSettings",
     "build_url",
+    "fast_paths",
 ]
 
 #: The submodules searched (in this order) for a name that is not in ``__all__``.

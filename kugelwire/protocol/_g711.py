@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Callable
 
 from ._errors import LocalProtocolError
 
@@ -103,13 +104,11 @@ def _signed(u: int) -> int:
     return u - 0x10000 if u & 0x8000 else u
 
 
-def _decode_table(fn: object) -> tuple[bytes, ...]:
-    assert callable(fn)
+def _decode_table(fn: Callable[[int], int]) -> tuple[bytes, ...]:
     return tuple(int(fn(b)).to_bytes(2, "little", signed=True) for b in range(256))
 
 
-def _encode_table(fn: object) -> bytes:
-    assert callable(fn)
+def _encode_table(fn: Callable[[int], int]) -> bytes:
     return bytes(int(fn(_signed(u))) for u in range(0x10000))
 
 

@@ -15,8 +15,9 @@ import sys
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from . import _fast
 from ._config import EMPTY_CONFIG, SETTINGS_KEYS, Config, SettingsUpdate, VoiceSettings
 from ._errors import RemoteProtocolError
 from ._validate import ErrT, _type_name, bad, opt_bool, opt_float, opt_int, opt_str, req_str
@@ -94,8 +95,21 @@ def _truthy_flag(obj: Mapping[str, Any], key: str, err: ErrT) -> bool:
 # Client -> server
 
 
+class _JsonMessage:
+    """A message of the wire as one JSON object: :meth:`to_dict`, and :meth:`to_json` (its
+    compact text, as sent)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+
 @dataclass(frozen=True, slots=True)
-class ClientMessage:
+class ClientMessage(_JsonMessage):
     """One client frame. A frame may combine config fields, ``text`` and ``flush``
     (protocol.md#framing)."""
 
@@ -136,9 +150,6 @@ class ClientMessage:
                 out[key] = True
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 _TEXT_KEYS = frozenset({"text", "flush"})
 
@@ -146,7 +157,7 @@ _TEXT_KEYS = frozenset({"text", "flush"})
 def parse_client_message(text: str | bytes, err: ErrT = RemoteProtocolError) -> ClientMessage:
     """Parse and validate one client frame (server role)."""
     obj = loads_object(text, err)
-    if obj.keys() <= _TEXT_KEYS and type(obj.get("text")) is str:
+    if obj.keys() <= _TEXT_KEYS and type(obj.get("text")) is str and _fast.ENABLED:
         # The hot path (an LLM token): no config, context or command fields to look at.
         return ClientMessage(text=obj["text"], flush=_truthy_flag(obj, "flush", err))
     context_id = _opt_context_id(obj, err)
@@ -290,7 +301,7 @@ def _b64(data: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioFrame:
+class AudioFrame(_JsonMessage):
     """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.
 
     ``audio`` is kept as the base64 text; :attr:`data` decodes it on first access (and caches).
@@ -367,44 +378,28 @@ class AudioFrame:
             out["context_id"] = self.context_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
 
+#: ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)`` of a parsed (checked)
+#: frame, its slots filled directly (see :mod:`._fast`).
+if TYPE_CHECKING:  # the signature the generated function has
 
-# The frozen dataclass __init__ sets each field through object.__setattr__; the hot path of the
-# client (one AudioFrame per audio message) sets the slots directly instead.
-_new = object.__new__
-_set_audio, _set_enc, _set_idx, _set_sr, _set_samples, _set_chunk_id, _set_ctx, _set_data = (
-    getattr(AudioFrame, name).__set__
-    for name in ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "_data")
-)
-_set_has_idx = getattr(AudioFrame, "_has_idx").__set__  # noqa: B009 (a slot descriptor)
+    def _audio_frame(
+        audio: str,
+        enc: str,
+        idx: int,
+        sr: int,
+        samples: int,
+        chunk_id: int | None,
+        context_id: str | None,
+    ) -> AudioFrame: ...
+
+else:
+    _audio_frame = _fast.frozen_constructor(
+        AudioFrame,
+        ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id"),
+        fixed={"_data": "[]", "_has_idx": "True", "_checked": "True"},
+    )
 _set_checked = getattr(AudioFrame, "_checked").__set__  # noqa: B009 (a slot descriptor)
-
-
-def _audio_frame(
-    audio: str,
-    enc: str,
-    idx: int,
-    sr: int,
-    samples: int,
-    chunk_id: int | None,
-    context_id: str | None,
-) -> AudioFrame:
-    """A parsed (checked) ``AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id)``,
-    about twice as fast."""
-    frame: AudioFrame = _new(AudioFrame)
-    _set_audio(frame, audio)
-    _set_enc(frame, enc)
-    _set_idx(frame, idx)
-    _set_sr(frame, sr)
-    _set_samples(frame, samples)
-    _set_chunk_id(frame, chunk_id)
-    _set_ctx(frame, context_id)
-    _set_data(frame, [])
-    _set_has_idx(frame, True)
-    _set_checked(frame, True)
-    return frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +427,7 @@ def _ms(value: float) -> float | int:
 
 
 @dataclass(frozen=True, slots=True)
-class WordTimestampsFrame:
+class WordTimestampsFrame(_JsonMessage):
     words: tuple[WordTimestamp, ...]
     chunk_id: int | None = None
     context_id: str | None = None
@@ -450,9 +445,6 @@ class WordTimestampsFrame:
             out["context_id"] = self.context_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 def _with_ctx(out: dict[str, Any], context_id: str | None) -> dict[str, Any]:
     if context_id is not None:
@@ -461,7 +453,7 @@ def _with_ctx(out: dict[str, Any], context_id: str | None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationStartedFrame:
+class GenerationStartedFrame(_JsonMessage):
     chunk_id: int
     text: str = ""
     context_id: str | None = None
@@ -472,12 +464,9 @@ class GenerationStartedFrame:
             self.context_id,
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ChunkCompleteFrame:
+class ChunkCompleteFrame(_JsonMessage):
     chunk_id: int
     audio_seconds: float = 0.0
     gen_ms: float = 0.0
@@ -494,12 +483,9 @@ class ChunkCompleteFrame:
             self.context_id,
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class FinalFrame:
+class FinalFrame(_JsonMessage):
     """``final``: end of audio. Stream fields (``total_*``), ``/ws/tts`` stats, or multi."""
 
     context_id: str | None = None
@@ -536,12 +522,9 @@ class FinalFrame:
             out["usage"] = self.usage.to_dict()
         return _with_ctx(out, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SessionClosedFrame:
+class SessionClosedFrame(_JsonMessage):
     total_audio_seconds: float | None = None
     total_text_chunks: int | None = None
     total_audio_chunks: int | None = None
@@ -557,23 +540,17 @@ class SessionClosedFrame:
             out["usage"] = self.usage.to_dict()
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class InterruptedFrame:
+class InterruptedFrame(_JsonMessage):
     context_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"interrupted": True}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SettingsUpdatedFrame:
+class SettingsUpdatedFrame(_JsonMessage):
     """``settings_updated``: the full effective set of the six keys, ``None`` for unset."""
 
     settings: Mapping[str, Any]
@@ -584,12 +561,9 @@ class SettingsUpdatedFrame:
             "settings": {k: self.settings.get(k) for k in SETTINGS_KEYS},
         }
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ErrorFrame:
+class ErrorFrame(_JsonMessage):
     error: str
     error_code: str | None = None
     code: int | None = None
@@ -609,35 +583,26 @@ class ErrorFrame:
             out["retry_after"] = self.retry_after
         return _with_ctx(out, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class WarningFrame:
+class WarningFrame(_JsonMessage):
     warning: str
     context_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"warning": self.warning}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextCreatedFrame:
+class ContextCreatedFrame(_JsonMessage):
     context_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"context_created": True, "context_id": self.context_id}
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextClosedFrame:
+class ContextClosedFrame(_JsonMessage):
     context_id: str
     usage: Usage | None = None
 
@@ -647,23 +612,17 @@ class ContextClosedFrame:
             out["usage"] = self.usage.to_dict()
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class ContextTimeoutFrame:
+class ContextTimeoutFrame(_JsonMessage):
     context_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"context_timeout": True, "context_id": self.context_id}
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class SessionStartedFrame:
+class SessionStartedFrame(_JsonMessage):
     """Legacy multi greeting; tolerated, never sent by our server (rulings.md#ruling-24)."""
 
     session_id: str | None = None
@@ -674,12 +633,9 @@ class SessionStartedFrame:
             out["session_id"] = self.session_id
         return out
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class IsFinalFrame:
+class IsFinalFrame(_JsonMessage):
     """Legacy multi ``is_final``; tolerated, never sent by our server."""
 
     context_id: str | None = None
@@ -687,21 +643,15 @@ class IsFinalFrame:
     def to_dict(self) -> dict[str, Any]:
         return _with_ctx({"is_final": True}, self.context_id)
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class UnknownFrame:
+class UnknownFrame(_JsonMessage):
     """A JSON object with none of the known keys (forward compatibility: ignored, counted)."""
 
     keys: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {}
-
-    def to_json(self) -> str:
-        return "{}"
 
 
 ServerMessage: TypeAlias = (
@@ -776,7 +726,7 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
     audio = obj["audio"]
     if not isinstance(audio, str):
         raise bad(_E, "audio", "a base64 string", audio)
-    frame = _audio_hot(audio, obj) if type(audio) is str else None
+    frame = _audio_hot(audio, obj) if type(audio) is str and _fast.ENABLED else None
     if frame is not None:
         return frame
     enc = obj.get("enc")
@@ -807,7 +757,8 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
             field="samples",
         )
     frame = AudioFrame(audio, enc, idx, sr, samples, chunk_id, context_id, [], "idx" in obj)
-    _set_checked(frame, True)
+    if _fast.ENABLED:  # data may decode without checking again (off: decoded strictly)
+        _set_checked(frame, True)
     return frame
 
 
@@ -911,15 +862,15 @@ def _truthy(obj: dict[str, Any], key: str) -> bool:
     return value is not None and value is not False and value != 0 and value != ""
 
 
-#: json's C scanner: ``json.loads`` without its two Python-level wrappers (the receive hot path;
-#: anything it does not take whole goes through :func:`loads_object` for the same result).
-_scan_object: Callable[[str, int], tuple[Any, int]] = getattr(  # noqa: B009 (untyped)
-    json.JSONDecoder(), "scan_once"
-)
+#: json's C scanner (see :mod:`._fast`; anything it does not take whole goes through
+#: :func:`loads_object` for the same result).
+_scan_object = _fast.scan_object
 
 
 def parse_server_message(text: str | bytes) -> ServerMessage:
     """Parse one server frame (client role), dispatching by the key present (Appendix B order)."""
+    if not _fast.ENABLED:
+        return _parse_ladder(loads_object(text))
     obj: Any = None
     if type(text) is str and text.startswith(_AUDIO_HEAD):
         frame = _split_audio(text)

@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
-from os import urandom as _urandom  # the masking key (as wsproto does)
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeAlias, TypeVar, cast
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 import h11
@@ -52,6 +51,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError as _WSRemoteProtocolError
 
+from . import _fast
 from ._constants import AI_GENERATED_HEADER as _AI_HEADER
 from ._constants import ENDPOINTS, TTS_ENDPOINT
 from ._constants import NOT_FOUND_ERROR as _NOT_FOUND
@@ -233,6 +233,7 @@ class ConnectionClosed:
 ClientConnectionEvent: TypeAlias = Connected | HandshakeRejected | ConnectionClosed
 ServerConnectionEvent: TypeAlias = Accepted | Rejected | ConnectionClosed
 ConnectionEvent: TypeAlias = Connected | HandshakeRejected | Accepted | Rejected | ConnectionClosed
+_E = TypeVar("_E", ClientConnectionEvent, ServerConnectionEvent)
 
 
 # -- URLs ------------------------------------------------------------------------------------------
@@ -349,22 +350,6 @@ def _retry_after(value: bytes | None) -> float | None:
     return max(seconds, 0.0)
 
 
-def _http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    lines = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
-    names = set()
-    for name, value in headers:
-        names.add(name.lower())
-        lines.append(name + b": " + value)
-    if b"content-length" not in names:
-        lines.append(b"content-length: " + str(len(body)).encode("ascii"))
-    lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
 _WS_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
 
 
@@ -384,10 +369,12 @@ def _bad_upgrade(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> boo
 
 
 # -- shared machinery ------------------------------------------------------------------------------
-class _Connection:
+class _Connection(Generic[_E]):
     """Framing, message assembly, limits, pings, and the close handshake for both roles."""
 
     _ws: WSConnection
+    #: The events only the other role has (never queued by this one).
+    _OTHER_ROLE: ClassVar[tuple[type, ...]] = ()
 
     def __init__(
         self,
@@ -430,6 +417,7 @@ class _Connection:
         self._message_timeout = message_timeout
         self._partial_since: float | None = None  # when the unfinished message/frame began
         self._completed = False  # a message completed during the current receive_data
+        self._handshake_deadline: float | None = None  # each role sets its own
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -453,9 +441,16 @@ class _Connection:
         self._out.clear()
         return data
 
-    def events(self) -> Iterator[ConnectionEvent]:
-        while self._events:
-            yield self._events.popleft()
+    def next_event(self) -> _E | None:
+        """The next event, or None."""
+        event = self._events.popleft() if self._events else None
+        assert not isinstance(event, self._OTHER_ROLE)
+        return cast("_E | None", event)
+
+    def events(self) -> Iterator[_E]:
+        """The events so far, oldest first."""
+        while (event := self.next_event()) is not None:
+            yield event
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the close handshake (queued session messages go out first).
@@ -510,10 +505,19 @@ class _Connection:
             out.append(self._close_deadline)
         if self._partial_since is not None and self._message_timeout is not None:
             out.append(self._partial_since + self._message_timeout)
+        if self._state is ConnectionState.CONNECTING:
+            out.append(self._handshake_deadline)
+        elif self._state is ConnectionState.OPEN:
+            out.append(self._keepalive_deadline())
         return out
 
     def _timeouts(self, now: float) -> None:
-        """Role-specific timers (handshake, keepalive)."""
+        """The handshake's timer, then the keepalive's."""
+        if self._state is ConnectionState.CONNECTING:
+            if self._handshake_deadline is not None and now >= self._handshake_deadline:
+                self._finish(None, "handshake timeout", False)
+        elif self._state is ConnectionState.OPEN:
+            self._keepalive_timeout(now)
 
     def _on_session_error(self, exc: RemoteProtocolError) -> None:
         raise NotImplementedError
@@ -733,43 +737,7 @@ class _Connection:
 
 
 # -- client ----------------------------------------------------------------------------------------
-class _Masks:
-    """Masking keys from the OS's strong random source (RFC 6455 section 10.3), fetched 4 KiB at
-    a time: one system call per 1,024 frames instead of one per frame."""
-
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self) -> None:
-        self._pool, self._pos = b"", 0
-
-    def __call__(self) -> bytes:
-        pos = self._pos
-        if pos >= len(self._pool):
-            self._pool, pos = _urandom(4096), 0
-        self._pos = pos + 4
-        return self._pool[pos : pos + 4]
-
-
-_mask = _Masks()
-
-
-def _masked_text_frame(payload: bytes) -> bytes:
-    """One final, masked text frame (RFC 6455 section 5.2) carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0xFF)) + n.to_bytes(8, "big")
-    mask = _mask()
-    if not n:
-        return head + mask
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
-
-
-class ClientConnection(_Connection):
+class ClientConnection(_Connection[ClientConnectionEvent]):
     """The client side of one WebSocket connection, driving a client ``session``.
 
     ``url`` is ws(s):// or http(s)://; with ``auth="query"`` a given ``api_key`` is added as the
@@ -778,6 +746,8 @@ class ClientConnection(_Connection):
     where to connect and whether to use TLS.  The session's outbox is held back until the
     handshake completes and sent right after it.
     """
+
+    _OTHER_ROLE = (Accepted, Rejected)
 
     def __init__(
         self,
@@ -878,10 +848,10 @@ class ClientConnection(_Connection):
         if session is None or self._state is not ConnectionState.OPEN:
             return
         texts = session.messages_to_send()
-        if texts and self._ws.state is _WSState.OPEN:
+        if texts and self._ws.state is _WSState.OPEN and _fast.ENABLED:
             out = self._out
             for text in texts:
-                out += _masked_text_frame(text.encode())
+                out += _fast.masked_text_frame(text.encode())
         else:
             for text in texts:
                 self._send(TextMessage(data=text))
@@ -893,15 +863,6 @@ class ClientConnection(_Connection):
     def secure(self) -> bool:
         """Whether the transport must use TLS (``wss``)."""
         return self._secure
-
-    def next_event(self) -> ClientConnectionEvent | None:
-        event = self._events.popleft() if self._events else None
-        assert not isinstance(event, (Accepted, Rejected))
-        return event
-
-    def events(self) -> Iterator[ClientConnectionEvent]:
-        while (event := self.next_event()) is not None:
-            yield event
 
     @property
     def held(self) -> bool:
@@ -967,7 +928,7 @@ class ClientConnection(_Connection):
                 return
         elif not data:
             rx.clear()
-        elif self._wsproto_idle():
+        elif _fast.ENABLED and self._wsproto_idle():
             pos, fast = self._fast_text(data)
             if fast:
                 rx += data[pos:]  # the start of a text frame (usually nothing)
@@ -978,56 +939,32 @@ class ClientConnection(_Connection):
     def _busy(self) -> bool:
         return bool(self._rx) or super()._busy()
 
+    def _open(self) -> bool:
+        return self._state is ConnectionState.OPEN
+
     def _wsproto_idle(self) -> bool:
         """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
-        if self._state is not ConnectionState.OPEN or self._parts:
-            return False
-        try:
-            proto: Any = getattr(self._ws.connection, "_proto")  # noqa: B009
-            frames, messages = proto._frame_decoder, proto._message_decoder
-            return frames.header is None and not frames.buffer.buffer and messages.opcode is None
-        except AttributeError:  # another wsproto version: always use wsproto
-            return False
+        return self._state is ConnectionState.OPEN and not self._parts and _fast.wsproto_idle(
+            self._ws
+        )
 
     def _fast_text(self, rx: bytes | bytearray) -> tuple[int, bool]:
         """Deliver the complete unmasked ``FIN`` text frames at the head of ``rx``; return how
         many bytes they took and whether the rest is for the fast path too (nothing, or the
         start of such a frame) rather than for wsproto (any other frame, or one wsproto must
         reject: non-minimal length, too big, bad UTF-8)."""
-        end = len(rx)
-        pos = 0
-        fast = True
         session = self._session
         if session is None:
             return 0, False
         receive = session.receive_message
         hold = self.yield_after_audio
         other = False  # a message other than audio came first in this batch
+        pos = 0
         with memoryview(rx) as view:
-            while pos < end:
-                if rx[pos] != 0x81 or self._state is not ConnectionState.OPEN:
-                    fast = False  # not FIN+text with clear RSV bits, or no longer OPEN
-                    break
-                if pos + 2 > end:
-                    break
-                size, start = rx[pos + 1], pos + 2
-                if size == 126:
-                    if start + 2 > end:
-                        break
-                    size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
-                    fast = size >= 126
-                elif size == 127:
-                    if start + 8 > end:
-                        break
-                    size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
-                    fast = 65536 <= size <= self._max_message_size
-                else:
-                    fast = size <= 125  # else masked: wsproto fails the connection
-                if not fast or size > self._max_message_size:
+            frames, fast = _fast.text_frames(rx, view, self._max_message_size)
+            for start, stop in frames:
+                if self._state is not ConnectionState.OPEN:
                     fast = False
-                    break
-                stop = start + size
-                if stop > end:
                     break
                 try:
                     text = str(view[start:stop], "utf-8")
@@ -1044,9 +981,12 @@ class ClientConnection(_Connection):
                 if hold:
                     if not text.startswith('{"audio"'):
                         other = True
-                    elif other and pos < end:  # a first audio, most likely: deliver it now
+                    elif other and pos < len(rx):  # a first audio, most likely: deliver it now
                         self._held = True
+                        fast = True  # the rest waits in _rx
                         break
+            if fast and not self._held and pos < len(rx) and not self._open():
+                fast = False  # the start of a frame, no longer OPEN: wsproto's
         if pos:
             self._flush_session()  # once per batch (a client session never closes by itself)
         return pos, fast
@@ -1107,25 +1047,10 @@ class ClientConnection(_Connection):
             best = keepalive
         return best
 
-    def _deadlines(self) -> list[float | None]:
-        out = super()._deadlines()
-        if self._state is ConnectionState.CONNECTING:
-            out.append(self._handshake_deadline)
-        elif self._state is ConnectionState.OPEN:
-            out.append(self._keepalive_deadline())
-        return out
-
-    def _timeouts(self, now: float) -> None:
-        if self._state is ConnectionState.CONNECTING:
-            if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self._finish(None, "handshake timeout", False)
-            return
-        if self._state is ConnectionState.OPEN:
-            self._keepalive_timeout(now)
 
 
 # -- server ----------------------------------------------------------------------------------------
-class ServerConnection(_Connection):
+class ServerConnection(_Connection[ServerConnectionEvent]):
     """The server side of one accepted TCP connection.
 
     ``route(path)`` (path without query, not percent-decoded) returns a new session for a
@@ -1137,6 +1062,8 @@ class ServerConnection(_Connection):
     With ``keepalive_interval`` set, an open connection that was silent that long is pinged and
     failed with 1011 when the pong does not come within ``ping_timeout`` (a dead peer).
     """
+
+    _OTHER_ROLE = (Connected, HandshakeRejected)
 
     def __init__(
         self,
@@ -1180,12 +1107,13 @@ class ServerConnection(_Connection):
         #: This connection's id: ``x-request-id`` of every HTTP response and ``request_id`` of
         #: every error frame (the session's too, see ``bind_request_id``).
         self.request_id = request_id or "req_" + secrets.token_hex(8)
-        self._handshake_deadline: float | None = now + handshake_timeout
+        self._handshake_deadline = now + handshake_timeout
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_size)
         self._max_request_size = max_request_size
         self._head_bytes = 0  # bytes received before the request head was parsed
         self._ws = WSConnection(ConnectionType.SERVER)
         self._path = ""
+        self._head = False  # the request is a HEAD: its answers carry no body
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self._path or '-'} {self._state.value}>"
@@ -1194,15 +1122,6 @@ class ServerConnection(_Connection):
     def path(self) -> str:
         """The request path (empty until the request head has arrived)."""
         return self._path
-
-    def next_event(self) -> ServerConnectionEvent | None:
-        event = self._events.popleft() if self._events else None
-        assert not isinstance(event, (Connected, HandshakeRejected))
-        return event
-
-    def events(self) -> Iterator[ServerConnectionEvent]:
-        while (event := self.next_event()) is not None:
-            yield event
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the socket; ``b""`` means the client closed its end (EOF)."""
@@ -1235,6 +1154,7 @@ class ServerConnection(_Connection):
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
         self._path = path
+        self._head = request.method == b"HEAD"
         headers = list(request.headers)
         upgrade = _header(headers, b"upgrade")
         if upgrade is None or b"websocket" not in upgrade.lower():
@@ -1256,9 +1176,7 @@ class ServerConnection(_Connection):
         """Answer an upgrade request that is not a well-formed WebSocket handshake with its
         HTTP error; True if it was refused."""
         if request.method != b"GET":  # RFC 6455 4.1: the opening handshake is a GET
-            self._out += _http_response(405, [(b"allow", b"GET"), self._request_id_header], b"")
-            self._events.append(Rejected(405, self._path, "method"))
-            self._finish(None, "rejected: HTTP 405", False)
+            self._http_reject(405, "method", b"", [(b"allow", b"GET")])
             return True
         head_size = self._head_bytes - len(self._h11.trailing_data[0])
         if head_size > self._max_request_size:
@@ -1338,15 +1256,18 @@ class ServerConnection(_Connection):
         all_headers = [*headers, (b"x-request-id", self.request_id.encode("ascii"))]
         if body:
             all_headers.append((b"content-type", b"application/json"))
-        self._out += _http_response(status, all_headers, body)
+        if self._head:  # the length the body would have, no body (RFC 9110 9.3.2)
+            all_headers.append((b"content-length", str(len(body)).encode("ascii")))
+            body = b""
+        self._out += _fast.http_response(self._h11, status, all_headers, body)
         self._events.append(Rejected(status, self._path, reason))
         self._finish(None, f"rejected: HTTP {status}", False)
 
     def _on_http_request(self, method: bytes, path: str) -> None:
         """A plain HTTP request (no upgrade): the hook for serving static files later."""
         if method not in (b"GET", b"HEAD"):
-            self._out += _http_response(
-                405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
+            self._out += _fast.http_response(
+                self._h11, 405, [(b"allow", b"GET, HEAD"), self._request_id_header], b""
             )
             self._events.append(Rejected(405, path, "method"))
             self._finish(None, "rejected: HTTP 405", False)
@@ -1360,7 +1281,9 @@ class ServerConnection(_Connection):
             if not any(name.lower() == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
             body = b""
-        self._out += _http_response(status, [*headers, self._request_id_header], body)
+        self._out += _fast.http_response(
+            self._h11, status, [*headers, self._request_id_header], body
+        )
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
 
@@ -1388,26 +1311,11 @@ class ServerConnection(_Connection):
         if method == b"HEAD":
             all_headers.append((b"content-length", str(len(body)).encode("ascii")))
             body = b""
-        self._out += _http_response(status, all_headers, body)
+        self._out += _fast.http_response(self._h11, status, all_headers, body)
         self._events.append(Rejected(status, path, "http"))
         self._finish(None, f"HTTP {status}", False)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _deadlines(self) -> list[float | None]:
-        out = super()._deadlines()
-        if self._state is ConnectionState.CONNECTING:
-            out.append(self._handshake_deadline)
-        elif self._state is ConnectionState.OPEN:
-            out.append(self._keepalive_deadline())
-        return out
-
-    def _timeouts(self, now: float) -> None:
-        if self._state is ConnectionState.CONNECTING:
-            if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self._finish(None, "handshake timeout", False)
-        elif self._state is ConnectionState.OPEN:
-            self._keepalive_timeout(now)
-
     def _on_session_error(self, exc: RemoteProtocolError) -> None:
         self._queue_error(exc.message, exc.error_code, exc.code, exc.context_id)
 

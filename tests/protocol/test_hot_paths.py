@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kugelwire.protocol import RemoteProtocolError, StreamClientSession, _messages
+from kugelwire.protocol import RemoteProtocolError, StreamClientSession, _fast, _messages
 from kugelwire.protocol._events import AudioChunk, _audio_chunk
+from kugelwire.protocol._fast import Masks
 from kugelwire.protocol._messages import AudioFrame, _audio_frame, dumps, parse_server_message
-from kugelwire.protocol._ws import _Masks
 
 _KEYS = ["audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "error", "final",
          "session_closed", "generation_started", "text", "word_timestamps", "chunk_complete"]
@@ -112,6 +112,7 @@ def test_the_first_key_dispatch_parses_like_the_ladder(items: list[tuple[str, An
 
 
 def test_the_first_key_dispatch_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fast, "ENABLED", True)  # whatever KUGELWIRE_FAST_PATHS says
     monkeypatch.setattr(_messages, "_parse_ladder", lambda obj: pytest.fail("ladder used"))
     for text in ['{"final":true,"chunk_id":0}', '{"session_closed":true}',
                  '{"generation_started":true,"chunk_id":3,"text":"Hi."}',
@@ -122,6 +123,7 @@ def test_the_first_key_dispatch_is_taken(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) -> None:
     # A failing test is the only way to see that the hot path is used at all.
+    monkeypatch.setattr(_fast, "ENABLED", True)  # whatever KUGELWIRE_FAST_PATHS says
     calls = []
     real = _messages._scan_object
     monkeypatch.setattr(_messages, "_scan_object", lambda t, i: calls.append(t) or real(t, i))
@@ -207,8 +209,8 @@ def test_masks_are_four_fresh_bytes_from_a_refilled_pool(monkeypatch: pytest.Mon
         pools.append(random.Random(len(pools)).randbytes(n))
         return pools[-1]
 
-    monkeypatch.setattr("kugelwire.protocol._ws._urandom", urandom)
-    masks = _Masks()
+    monkeypatch.setattr("kugelwire.protocol._fast._urandom", urandom)
+    masks = Masks()
     got = [masks() for _ in range(1025)]
     assert [len(p) for p in pools] == [4096, 4096]  # one system call per 1,024 masks
     assert got[:1024] == [pools[0][i : i + 4] for i in range(0, 4096, 4)]  # each byte once
