@@ -655,6 +655,21 @@ class _Connection(Generic[_E]):
         if self._session is not None:
             self._session.connection_lost(code, reason, self._now)
 
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the socket; ``b""`` means the peer closed its end (EOF)."""
+        self._now = now
+        if self._state is ConnectionState.CLOSED:
+            return
+        if self._state is not ConnectionState.CONNECTING:
+            self._receive_frames(data)
+            self._after_receive(now)
+            return
+        self._receive_handshake(data, now)
+
+    def _receive_handshake(self, data: bytes, now: float) -> None:
+        """Bytes of the opening handshake (the role's HTTP side)."""
+        raise NotImplementedError
+
     def _receive_frames(self, data: bytes) -> None:
         """Bytes after the handshake (OPEN or CLOSING)."""
         if not data:  # EOF
@@ -768,11 +783,8 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
         yield_after_audio: bool = False,
     ) -> None:
         super().__init__(
-            now=now,
-            max_message_size=max_message_size,
-            close_timeout=close_timeout,
-            keepalive_interval=keepalive_interval,
-            ping_timeout=ping_timeout,
+            now=now, max_message_size=max_message_size, close_timeout=close_timeout,
+            keepalive_interval=keepalive_interval, ping_timeout=ping_timeout,
             message_timeout=message_timeout,
         )
         #: Stop reading a batch of bytes after an audio frame that follows another message in
@@ -890,12 +902,9 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
                     self._receive_frames(None)
                 finally:
                     self.yield_after_audio = held
-        if self._state is ConnectionState.CLOSED:
-            return
-        if self._state is not ConnectionState.CONNECTING:
-            self._receive_frames(data)
-            self._after_receive(now)
-            return
+        super().receive_data(data, now)
+
+    def _receive_handshake(self, data: bytes, now: float) -> None:
         try:
             self._ws.receive_data(data if data else None)
             self._process_events()
@@ -1125,13 +1134,9 @@ class ServerConnection(_Connection[ServerConnectionEvent]):
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the socket; ``b""`` means the client closed its end (EOF)."""
-        self._now = now
-        if self._state is ConnectionState.CLOSED:
-            return
-        if self._state is not ConnectionState.CONNECTING:
-            self._receive_frames(data)
-            self._after_receive(now)
-            return
+        super().receive_data(data, now)
+
+    def _receive_handshake(self, data: bytes, now: float) -> None:
         self._head_bytes += len(data)
         self._h11.receive_data(data)
         try:
