@@ -78,7 +78,7 @@ class ServerHandle(HandleBase):
             self._loop.call_soon_threadsafe(self._job_done, job, fut.result())
 
     def _job_done(self, job: EngineJob, step: Step) -> None:
-        self.core.job_done(job, *step, self._loop.time())
+        self.core.batch_done(job, *step, self._loop.time())
         if not job.peer.lost:
             job.peer.owner.flush()
         self._schedule()
