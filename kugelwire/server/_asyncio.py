@@ -1,6 +1,7 @@
 """The asyncio adapter: an :class:`asyncio.Protocol` per connection moves bytes between the
 socket and its :class:`~kugelwire.server._core.ConnectionCore`, one loop timer follows the
-core's ``next_deadline()``, and engine jobs run in a thread pool. It decides nothing.
+core's ``next_deadline()``, and engine jobs run in a thread pool (or, for an engine whose steps
+are quick and never block, as loop callbacks). It decides nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ServerHandle(HandleBase):
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._pool = ThreadPoolExecutor(options.slots, thread_name_prefix="kugelwire-engine")
+        self._inline = options.inline
 
     async def _start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         if sock is not None:  # a listening socket made elsewhere (``serve --workers``)
@@ -69,9 +71,16 @@ class ServerHandle(HandleBase):
             peer.owner.flush()
 
     def _schedule(self) -> None:
+        if self._inline:  # quick, non-blocking steps: on the loop, each its own callback
+            for job in self.core.take_jobs():
+                self._loop.call_soon(self._run_inline, job)
+            return
         for job in self.core.take_jobs():
             fut = self._pool.submit(advance, job)
             fut.add_done_callback(functools.partial(self._from_worker, job))
+
+    def _run_inline(self, job: EngineJob) -> None:
+        self._job_done(job, advance(job))
 
     def _from_worker(self, job: EngineJob, fut: Future[Step]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone

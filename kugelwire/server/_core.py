@@ -251,6 +251,12 @@ class ServerOptions:
         return max(1, min(int(self.engine.max_concurrency), 64))
 
     @property
+    def inline(self) -> bool:
+        """The engine's steps are quick and never block (its ``inline`` attribute): an adapter
+        may advance its jobs on the event loop instead of in a worker thread."""
+        return getattr(self.engine, "inline", False) is True
+
+    @property
     def catalogue(self) -> VoiceCatalogue | None:
         """The engine's voices (None when the engine has no catalogue: any voice id)."""
         voices = getattr(self.engine, "voices", None)

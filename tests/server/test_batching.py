@@ -4,6 +4,8 @@ and what the client receives is exactly what one item per call gave."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -168,3 +170,47 @@ def test_a_job_cancelled_between_calls_is_closed_not_advanced() -> None:
     items, _, _ = advance(job)
     assert items == [] and job.done
     assert engine.runs[-1].closed_early or engine.runs[-1].cancelled
+
+
+class _Recording:
+    """Records the thread each step runs on; ``inline`` as given."""
+
+    max_concurrency = 4
+
+    def __init__(self, inline: bool) -> None:
+        self.inline = inline
+        self.threads: set[str] = set()
+
+    def synthesize(self, chunk: Any, params: Any, cancel: Any) -> Iterator[bytes]:
+        for _ in range(3):
+            self.threads.add(threading.current_thread().name)
+            yield b"\x01\x00" * 480
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_asyncio_runs_an_inline_engine_on_its_loop_and_others_in_threads(inline: bool) -> None:
+    from kugelwire.server import serve
+    from kugelwire.transports.asyncio import connect_stream
+
+    engine = _Recording(inline)
+
+    async def main() -> None:
+        async with serve(engine=engine, api_key="k", lenient=True) as server, \
+                await connect_stream(server.url, api_key="k", voice_id=1) as stream:
+            turn = await stream.send_text("Hello there.", flush=True)
+            assert turn is not None
+            events = await asyncio.wait_for(turn.collect(), 10)
+            assert sum(isinstance(e, AudioChunk) for e in events) == 3
+
+    asyncio.run(main())
+    loop_thread = threading.current_thread().name  # asyncio.run's loop runs on this thread
+    if inline:
+        assert engine.threads == {loop_thread}
+    else:
+        assert engine.threads and all(t.startswith("kugelwire-engine") for t in engine.threads)
+
+
+def test_the_tone_engine_is_inline_unless_paced_to_real_time() -> None:
+    assert ToneEngine().inline and ServerOptions(engine=ToneEngine()).inline
+    assert not ToneEngine(realtime_factor=0.5).inline
+    assert not ServerOptions(engine=_Slow()).inline  # no attribute: worker threads
