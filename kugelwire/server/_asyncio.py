@@ -33,6 +33,7 @@ class ServerHandle(HandleBase):
         self._server: asyncio.AbstractServer | None = None
         self._pool = ThreadPoolExecutor(options.slots, thread_name_prefix="kugelwire-engine")
         self._inline = options.inline
+        self._running = False  # inside _run_now
 
     async def _start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         if sock is not None:  # a listening socket made elsewhere (``serve --workers``)
@@ -81,6 +82,19 @@ class ServerHandle(HandleBase):
 
     def _run_inline(self, job: EngineJob) -> None:
         self._job_done(job, advance(job))
+
+    def _run_now(self) -> None:
+        """Inline engines: advance the jobs ready now, before a connection writes, so their
+        first audio leaves in the same write as what started them (one pass: jobs offered
+        again meanwhile run later, as loop callbacks)."""
+        if self._running:
+            return
+        self._running = True
+        try:
+            for job in self.core.take_jobs():
+                self._job_done(job, advance(job))
+        finally:
+            self._running = False
 
     def _from_worker(self, job: EngineJob, fut: Future[Step]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
@@ -131,6 +145,8 @@ class _Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write what the core produced, obey its socket action, re-arm the timer."""
+        if self._server._inline:
+            self._server._run_now()
         core, t = self._core, self._transport
         data = core.data_to_send()
         if data and not t.is_closing():
