@@ -84,15 +84,20 @@ class ServerHandle(HandleBase):
         self._job_done(job, advance(job))
 
     def _run_now(self) -> None:
-        """Inline engines: advance the jobs ready now, before a connection writes, so their
-        first audio leaves in the same write as what started them (one pass: jobs offered
-        again meanwhile run later, as loop callbacks)."""
+        """Inline engines: advance the next ready job now, before a connection writes, so a
+        turn's first audio leaves in the same write as what started it. One job at most (the
+        loop is held for one worker call's budget): the others, and jobs offered again
+        meanwhile, run as loop callbacks."""
         if self._running:
             return
+        jobs = self.core.take_jobs()
+        if not jobs:
+            return
+        for job in jobs[1:]:
+            self._loop.call_soon(self._run_inline, job)
         self._running = True
         try:
-            for job in self.core.take_jobs():
-                self._job_done(job, advance(job))
+            self._job_done(jobs[0], advance(jobs[0]))
         finally:
             self._running = False
 
