@@ -137,7 +137,8 @@ def main() -> None:
 # CLIENT_PROCESSES client processes) against the
 # multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
 # connections and more, to find each one's sustainable connections: the most connections whose
-# sentence-end -> first-audio p99 stays <= 50 ms with no error. Targets: p99 <= 50 ms at 1,000
+# sentence-end -> first-audio p99 stays <= 50 ms with no error, at that size and every smaller
+# one tried (a pass after a miss is luck, not capacity). Targets: p99 <= 50 ms at 1,000
 # with one worker; 2 workers sustain >= 1.6x the connections of one. Run only this section with
 #     python -c "from benchmarks.bench_scale import scale_workers; scale_workers()"
 
@@ -255,6 +256,7 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
     p99_at: dict[tuple[int, int], float] = {}
     for workers in (1, 2):
         sustained[workers] = 0
+        failed = False  # a smaller size missed: larger ones that pass do not count
         for n in sizes:
             server = _Workers(workers)
             try:
@@ -269,11 +271,13 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
             p99 = percentile(latencies, 99) * 1e3
             p99_at[workers, n] = p99
             ok = errors == 0 and p99 <= WORKER_P99_MS
-            if ok and n > sustained[workers]:
+            if ok and not failed and n > sustained[workers]:
                 sustained[workers] = n
+            failed = failed or not ok
             tag = f"scale --workers {workers} {n}"
             print(f"scale: --workers {workers}, {n} connections, turns over {window:.1f} s, "
-                  f"run {wall:.1f} s, supervisor exit {status}")
+                  f"run {wall:.1f} s, supervisor exit {status}, load average "
+                  f"{os.getloadavg()[0]:.1f} (other processes compete for the 2 cores)")
             figure(f"{tag}: sentence-end->first-audio p50", p50, "ms")
             first = workers == 1 and n == 1000
             figure(f"{tag}: sentence-end->first-audio p99", p99, "ms",

@@ -11,20 +11,39 @@ from typing import Any
 
 from ._core import EngineJob, ServerCore, ServerOptions, log
 
-__all__ = ["HandleBase", "advance", "linger_zero"]
+__all__ = ["BATCH_SECONDS", "HandleBase", "advance", "linger_zero"]
 
-Step = tuple[Any, float, "BaseException | None"]
+Step = tuple[list[Any], float, "BaseException | None"]
+
+#: Engine time (seconds) one worker call may spend past its first item: a fast engine hands
+#: over many pieces per thread hop, a slow one (or one generating at real time) each piece as
+#: soon as it is made.
+BATCH_SECONDS = 0.002
 
 
 def advance(job: EngineJob) -> Step:
-    """One :meth:`EngineJob.advance` in a worker thread: ``(item, seconds, error)`` (the core
-    reads no clock, so the engine's time is measured here)."""
+    """One worker call: :meth:`EngineJob.advance` until the generator is over, the job is
+    cancelled, its items hold ``job.batch_bytes`` of audio or :data:`BATCH_SECONDS` passed;
+    ``(items, seconds, error)`` (the core reads no clock, so the engine's time is measured
+    here; an engine error comes with what was yielded before it)."""
+    limit, token = job.batch_bytes, job.token
+    items: list[Any] = []
+    audio, error = 0, None
     t0 = time.perf_counter()
+    deadline = t0 + BATCH_SECONDS
     try:
-        item, error = job.advance(), None
+        while True:
+            item = job.advance()
+            if item is None:
+                break
+            items.append(item)
+            if type(item) is bytes:
+                audio += len(item)
+            if audio >= limit or token.cancelled or time.perf_counter() >= deadline:
+                break
     except Exception as exc:
-        item, error = None, exc
-    return item, time.perf_counter() - t0, error
+        error = exc
+    return items, time.perf_counter() - t0, error
 
 
 def linger_zero(sock: Any) -> None:

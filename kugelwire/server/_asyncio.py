@@ -1,6 +1,7 @@
 """The asyncio adapter: an :class:`asyncio.Protocol` per connection moves bytes between the
 socket and its :class:`~kugelwire.server._core.ConnectionCore`, one loop timer follows the
-core's ``next_deadline()``, and engine jobs run in a thread pool. It decides nothing.
+core's ``next_deadline()``, and engine jobs run in a thread pool (or, for an engine whose steps
+are quick and never block, as loop callbacks). It decides nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ServerHandle(HandleBase):
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._pool = ThreadPoolExecutor(options.slots, thread_name_prefix="kugelwire-engine")
+        self._inline = options.inline
+        self._running = False  # inside _run_now
 
     async def _start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         if sock is not None:  # a listening socket made elsewhere (``serve --workers``)
@@ -69,16 +72,41 @@ class ServerHandle(HandleBase):
             peer.owner.flush()
 
     def _schedule(self) -> None:
+        if self._inline:  # quick, non-blocking steps: on the loop, each its own callback
+            for job in self.core.take_jobs():
+                self._loop.call_soon(self._run_inline, job)
+            return
         for job in self.core.take_jobs():
             fut = self._pool.submit(advance, job)
             fut.add_done_callback(functools.partial(self._from_worker, job))
+
+    def _run_inline(self, job: EngineJob) -> None:
+        self._job_done(job, advance(job))
+
+    def _run_now(self) -> None:
+        """Inline engines: advance the next ready job now, before a connection writes, so a
+        turn's first audio leaves in the same write as what started it. One job at most (the
+        loop is held for one worker call's budget): the others, and jobs offered again
+        meanwhile, run as loop callbacks."""
+        if self._running:
+            return
+        jobs = self.core.take_jobs()
+        if not jobs:
+            return
+        for job in jobs[1:]:
+            self._loop.call_soon(self._run_inline, job)
+        self._running = True
+        try:
+            self._job_done(jobs[0], advance(jobs[0]))
+        finally:
+            self._running = False
 
     def _from_worker(self, job: EngineJob, fut: Future[Step]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
             self._loop.call_soon_threadsafe(self._job_done, job, fut.result())
 
     def _job_done(self, job: EngineJob, step: Step) -> None:
-        self.core.job_done(job, *step, self._loop.time())
+        self.core.batch_done(job, *step, self._loop.time())
         if not job.peer.lost:
             job.peer.owner.flush()
         self._schedule()
@@ -122,6 +150,8 @@ class _Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write what the core produced, obey its socket action, re-arm the timer."""
+        if self._server._inline:
+            self._server._run_now()
         core, t = self._core, self._transport
         data = core.data_to_send()
         if data and not t.is_closing():

@@ -17,7 +17,7 @@ An adapter drives it with this loop and decides nothing itself::
     conn.next_deadline() -> conn.handle_timeout(now)
     for job in core.take_jobs():              # engine work, at most ``options.slots`` at once
         item = job.advance()                  # in a worker thread; time it
-        core.job_done(job, item, seconds, error, now)
+        core.job_done(job, item, seconds, error, now)   # or batch_done(job, items, ...)
     conn.connection_lost(now)                 # the socket is gone
 
 Every call that can produce output is followed by the adapter flushing ``data_to_send()``,
@@ -111,6 +111,9 @@ _SESSIONS: dict[str, type[_ServerSession]] = {
     STREAM_ENDPOINT: StreamServerSession,
     MULTI_ENDPOINT: MultiServerSession,
 }
+
+
+_LIMITS = ServerLimits()
 
 
 def _cli(help: str, **extra: Any) -> dict[str, Any]:
@@ -251,6 +254,12 @@ class ServerOptions:
         return max(1, min(int(self.engine.max_concurrency), 64))
 
     @property
+    def inline(self) -> bool:
+        """The engine's steps are quick and never block (its ``inline`` attribute): an adapter
+        may advance its jobs on the event loop instead of in a worker thread."""
+        return getattr(self.engine, "inline", False) is True
+
+    @property
     def catalogue(self) -> VoiceCatalogue | None:
         """The engine's voices (None when the engine has no catalogue: any voice id)."""
         voices = getattr(self.engine, "voices", None)
@@ -313,14 +322,19 @@ class SocketAction(Enum):
 
 class EngineJob:
     """One :class:`SynthesisRequested` on the engine: a generator the adapter advances in a
-    worker thread (:meth:`advance`, one call at a time per job)."""
+    worker thread (:meth:`advance`, one call at a time per job).
 
-    __slots__ = ("_engine", "_gen", "busy", "closing", "done", "gen_s", "peer", "request",
-                 "token")
+    One worker call may advance it several times (see :attr:`batch_bytes`): its items then
+    reach :meth:`ServerCore.job_done` together, in order, so a fast engine costs few thread
+    hops per chunk."""
+
+    __slots__ = ("_engine", "_gen", "_later", "batch_bytes", "busy", "closing", "done", "gen_s",
+                 "peer", "request", "token")
 
     def __init__(self, peer: _Peer, request: SynthesisRequested) -> None:
         self.peer = peer
-        self._engine = peer.server.options.engine
+        options = peer.server.options
+        self._engine = options.engine
         self.request = request
         self.token = CancelToken()
         self._gen: Iterator[SynthesisItem] | None = None
@@ -328,6 +342,12 @@ class EngineJob:
         self.done = False
         self.busy = False  # a worker thread is inside advance()
         self.closing = False  # waiting for a worker to close its generator
+        #: PCM bytes one worker call may collect before it hands its items over: a frame's
+        #: worth on the first call (the chunk's first audio goes out as soon as it is made),
+        #: then an eighth of ``write_buffer_limit`` (flow control overshoots by little)
+        frame_ms = (options.limits or _LIMITS).frame_ms
+        self.batch_bytes = max(1, request.params.sample_rate * frame_ms // 1000) * 2
+        self._later = max(self.batch_bytes, options.write_buffer_limit // 8)
 
     def advance(self) -> SynthesisItem | None:
         """The next item; None when exhausted. Once cancelled it closes the generator instead
@@ -341,6 +361,7 @@ class EngineJob:
         if self._gen is None:
             req = self.request
             self._gen = iter(self._engine.synthesize(req.chunk, req.params, self.token))
+            self.batch_bytes = self._later  # from the next worker call on
         try:
             return next(self._gen)
         except StopIteration:
@@ -455,8 +476,33 @@ class ServerCore:
         error: BaseException | None,
         now: float,
     ) -> None:
-        """A worker call of :meth:`EngineJob.advance` returned ``item`` (or raised ``error``)
-        after ``seconds`` inside the engine."""
+        """A worker call of :meth:`EngineJob.advance` returned ``item`` (None: exhausted; or
+        raised ``error``) after ``seconds`` inside the engine."""
+        self._finish(job, () if item is None else (item,), seconds, error, item is None, now)
+
+    def batch_done(
+        self,
+        job: EngineJob,
+        items: Sequence[SynthesisItem],
+        seconds: float,
+        error: BaseException | None,
+        now: float,
+    ) -> None:
+        """A worker call advanced ``job`` several times (see :attr:`EngineJob.batch_bytes`):
+        ``items`` in order (then ``error``, if the engine raised), ``seconds`` inside the
+        engine; the generator is exhausted when :attr:`EngineJob.done`. The session gets the
+        items exactly as from one :meth:`job_done` each."""
+        self._finish(job, items, seconds, error, job.done, now)
+
+    def _finish(
+        self,
+        job: EngineJob,
+        items: Sequence[SynthesisItem],
+        seconds: float,
+        error: BaseException | None,
+        done: bool,
+        now: float,
+    ) -> None:
         self._busy -= 1
         job.busy = False
         job.gen_s += seconds
@@ -467,17 +513,21 @@ class ServerCore:
             self._retire(job)
             return
         ref = job.request.ref
-        if error is not None:
+        keep = True
+        for item in items:
+            if isinstance(item, WordTimestamp):
+                keep = session.send_word_timestamps(ref, (item,), now)
+            else:
+                keep = session.send_audio(ref, item, now)
+            if not keep:
+                break
+        if keep and error is not None:
             log.error("engine failed on chunk %s", ref, exc_info=error)
             session.fail_chunk(ref, "Audio generation failed", now)
             keep = False
-        elif item is None:
+        elif keep and done:
             session.complete_chunk(ref, job.gen_s * 1000, now)
             keep = False
-        elif isinstance(item, WordTimestamp):
-            keep = session.send_word_timestamps(ref, (item,), now)
-        else:
-            keep = session.send_audio(ref, item, now)
         if keep:
             peer._ready.append(job)
         else:

@@ -114,8 +114,8 @@ class StructuredServer(HandleBase):
             self._nursery.start_soon(self._run_job, job)
 
     async def _run_job(self, job: EngineJob) -> None:
-        item, seconds, error = await self.rt.to_thread(advance, job)
-        self.core.job_done(job, item, seconds, error, self.rt.current_time())
+        items, seconds, error = await self.rt.to_thread(advance, job)
+        self.core.batch_done(job, items, seconds, error, self.rt.current_time())
         if not job.peer.lost:
             job.peer.owner.kick()
         self._schedule()

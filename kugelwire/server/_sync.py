@@ -165,7 +165,7 @@ class SyncServerHandle(HandleBase):
         self.call(functools.partial(self._job_done, job, fut.result()))
 
     def _job_done(self, job: EngineJob, step: Step) -> None:
-        self.core.job_done(job, *step, _now())
+        self.core.batch_done(job, *step, _now())
         if not job.peer.lost:
             job.peer.owner.flush()
         self._schedule()

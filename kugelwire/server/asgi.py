@@ -114,8 +114,8 @@ class KugelwireASGI:
     async def _run_job(self, job: EngineJob, host: _Socket) -> None:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.options.slots)
-        item, seconds, error = await anyio.to_thread.run_sync(advance, job, limiter=self._limiter)
-        self.core.job_done(job, item, seconds, error, anyio.current_time())
+        items, seconds, error = await anyio.to_thread.run_sync(advance, job, limiter=self._limiter)
+        self.core.batch_done(job, items, seconds, error, anyio.current_time())
         job.peer.owner.kick()
         self._schedule(host)
 
@@ -196,6 +196,9 @@ class _Socket:
     async def _writer(self) -> None:
         conn = self.conn
         while not conn.lost:
+            # the event to wait on is taken before the outbox is read: a kick while the
+            # messages below are sent (a job's output arriving) sets it, so none is missed
+            changed = self._changed
             try:
                 batch = conn.messages_to_send()
                 left = conn.held
@@ -209,7 +212,7 @@ class _Socket:
                     return
             except OSError:  # the client is gone (uvicorn's ClientDisconnected, ...)
                 return
-            changed, deadline = self._changed, conn.next_deadline()
+            deadline = conn.next_deadline()
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
                 await changed.wait()
             if deadline is not None and anyio.current_time() >= deadline:

@@ -19,6 +19,11 @@ the same engine may be interleaved step by step (a connection whose client reads
 its generator suspended while others advance), so an engine with global state (eSpeak:
 ``max_concurrency = 1``) must not keep that state across a ``yield``.
 
+Inline: an engine may offer an ``inline`` attribute; True promises that every step (the first
+``next()`` included) is quick computation that never blocks or sleeps (microseconds, like the
+tone engine's). The asyncio server then advances its generators on the event loop itself,
+sparing two thread hops per worker call; every other backend still uses worker threads.
+
 Voices: an engine may offer a ``voices`` attribute, a :class:`VoiceCatalogue` (id -> engine
 voice, language, display name). The server then accepts only those ids (unless lenient) and
 serves the table at ``GET /v1/voices``; ``params.voice_id`` is always a catalogue id there.
@@ -77,6 +82,9 @@ class Engine(Protocol):
 
     #: How many calls into the engine may run at once (1 for engines with global state).
     max_concurrency: int
+
+    # Optional attribute ``inline``: True when every step is quick and never blocks (the
+    # asyncio server may then advance the generators on its event loop; see module doc).
 
     # Optional attribute ``voices``: a :class:`VoiceCatalogue` — what ``voice_id`` may name on a
     # strict server, and the answer of ``GET /v1/voices``. ``params.voice_id`` is then a

@@ -141,6 +141,12 @@ class ToneEngine:
     def __post_init__(self) -> None:
         self.runs = deque(maxlen=self.history)
 
+    @property
+    def inline(self) -> bool:
+        """Steps are quick and never block unless generation is paced to real time (see
+        :class:`~kugelwire.synth.Engine`): the asyncio server advances them on its loop."""
+        return self.realtime_factor <= 0
+
     # -- planning ---------------------------------------------------------------------------
     def plan(self, chunk: TextChunk, speed: float = 1.0) -> list[_Segment]:
         """The chunk's segments in order (durations already scaled by speed and prosody)."""
