@@ -16,7 +16,11 @@ from hypothesis import HealthCheck, settings
 
 _common = {
     "deadline": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # differing_executors: mutmut runs the suite twice in one process (a @given method of a
+    # class then looks like one run by two executors)
+    "suppress_health_check": [
+        HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.differing_executors
+    ],
 }
 settings.register_profile("ci", derandomize=True, print_blob=True, **_common)  # type: ignore[arg-type]
 settings.register_profile("fuzz", derandomize=False, **_common)  # type: ignore[arg-type]
