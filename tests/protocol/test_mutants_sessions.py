@@ -143,3 +143,49 @@ def test_a_stream_turn_refused_by_an_error_frame_ends_and_the_next_names_its_voi
     # a new turn (not text for the refused one), and it names the voice again
     assert s.messages_to_send() == ['{"text":"Again.","voice_id":1,"flush":true}']
     assert list(s.events()) == [TurnStarted(1)]
+
+
+_FINAL = json.dumps({"final": True, "chunks": 0, "total_samples": 0, "dur_ms": 0.0,
+                     "gen_ms": 0.0, "rtf": 0.0})
+
+
+def test_a_tts_cancel_that_crosses_a_final_passes_to_the_request_sent_before_it() -> None:
+    from kugelwire.protocol import TTSClientSession
+    from kugelwire.protocol.events import Interrupted
+
+    s = TTSClientSession(voice_id=1)
+    s.request("First one.", 0.0)
+    s.request("Second one.", 0.0)
+    s.messages_to_send()
+    list(s.events())
+    assert s.cancel(0.1) == (0,)
+    s.receive_message(_FINAL, 0.2)  # request 0 ended before the cancel reached the server
+    (first,) = list(s.events())
+    assert isinstance(first, Interrupted) and first.turn == 0
+    assert first.metrics is not None and first.metrics.cancelled
+    assert first.metrics.ended_at == 0.2
+    s.receive_message(json.dumps({"interrupted": True}), 0.3)  # the server cancelled request 1
+    (second,) = list(s.events())
+    assert isinstance(second, Interrupted) and second.turn == 1 and second.acknowledged
+    assert second.metrics is not None and second.metrics.cancelled
+    assert second.metrics.ended_at == 0.3
+
+
+def test_a_tts_cancel_that_crosses_a_final_spares_a_request_sent_after_it() -> None:
+    from kugelwire.protocol import TTSClientSession
+    from kugelwire.protocol.events import AudioChunk, GenerationStarted, Interrupted
+    from kugelwire.protocol.messages import AudioFrame
+
+    s = TTSClientSession(voice_id=1)
+    s.request("First one.", 0.0)
+    s.cancel(0.1)
+    s.request("Second one.", 0.15)  # after the cancel: the server does not cancel it
+    s.messages_to_send()
+    list(s.events())
+    s.receive_message(_FINAL, 0.2)
+    assert [type(e) for e in s.events()] == [Interrupted]
+    s.receive_message(json.dumps({"generation_started": True, "chunk_id": 0,
+                                  "text": "Second one."}), 0.25)
+    s.receive_message(AudioFrame.from_bytes(b"\x00\x00" * 10, idx=0, sr=24000,
+                                            chunk_id=0).to_json(), 0.3)
+    assert [(type(e), e.turn) for e in s.events()] == [(GenerationStarted, 1), (AudioChunk, 1)]
