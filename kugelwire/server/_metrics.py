@@ -56,6 +56,34 @@ FIRST_AUDIO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 #: Engine time / audio time, per chunk (``/ws/tts``: per request).
 RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
+#: Every metric family as (name, type, help[, buckets]), in the order ``GET /metrics`` lists them.
+FAMILIES: tuple[tuple[str, str, str] | tuple[str, str, str, tuple[float, ...]], ...] = (
+    ("kugelwire_connections", "gauge", "Open TCP connections."),
+    ("kugelwire_connections_total", "counter", "TCP connections accepted."),
+    (
+        "kugelwire_rejected_upgrades_total", "counter",
+        "Requests refused with an HTTP error (by status and reason).",
+    ),
+    ("kugelwire_sessions", "gauge", "Open WebSocket sessions per endpoint."),
+    ("kugelwire_sessions_total", "counter", "WebSocket sessions accepted per endpoint."),
+    (
+        "kugelwire_turns_started_total", "counter",
+        "Turns begun (stream turns, tts requests, multi context flush cycles).",
+    ),
+    ("kugelwire_turns_total", "counter", "Turns finished, by endpoint and outcome."),
+    ("kugelwire_audio_seconds_total", "counter", "Seconds of audio sent, per endpoint."),
+    (
+        "kugelwire_first_audio_seconds", "histogram",
+        "Seconds from a turn's first text to its first audio frame.", FIRST_AUDIO_BUCKETS,
+    ),
+    ("kugelwire_engine_seconds_total", "counter", "Seconds spent in the engine."),
+    (
+        "kugelwire_engine_real_time_factor", "histogram",
+        "Engine time divided by audio time, per chunk (/ws/tts: per request).", RTF_BUCKETS,
+    ),
+    ("kugelwire_errors_total", "counter", "Error frames sent, by endpoint and error_code."),
+)
+
 _ENDPOINTS = {path: kind for kind, path in ENDPOINT_KINDS.items()}
 _CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -144,105 +172,72 @@ class Metrics:
     """The server's metrics registry (one per server process; not thread-safe: feed it from
     the server's event loop). ``render()`` is the Prometheus text format."""
 
+    #: Every family this registry holds: ``(name, type, help[, buckets])``.
+    FAMILIES = FAMILIES
+
     def __init__(self) -> None:
         #: Set by a multi-process supervisor: the other processes' latest snapshots, added to
         #: this process's live figures by ``GET /metrics``.
         self.others: Callable[[], Iterable[Snapshot]] | None = None
-        f = self._families = {}  # type: dict[str, _Family]
+        self._families = {row[0]: _Family(*row) for row in FAMILIES}
 
-        def fam(name: str, kind: str, help: str, buckets: Sequence[float] = ()) -> _Family:
-            f[name] = _Family(name, kind, help, buckets)
-            return f[name]
+    def _add(self, name: str, labels: Labels, amount: float = 1.0) -> None:
+        self._families[name].add(labels, amount)
 
-        self._connections = fam("kugelwire_connections", "gauge", "Open TCP connections.")
-        self._connections_total = fam(
-            "kugelwire_connections_total", "counter", "TCP connections accepted."
-        )
-        self._rejected = fam(
-            "kugelwire_rejected_upgrades_total", "counter",
-            "Requests refused with an HTTP error (by status and reason).",
-        )
-        self._sessions = fam(
-            "kugelwire_sessions", "gauge", "Open WebSocket sessions per endpoint."
-        )
-        self._sessions_total = fam(
-            "kugelwire_sessions_total", "counter", "WebSocket sessions accepted per endpoint."
-        )
-        self._started = fam(
-            "kugelwire_turns_started_total", "counter",
-            "Turns begun (stream turns, tts requests, multi context flush cycles).",
-        )
-        self._turns = fam(
-            "kugelwire_turns_total", "counter", "Turns finished, by endpoint and outcome."
-        )
-        self._audio = fam(
-            "kugelwire_audio_seconds_total", "counter", "Seconds of audio sent, per endpoint."
-        )
-        self._first_audio = fam(
-            "kugelwire_first_audio_seconds", "histogram",
-            "Seconds from a turn's first text to its first audio frame.", FIRST_AUDIO_BUCKETS,
-        )
-        self._engine = fam(
-            "kugelwire_engine_seconds_total", "counter", "Seconds spent in the engine."
-        )
-        self._rtf = fam(
-            "kugelwire_engine_real_time_factor", "histogram",
-            "Engine time divided by audio time, per chunk (/ws/tts: per request).", RTF_BUCKETS,
-        )
-        self._errors = fam(
-            "kugelwire_errors_total", "counter", "Error frames sent, by endpoint and error_code."
-        )
+    def _observe(self, name: str, labels: Labels, value: float) -> None:
+        self._families[name].observe(labels, value)
 
     # -- connection glue ----------------------------------------------------------------------
     def connection_opened(self, now: float) -> None:
         """A TCP connection was accepted."""
-        self._connections.add((), 1)
-        self._connections_total.add((), 1)
+        self._add("kugelwire_connections", (), 1)
+        self._add("kugelwire_connections_total", (), 1)
 
     def connection_closed(self, now: float) -> None:
         """A TCP connection is gone (every opened one is closed exactly once)."""
-        self._connections.add((), -1)
+        self._add("kugelwire_connections", (), -1)
 
     def rejected(self, status: int, reason: str, now: float) -> None:
         """An upgrade (or plain request) answered with an HTTP error, or refused as busy."""
-        self._rejected.add((("reason", reason), ("status", str(status))))
+        labels = (("reason", reason), ("status", str(status)))
+        self._add("kugelwire_rejected_upgrades_total", labels)
 
     # -- fed by ObservedSession ------------------------------------------------------------
     def session_opened(self, endpoint: str) -> None:
         """A WebSocket session began on ``endpoint`` (``stream`` / ``multi`` / ``tts``)."""
-        self._sessions.add(_ep(endpoint), 1)
-        self._sessions_total.add(_ep(endpoint), 1)
+        self._add("kugelwire_sessions", _ep(endpoint), 1)
+        self._add("kugelwire_sessions_total", _ep(endpoint), 1)
 
     def session_closed(self, endpoint: str) -> None:
         """A WebSocket session ended."""
-        self._sessions.add(_ep(endpoint), -1)
+        self._add("kugelwire_sessions", _ep(endpoint), -1)
 
     def turn_started(self, endpoint: str) -> None:
         """A turn (stream turn, tts request, multi flush cycle) got its first text."""
-        self._started.add(_ep(endpoint))
+        self._add("kugelwire_turns_started_total", _ep(endpoint))
 
     def turn_finished(self, endpoint: str, outcome: str) -> None:
         """A turn ended: ``completed``, ``interrupted``, ``error``, ``closed`` or
         ``disconnected``."""
-        self._turns.add((("endpoint", endpoint), ("outcome", outcome)))
+        self._add("kugelwire_turns_total", (("endpoint", endpoint), ("outcome", outcome)))
 
     def first_audio(self, endpoint: str, seconds: float) -> None:
         """A turn's first audio frame went out ``seconds`` after its first text."""
-        self._first_audio.observe(_ep(endpoint), max(0.0, seconds))
+        self._observe("kugelwire_first_audio_seconds", _ep(endpoint), max(0.0, seconds))
 
     def audio(self, endpoint: str, seconds: float) -> None:
         """An audio frame of ``seconds`` went out."""
-        self._audio.add(_ep(endpoint), seconds)
+        self._add("kugelwire_audio_seconds_total", _ep(endpoint), seconds)
 
     def engine(self, endpoint: str, engine_s: float, audio_s: float) -> None:
         """The engine spent ``engine_s`` seconds making ``audio_s`` seconds of audio."""
-        self._engine.add(_ep(endpoint), engine_s)
+        self._add("kugelwire_engine_seconds_total", _ep(endpoint), engine_s)
         if audio_s > 0:
-            self._rtf.observe(_ep(endpoint), engine_s / audio_s)
+            self._observe("kugelwire_engine_real_time_factor", _ep(endpoint), engine_s / audio_s)
 
     def error(self, endpoint: str, error_code: str) -> None:
         """An error frame with ``error_code`` went out."""
-        self._errors.add((("endpoint", endpoint), ("error_code", error_code)))
+        self._add("kugelwire_errors_total", (("endpoint", endpoint), ("error_code", error_code)))
 
     # -- reading -------------------------------------------------------------------------------
     def gauge_names(self) -> frozenset[str]:

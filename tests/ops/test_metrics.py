@@ -321,3 +321,21 @@ def test_multi_outcomes_cancel_all_close_and_refused(server: Any) -> None:
     assert started == 5
     assert sum(delta(o) for o in ("completed", "interrupted", "closed", "disconnected",
                                   "error")) == 5
+
+
+def test_the_families_table_drives_the_exposition_and_the_docs() -> None:
+    """One table names every family: the exposition lists them in its order, each with its
+    type and help, and docs/metrics.md's table documents exactly those names."""
+    import pathlib
+    import re
+
+    names = [row[0] for row in Metrics.FAMILIES]
+    assert len(set(names)) == len(names) and all(n.startswith("kugelwire_") for n in names)
+    text = Metrics().render().decode()
+    helps = re.findall(r"^# HELP (\S+) (.+)$", text, re.M)
+    assert [(n, h) for n, h in helps] == [(row[0], row[2]) for row in Metrics.FAMILIES]
+    types = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
+    assert types == [(row[0], row[1]) for row in Metrics.FAMILIES]
+    docs = pathlib.Path(__file__).parents[2] / "docs" / "metrics.md"
+    documented = re.findall(r"^\| `(kugelwire_\w+)` \| (\w+) \|", docs.read_text(), re.M)
+    assert documented == [(row[0], row[1]) for row in Metrics.FAMILIES]
