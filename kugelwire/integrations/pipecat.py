@@ -32,14 +32,7 @@ from . import missing_framework
 try:
     from loguru import logger
     from pipecat.audio.utils import create_stream_resampler
-    from pipecat.frames.frames import (
-        ErrorFrame,
-        Frame,
-        InterruptionFrame,
-        StartFrame,
-        TTSAudioRawFrame,
-        TTSStoppedFrame,
-    )
+    from pipecat.frames import frames as pf  # ErrorFrame, TTSAudioRawFrame, ...
     from pipecat.processors.frame_processor import FrameDirection
     from pipecat.services.settings import NOT_GIVEN, TTSSettings
     from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
@@ -92,12 +85,14 @@ class KugelwireTTSService(WebsocketTTSService):
     (default: the pipeline's; audio is resampled when the server does not offer it);
     ``encoding``: ``"pcm"``, or ``"mulaw"`` / ``"alaw"`` to receive 8 kHz G.711 from the server
     (telephony; frames are still PCM16 for Pipecat); ``word_timestamps``: word-level TTSTextFrames
-    (else sentence text frames after the audio); ``speed``, ``temperature``, ``cfg_scale``,
-    ``normalize``, ``model_id``: generation settings; ``keepalive_interval``: seconds of quiet
-    after which an open context is kept alive; ``connect_options``: more keyword arguments for
-    :func:`~kugelwire.transports.asyncio.connect_multi`. Text is streamed token by token unless
-    ``text_aggregation_mode=TextAggregationMode.SENTENCE``. Other keyword arguments go to
-    Pipecat's ``WebsocketTTSService``.
+    (else sentence text frames after the audio); ``keepalive_interval``: seconds of quiet after
+    which an open context is kept alive; ``connect_options``: more keyword arguments for
+    :func:`~kugelwire.transports.asyncio.connect_multi`; ``settings``: the generation settings
+    as in every Pipecat 1.x service, ``KugelwireTTSService.Settings(model=..., speed=...,
+    temperature=..., cfg_scale=..., normalize=..., voice=..., language=...)`` (unset fields
+    keep the server's defaults; a ``voice`` given there wins over ``voice_id``). Text is
+    streamed token by token unless ``text_aggregation_mode=TextAggregationMode.SENTENCE``.
+    Other keyword arguments go to Pipecat's ``WebsocketTTSService``.
     """
 
     Settings = KugelwireTTSSettings
@@ -113,22 +108,23 @@ class KugelwireTTSService(WebsocketTTSService):
         sample_rate: int | None = None,
         encoding: Literal["pcm", "mulaw", "alaw"] = "pcm",
         word_timestamps: bool = True,
-        model_id: str | None = None,
-        speed: float | None = None,
-        temperature: float | None = None,
-        cfg_scale: float | None = None,
-        normalize: bool | None = None,
         keepalive_interval: float = 10.0,
         connect_options: dict[str, Any] | None = None,
+        settings: KugelwireTTSSettings | None = None,
         text_aggregation_mode: Any = None,
         **kwargs: Any,
     ) -> None:
-        service = ServiceOptions(
-            voice_id, encoding, word_timestamps, keepalive_interval, connect_options or {}
+        # the server's defaults, then the given settings (Pipecat's order: settings win)
+        store = KugelwireTTSSettings(
+            model=None, voice=str(voice_id), language=language, speed=None,
+            temperature=None, cfg_scale=None, normalize=None,
         )
-        settings = KugelwireTTSSettings(
-            model=model_id, voice=str(voice_id), language=language, speed=speed,
-            temperature=temperature, cfg_scale=cfg_scale, normalize=normalize,
+        if settings is not None:
+            store.apply_update(settings)
+        voice = store.voice if isinstance(store.voice, str) and store.voice else str(voice_id)
+        store.voice = voice
+        service = ServiceOptions(
+            voice, encoding, word_timestamps, keepalive_interval, connect_options or {}
         )
         super().__init__(
             text_aggregation_mode=text_aggregation_mode or TextAggregationMode.TOKEN,
@@ -136,7 +132,7 @@ class KugelwireTTSService(WebsocketTTSService):
             push_start_frame=True,
             pause_frame_processing=False,
             sample_rate=sample_rate,
-            settings=settings,
+            settings=store,
             **kwargs,
         )
         self._api_key, self._url = api_key, url
@@ -159,7 +155,7 @@ class KugelwireTTSService(WebsocketTTSService):
         """Contexts this service has open on the server (closing ones included)."""
         return tuple(self._contexts)
 
-    async def start(self, frame: StartFrame) -> None:
+    async def start(self, frame: pf.StartFrame) -> None:
         await super().start(frame)
         await self._connect()  # pre-connect: the first turn pays no handshake
 
@@ -185,7 +181,7 @@ class KugelwireTTSService(WebsocketTTSService):
         await super().on_audio_context_interrupted(context_id)
 
     async def _handle_interruption(
-        self, frame: InterruptionFrame, direction: FrameDirection
+        self, frame: pf.InterruptionFrame, direction: FrameDirection
     ) -> None:
         await super()._handle_interruption(frame, direction)
         # Contexts whose audio context already ended (but whose server context is still open)
@@ -217,14 +213,14 @@ class KugelwireTTSService(WebsocketTTSService):
             self._turn_context_id = self.create_context_id()
         return changed
 
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[pf.Frame | None, None]:
         try:
             ctx = await self._context(context_id)
             await ctx.handle.send_text(text)
             await self.start_tts_usage_metrics(text)
         except (KugelwireError, LocalProtocolError) as exc:
-            yield ErrorFrame(error=f"{self} could not send text: {exc}")
-            yield TTSStoppedFrame(context_id=context_id)
+            yield pf.ErrorFrame(error=f"{self} could not send text: {exc}")
+            yield pf.TTSStoppedFrame(context_id=context_id)
             return
         yield None
 
@@ -372,10 +368,11 @@ class KugelwireTTSService(WebsocketTTSService):
             audio = await ctx.resampler.resample(audio, event.sample_rate, self.sample_rate)
         if audio:
             ctx.audio = True
-            frame = TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)
+            frame = pf.TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)
             await self.append_to_audio_context(context_id, frame)
 
     async def _end_audio(self, context_id: str) -> None:
         if self.audio_context_available(context_id):
-            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+            stopped = pf.TTSStoppedFrame(context_id=context_id)
+            await self.append_to_audio_context(context_id, stopped)
             await self.remove_audio_context(context_id)

@@ -57,7 +57,9 @@ class SpellSpan:
 
 @dataclass(frozen=True, slots=True)
 class BreakMark:
-    """A pause at ``offset`` in ``TextChunk.text``; ``ms`` is 0, 200, 400 or 500."""
+    """A pause at ``offset`` in ``TextChunk.text`` from a ``<break>`` tag: ``ms`` is 0, 200, 400
+    or 500 (the tag's ``time`` snapped to one of those, else its ``strength``; see
+    :func:`break_ms`)."""
 
     offset: int
     ms: int

@@ -343,6 +343,21 @@ async def test_settings_update_applies_without_reconnecting(kugelwire_server: An
     assert not [f for f in up if "Error" in type(f).__name__]
 
 
+async def test_constructor_settings_are_pipecat_settings(kugelwire_server: Any) -> None:
+    """``settings=KugelwireTTSService.Settings(...)`` (the Pipecat 1.x idiom) sets the
+    generation settings of the connection: speed 1.2 speaks the same words in 1/1.2 of the
+    time, and a ``voice`` given there wins over ``voice_id``."""
+    plain = service(kugelwire_server)
+    fast = service(kugelwire_server, settings=KugelwireTTSService.Settings(speed=1.2, voice="2"))
+    assert fast.settings.speed == 1.2 and fast.settings.voice == "2"
+    assert plain.settings.speed is None and plain.settings.voice == "1"
+    frames = [*turn("Same ", "words ", "twice."), SleepFrame(0.3)]
+    down_plain, _ = await run_test(plain, frames_to_send=frames)
+    down_fast, up = await run_test(fast, frames_to_send=frames)
+    assert audio_s(down_fast) == pytest.approx(audio_s(down_plain) / 1.2, abs=0.01)
+    assert not [f for f in up if "Error" in type(f).__name__]
+
+
 async def test_dropped_connection_reconnects(kugelwire_server: Any) -> None:
     """A socket that dies without a close frame (not a restart): Pipecat's reconnect logic
     opens a new one and the next turn is spoken on it."""
