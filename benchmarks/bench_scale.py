@@ -11,6 +11,9 @@ errors and server CPU per streamed token (whole server run / (connections x toke
 asyncio backend's CPU and p99 as ratios against the old runner (the two alternate three times;
 medians).
 
+Last, ``serve --workers 1`` against ``--workers 2`` (see "ops" below): the same load per
+connection at every size, from the lean load generator of ``benchmarks/_loadgen.py``.
+
     python -m benchmarks.bench_scale [--quick]      # --quick: only the per-backend runs
 """
 
@@ -22,6 +25,7 @@ import resource
 import time
 from typing import Any
 
+from benchmarks import _loadgen
 from benchmarks._common import figure, median, parse_args, percentile
 from benchmarks._engine import KEY, ServerProcess
 from kugelwire.protocol.events import AudioChunk
@@ -133,17 +137,24 @@ def main() -> None:
 
 
 # -- ops: `serve --workers N` ---------------------------------------------------------------------
-# The same load (as _run: all N connect first, then ~200 turns/s of LLM-paced tokens, here from
-# CLIENT_PROCESSES client processes) against the
-# multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
+# The multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
 # connections and more, to find each one's sustainable connections: the most connections whose
 # sentence-end -> first-audio p99 stays <= 50 ms with no error, at that size and every smaller
-# one tried (a pass after a miss is luck, not capacity). Targets: p99 <= 50 ms at 1,000
-# with one worker; 2 workers sustain >= 1.6x the connections of one. Run only this section with
+# one tried (a pass after a miss is luck, not capacity). Targets: p99 <= 50 ms at 1,000 with one
+# worker; 2 workers sustain >= 1.6x the connections of one.
+#
+# The load is the same per connection at every size: all N connect first, then each streams one
+# turn of LLM-paced tokens at a random moment of the same WORKER_WINDOW_S (at 1,000 connections
+# that is ~200 turns/s; at 2,000, ~400): more connections are more work, as they are for a real
+# server. The clients are the lean load generator of benchmarks/_loadgen.py (raw frames, no audio
+# decoding) in CLIENT_PROCESSES processes, so that the 2 cores go to the server under test
+# rather than to the clients; their CPU is printed beside the workers'. Run only this section with
 #     python -c "from benchmarks.bench_scale import scale_workers; scale_workers()"
 
-WORKER_SIZES = (1000, 1500, 2000, 2500, 3000)
+WORKER_SIZES = (1000, 1500, 2000, 2500, 3000, 3500, 4000)
 WORKER_P99_MS = 50.0
+#: Every connection's turn starts at a random moment of this window (1,000 / 200 turns/s).
+WORKER_WINDOW_S = 5.0
 
 
 def _bench_tone() -> object:
@@ -171,10 +182,36 @@ CLIENT_PROCESSES = 2
 
 
 async def _part(url: str, n: int, ready_at: float, window: float, seed: int) -> list[Any]:
+    """``n`` lean connections: all connect, each streams one turn at a random moment of the
+    window, and all stay open until every turn is done."""
     rng = random.Random(seed)
-    tasks = [asyncio.ensure_future(_connection(url, ready_at + rng.random() * window, rng))
-             for _ in range(n)]
-    return list(await asyncio.gather(*tasks, return_exceptions=True))
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+
+    async def pause() -> None:
+        await asyncio.sleep(0.01 + rng.random() * 0.02)
+
+    async def one(start_at: float) -> tuple[float, _loadgen.LeanStream]:
+        stream = await asyncio.wait_for(
+            _loadgen.connect(host, int(port), "/ws/tts/stream", KEY), 60
+        )
+        try:
+            await _sleep_until(start_at)
+            return await asyncio.wait_for(_loadgen.turn(stream, TOKENS, pause), 60), stream
+        except BaseException:
+            stream.close()
+            raise
+
+    results = await asyncio.gather(
+        *(one(ready_at + rng.random() * window) for _ in range(n)), return_exceptions=True
+    )
+    out: list[Any] = []
+    for r in results:
+        if isinstance(r, tuple):
+            r[1].close()
+            out.append(r[0])
+        else:
+            out.append(r)
+    return out
 
 
 def _client_process(url: str, n: int, ready_at: float, window: float,
@@ -193,7 +230,7 @@ def _run_clients(url: str, n: int) -> tuple[list[float], int, float, float]:
     """_run's load from CLIENT_PROCESSES processes: (latencies, errors, window, client CPU)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    window = max(1.0, n / 200)
+    window = WORKER_WINDOW_S
     parts = [n // CLIENT_PROCESSES + (i < n % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
     with ProcessPoolExecutor(CLIENT_PROCESSES) as pool:
         ready_at = time.perf_counter() + 7.0 + n / 150  # process start + all N connect first
@@ -288,8 +325,8 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
                 figure(f"{tag}: worker {i} CPU", c, "s", "", None,
                        f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
             figure(f"{tag}: client processes CPU", client_cpu, "s", "", None,
-                   f"({client_cpu / wall * 100:.0f}% of one core; {CLIENT_PROCESSES} asyncio "
-                   "client processes)")
+                   f"({client_cpu / wall * 100:.0f}% of one core; {CLIENT_PROCESSES} lean "
+                   "load-generator processes)")
             if not ok and n >= 2000:
                 break  # past this worker count's limit: larger runs only take longer
     one, two = sustained[1], sustained[2]
