@@ -33,6 +33,11 @@ dispatch, the checked     the precedence ladder, the strict    ``_audio_hot``, `
 base64 decode             decode (``_messages``)               test_hot_paths.py
 the token shortcut        ``parse_client_message``'s general   a ``{"text"[, "flush"]}`` object
 (``_messages``)           field checks (server role)           only. test_fast_switch.py
+:func:`audio_json`        ``dumps(AudioFrame.to_dict())`` for  only for frames whose audio is
+(``AudioFrame.to_json``)  the server's audio frames (a JSON    base64 by construction or check
+                          scan of the whole payload)           (``_checked``): nothing to escape;
+                                                               the small fields as ``dumps``.
+                                                               test_fast_switch.py
 ``frozen_constructor``    the frozen dataclass ``__init__``   sets the same slots, ``object.
 (``_audio_frame``,        (``object.__setattr__`` per field)   __setattr__``-free. test_hot_paths.
 ``_audio_chunk``)                                              py, test_fast_switch.py
@@ -108,6 +113,41 @@ def enabled() -> bool:
 scan_object: Callable[[str, int], tuple[Any, int]] = getattr(  # noqa: B009 (untyped)
     json.JSONDecoder(), "scan_once"
 )
+
+
+#: The C string encoder ``dumps`` uses (ASCII-safe escaping).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def audio_json(
+    audio: str,
+    enc: str,
+    idx: int,
+    sr: int,
+    samples: int,
+    chunk_id: int | None,
+    context_id: str | None,
+) -> str | None:
+    """The text ``dumps(AudioFrame.to_dict())`` writes, for a frame whose ``audio`` is known to be
+    base64 (nothing in it to escape), built without scanning the payload again; None for
+    anything unusual (a field that is not an ``int`` / ``str``), which ``dumps`` then writes."""
+    if type(idx) is not int or type(sr) is not int or type(samples) is not int:
+        return None
+    if type(enc) is not str:
+        return None
+    text = (
+        f'{{"audio":"{audio}","enc":{_json_string(enc)},"idx":{idx},"sr":{sr},'
+        f'"samples":{samples}'
+    )
+    if chunk_id is not None:
+        if type(chunk_id) is not int:
+            return None
+        text += f',"chunk_id":{chunk_id}'
+    if context_id is not None:
+        if type(context_id) is not str:
+            return None
+        text += ',"context_id":' + _json_string(context_id)
+    return text + "}"
 
 
 # -- frozen dataclasses ------------------------------------------------------------------------

@@ -319,8 +319,9 @@ class AudioFrame(_JsonMessage):
     _data: list[bytes] = field(default_factory=list, repr=False, compare=False)
     #: ``idx`` was on the wire (a frame without one gets 0 and is not checked for order).
     _has_idx: bool = field(default=True, repr=False, compare=False)
-    #: ``audio`` was checked as strict base64 when the frame was parsed, so :attr:`data` may
-    #: decode it without checking again (faster).
+    #: ``audio`` is strict base64: checked when the frame was parsed, or written by
+    #: :meth:`from_bytes`; so :attr:`data` may decode it and :meth:`to_json` write it without
+    #: checking again (faster).
     #: Not an ``__init__`` argument: ``dataclasses.replace`` of a frame checks its audio again.
     _checked: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -336,7 +337,9 @@ class AudioFrame(_JsonMessage):
         context_id: str | None = None,
     ) -> AudioFrame:
         samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
-        return cls(_b64(data), enc, idx, sr, samples, chunk_id, context_id, [data])
+        frame = cls(_b64(data), enc, idx, sr, samples, chunk_id, context_id, [data])
+        _set_checked(frame, True)  # base64 by construction
+        return frame
 
     @property
     def data(self) -> bytes:
@@ -363,6 +366,14 @@ class AudioFrame(_JsonMessage):
     @property
     def duration_s(self) -> float:
         return self.samples / self.sr if self.sr else 0.0
+
+    def to_json(self) -> str:
+        if self._checked and _fast.ENABLED:  # base64 audio: nothing to escape in it
+            text = _fast.audio_json(self.audio, self.enc, self.idx, self.sr, self.samples,
+                                    self.chunk_id, self.context_id)
+            if text is not None:
+                return text
+        return dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -6,6 +6,7 @@ off (the same events both ways)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -29,7 +30,13 @@ from kugelwire.protocol import (
     fast_paths,
 )
 from kugelwire.protocol._events import AudioChunk, _audio_chunk
-from kugelwire.protocol._messages import AudioFrame, _audio_frame, parse_client_message
+from kugelwire.protocol._messages import (
+    AudioFrame,
+    _audio_frame,
+    _set_checked,
+    dumps,
+    parse_client_message,
+)
 from kugelwire.protocol._server import SynthesisRequested
 from kugelwire.protocol._ws import ClientConnection, ServerConnection
 
@@ -177,6 +184,42 @@ def test_frozen_constructors_match_the_dataclass_constructors(
                 chunk.turn = 1  # type: ignore[misc]
         finally:
             fast_paths(previous)
+
+
+# -- the server's audio frames: audio_json vs dumps(to_dict()) ----------------------------------
+_INTS = st.integers(-(2**63), 2**63) | st.booleans() | st.floats(allow_nan=False, width=32)
+
+
+_ENCS = st.sampled_from(["pcm_s16le", "mulaw", "alaw"]) | st.text(max_size=3)
+
+
+@given(st.binary(max_size=64), _ENCS, _INTS, _INTS, _INTS, st.none() | _INTS,
+       st.none() | st.text(max_size=6))
+def test_audio_frames_are_written_as_dumps_writes_them(
+    pcm: bytes, enc: str, idx: Any, sr: Any, samples: Any, chunk_id: Any, ctx: Any
+) -> None:
+    """A frame built from bytes (its audio base64 by construction) writes the same text with
+    the fast path on as ``dumps(to_dict())``, whatever odd values its other fields hold; with
+    the switch off it is ``dumps`` itself."""
+    frame = AudioFrame.from_bytes(pcm, enc=enc, idx=0, sr=24000, chunk_id=None, context_id=ctx)
+    frame = dataclasses.replace(frame, idx=idx, sr=sr, samples=samples, chunk_id=chunk_id)
+    _set_checked(frame, True)  # replace() checks again; the audio is still from_bytes' base64
+    plain = dumps(frame.to_dict())
+    assert frame.to_json() == plain
+    assert json.loads(plain)["audio"] == base64.b64encode(pcm).decode()
+    previous = fast_paths(False)
+    try:
+        assert frame.to_json() == plain
+    finally:
+        fast_paths(previous)
+
+
+def test_an_audio_frame_not_known_to_be_base64_goes_through_dumps() -> None:
+    """A frame made by hand (audio not checked) is escaped as ``dumps`` does, quote and all."""
+    frame = AudioFrame('a"b\\c\u2028', idx=1, samples=1)
+    assert not frame._checked
+    assert frame.to_json() == dumps(frame.to_dict())
+    assert json.loads(frame.to_json())["audio"] == 'a"b\\c\u2028'
 
 
 # -- the server's token shortcut vs the general parse ---------------------------------------------
