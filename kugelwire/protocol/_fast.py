@@ -119,24 +119,18 @@ scan_object: Callable[[str, int], tuple[Any, int]] = getattr(  # noqa: B009 (unt
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-def audio_json(
-    audio: str,
-    enc: str,
-    idx: int,
-    sr: int,
-    samples: int,
-    chunk_id: int | None,
-    context_id: str | None,
-) -> str | None:
-    """The text ``dumps(AudioFrame.to_dict())`` writes, for a frame whose ``audio`` is known to be
-    base64 (nothing in it to escape), built without scanning the payload again; None for
-    anything unusual (a field that is not an ``int`` / ``str``), which ``dumps`` then writes."""
+def audio_json(frame: Any) -> str | None:
+    """The text ``dumps(frame.to_dict())`` writes, for an ``AudioFrame`` whose ``audio`` is
+    known to be base64 (nothing in it to escape), built without scanning the payload again;
+    None for anything unusual (a field that is not an ``int`` / ``str``): ``dumps`` writes it."""
+    idx, sr, samples, enc = frame.idx, frame.sr, frame.samples, frame.enc
+    chunk_id, context_id = frame.chunk_id, frame.context_id
     if type(idx) is not int or type(sr) is not int or type(samples) is not int:
         return None
     if type(enc) is not str:
         return None
     text = (
-        f'{{"audio":"{audio}","enc":{_json_string(enc)},"idx":{idx},"sr":{sr},'
+        f'{{"audio":"{frame.audio}","enc":{_json_string(enc)},"idx":{idx},"sr":{sr},'
         f'"samples":{samples}'
     )
     if chunk_id is not None:

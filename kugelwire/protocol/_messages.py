@@ -369,8 +369,7 @@ class AudioFrame(_JsonMessage):
 
     def to_json(self) -> str:
         if self._checked and _fast.ENABLED:  # base64 audio: nothing to escape in it
-            text = _fast.audio_json(self.audio, self.enc, self.idx, self.sr, self.samples,
-                                    self.chunk_id, self.context_id)
+            text = _fast.audio_json(self)
             if text is not None:
                 return text
         return dumps(self.to_dict())
