@@ -33,32 +33,30 @@ session and does everything that is not moving bytes or waiting:
   close, per reconnect and per error frame (logger ``kugelwire.client``) and, at DEBUG, one line
   per finished turn (``kugelwire.client.turns``); never per frame, never the API key.
 
+The core coordinates; the pieces it delegates to are separate and I/O-free too:
+:class:`~kugelwire.transports._buffers.EventBuffer` (a work's queue and the figures it carries
+over reconnects), :class:`~kugelwire.transports._ending.Ending` (how a connection ended: clean?
+worth a retry? which exception?), :class:`~kugelwire.transports._ending.Backoff` (how often and
+how long to wait) and :class:`~kugelwire.transports._logging.ClientLog` (the log lines).
+
 Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`,
 :meth:`next_deadline` and the command methods, always with a monotonic ``now``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random as _random
-import re
 from collections import deque
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlsplit
+from collections.abc import Callable, Collection
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..errors import (
-    AuthenticationError,
     ConnectionClosedError,
-    ConnectionFailed,
     KugelwireError,
     LocalProtocolError,
-    ProtocolViolation,
-    RateLimitError,
     ServerErrorResponse,
-    ServerRestarting,
 )
 from ..protocol import events  # a few event types, by module: events.TurnStarted
 from ..protocol.events import (
@@ -67,7 +65,6 @@ from ..protocol.events import (
     ClientEvent,
     ConnectionTerminated,
     ContextClosed,
-    ErrorCode,
     GenerationStarted,
     Interrupted,
     Reconnecting,
@@ -75,7 +72,6 @@ from ..protocol.events import (
     ServerError,
     TurnClosed,
     TurnFinal,
-    TurnMetrics,
     TurnReplay,
     WordTimestamps,
 )
@@ -90,12 +86,13 @@ from ..protocol.ws import (
     ENDPOINTS,
     ClientConnection,
     Connected,
-    ConnectionClosed,
     ConnectionState,
     HandshakeRejected,
     build_url,
 )
-from ..protocol.ws import RESTART_CODES as _RESTART
+from ._buffers import EventBuffer, audio_size
+from ._ending import Backoff, Ending
+from ._logging import ClientLog
 
 __all__ = ["ENDPOINT", "SESSIONS", "ClientCore", "EventBuffer", "Kind"]
 
@@ -106,18 +103,9 @@ Session = StreamClientSession | MultiClientSession | TTSClientSession
 SESSIONS: dict[str, type[Session]] = {
     "stream": StreamClientSession, "multi": MultiClientSession, "tts": TTSClientSession,
 }
-_OUTPUT = (AudioChunk, GenerationStarted, WordTimestamps, ChunkComplete, TurnFinal)
 State = Literal["connecting", "open", "reconnecting", "closing", "closed"]
 #: Events that carry a turn's (or a multi flush-cycle's, or a context's) TurnMetrics.
 _WITH_METRICS = (TurnClosed, RequestFinal, Interrupted, TurnFinal, ContextClosed)
-_M = TypeVar("_M", bound=TurnClosed | RequestFinal | Interrupted | TurnFinal | ContextClosed)
-_API_KEY_IN_QUERY = re.compile(r"(api_key=)[^&#\s'\"]*", re.IGNORECASE)
-
-_log = logging.getLogger("kugelwire.client")
-# A library's logs are the application's to show: without a configured handler they go nowhere
-# (not to Python's last-resort stderr handler, which would print warnings into a CLI's output).
-_log.addHandler(logging.NullHandler())
-_turn_log = logging.getLogger("kugelwire.client.turns")
 
 
 def resolve_url(url: str, endpoint: str) -> str:
@@ -142,82 +130,6 @@ _QUEUED: dict[type[Any], tuple[bool, bool]] = {
     WordTimestamps: (False, False),
     ChunkComplete: (False, False),
 }
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _combined(before: TurnMetrics | None, after: TurnMetrics) -> TurnMetrics:
-    """``after`` with the audio and the first times of ``before`` (earlier work) added."""
-    if before is None:
-        return after
-    return replace(
-        after,
-        first_text_at=_earliest(before.first_text_at, after.first_text_at),
-        flushed_at=_earliest(before.flushed_at, after.flushed_at),
-        first_audio_at=_earliest(before.first_audio_at, after.first_audio_at),
-        audio_seconds=before.audio_seconds + after.audio_seconds,
-        audio_chunks=before.audio_chunks + after.audio_chunks,
-    )
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _audio_size(event: ClientEvent) -> int:
-    return len(event.frame.audio) * 3 // 4 if isinstance(event, AudioChunk) else 0
-
-
-class EventBuffer:
-    """Bounded-by-the-core queue of one turn's / request's / context's events."""
-
-    __slots__ = (
-        "carried",
-        "closing",
-        "context_id",
-        "cycle_reconnects",
-        "done",
-        "dropped",
-        "error",
-        "events",
-        "exhausted",
-        "flushed",
-        "handle",
-        "key",
-        "nbytes",
-        "number",
-        "origin",
-        "reconnects",
-        "seen",
-    )
-
-    def __init__(self, number: int | None, context_id: str | None = None) -> None:
-        self.number = number  # turn/request number on the connection that started it
-        self.context_id = context_id
-        #: the session's work key for it now (a context's id; else its turn / request number)
-        self.key: WorkKey | None = number if context_id is None else context_id
-        self.events: deque[ClientEvent] = deque()
-        self.nbytes = 0
-        self.done = False  # the terminal event (or error) is queued: nothing more comes
-        self.error: KugelwireError | None = None  # raised once the queued events are consumed
-        self.exhausted = False  # the terminal was handed out
-        self.flushed = False  # stream: no more text can be sent to it
-        self.dropped = False  # the application dropped its handle
-        self.closing = False  # multi: close_context() was called
-        #: a weak reference to the API's handle object for this buffer (set by the API layer)
-        self.handle: Any = None
-        self.reconnects = 0  # reconnects this work was replayed across
-        self.cycle_reconnects = 0  # those not yet on a TurnMetrics (multi: the current cycle)
-        self.origin: TurnReplay | None = None  # its first replay: when its text was first sent
-        #: multi: the finished cycles' figures, all of them (``seen``) and those before the
-        #: last reconnect (``carried``: a ContextClosed only covers its own connection's).
-        self.seen: TurnMetrics | None = None
-        self.carried: TurnMetrics | None = None
-
-    def __repr__(self) -> str:
-        return f"<EventBuffer {self.context_id or self.number} events={len(self.events)}>"
 
 
 class ClientCore:
@@ -266,17 +178,12 @@ class ClientCore:
         self._session_options = session_options
         self.max_buffered_bytes = max_buffered_bytes
         self.max_buffered_events = max_buffered_events
-        self.restart_delay = restart_delay
-        self.max_restarts = max_restarts
-        if max_reconnects < 0 or reconnect_delay < 0 or max_reconnect_delay < reconnect_delay:
-            raise LocalProtocolError(
-                "need max_reconnects >= 0 and 0 <= reconnect_delay <= max_reconnect_delay"
-            )
-        self.reconnect = reconnect
-        self.max_reconnects = max_reconnects
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
-        self._random = random
+        self.backoff = Backoff(
+            reconnect=reconnect, restart_delay=restart_delay, max_restarts=max_restarts,
+            max_reconnects=max_reconnects, reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay, random=random,
+        )
+        self._logger = ClientLog(self.endpoint, api_key)
         self._aborted = False  # abort(): never reconnect
         self._resume_grace = resume_grace
         self.buffered_bytes = 0
@@ -298,11 +205,7 @@ class ClientCore:
         self._live: list[EventBuffer] = []
         #: unfinished work by the session's work key (None, no work, is never a key)
         self._by_key: dict[WorkKey | None, EventBuffer] = {}
-        self._rejection: HandshakeRejected | None = None
-        self._closed: ConnectionClosed | None = None
-        self._fatal: ServerError | None = None
-        self._connect_exc: BaseException | None = None
-        self._io_error: KugelwireError | None = None  # set by fail()
+        self._ending = Ending()  # how the current connection ended (so far)
         #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
         #: opened for this generation (adapters must not write them to an older socket).
         self.generation = 0
@@ -339,7 +242,7 @@ class ClientCore:
     @property
     def display_url(self) -> str:
         """:attr:`url` with an API key in its query string masked (for messages and logs)."""
-        return self._redact(self.url)
+        return self._logger.redact(self.url)
 
     @property
     def secure(self) -> bool:
@@ -444,7 +347,7 @@ class ClientCore:
 
     def connect_failed(self, exc: BaseException, now: float) -> None:
         """Opening the socket failed (``OSError``, ``TimeoutError``, ``ssl.SSLError``...)."""
-        self._connect_exc = exc
+        self._ending.connect_exc = exc
         self.reconnect_at = None
         if self.conn.state is not ConnectionState.CLOSED:
             self.conn.close()
@@ -458,8 +361,8 @@ class ClientCore:
         copy of it carrying its own unspoken text."""
         if self.state == "closed":
             return
-        if self._io_error is None:
-            self._io_error = error
+        if self._ending.io_error is None:
+            self._ending.io_error = error
         self._drop(now)
 
     def abort(self, now: float, reason: str = "connection aborted") -> None:
@@ -522,7 +425,7 @@ class ClientCore:
         self._session(MultiClientSession).close_context(self._cid(buf), now, immediate=immediate)
         buf.closing = True
         if immediate:
-            self._purge_cycle(buf)
+            self._uncount(buf.purge_cycle())
         self._process(now)
 
     def tts_request(self, text: str, now: float, **params: Any) -> EventBuffer:
@@ -545,10 +448,10 @@ class ClientCore:
             if target is None:
                 continue
             if session.work_has_cycles:
-                self._purge_cycle(target)
+                self._uncount(target.purge_cycle())
             else:
                 target.flushed = True
-                self._purge(target)
+                self._uncount(target.purge())
         self._process(now)
 
     def stream_cancel(self, now: float) -> None:
@@ -657,24 +560,10 @@ class ClientCore:
         self._process(now)
         return buf
 
-    def _purge(self, buf: EventBuffer, keep: Callable[[ClientEvent], bool] | None = None) -> None:
-        kept: deque[ClientEvent] = deque()
-        for event in buf.events:
-            if isinstance(event, _OUTPUT) and (keep is None or not keep(event)):
-                self.buffered_events -= 1
-                size = _audio_size(event)
-                self.buffered_bytes -= size
-                buf.nbytes -= size
-            else:
-                kept.append(event)
-        buf.events = kept
-
-    def _purge_cycle(self, buf: EventBuffer) -> None:
-        """Drop the buffered output of the context's current cycle (after its last final)."""
-        events = list(buf.events)
-        ends = [i for i, e in enumerate(events) if isinstance(e, TurnFinal | Interrupted)]
-        before = {id(e) for e in events[: ends[-1] + 1]} if ends else set()
-        self._purge(buf, keep=lambda e: id(e) in before)
+    def _uncount(self, removed: tuple[int, int]) -> None:
+        """Events a buffer dropped, ``(events, audio bytes)``, leave the totals."""
+        self.buffered_events -= removed[0]
+        self.buffered_bytes -= removed[1]
 
     def _collect_dropped(self) -> None:
         """Discard what is buffered for work whose handle is gone (also work that ended before
@@ -687,25 +576,19 @@ class ClientCore:
                 continue  # a new handle claimed it
             if buf.flushed or buf.done:
                 if buf.events:
-                    self._discard(buf)
+                    self._uncount(buf.clear())
             else:
                 later.append(buf)
         if later:
             dropped.extend(later)
             self._gc_pending = True
 
-    def _discard(self, buf: EventBuffer) -> None:
-        self.buffered_events -= len(buf.events)
-        self.buffered_bytes -= buf.nbytes
-        buf.events.clear()
-        buf.nbytes = 0
-
     def _push(self, buf: EventBuffer, event: ClientEvent, *, terminal: bool = False) -> None:
         if buf.done:
             return
         if not (buf.dropped and buf.flushed):
             buf.events.append(event)
-            size = _audio_size(event)
+            size = audio_size(event)
             buf.nbytes += size
             self.buffered_bytes += size
             self.buffered_events += 1
@@ -734,11 +617,11 @@ class ClientCore:
                 if self.state in ("connecting", "reconnecting"):
                     self.state = "closing" if self._user_closing else "open"
                     self._opened_at = now
-                    self._log_open()
+                    self._logger.open(self.conn, self.generation)
             elif isinstance(cev, HandshakeRejected):
-                self._rejection = cev
+                self._ending.rejection = cev
             else:
-                self._closed = cev
+                self._ending.closed = cev
         session = self.session
         events = list(session.events())
         term = (
@@ -759,55 +642,6 @@ class ClientCore:
         closed = self.conn.state is ConnectionState.CLOSED and term is None
         if closed and not self.finished and not self.wants_socket:
             self._terminate(now)  # a connection without session events ended
-
-    def _should_restart(self) -> bool:
-        """Restart (1012/1013, HTTP 503) or, with ``reconnect=True``, reconnect after a drop."""
-        if self._user_closing or self._aborted:
-            return False
-        limit = self.max_reconnects if self.reconnect else self.max_restarts
-        if self._restarts_in_row >= limit:
-            return False
-        closed, rejection = self._closed, self._rejection
-        if rejection is not None:
-            if rejection.kind == "restarting":
-                return True
-            return self.reconnect and rejection.kind not in ("auth", "rate_limited") and (
-                rejection.status_code >= 500
-            )
-        if closed is not None and closed.code in _RESTART:
-            return True
-        return self.reconnect and self._dropped_for_reconnect()
-
-    def _dropped_for_reconnect(self) -> bool:
-        """A drop worth reconnecting for: TCP reset / EOF (no close frame), 1001, 1006, 1011
-        (including our own keepalive ping timeout), 1014, a 4xxx that is not about credentials
-        or rate limits, a failed connect while reconnecting, or the server not reading
-        (:class:`~kugelwire.errors.SendBufferFull`). Protocol violations are not retried."""
-        if self._connect_exc is not None:
-            return self.state == "reconnecting"
-        if self._io_error is not None:
-            return True
-        closed, fatal = self._closed, self._fatal
-        if closed is None or closed.error is not None:
-            return False
-        if fatal is not None and fatal.code in (ErrorCode.UNAUTHORIZED, ErrorCode.RATE_LIMITED):
-            return False
-        code = closed.code
-        return (
-            code is None
-            or code in (1001, 1006, 1011, 1014)
-            or (4000 <= code < 5000 and code not in (4001, 4003, 4029))
-        )
-
-    def _restart_delay(self, retry: float | None) -> float:
-        if retry is not None:
-            return retry
-        closed = self._closed
-        if not self.reconnect or (closed is not None and closed.code in _RESTART):
-            return self.restart_delay
-        # bounded exponential backoff with jitter (half to all of the step)
-        step = self.reconnect_delay * 2.0 ** max(0, self._restarts_in_row - 1)
-        return min(self.max_reconnect_delay, step) * (0.5 + 0.5 * self._random())
 
     def _route(self, event: ClientEvent, restart: bool) -> None:
         if type(event) is AudioChunk:  # the hot path
@@ -836,9 +670,9 @@ class ClientCore:
         if isinstance(event, events.SettingsUpdated):
             self.settings = dict(event.settings)
         if isinstance(event, ServerError):
-            self._log_error(event)
+            self._logger.error(self.conn, event)
             if event.fatal:
-                self._fatal = event
+                self._ending.fatal = event
         buf = None if isinstance(event, ConnectionTerminated) else self._target(event)
         if buf is None:
             self.log.append(event)
@@ -859,14 +693,8 @@ class ClientCore:
             self._fail(buf, ServerErrorResponse(event))
             return
         if isinstance(event, _WITH_METRICS) and event.metrics is not None:
-            if buf.reconnects:
-                event = self._stamp(buf, event)
-            if not event.ends_work:  # a cycle's figures: the work's end adds them up
-                metrics = event.metrics
-                assert metrics is not None
-                buf.seen = _combined(buf.seen, metrics)
-            if _turn_log.isEnabledFor(logging.DEBUG):
-                self._log_turn(event)
+            event = buf.stamp(event)
+            self._logger.turn(event)
         self._push(buf, event, terminal=event.ends_work)
 
     def _target(self, event: ClientEvent) -> EventBuffer | None:
@@ -878,65 +706,64 @@ class ClientCore:
         if code is not None and self.conn.state is ConnectionState.OPEN:
             self.conn.close(code)
 
-    def _terminate(self, now: float) -> None:
-        """The connection is over for good: fail everything still waiting."""
-        self.error = None if self._clean_end() else self._error("")
-        self._log_close(now, self.error)
-        for buf in list(self._live):
-            if buf.closing:  # a context being closed: it ends without an error
-                self._end(buf)
-            else:
-                self._fail(buf, self._error(""))
-        self.state = "closed"
-
-    def _clean_end(self) -> bool:
-        closed = self._closed
-        return (
-            self._user_closing
-            and self._connect_exc is None
-            and self._io_error is None
-            and self._rejection is None
-            and closed is not None
-            and closed.error is None
-            and closed.code in (1000, 1001)
+    def _should_restart(self) -> bool:
+        """Restart (1012/1013, HTTP 503) or, with ``reconnect=True``, reconnect after a drop."""
+        if self._user_closing or self._aborted or not self.backoff.allows(self._restarts_in_row):
+            return False
+        return self._ending.retryable(
+            reconnect=self.backoff.reconnect, reconnecting=self.state == "reconnecting"
         )
 
-    def _restart(self, replays: list[TurnReplay], now: float) -> None:
-        retry = self._rejection.retry_after if self._rejection is not None else None
-        key_of = self.session.work_key
-        replayed = {key_of(r) for r in replays}
-        for buf in list(self._live):  # everything not replayed is over
-            if buf.key not in replayed:
+    def _error(self, unspoken: str) -> KugelwireError:
+        """The exception for how the connection ended (a fresh instance each call)."""
+        return self._ending.error(unspoken, state=self.state, url=self.display_url)
+
+    def _log_close(self, now: float, error: KugelwireError | None) -> None:
+        self._logger.close(self.conn, self.generation, self._ending, error, now=now,
+                           attempt_at=self._attempt_at, opened_at=self._opened_at)
+
+    def _end_all(self, but: Collection[WorkKey | None] = ()) -> None:
+        """Unfinished work (but ``but``'s) is over: a context being closed ends without an
+        error, the rest fails as the connection ended."""
+        for buf in list(self._live):
+            if buf.key not in but:
                 if buf.closing:
                     self._end(buf)
                 else:
                     self._fail(buf, self._error(""))
+
+    def _terminate(self, now: float) -> None:
+        """The connection is over for good: fail everything still waiting."""
+        clean = self._user_closing and self._ending.clean
+        self.error = None if clean else self._error("")
+        self._log_close(now, self.error)
+        self._end_all()
+        self.state = "closed"
+
+    def _restart(self, replays: list[TurnReplay], now: float) -> None:
+        key_of, ending = self.session.work_key, self._ending
+        replayed = {key_of(r) for r in replays}
+        self._end_all(but=replayed)  # everything not replayed is over
         self._restarts_in_row += 1
         self.restarts += 1
-        delay = self._restart_delay(retry)
-        closed = self._closed
+        delay = self.backoff.delay(self._restarts_in_row, retry_after=ending.retry_after,
+                                   restart_close=ending.restart_close)
         reconnecting = Reconnecting(
             attempt=self._restarts_in_row,
-            close_code=None if closed is None else closed.close_code,
-            reason=self._drop_reason(),
+            close_code=None if ending.closed is None else ending.closed.close_code,
+            reason=ending.reason,
             delay=delay,
             replayed=tuple(sorted(str(k) for k in replayed)),
         )
         self.log.append(reconnecting)
         self._log_close(now, None)
-        self._log_reconnect(reconnecting)
+        self._logger.reconnect(self.conn, reconnecting)
         carried = [(r, self._by_key.get(key_of(r))) for r in replays]
         for r, work in carried:  # the work carried over counts the reconnect
             if work is not None:
-                work.reconnects += 1
-                work.cycle_reconnects += 1
-                work.carried = work.seen
-                if work.origin is None:
-                    work.origin = r
+                work.carry_over(r)
         self._by_key = {}
-        self._rejection = self._closed = self._fatal = None
-        self._connect_exc = None
-        self._io_error = None
+        self._ending = Ending()
         self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
         self.session = self._new_session()
         self.conn = self._new_connection(now, delay)
@@ -964,187 +791,3 @@ class ClientCore:
             if not isinstance(event, events.TurnStarted):
                 self._route(event, False)
 
-    # -- metrics and logs (once per turn or connection, never per frame) ---------------------
-    def _stamp(self, buf: EventBuffer, event: _M) -> _M:
-        """``event`` with the reconnects ``buf`` survived (and, for the turn / cycle that was
-        replayed, its first connection's send times) on its metrics."""
-        metrics = event.metrics
-        assert metrics is not None
-        changes: dict[str, Any]
-        origin = buf.origin
-        if isinstance(event, ContextClosed):
-            changes = {"reconnects": buf.reconnects}
-            if buf.carried is not None:
-                metrics = _combined(buf.carried, metrics)
-        elif buf.cycle_reconnects:
-            changes = {"reconnects": buf.cycle_reconnects}
-            buf.cycle_reconnects = 0
-            buf.origin = None
-        else:
-            return event
-        if origin is not None:
-            first = origin.first_text_at
-            if first is not None and (metrics.first_text_at is None or
-                                      first < metrics.first_text_at):
-                changes["first_text_at"] = first
-            if origin.flushed_at is not None and not isinstance(event, ContextClosed):
-                changes["flushed_at"] = origin.flushed_at
-        return replace(event, metrics=replace(metrics, **changes))
-
-    def _redact(self, text: str) -> str:
-        """``text`` without the API key (given, percent-encoded, or in a URL's query)."""
-        key = self._conn_options["api_key"]
-        if key:
-            text = text.replace(key, "***").replace(quote(key, safe=""), "***")
-        return _API_KEY_IN_QUERY.sub(r"\1***", text)
-
-    def _fields(self) -> dict[str, Any]:
-        host, port = self.conn.address
-        return {"endpoint": self.endpoint, "peer": f"{host}:{port}"}
-
-    def _log_open(self) -> None:
-        if not _log.isEnabledFor(logging.INFO):
-            return
-        fields = self._fields()
-        _log.info(
-            "open endpoint=%s peer=%s secure=%s connection=%d", fields["endpoint"],
-            fields["peer"], self.secure, self.generation,
-            extra={"kugelwire_event": "open", **fields, "connection": self.generation},
-        )
-
-    def _log_close(self, now: float, error: KugelwireError | None) -> None:
-        level = logging.INFO if error is None else logging.WARNING
-        if not _log.isEnabledFor(level):
-            return
-        closed, rejection = self._closed, self._rejection
-        code = None if closed is None else closed.code
-        reason = self._redact(closed.reason) if closed is not None else ""
-        status = None if rejection is None else rejection.status_code
-        start = self._opened_at if self._opened_at is not None else self._attempt_at
-        duration = max(0.0, now - start)
-        what = None if error is None else self._redact(f"{type(error).__name__}: {error.message}")
-        fields = self._fields()
-        _log.log(
-            level,
-            "close endpoint=%s peer=%s code=%s reason=%r connected=%s duration_s=%.3f%s%s",
-            fields["endpoint"], fields["peer"], code, reason, self._opened_at is not None,
-            duration, "" if status is None else f" http_status={status}",
-            "" if what is None else f" error={what!r}",
-            extra={"kugelwire_event": "close", **fields, "code": code, "reason": reason,
-                   "http_status": status, "connected": self._opened_at is not None,
-                   "duration_s": duration, "error": what, "connection": self.generation},
-        )
-
-    def _log_reconnect(self, event: Reconnecting) -> None:
-        if not _log.isEnabledFor(logging.INFO):
-            return
-        fields = self._fields()
-        reason = self._redact(event.reason)
-        _log.info(
-            "reconnect endpoint=%s peer=%s attempt=%d code=%s reason=%r delay_s=%.3f replayed=%s",
-            fields["endpoint"], fields["peer"], event.attempt, event.code, reason, event.delay,
-            ",".join(event.replayed) or "-",
-            extra={"kugelwire_event": "reconnect", **fields, "attempt": event.attempt,
-                   "code": event.code, "reason": reason, "delay_s": event.delay,
-                   "replayed": event.replayed},
-        )
-
-    def _log_error(self, event: ServerError) -> None:
-        if not _log.isEnabledFor(logging.WARNING):
-            return
-        fields = self._fields()
-        message = self._redact(event.message)
-        _log.warning(
-            "error endpoint=%s peer=%s error_code=%s status=%s message=%r turn=%s "
-            "context_id=%s fatal=%s",
-            fields["endpoint"], fields["peer"], event.code.value, event.status, message,
-            event.turn, event.context_id, event.fatal,
-            extra={"kugelwire_event": "error", **fields, "error_code": event.code.value,
-                   "status": event.status, "error_message": message, "turn": event.turn,
-                   "context_id": event.context_id, "fatal": event.fatal},
-        )
-
-    def _log_turn(self, event: Any) -> None:
-        m: TurnMetrics = event.metrics
-        what = "context" if isinstance(event, ContextClosed) else "turn"
-        _turn_log.debug(
-            "%s endpoint=%s turn=%d context_id=%s ttfa_s=%s flush_ttfa_s=%s audio_s=%.3f "
-            "chunks=%d cancelled=%s reconnects=%d",
-            what, self.endpoint, m.turn, m.context_id, _seconds(m.time_to_first_audio),
-            _seconds(m.flush_to_first_audio), m.audio_seconds, m.audio_chunks, m.cancelled,
-            m.reconnects,
-            extra={"kugelwire_event": what, "endpoint": self.endpoint, "metrics": m},
-        )
-
-    def _drop_reason(self) -> str:
-        if self._connect_exc is not None:
-            return f"connect failed: {self._connect_exc}"
-        if self._io_error is not None:
-            return self._io_error.message
-        if self._rejection is not None:
-            return f"HTTP {self._rejection.status_code} at the upgrade"
-        closed = self._closed
-        if closed is None or closed.code is None:
-            return "connection dropped (no close frame)"
-        return f"close {closed.code}{': ' + closed.reason if closed.reason else ''}"
-
-    def _error(self, unspoken: str) -> KugelwireError:
-        """The exception for how the connection ended (a fresh instance each call)."""
-        rejection, closed, fatal = self._rejection, self._closed, self._fatal
-        exc = self._connect_exc
-        error: KugelwireError
-        io_error = self._io_error
-        if io_error is not None:
-            error = type(io_error)(io_error.message)
-            error.__cause__ = io_error.__cause__
-        elif exc is not None:
-            error = ConnectionFailed(f"cannot connect to {self.display_url}: {exc}")
-            error.__cause__ = exc
-        elif rejection is not None:
-            msg = f"HTTP {rejection.status_code} at the upgrade: {rejection.message}"
-            if rejection.kind == "auth":
-                error = AuthenticationError(msg, status_code=rejection.status_code)
-            elif rejection.kind == "rate_limited":
-                error = RateLimitError(
-                    msg, retry_after=rejection.retry_after, status_code=rejection.status_code
-                )
-            elif rejection.kind == "restarting":
-                error = ServerRestarting(msg, unspoken_text=unspoken)
-            else:
-                error = ConnectionFailed(msg, status_code=rejection.status_code)
-        elif closed is None:
-            error = ConnectionClosedError("the connection is closed", unspoken_text=unspoken)
-        elif closed.error is not None:
-            error = ProtocolViolation(f"the server broke the protocol: {closed.error.message}",
-                                      error=closed.error)
-            error.__cause__ = closed.error
-        else:
-            code, reason = closed.code, closed.reason
-            msg = f"connection closed (code {code}{': ' + reason if reason else ''})"
-            if code == 4001 or (fatal is not None and fatal.code is ErrorCode.UNAUTHORIZED):
-                error = AuthenticationError(msg, close_code=code)
-            elif code == 4029 or (fatal is not None and fatal.code is ErrorCode.RATE_LIMITED):
-                error = RateLimitError(
-                    msg, retry_after=fatal.retry_after if fatal else None, close_code=code
-                )
-            elif code in _RESTART:
-                error = ServerRestarting(msg, code=code, reason=reason, unspoken_text=unspoken)
-            elif fatal is not None:
-                error = ServerErrorResponse(fatal)
-            elif self.state == "connecting" and code is None:
-                error = ConnectionFailed(f"cannot connect to {self.display_url}: {reason}")
-            else:
-                error = ConnectionClosedError(
-                    msg, code=code, reason=reason, unspoken_text=unspoken
-                )
-        if self.state == "reconnecting" and not isinstance(
-            error, AuthenticationError | RateLimitError | ServerRestarting
-        ):
-            restarting = ServerRestarting(
-                f"server restarting and the reconnect failed: {error.message}",
-                unspoken_text=unspoken,
-            )
-            restarting.__cause__ = error
-            error = restarting
-        error.unspoken_text = unspoken
-        return error
