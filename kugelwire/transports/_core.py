@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import random as _random
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -67,7 +67,6 @@ from ..protocol.events import (
     ContextClosed,
     GenerationStarted,
     Interrupted,
-    Reconnecting,
     RequestFinal,
     ServerError,
     TurnClosed,
@@ -79,7 +78,6 @@ from ..protocol.sessions import (
     MultiClientSession,
     StreamClientSession,
     TTSClientSession,
-    WorkKey,
 )
 from ..protocol.ws import ENDPOINT_KINDS as ENDPOINT
 from ..protocol.ws import (
@@ -87,10 +85,9 @@ from ..protocol.ws import (
     ClientConnection,
     Connected,
     ConnectionState,
-    HandshakeRejected,
     build_url,
 )
-from ._buffers import EventBuffer, audio_size
+from ._buffers import EventBuffer, WorkBuffers
 from ._ending import Backoff, Ending
 from ._logging import ClientLog
 
@@ -132,8 +129,14 @@ _QUEUED: dict[type[Any], tuple[bool, bool]] = {
 }
 
 
-class ClientCore:
-    """Connection + session + routing + backpressure + restart policy, with no I/O."""
+class ClientCore(WorkBuffers):
+    """Connection + session + routing + restart policy, with no I/O: the coordinator.
+
+    The buffers of the unfinished work and their bound (backpressure, :meth:`pop`) are its base
+    class's (:class:`~kugelwire.transports._buffers.WorkBuffers`); how a connection ended and
+    what it raises, :class:`Ending`'s; when to retry, :attr:`backoff`'s; the log lines,
+    :class:`ClientLog`'s.
+    """
 
     def __init__(
         self,
@@ -162,22 +165,16 @@ class ClientCore:
     ) -> None:
         if kind not in ENDPOINT:
             raise LocalProtocolError(f"unknown endpoint kind {kind!r}")
-        if max_buffered_bytes <= 0 or max_buffered_events <= 0:
-            raise LocalProtocolError("buffer bounds must be positive")
+        super().__init__(max_buffered_bytes, max_buffered_events)
         self.kind: Kind = kind
         self.endpoint = ENDPOINT[kind]
         self.url = resolve_url(url, self.endpoint)
-        self._conn_options: dict[str, Any] = {
-            "api_key": api_key,
-            "auth": auth,
-            "keepalive_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "max_message_size": max_message_size,
-            "handshake_timeout": handshake_timeout,
-        }
+        self._conn_options: dict[str, Any] = dict(
+            api_key=api_key, auth=auth, keepalive_interval=ping_interval,
+            ping_timeout=ping_timeout, max_message_size=max_message_size,
+            handshake_timeout=handshake_timeout,
+        )
         self._session_options = session_options
-        self.max_buffered_bytes = max_buffered_bytes
-        self.max_buffered_events = max_buffered_events
         self.backoff = Backoff(
             reconnect=reconnect, restart_delay=restart_delay, max_restarts=max_restarts,
             max_reconnects=max_reconnects, reconnect_delay=reconnect_delay,
@@ -186,8 +183,6 @@ class ClientCore:
         self._logger = ClientLog(self.endpoint, api_key)
         self._aborted = False  # abort(): never reconnect
         self._resume_grace = resume_grace
-        self.buffered_bytes = 0
-        self.buffered_events = 0
         self.log: deque[ClientEvent] = deque(maxlen=log_size)
         self.settings: dict[str, Any] | None = None
         self.state: State = "connecting"
@@ -196,15 +191,8 @@ class ClientCore:
         self.restarts = 0
         self._restarts_in_row = 0
         self._user_closing = False
-        self._resumed = False
-        self._wake_reader = False
         self._hold_until = -math.inf
-        self._gc_pending = False
-        self._dropped: deque[EventBuffer] = deque()  # handles gone: collect their buffers
         self._settings_applied: dict[str, Any] = {}
-        self._live: list[EventBuffer] = []
-        #: unfinished work by the session's work key (None, no work, is never a key)
-        self._by_key: dict[WorkKey | None, EventBuffer] = {}
         self._ending = Ending()  # how the current connection ended (so far)
         #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
         #: opened for this generation (adapters must not write them to an older socket).
@@ -263,16 +251,6 @@ class ClientCore:
     def wants_socket(self) -> bool:
         """A reconnect is due: close the old socket, open a new one at :attr:`reconnect_at`."""
         return self.state == "reconnecting" and self.reconnect_at is not None
-
-    @property
-    def reading_paused(self) -> bool:
-        """Stop reading the socket (too much is buffered); resume when this turns false."""
-        if self._gc_pending:
-            self._collect_dropped()
-        return (
-            self.buffered_bytes >= self.max_buffered_bytes
-            or self.buffered_events >= self.max_buffered_events
-        )
 
     def next_deadline(self) -> float | None:
         """When to call :meth:`handle_timeout` (None while paused or waiting for a socket)."""
@@ -445,13 +423,8 @@ class ClientCore:
             keys = self._session(MultiClientSession).cancel(now, self._cid(buf))
         for key in keys:
             target = self._by_key.get(key)
-            if target is None:
-                continue
-            if session.work_has_cycles:
-                self._uncount(target.purge_cycle())
-            else:
-                target.flushed = True
-                self._uncount(target.purge())
+            if target is not None:
+                self._uncount(target.purge_cancelled(session.work_has_cycles))
         self._process(now)
 
     def stream_cancel(self, now: float) -> None:
@@ -479,56 +452,6 @@ class ClientCore:
             self.session.close_socket(now)
         self._process(now)
 
-    # -- consuming -----------------------------------------------------------------------------
-    def pop(self, buf: EventBuffer) -> ClientEvent | None:
-        """The next event of ``buf``, or None when none is buffered yet.
-
-        Raises the buffer's error once its events are consumed; check :attr:`EventBuffer.exhausted`
-        before calling (then the stream of events is over).
-        """
-        events = buf.events
-        if events:
-            if self._gc_pending:
-                self._collect_dropped()
-            most_bytes, most_events = self.max_buffered_bytes, self.max_buffered_events
-            paused = self.buffered_bytes >= most_bytes or self.buffered_events >= most_events
-            event = events.popleft()
-            if type(event) is AudioChunk:  # _audio_size, inline (the hot path)
-                size = len(event.frame.audio) * 3 // 4
-                buf.nbytes -= size
-                self.buffered_bytes -= size
-            self.buffered_events -= 1
-            if buf.done and not events and buf.error is None:
-                buf.exhausted = True
-            if (
-                paused
-                and self.buffered_bytes < most_bytes
-                and self.buffered_events < most_events
-            ):
-                self._resumed = self._wake_reader = True
-            return event
-        if buf.done:
-            buf.exhausted = True
-            error, buf.error = buf.error, None
-            if error is not None:
-                raise error
-        return None
-
-    def take_resumed(self) -> bool:
-        """True once after :meth:`pop` made room again: wake the reader (it may read again)."""
-        woke, self._wake_reader = self._wake_reader, False
-        return woke
-
-    def handle_dropped(self, buf: EventBuffer) -> None:
-        """The application dropped ``buf``'s handle (a finaliser: only sets flags)."""
-        buf.dropped = True
-        self._dropped.append(buf)
-        self._gc_pending = True
-
-    def reclaim(self, buf: EventBuffer) -> None:
-        """A new handle was made for ``buf`` (stream: more text for a dropped turn)."""
-        buf.dropped = False
-
     # -- internals -----------------------------------------------------------------------------
     def _session(self, *types: type[Any]) -> Any:
         self.check_usable()
@@ -536,79 +459,20 @@ class ClientCore:
             raise LocalProtocolError(f"not available on {self.endpoint}")
         return self.session
 
-    def _cid(self, buf: EventBuffer) -> str:
-        assert buf.context_id is not None
-        if self._by_key.get(buf.context_id) is not buf or buf.done:
-            raise LocalProtocolError(f"context {buf.context_id!r} is closed")
-        return buf.context_id
-
-    def _open(self, buf: EventBuffer, now: float | None = None) -> EventBuffer:
-        """Route the session's events for ``buf``'s work to it (then process, given ``now``)."""
-        assert buf.key is not None
-        self._by_key[buf.key] = buf
-        self._live.append(buf)
-        if now is not None:
-            self._process(now)
+    def _open(self, buf: EventBuffer, now: float) -> EventBuffer:
+        """Route the session's events for ``buf``'s work to it, then process."""
+        self._add(buf)
+        self._process(now)
         return buf
 
     def _stream_buffer(self, number: int | None, flush: bool, now: float) -> EventBuffer | None:
         buf = None if number is None else self._by_key.get(number)
         if buf is None and number is not None:
-            buf = self._open(EventBuffer(number))
+            buf = self._add(EventBuffer(number))
         if buf is not None:
             buf.flushed = buf.flushed or flush
         self._process(now)
         return buf
-
-    def _uncount(self, removed: tuple[int, int]) -> None:
-        """Events a buffer dropped, ``(events, audio bytes)``, leave the totals."""
-        self.buffered_events -= removed[0]
-        self.buffered_bytes -= removed[1]
-
-    def _collect_dropped(self) -> None:
-        """Discard what is buffered for work whose handle is gone (also work that ended before
-        its handle was dropped); a dropped turn still taking text is looked at again later."""
-        self._gc_pending = False
-        dropped, later = self._dropped, []
-        while dropped:
-            buf = dropped.popleft()
-            if not buf.dropped:
-                continue  # a new handle claimed it
-            if buf.flushed or buf.done:
-                if buf.events:
-                    self._uncount(buf.clear())
-            else:
-                later.append(buf)
-        if later:
-            dropped.extend(later)
-            self._gc_pending = True
-
-    def _push(self, buf: EventBuffer, event: ClientEvent, *, terminal: bool = False) -> None:
-        if buf.done:
-            return
-        if not (buf.dropped and buf.flushed):
-            buf.events.append(event)
-            size = audio_size(event)
-            buf.nbytes += size
-            self.buffered_bytes += size
-            self.buffered_events += 1
-        if terminal:
-            self._end(buf)
-
-    def _fail(self, buf: EventBuffer, error: KugelwireError) -> None:
-        if buf.done:
-            return
-        error.turn = buf.number if error.turn is None else error.turn
-        error.context_id = buf.context_id
-        buf.error = error
-        self._end(buf)
-
-    def _end(self, buf: EventBuffer) -> None:
-        buf.done = True
-        if buf in self._live:
-            self._live.remove(buf)
-        if buf.key is not None and self._by_key.get(buf.key) is buf:
-            del self._by_key[buf.key]
 
     def _process(self, now: float) -> None:
         """Take the connection's and the session's events and route them."""
@@ -618,10 +482,8 @@ class ClientCore:
                     self.state = "closing" if self._user_closing else "open"
                     self._opened_at = now
                     self._logger.open(self.conn, self.generation)
-            elif isinstance(cev, HandshakeRejected):
-                self._ending.rejection = cev
             else:
-                self._ending.closed = cev
+                self._ending.record(cev)
         session = self.session
         events = list(session.events())
         term = (
@@ -714,7 +576,7 @@ class ClientCore:
             reconnect=self.backoff.reconnect, reconnecting=self.state == "reconnecting"
         )
 
-    def _error(self, unspoken: str) -> KugelwireError:
+    def _error(self, unspoken: str = "") -> KugelwireError:
         """The exception for how the connection ended (a fresh instance each call)."""
         return self._ending.error(unspoken, state=self.state, url=self.display_url)
 
@@ -722,47 +584,27 @@ class ClientCore:
         self._logger.close(self.conn, self.generation, self._ending, error, now=now,
                            attempt_at=self._attempt_at, opened_at=self._opened_at)
 
-    def _end_all(self, but: Collection[WorkKey | None] = ()) -> None:
-        """Unfinished work (but ``but``'s) is over: a context being closed ends without an
-        error, the rest fails as the connection ended."""
-        for buf in list(self._live):
-            if buf.key not in but:
-                if buf.closing:
-                    self._end(buf)
-                else:
-                    self._fail(buf, self._error(""))
-
     def _terminate(self, now: float) -> None:
         """The connection is over for good: fail everything still waiting."""
         clean = self._user_closing and self._ending.clean
-        self.error = None if clean else self._error("")
+        self.error = None if clean else self._error()
         self._log_close(now, self.error)
-        self._end_all()
+        self._end_all(self._error)
         self.state = "closed"
 
     def _restart(self, replays: list[TurnReplay], now: float) -> None:
         key_of, ending = self.session.work_key, self._ending
         replayed = {key_of(r) for r in replays}
-        self._end_all(but=replayed)  # everything not replayed is over
+        self._end_all(self._error, but=replayed)  # everything not replayed is over
         self._restarts_in_row += 1
         self.restarts += 1
         delay = self.backoff.delay(self._restarts_in_row, retry_after=ending.retry_after,
                                    restart_close=ending.restart_close)
-        reconnecting = Reconnecting(
-            attempt=self._restarts_in_row,
-            close_code=None if ending.closed is None else ending.closed.close_code,
-            reason=ending.reason,
-            delay=delay,
-            replayed=tuple(sorted(str(k) for k in replayed)),
-        )
+        reconnecting = ending.reconnecting(self._restarts_in_row, delay, replayed)
         self.log.append(reconnecting)
         self._log_close(now, None)
         self._logger.reconnect(self.conn, reconnecting)
-        carried = [(r, self._by_key.get(key_of(r))) for r in replays]
-        for r, work in carried:  # the work carried over counts the reconnect
-            if work is not None:
-                work.carry_over(r)
-        self._by_key = {}
+        carried = self._carry_over(replays, key_of)
         self._ending = Ending()
         self._stale = self.conn.data_to_send()  # e.g. the reply to the server's close frame
         self.session = self._new_session()
@@ -782,10 +624,7 @@ class ClientCore:
         for r, buf in carried:
             key = session.replay(r, now)
             if buf is not None and key is not None:
-                buf.key = key
-                if isinstance(key, int):  # a turn or request: numbered anew on this connection
-                    buf.number = key
-                self._by_key[key] = buf
+                self._rekey(buf, key)
         for event in session.events():
             # the replayed work announced itself already
             if not isinstance(event, events.TurnStarted):

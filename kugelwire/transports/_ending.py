@@ -10,7 +10,7 @@ row, and how long to wait before each (deterministic given its ``random``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ..errors import (
     AuthenticationError,
@@ -23,7 +23,8 @@ from ..errors import (
     ServerErrorResponse,
     ServerRestarting,
 )
-from ..protocol.events import ErrorCode, ServerError
+from ..protocol.events import ErrorCode, Reconnecting, ServerError
+from ..protocol.sessions import WorkKey
 from ..protocol.ws import RESTART_CODES as _RESTART
 from ..protocol.ws import ConnectionClosed, HandshakeRejected
 
@@ -70,6 +71,26 @@ class Ending:
     def retry_after(self) -> float | None:
         """The upgrade's ``Retry-After``, if it was rejected with one."""
         return None if self.rejection is None else self.rejection.retry_after
+
+    def record(self, event: HandshakeRejected | ConnectionClosed) -> None:
+        """The connection's verdict: the upgrade was rejected, or it closed."""
+        if isinstance(event, HandshakeRejected):
+            self.rejection = event
+        else:
+            self.closed = event
+
+    def reconnecting(
+        self, attempt: int, delay: float, replayed: Collection[WorkKey | None]
+    ) -> Reconnecting:
+        """The log event of a retry after this end: ``attempt`` in a row, after ``delay``,
+        sending the work of ``replayed`` (work keys) again."""
+        return Reconnecting(
+            attempt=attempt,
+            close_code=None if self.closed is None else self.closed.close_code,
+            reason=self.reason,
+            delay=delay,
+            replayed=tuple(sorted(str(k) for k in replayed)),
+        )
 
     def retryable(self, *, reconnect: bool, reconnecting: bool) -> bool:
         """Worth a restart (1012/1013, HTTP 503) or, with ``reconnect``, a reconnect after a
