@@ -564,3 +564,36 @@ def test_a_catalogue_server_still_asks_for_a_missing_voice() -> None:
     s = StreamServerSession(catalogue=_catalogue())
     assert _send(s, {"text": "Hallo. ", "flush": True}) == [
         {"error": "voice_id is required", "error_code": "MISSING_VOICE_ID", "code": 400}]
+
+
+# -- third batch: the queue bounds, a chunk cut by a timer on /ws/tts/multi -------------------
+
+def test_tts_the_queue_takes_exactly_max_queued_messages() -> None:
+    t = TTSServerSession(limits=ServerLimits(max_queued_messages=2))
+    for text in ("Speaking.", "One.", "Two."):  # the first starts, two wait: the bound
+        assert _send(t, {"text": text, "voice_id": 1}) == []
+    assert _send(t, {"text": "Three.", "voice_id": 1}) == [{
+        "error": "queue full: at most 2 messages and 100000 characters may wait for the "
+                 "current request to finish",
+        "error_code": "VALIDATION_ERROR", "code": 400,
+    }]
+
+
+def test_stream_a_frame_over_the_queue_bound_is_refused_naming_the_turn() -> None:
+    s = StreamServerSession(limits=ServerLimits(max_queued_chars=3))
+    _send(s, {"text": "Hello there. ", "voice_id": 1, "flush": True})  # draining
+    assert _send(s, {"text": "abc"}) == []  # 3 characters wait: the bound
+    assert _send(s, {"text": "d"}) == [{
+        "error": "queue full: at most 10000 messages and 3 characters may wait for the "
+                 "current turn to finish",
+        "error_code": "VALIDATION_ERROR", "code": 400,
+    }]
+
+
+def test_multi_inactivity_after_a_chunk_the_confirm_timer_cut() -> None:
+    m = MultiServerSession()
+    _send(m, {"text": "Hello there.", "context_id": "a", "voice_settings": {"voice_id": 1}})
+    m.handle_timeout(0.05)  # the terminator is confirmed: the chunk goes to the engine
+    (request,) = _requests(m)
+    m.complete_chunk(request.ref, 1.0, 5.0)  # no flush: no final restarts the timer
+    assert m.next_deadline() == 25.0
