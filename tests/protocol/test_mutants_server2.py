@@ -597,3 +597,87 @@ def test_multi_inactivity_after_a_chunk_the_confirm_timer_cut() -> None:
     (request,) = _requests(m)
     m.complete_chunk(request.ref, 1.0, 5.0)  # no flush: no final restarts the timer
     assert m.next_deadline() == 25.0
+
+
+# -- fourth batch: the engine's hand-ins --------------------------------------------------
+
+def test_dropped_audio_counts_every_refused_call() -> None:
+    s = StreamServerSession()
+    _send(s, {"text": "Hello there. ", "voice_id": 1, "flush": True})
+    (request,) = _requests(s)
+    _send(s, {"cancel": True})
+    assert not s.send_audio(request.ref, b"\x00\x00", 1.0)
+    assert not s.send_audio(request.ref, b"\x00\x00", 1.1)
+    assert s.dropped_audio == 2
+
+
+def test_odd_pcm_is_refused_with_its_reason() -> None:
+    from kugelwire.protocol import LocalProtocolError
+
+    s = StreamServerSession()
+    _send(s, {"text": "Hello there. ", "voice_id": 1, "flush": True})
+    (request,) = _requests(s)
+    with pytest.raises(LocalProtocolError,
+                       match=r"^PCM16 audio must have an even number of bytes$"):
+        s.send_audio(request.ref, b"\x00\x00\x00", 0.1)
+
+
+def test_word_timestamps_are_taken_only_for_a_chunk_in_flight() -> None:
+    from kugelwire.protocol import WordTimestamp
+
+    m = MultiServerSession()
+    _send(m, {"text": "Hello there. ", "context_id": "a", "flush": True, "word_timestamps": True,
+              "voice_settings": {"voice_id": 1}})
+    (request,) = _requests(m)
+    word = WordTimestamp("Hello", 0, 300, 0, 5, 1.0)
+    assert m.send_word_timestamps(request.ref, [word], 0.1) is True
+    m.messages_to_send()
+    m.complete_chunk(request.ref, 1.0, 0.2)
+    words = next(f for f in _out(m) if "word_timestamps" in f)
+    assert words["context_id"] == "a" and words["chunk_id"] == 0
+    assert len(words["word_timestamps"]) == 1
+    assert m.send_word_timestamps(request.ref, [word], 0.3) is False  # complete: not taken
+
+
+def test_chunk_complete_reports_its_own_audio_and_rounded_gen_ms() -> None:
+    s = StreamServerSession()
+    _send(s, {"text": _sentence(5) + " " + _sentence(79) + " ", "voice_id": 1, "flush": True})
+    (first,) = _requests(s)
+    s.send_audio(first.ref, b"\x00\x00" * 2400, 0.1)
+    s.complete_chunk(first.ref, 1.23456, 0.2)
+    (second,) = _requests(s)
+    s.send_audio(second.ref, b"\x00\x00" * 4800, 0.3)
+    s.messages_to_send()
+    s.complete_chunk(second.ref, 2.0, 0.4)
+    done = next(json.loads(m) for m in s.messages_to_send() if "chunk_complete" in m)
+    assert done == {"chunk_complete": True, "chunk_id": 1, "audio_seconds": 0.2, "gen_ms": 2}
+
+
+def test_chunk_complete_gen_ms_is_rounded_to_the_microsecond() -> None:
+    s = StreamServerSession()
+    _send(s, {"text": "Hello there. ", "voice_id": 1, "flush": True})
+    (request,) = _requests(s)
+    s.messages_to_send()
+    s.complete_chunk(request.ref, 1.23456, 0.2)
+    assert _out(s)[0]["gen_ms"] == 1.235
+
+
+def test_tts_final_sums_gen_ms_over_chunks_and_counts_whole_samples() -> None:
+    t = TTSServerSession()
+    _send(t, {"text": _sentence(5) + " " + _sentence(79), "voice_id": 1})
+    for gen_ms in (10.0, 20.0):
+        (request,) = _requests(t)
+        t.send_audio(request.ref, b"\x00\x00" * 2400, 0.1)
+        t.complete_chunk(request.ref, gen_ms, 0.2)
+    final = t.messages_to_send()[-1]
+    assert '"total_samples":4800,' in final.replace(" ", "")
+    assert json.loads(final)["gen_ms"] == 30.0
+
+
+def test_stream_a_waiting_frame_applied_leaves_no_waiting_characters() -> None:
+    s = StreamServerSession()
+    _send(s, {"text": "Hello there. ", "voice_id": 1, "flush": True})
+    _send(s, {"text": "Next."})  # waits behind the draining turn
+    (request,) = _requests(s)
+    s.complete_chunk(request.ref, 1.0, 0.5)  # the turn ends; "Next." starts the next one
+    assert s.held_chars() == len("Next.")
