@@ -171,7 +171,6 @@ class _Job:
     ref: ChunkRef
     work: _Work
     chunk: TextChunk
-    started_at: float
     samples: int = 0
     words: list[WordTimestamp] = field(default_factory=list)
 
@@ -194,13 +193,11 @@ class _Work:
     flushed: bool = False  # the chunker has been flushed; nothing more is coming this cycle
     characters: int = 0
     total_samples: int = 0  # whole turn/context (usage)
-    cycle_samples: int = 0
     text_chunks: int = 0
     audio_frames: int = 0
     gen_ms: float = 0.0
     first_audio_at: float | None = None
     started_at: float = 0.0
-    original_text: str = ""
     #: characters of the chunks in :attr:`queue`
     queued_chars: int = 0
 
@@ -338,8 +335,8 @@ class _ServerSession:
         """The endpoint's own state (called at the end of ``__init__``)."""
         raise NotImplementedError
 
-    def _works(self) -> Iterator[_Work]:  # pragma: no cover - overridden
-        return iter(())
+    def _works(self) -> Iterator[_Work]:
+        raise NotImplementedError
 
     def _waiting_chars(self) -> int:
         return 0
@@ -410,7 +407,7 @@ class _ServerSession:
     def shutdown(self, now: float, code: int = SERVICE_RESTART) -> None:
         """Graceful restart: close idle sockets at once, busy ones after their current work."""
         self._shutdown_code = code
-        self._maybe_shutdown(now)
+        self._maybe_shutdown()
 
     _shutdown_code: int | None = None
 
@@ -524,7 +521,6 @@ class _ServerSession:
         except MarkupError as exc:
             raise RemoteProtocolError(str(exc), field="text", context_id=work.context_id) from None
         work.characters += len(text)
-        work.original_text += text
         self._enqueue(work, chunks, now)
 
     def _enqueue(self, work: _Work, chunks: Sequence[TextChunk], now: float) -> None:
@@ -544,24 +540,22 @@ class _ServerSession:
         while work.queue:
             chunk = work.pop()
             if chunk is None:
-                self._flush_mark_reached(work, now)
-                if self._closed or work.job is not None:
-                    return
+                self._flush_mark_reached(work, now)  # its actions start no chunk
                 continue
             if not chunk.text.strip() and not chunk.spells and not chunk.breaks:
                 continue  # nothing to speak (whitespace between sentences)
-            self._start_job(work, chunk, now)
+            self._start_job(work, chunk)
             return
         if work.flushed and work.chunker.buffered_chars == 0:
             self._cycle_done(work, now)
 
-    def _start_job(self, work: _Work, chunk: TextChunk, now: float) -> None:
+    def _start_job(self, work: _Work, chunk: TextChunk) -> None:
         chunk_id = work.next_chunk_id
         work.next_chunk_id += 1
         work.text_chunks += 1
         ref = ChunkRef(self._serial, work.number, chunk_id, work.context_id)
         self._serial += 1
-        job = _Job(ref, work, chunk, now)
+        job = _Job(ref, work, chunk)
         work.job = job
         self._jobs[ref.serial] = job
         if self.endpoint != TTS_ENDPOINT:
@@ -589,7 +583,6 @@ class _ServerSession:
         work.idx += 1
         job.samples += samples
         work.total_samples += samples
-        work.cycle_samples += samples
         work.audio_frames += 1
         if work.first_audio_at is None:
             work.first_audio_at = now
@@ -629,7 +622,7 @@ class _ServerSession:
     def _finish_close(self) -> None:
         self._close_code = 1000
 
-    def _maybe_shutdown(self, now: float) -> None:
+    def _maybe_shutdown(self) -> None:
         if self._shutdown_code is not None and not self._busy() and self._close_code is None:
             self._close_code = self._shutdown_code
 
@@ -766,10 +759,9 @@ class StreamServerSession(_ServerSession):
         if self._closing:
             self._send(SessionClosedFrame(0.0, 0, 0))
             self._finish_close()
-        self._maybe_shutdown(now)
+        self._maybe_shutdown()
 
     def _close(self, msg: ClientMessage | None, now: float) -> None:
-        self._closing = True
         self._send(SessionClosedFrame(0.0, 0, 0))
         self._finish_close()
 
@@ -808,7 +800,7 @@ class StreamServerSession(_ServerSession):
                 self._handle(msg, now)
             except RemoteProtocolError as exc:
                 self._error(exc.message, exc.error_code, exc.code, exc.context_id)
-        self._maybe_shutdown(now)
+        self._maybe_shutdown()
 
     def _cycle_done(self, work: _Work, now: float) -> None:
         self._process(ServerTurnInput.DRAINED, None, now)
@@ -938,15 +930,16 @@ class MultiServerSession(_ServerSession):
         """Feed ``event`` to context ``cid``'s machine: next state, then the table's actions.
         A context that does not exist is ``IDLE`` (never seen) or ``CLOSED`` (tombstoned)."""
         ctx = self._contexts.get(cid)
-        state = ctx.state if ctx is not None else self.context_state(cid)
+        state = self.context_state(cid)
         entry = SERVER_CONTEXT_TRANSITIONS.get((state, event))
         if entry is None:
             if event in SERVER_CONTEXT_LOCAL_INPUTS:
                 raise LocalProtocolError(
                     f"context state {state.value} does not take {event.value}"
                 )
-            refusal = _REFUSALS.get(state, "context {!r} does not take " + event.value)
-            raise RemoteProtocolError(refusal.format(cid), field="context_id", context_id=cid)
+            raise RemoteProtocolError(
+                _REFUSALS[state].format(cid), field="context_id", context_id=cid
+            )
         actions, new = entry
         if ctx is not None:
             ctx.state = new
@@ -997,8 +990,7 @@ class MultiServerSession(_ServerSession):
 
     def _flush(self, cid: str, msg: ClientMessage | None, now: float) -> None:
         ctx = self._contexts[cid]
-        ctx.last_activity = now
-        ctx.pending_finals += 1
+        ctx.pending_finals += 1  # _flush_work's pump restarts the inactivity timer
         self._flush_work(ctx.work, now)
 
     def _touch(self, cid: str, msg: ClientMessage | None, now: float) -> None:
@@ -1069,7 +1061,6 @@ class MultiServerSession(_ServerSession):
     def _new_cycle(self, work: _Work) -> None:
         work.number += 1
         work.idx = 0
-        work.cycle_samples = 0
 
     def _flush_work(self, work: _Work, now: float) -> None:
         """A context's flush: what is buffered becomes chunks, then a flush mark. The ``final``
@@ -1085,7 +1076,7 @@ class MultiServerSession(_ServerSession):
         work = ctx.work
         cid = work.context_id
         assert cid is not None
-        self._contexts.pop(cid, None)
+        del self._contexts[cid]
         self._closed_ids[cid] = None
         if len(self._closed_ids) > _MAX_TOMBSTONES:
             del self._closed_ids[next(iter(self._closed_ids))]
@@ -1095,18 +1086,12 @@ class MultiServerSession(_ServerSession):
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
             self._finish_close()
 
-    def _cycle_done(self, work: _Work, now: float) -> None:
-        raise AssertionError("multi cycles end at flush marks")  # pragma: no cover
-
     def _flush_mark_reached(self, work: _Work, now: float) -> None:
         cid = work.context_id
-        assert cid is not None
-        ctx = self._contexts.get(cid)
-        if ctx is None or ctx.work is not work:
-            return
+        assert cid is not None  # the work of an open context: a closed one's queue is empty
         event = ServerContextInput.FLUSH_DONE if work.queue else ServerContextInput.DRAINED
         self._process(cid, event, None, now)
-        self._maybe_shutdown(now)
+        self._maybe_shutdown()
 
     def _close_socket(self, now: float) -> None:
         self._closing = True
@@ -1120,7 +1105,7 @@ class MultiServerSession(_ServerSession):
     def _busy(self) -> bool:
         return any(c.work.busy or c.pending_finals for c in self._contexts.values())
 
-    def _maybe_shutdown(self, now: float) -> None:
+    def _maybe_shutdown(self) -> None:
         if self._shutdown_code is not None and not self._busy() and self._close_code is None:
             # session_closed precedes a server-initiated graceful close (rulings.md#ruling-17).
             self._send(SessionClosedFrame(round(self._total_samples_s, 6)))
@@ -1149,8 +1134,10 @@ class MultiServerSession(_ServerSession):
                 self._process(cid, ServerContextInput.TIMEOUT, None, now)
 
     def _pump(self, work: _Work, now: float) -> None:
-        if work.context_id is not None and work.context_id in self._contexts:
-            self._contexts[work.context_id].last_activity = now
+        # Only an open context's work is pumped: closing drops the queue and cancels the job.
+        cid = work.context_id
+        assert cid is not None
+        self._contexts[cid].last_activity = now
         super()._pump(work, now)
 
 
@@ -1173,7 +1160,8 @@ def _context_inputs(msg: ClientMessage) -> tuple[ServerContextInput, ...]:
     return inputs if inputs is not None else _NOTHING_TO_SAY_INPUTS[msg.keep_alive]
 
 
-#: Why a client input a context's state does not take is refused.
+#: Why a client input a context's state does not take is refused (``OPEN`` and ``CLOSED`` take
+#: every client input).
 _REFUSALS = {
     ServerContextState.IDLE: "unknown context {!r}",
     ServerContextState.CLOSING: "context {!r} is closing",
@@ -1277,7 +1265,7 @@ class TTSServerSession(_ServerSession):
                 self._process(request, ServerRequestInput.INVALID, now)
                 continue
             self._process(request, ServerRequestInput.START, now)
-        self._maybe_shutdown(now)
+        self._maybe_shutdown()
 
     def _prepare(self, request: _Request, now: float) -> _Work:
         """The request's work, text accepted; raises if the request is refused."""
@@ -1324,7 +1312,7 @@ class TTSServerSession(_ServerSession):
                 gen_ms=gen_ms,
                 rtf=round(gen_ms / dur_ms, 4) if dur_ms else 0.0,
                 debug={
-                    "original_text": work.original_text,
+                    "original_text": request.text,  # a request's text is fed at once
                     "ttfa_ms": ttfa,
                     "speed": work.params.speed,
                 },
@@ -1340,8 +1328,8 @@ class TTSServerSession(_ServerSession):
 
     def _cycle_done(self, work: _Work, now: float) -> None:
         current = self._current
-        if current is None or work is not current.work:
-            return
+        # only the request being spoken is flushed (a cancelled one's chunk is no longer pumped)
+        assert current is not None
         self._process(current, ServerRequestInput.SPOKEN, now)
         self._start_next(now)
 
