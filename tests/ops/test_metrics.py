@@ -133,7 +133,18 @@ def test_counters_move_by_exactly_the_turns_run(server: Any) -> None:
     assert get(after, "kugelwire_connections_total") >= 3
 
 
-def test_outcomes_interrupted_disconnected_error(server: Any) -> None:
+@pytest.fixture
+def paced_server() -> Iterator[Any]:
+    """A server whose engine takes a tenth of real time: a 40-sentence turn is still being
+    generated (for seconds) when the test cancels it or drops its socket. With the unpaced
+    tone engine a loaded machine could finish the turn first, making it ``completed``."""
+    with run_in_thread(api_key=KEY, metrics=True,
+                       engine=ToneEngine(realtime_factor=0.1)) as handle:
+        yield handle
+
+
+def test_outcomes_interrupted_disconnected_error(paced_server: Any) -> None:
+    server = paced_server
     long = " ".join(f"This is sentence number {i}." for i in range(40))
     before = scrape(server.url)
     # interrupted: barge-in after the first audio
