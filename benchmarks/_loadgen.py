@@ -7,18 +7,21 @@ This client does the least a correct client can: it sends pre-built, masked text
 reads the server's frames by their headers, looking only at the first bytes of each payload to
 tell audio, ``final``, ``session_closed`` and ``error`` apart. It never decodes audio.
 
-One :class:`LeanStream` is one connection; :func:`turn` streams one turn on it and returns
-sentence-end (the flush) -> first audio frame in seconds.
+One :class:`LeanStream` is one connection; :func:`run_turns` streams one turn on each of many
+from one driver and returns, per connection, sentence-end (the flush) -> first audio frame in
+seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import os
 import time
+from collections.abc import Callable
 
-__all__ = ["LeanStream", "connect", "turn"]
+__all__ = ["LeanStream", "connect", "run_turns"]
 
 _AUDIO, _FINAL, _CLOSED, _ERROR = b'{"audio"', b'{"final"', b'{"session_closed"', b'{"error"'
 
@@ -131,24 +134,80 @@ async def connect(host: str, port: int, path: str, api_key: str) -> LeanStream:
     return proto
 
 
-async def turn(
-    stream: LeanStream, tokens: list[str], pause: object, voice_id: int = 1
-) -> float:
-    """Stream ``tokens`` as one turn (the first with ``voice_id``, the last with ``flush``;
-    ``await pause()`` between tokens) and wait for ``session_closed``. Returns flush -> first
-    audio frame (seconds)."""
+#: Sends due within this of now go now: one wake-up per tick rather than per token, at a
+#: pacing of 10-30 ms between tokens (the flush is timed when it is sent, so not skewed).
+_TICK_S = 0.002
+
+
+def _texts(tokens: list[str], voice_id: int) -> list[str]:
+    """The turn's messages: the first token with ``voice_id``, the last with ``flush``."""
     import json
 
+    out = []
+    for i, token in enumerate(tokens):
+        msg: dict[str, object] = {"text": token}
+        if i == 0:
+            msg["voice_id"] = voice_id
+        if i == len(tokens) - 1:
+            msg["flush"] = True
+        out.append(json.dumps(msg, separators=(",", ":")))
+    return out
+
+
+async def run_turns(
+    streams: list[LeanStream],
+    tokens: list[str],
+    starts: list[float],
+    pause: Callable[[], float],
+    timeout: float = 60.0,
+    voice_id: int = 1,
+) -> list[float | BaseException]:
+    """Stream one turn of ``tokens`` on every stream, the i-th from ``starts[i]``
+    (``time.perf_counter()``), ``pause()`` seconds between its tokens, and wait (at most
+    ``timeout`` after the last start) for every ``session_closed``. Returns, per stream,
+    sentence-end (the flush) -> first audio frame in seconds, or the error that ended it.
+
+    One driver sends every token from a heap of due sends, rather than a task with a sleep per
+    connection: at thousands of connections the per-connection tasks, timers and futures were
+    most of the load generator's CPU, which it takes from the server it measures."""
     loop = asyncio.get_running_loop()
-    stream.done, stream.first_audio = loop.create_future(), None
-    *body, last = tokens
-    for i, token in enumerate(body):
-        msg = {"text": token, "voice_id": voice_id} if i == 0 else {"text": token}
-        stream.send(_frame(json.dumps(msg, separators=(",", ":"))))
-        await pause()  # type: ignore[operator]
-    t0 = time.perf_counter()
-    stream.send(_frame(json.dumps({"text": last, "flush": True}, separators=(",", ":"))))
-    await stream.done
-    if stream.first_audio is None:
-        raise RuntimeError("no audio before session_closed")
-    return stream.first_audio - t0
+    texts = _texts(tokens, voice_id)
+    last = len(texts) - 1
+    flushed_at = [0.0] * len(streams)
+    for stream in streams:
+        stream.done, stream.first_audio = loop.create_future(), None
+    due = [(start, i, 0) for i, start in enumerate(starts)]
+    heapq.heapify(due)
+    clock = time.perf_counter
+    while due:
+        at, i, step = due[0]
+        now = clock()
+        if at > now + _TICK_S:
+            await asyncio.sleep(at - now)
+            continue
+        heapq.heappop(due)
+        stream = streams[i]
+        done = stream.done
+        if done is None or done.done():  # failed already: nothing more to send
+            continue
+        stream.send(_frame(texts[step]))
+        if step == last:
+            flushed_at[i] = clock()
+        else:
+            heapq.heappush(due, (now + pause(), i, step + 1))
+    waits = [s.done for s in streams if s.done is not None]
+    await asyncio.wait(waits, timeout=timeout)
+    out: list[float | BaseException] = []
+    for i, stream in enumerate(streams):
+        done = stream.done
+        assert done is not None
+        if not done.done():
+            done.cancel()
+            out.append(TimeoutError("no session_closed in time"))
+        elif done.exception() is not None:
+            out.append(done.exception())  # type: ignore[arg-type]
+        elif stream.first_audio is None:
+            out.append(RuntimeError("no audio before session_closed"))
+        else:
+            out.append(stream.first_audio - flushed_at[i])
+    return out

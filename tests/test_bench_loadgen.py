@@ -5,6 +5,7 @@ timing here)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -22,24 +23,49 @@ KEY = "loadgen-key"
 def test_lean_turns_end_with_audio_and_wrong_keys_are_refused() -> None:
     with run_in_thread(engine=ToneEngine(), api_key=KEY, metrics=True) as server:
 
-        async def main() -> list[float]:
-            async def pause() -> None:
-                await asyncio.sleep(0.001)
-
-            stream = await _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", KEY)
+        async def main() -> list[float | BaseException]:
+            streams = [await _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", KEY)
+                       for _ in range(3)]
             try:
                 tokens = ["Hello", " there,", " one", " sentence."]
-                return [await _loadgen.turn(stream, tokens, pause) for _ in range(2)]
+                out: list[float | BaseException] = []
+                for _ in range(2):  # two turns on each connection, staggered starts
+                    now = time.perf_counter()
+                    out += await _loadgen.run_turns(
+                        streams, tokens, [now + 0.05 * i for i in range(3)], lambda: 0.001,
+                        timeout=10)
+                return out
             finally:
-                stream.close()
+                for stream in streams:
+                    stream.close()
 
         first_audio = asyncio.run(asyncio.wait_for(main(), 20))
-        assert len(first_audio) == 2 and all(0 < t < 5 for t in first_audio)
-        samples = scrape(server.url)  # the server counted both turns as completed
-        assert get(samples, "kugelwire_turns_total", endpoint="stream", outcome="completed") == 2
+        assert len(first_audio) == 6
+        assert all(isinstance(t, float) and 0 < t < 5 for t in first_audio), first_audio
+        samples = scrape(server.url)  # the server counted every turn as completed
+        assert get(samples, "kugelwire_turns_total", endpoint="stream", outcome="completed") == 6
 
         async def refused() -> None:
             await _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", "wrong")
 
         with pytest.raises(RuntimeError, match=r"upgrade refused: HTTP/1.1 401"):
             asyncio.run(asyncio.wait_for(refused(), 10))
+
+
+def test_a_connection_that_fails_is_reported_and_the_others_finish() -> None:
+    with run_in_thread(engine=ToneEngine(), api_key=KEY) as server:
+
+        async def main() -> list[float | BaseException]:
+            streams = [await _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", KEY)
+                       for _ in range(2)]
+            streams[0].close()  # gone before its turn: connection_lost ends it
+            try:
+                now = time.perf_counter()
+                return await _loadgen.run_turns(
+                    streams, ["One", " sentence."], [now, now], lambda: 0.001, timeout=10)
+            finally:
+                streams[1].close()
+
+        lost, ok = asyncio.run(asyncio.wait_for(main(), 20))
+        assert isinstance(lost, RuntimeError) and "connection lost" in str(lost)
+        assert isinstance(ok, float) and 0 < ok < 5
