@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import heapq
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["LeanStream", "connect", "run_turns"]
 
@@ -137,6 +138,8 @@ async def connect(host: str, port: int, path: str, api_key: str) -> LeanStream:
 #: Sends due within this of now go now: one wake-up per tick rather than per token, at a
 #: pacing of 10-30 ms between tokens (the flush is timed when it is sent, so not skewed).
 _TICK_S = 0.002
+#: While connects are pending, the driver looks for new connections this often.
+_POLL_S = 0.01
 
 
 def _texts(tokens: list[str], voice_id: int) -> list[str]:
@@ -155,7 +158,7 @@ def _texts(tokens: list[str], voice_id: int) -> list[str]:
 
 
 async def run_turns(
-    streams: list[LeanStream],
+    streams: Sequence[LeanStream | asyncio.Future[LeanStream]],
     tokens: list[str],
     starts: list[float],
     pause: Callable[[], float],
@@ -164,8 +167,11 @@ async def run_turns(
 ) -> list[float | BaseException]:
     """Stream one turn of ``tokens`` on every stream, the i-th from ``starts[i]``
     (``time.perf_counter()``), ``pause()`` seconds between its tokens, and wait (at most
-    ``timeout`` after the last start) for every ``session_closed``. Returns, per stream,
-    sentence-end (the flush) -> first audio frame in seconds, or the error that ended it.
+    ``timeout`` after the last send) for every ``session_closed``. A stream may be given as a
+    task that connects it: its turn starts at its start or when it is connected, whichever
+    is later, so one slow connect (a SYN retried after a full accept queue) delays only its own
+    turn. Returns, per stream, sentence-end (the flush) -> first audio frame in seconds, or the
+    error that ended it (its connect's included).
 
     One driver sends every token from a heap of due sends, rather than a task with a sleep per
     connection: at thousands of connections the per-connection tasks, timers and futures were
@@ -173,41 +179,89 @@ async def run_turns(
     loop = asyncio.get_running_loop()
     texts = _texts(tokens, voice_id)
     last = len(texts) - 1
-    flushed_at = [0.0] * len(streams)
-    for stream in streams:
+    n = len(streams)
+    flushed_at = [0.0] * n
+    ready: list[LeanStream | None] = [None] * n
+    out: list[float | BaseException | None] = [None] * n
+    due: list[tuple[float, int, int]] = []
+    unsent = n  # turns not yet flushed (or ended by an error)
+    pending = 0  # connects not yet done
+
+    def connected(i: int, stream: LeanStream) -> None:
         stream.done, stream.first_audio = loop.create_future(), None
-    due = [(start, i, 0) for i, start in enumerate(starts)]
-    heapq.heapify(due)
-    clock = time.perf_counter
-    while due:
-        at, i, step = due[0]
-        now = clock()
-        if at > now + _TICK_S:
-            await asyncio.sleep(at - now)
-            continue
-        heapq.heappop(due)
-        stream = streams[i]
-        done = stream.done
-        if done is None or done.done():  # failed already: nothing more to send
-            continue
-        stream.send(_frame(texts[step]))
-        if step == last:
-            flushed_at[i] = clock()
+        ready[i] = stream
+        heapq.heappush(due, (starts[i], i, 0))
+
+    def connect_ended(i: int, task: asyncio.Future[LeanStream]) -> None:
+        nonlocal unsent, pending
+        pending -= 1
+        if task.cancelled():
+            out[i], unsent = asyncio.CancelledError(), unsent - 1
+        elif task.exception() is not None:
+            out[i], unsent = task.exception(), unsent - 1
         else:
-            heapq.heappush(due, (now + pause(), i, step + 1))
-    waits = [s.done for s in streams if s.done is not None]
-    await asyncio.wait(waits, timeout=timeout)
-    out: list[float | BaseException] = []
-    for i, stream in enumerate(streams):
+            connected(i, task.result())
+
+    connecting = []
+    for i, item in enumerate(streams):
+        if isinstance(item, LeanStream):
+            connected(i, item)
+        else:
+            pending += 1
+            item.add_done_callback(functools.partial(connect_ended, i))
+            connecting.append(item)
+    clock = time.perf_counter
+    try:
+        while unsent:
+            now = clock()
+            if not due or due[0][0] > now + _TICK_S:
+                # sleep to the next send; while connects are pending, a tick at most
+                wait = due[0][0] - now if due else _TICK_S
+                await asyncio.sleep(min(wait, _POLL_S) if pending else wait)
+                continue
+            at, i, step = heapq.heappop(due)
+            stream = ready[i]
+            assert stream is not None and stream.done is not None
+            if stream.done.done():  # failed already: nothing more to send
+                unsent -= 1
+                continue
+            stream.send(_frame(texts[step]))
+            if step == last:
+                flushed_at[i] = clock()
+                unsent -= 1
+            else:
+                heapq.heappush(due, (max(at, now) + pause(), i, step + 1))
+        waits = [s.done for s in ready if s is not None and s.done is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+    finally:
+        for task in connecting:
+            task.cancel()
+    result: list[float | BaseException] = []
+    for i in range(n):
+        stream, early = ready[i], out[i]
+        if stream is None or stream.done is None:
+            result.append(early if early is not None else RuntimeError("not connected"))
+            continue
         done = stream.done
-        assert done is not None
         if not done.done():
             done.cancel()
-            out.append(TimeoutError("no session_closed in time"))
+            result.append(TimeoutError("no session_closed in time"))
         elif done.exception() is not None:
-            out.append(done.exception())  # type: ignore[arg-type]
+            result.append(done.exception())  # type: ignore[arg-type]
         elif stream.first_audio is None:
-            out.append(RuntimeError("no audio before session_closed"))
+            result.append(RuntimeError("no audio before session_closed"))
         else:
-            out.append(stream.first_audio - flushed_at[i])
+            result.append(stream.first_audio - flushed_at[i])
+    return result
+
+
+def streams_of(items: Sequence[LeanStream | asyncio.Future[LeanStream]]) -> list[LeanStream]:
+    """The connected streams among ``run_turns``' items after it returned (to close them)."""
+    out = []
+    for item in items:
+        if isinstance(item, LeanStream):
+            out.append(item)
+        elif item.done() and not item.cancelled() and item.exception() is None:
+            out.append(item.result())
     return out

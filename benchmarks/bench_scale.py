@@ -197,16 +197,14 @@ async def _part(url: str, n: int, ready_at: float, window: float, seed: int) -> 
             _loadgen.connect(host, int(port), "/ws/tts/stream", KEY), 60
         )
 
-    connected = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
-    streams = [c for c in connected if isinstance(c, _loadgen.LeanStream)]
-    out: list[Any] = [c for c in connected if not isinstance(c, _loadgen.LeanStream)]
+    # the turns start as their connections are made (run_turns drives both): a connect that
+    # is late (a SYN retried after a full accept queue) delays its own turn, not every turn
+    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
     try:
-        out += await _loadgen.run_turns(
-            streams, TOKENS, [t for t, c in zip(starts, connected, strict=True)
-                              if isinstance(c, _loadgen.LeanStream)],
-            lambda: 0.01 + rng.random() * 0.02, timeout=60)
+        out: list[Any] = await _loadgen.run_turns(
+            tasks, TOKENS, starts, lambda: 0.01 + rng.random() * 0.02, timeout=60)
     finally:
-        for stream in streams:
+        for stream in _loadgen.streams_of(tasks):
             stream.close()
     return out
 

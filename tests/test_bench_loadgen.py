@@ -69,3 +69,31 @@ def test_a_connection_that_fails_is_reported_and_the_others_finish() -> None:
         lost, ok = asyncio.run(asyncio.wait_for(main(), 20))
         assert isinstance(lost, RuntimeError) and "connection lost" in str(lost)
         assert isinstance(ok, float) and 0 < ok < 5
+
+
+def test_turns_on_connections_still_being_made_start_when_each_is_made() -> None:
+    with run_in_thread(engine=ToneEngine(), api_key=KEY) as server:
+
+        async def late() -> _loadgen.LeanStream:
+            await asyncio.sleep(0.3)  # made after its start: its turn starts then
+            return await _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", KEY)
+
+        async def main() -> tuple[list[float | BaseException], float, int]:
+            tasks = [
+                asyncio.ensure_future(late()),
+                asyncio.ensure_future(
+                    _loadgen.connect("127.0.0.1", server.port, "/ws/tts/stream", "wrong")),
+            ]
+            t0 = time.perf_counter()
+            try:
+                out = await _loadgen.run_turns(
+                    tasks, ["One", " sentence."], [t0, t0], lambda: 0.001, timeout=10)
+                return out, time.perf_counter() - t0, len(_loadgen.streams_of(tasks))
+            finally:
+                for stream in _loadgen.streams_of(tasks):
+                    stream.close()
+
+        (ok, refused), took, connected = asyncio.run(asyncio.wait_for(main(), 20))
+        assert isinstance(ok, float) and 0 < ok < 5
+        assert isinstance(refused, RuntimeError) and "401" in str(refused)
+        assert took >= 0.3 and connected == 1
