@@ -350,9 +350,10 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
         figure("scale workers: workers' CPU per connection (one turn)", s_conn * 1e3, "ms",
                "", None, "(median over the runs without error)")
         figure("scale workers: clients' CPU per connection (one turn)", c_conn * 1e3, "ms")
-        figure("scale workers: ceiling of the ratio here, 2s / (s + c)",
+        figure("scale workers: estimated ceiling of the ratio here, 2s / (s + c)",
                2 * s_conn / (s_conn + c_conn), "x", "", None,
-               "(the load generator's CPU comes out of the cores the second worker needs)")
+               "(whole-run CPU, connects included; the clients' CPU comes out of the cores "
+               "the second worker needs)")
     capped = two == max(sizes)
     figure("scale workers: 2 workers / 1 worker", ratio, "x", ">= 1.6x",
            ratio >= 1.6 if one else False,
