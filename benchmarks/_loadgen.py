@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["LeanStream", "connect", "run_turns"]
+__all__ = ["LeanStream", "connect", "run_turns", "streams_of"]
 
 _AUDIO, _FINAL, _CLOSED, _ERROR = b'{"audio"', b'{"final"', b'{"session_closed"', b'{"error"'
 
@@ -182,7 +182,7 @@ async def run_turns(
     n = len(streams)
     flushed_at = [0.0] * n
     ready: list[LeanStream | None] = [None] * n
-    out: list[float | BaseException | None] = [None] * n
+    connect_error: list[BaseException | None] = [None] * n
     due: list[tuple[float, int, int]] = []
     unsent = n  # turns not yet flushed (or ended by an error)
     pending = 0  # connects not yet done
@@ -196,9 +196,9 @@ async def run_turns(
         nonlocal unsent, pending
         pending -= 1
         if task.cancelled():
-            out[i], unsent = asyncio.CancelledError(), unsent - 1
+            connect_error[i], unsent = asyncio.CancelledError(), unsent - 1
         elif task.exception() is not None:
-            out[i], unsent = task.exception(), unsent - 1
+            connect_error[i], unsent = task.exception(), unsent - 1
         else:
             connected(i, task.result())
 
@@ -215,8 +215,8 @@ async def run_turns(
         while unsent:
             now = clock()
             if not due or due[0][0] > now + _TICK_S:
-                # sleep to the next send; while connects are pending, a tick at most
-                wait = due[0][0] - now if due else _TICK_S
+                # sleep to the next send; while connects are pending, _POLL_S at most
+                wait = due[0][0] - now if due else _POLL_S
                 await asyncio.sleep(min(wait, _POLL_S) if pending else wait)
                 continue
             at, i, step = heapq.heappop(due)
@@ -239,9 +239,9 @@ async def run_turns(
             task.cancel()
     result: list[float | BaseException] = []
     for i in range(n):
-        stream, early = ready[i], out[i]
+        stream, error = ready[i], connect_error[i]
         if stream is None or stream.done is None:
-            result.append(early if early is not None else RuntimeError("not connected"))
+            result.append(error if error is not None else RuntimeError("not connected"))
             continue
         done = stream.done
         if not done.done():
