@@ -193,6 +193,9 @@ class ServerOptions:
     connection_factory: ConnectionFactory | None = None
 
     def __post_init__(self) -> None:
+        if self.limits is not None and not isinstance(self.limits, ServerLimits):
+            raise TypeError(f"limits must be a ServerLimits (or, to serve(), a dict of its "
+                            f"fields), not {type(self.limits).__name__}")
         for name in ("write_buffer_limit", "max_connections", "backlog", "ping_timeout",
                      "frame_burst", "max_connection_buffer",
                      "max_message_size", "close_timeout", "handshake_timeout",
@@ -217,7 +220,11 @@ class ServerOptions:
         """Options from keyword arguments; ``engine=None`` / ``http_handler=None`` keep the
         defaults (the tone engine, the playground). ``lint`` may also be True (the default
         here: a new :class:`~kugelwire.lint.Linter`) or False, ``faults`` any fault specs
-        (strings, :class:`Fault` s or a plan). Unknown names are a TypeError."""
+        (strings, :class:`Fault` s or a plan), ``limits`` a dict of
+        :class:`~kugelwire.protocol.sessions.ServerLimits` fields (as JSON gives them). Unknown
+        names are a TypeError."""
+        if isinstance(kwargs.get("limits"), dict):
+            kwargs["limits"] = ServerLimits(**kwargs["limits"])
         for name in ("engine", "http_handler"):
             if name in kwargs and kwargs[name] is None:
                 del kwargs[name]

@@ -137,12 +137,9 @@ class _Life:
 
     def options(self) -> Any:
         """The :class:`ServerOptions` from the spec (the engine is made here, per worker)."""
-        from ..protocol.sessions import ServerLimits
         from ._core import ServerOptions
 
-        kwargs = dict(self.spec.options)
-        if isinstance(kwargs.get("limits"), dict):  # JSON: the fields of ServerLimits
-            kwargs["limits"] = ServerLimits(**kwargs["limits"])
+        kwargs = dict(self.spec.options)  # limits as a dict (JSON): from_kwargs takes it
         if kwargs.get("lint", True) is True:  # findings printed as they happen, as `serve` does
             from ..lint import Linter
 

@@ -181,6 +181,31 @@ def test_max_buffer_length_caps_what_a_client_asks_for() -> None:
     run(main)
 
 
+def test_limits_as_a_dict_apply_and_anything_else_is_refused_at_once() -> None:
+    # serve(limits={...}) as JSON or a config file gives it (a dict used to fail at the first
+    # turn with an AttributeError deep in the session)
+    assert ServerOptions.from_kwargs(limits={"frame_ms": 200}).limits == ServerLimits(
+        frame_ms=200)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'frame_size'"):
+        ServerOptions.from_kwargs(limits={"frame_size": 200})
+    with pytest.raises(TypeError, match="limits must be a ServerLimits .* not list"):
+        ServerOptions.from_kwargs(limits=[("frame_ms", 200)])
+    words = " ".join(f"w{i}" for i in range(60))
+
+    async def main() -> None:
+        async with serve(api_key=KEY, limits={"max_buffer_length": 40}) as server:
+            session = StreamClientSession(voice_id=1, max_buffer_length=1_000_000)
+            client = await RawClient(session, server.url, api_key=KEY).connect()
+            session.send_text(words, client.now)
+            client.flush()
+            await client.pump(lambda: len(client.of(GenerationStarted)) >= 3)
+            texts = [e.text for e in client.of(GenerationStarted)]
+            assert all(len(t) <= 40 for t in texts), texts
+            await client.aclose()
+
+    run(main)
+
+
 def test_max_contexts_error_and_the_socket_stays() -> None:
     limits = ServerLimits(max_contexts=3)
 
