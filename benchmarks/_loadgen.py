@@ -2,29 +2,49 @@
 
 The scale benchmark measures the *server*; on a 2-core machine the clients share the cores with
 it, so a client that decodes every audio frame (JSON + base64, as a real application does) takes
-CPU the server would otherwise get and puts its own event-loop lag into the latency it measures.
-This client does the least a correct client can: it sends pre-built, masked text frames and
-reads the server's frames by their headers, looking only at the first bytes of each payload to
-tell audio, ``final``, ``session_closed`` and ``error`` apart. It never decodes audio.
+CPU the server would otherwise get and puts its own lag into the latency it measures. This
+client does the least a correct client can: one thread, one ``epoll`` (``poll`` where there is
+none), no event loop, no task, future or callback per connection. It sends pre-built, masked
+text frames and reads the server's frames by their headers, looking only at the first bytes of
+each text payload to tell audio, ``final``, ``session_closed`` and ``error`` apart; the rest of
+an audio payload is counted off as it arrives, never copied or decoded.
 
-One :class:`LeanStream` is one connection; :func:`run_turns` streams one turn on each of many
-from one driver and returns, per connection, sentence-end (the flush) -> first audio frame in
-seconds.
+:func:`run` makes the connections (at most ``connects_at_once`` in flight), streams one turn on
+each from its start (or when it is connected, whichever is later), waits for every
+``session_closed``, closes them all and returns, per connection, sentence-end (the flush) ->
+first audio frame in seconds, or the error that ended it.
+
+Up to 2026-12-02 this was an asyncio protocol with one driver task; at 5,000 connections its
+event-loop work per turn (a transport, a callback and a future per connection, a wake-up per
+read) was most of the clients' CPU, which on this machine comes out of the cores the second
+worker needs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
+import errno
 import heapq
+import json
 import os
+import select
+import socket
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["LeanStream", "connect", "run_turns", "streams_of"]
+__all__ = ["run"]
 
 _AUDIO, _FINAL, _CLOSED, _ERROR = b'{"audio"', b'{"final"', b'{"session_closed"', b'{"error"'
+_HEAD = 18  # payload bytes that tell the four apart (len(_CLOSED) + 1)
+_READ = 1 << 18
+#: Sends due within this of now go now: one wake-up per tick rather than per token, at a
+#: pacing of 10-30 ms between tokens (the flush is timed when it is sent, so not skewed).
+_TICK_S = 0.002
+#: How often connect timeouts and new connects are looked at while nothing else is due.
+_POLL_S = 0.01
+
+# what a connection is doing
+_CONNECTING, _UPGRADING, _OPEN, _ENDED = range(4)
 
 
 def _frame(text: str) -> bytes:
@@ -38,114 +58,8 @@ def _frame(text: str) -> bytes:
     return head + key + masked
 
 
-class LeanStream(asyncio.Protocol):
-    """One connection: the upgrade, then server frames classified by their first bytes."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.upgraded: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[None] | None = None  # the current turn's session_closed
-        self.first_audio: float | None = None
-        self._buf = bytearray()
-        self._open = False
-
-    # -- asyncio.Protocol -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        if not self._open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(buf[: buf.find(b"\r\n")])
-            del buf[: end + 4]
-            if b" 101 " not in status + b" ":
-                self._fail(f"upgrade refused: {status.decode(errors='replace')}")
-                return
-            self._open = True
-            self.upgraded.set_result(None)
-        at, size = 0, len(buf)
-        while size - at >= 2:
-            length, hdr = buf[at + 1] & 0x7F, 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length, hdr = int.from_bytes(buf[at + 2 : at + 4], "big"), 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length, hdr = int.from_bytes(buf[at + 2 : at + 10], "big"), 10
-            if size - at < hdr + length:
-                break
-            opcode = buf[at] & 0x0F
-            start = at + hdr
-            at = start + length
-            if opcode == 1:
-                self._message(bytes(buf[start : start + 18]))
-            elif opcode == 8:
-                self._fail("the server closed the connection")
-        del buf[:at]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(f"connection lost: {exc!r}")
-
-    # -- the turn ---------------------------------------------------------------------------
-    def _message(self, head: bytes) -> None:
-        if head.startswith(_AUDIO):
-            if self.first_audio is None:
-                self.first_audio = time.perf_counter()
-        elif head.startswith(_CLOSED):
-            if self.done is not None and not self.done.done():
-                self.done.set_result(None)
-        elif head.startswith(_ERROR):
-            self._fail("the server sent an error frame")
-        # final (and anything else) needs nothing: session_closed ends the turn
-
-    def _fail(self, why: str) -> None:
-        for fut in (self.upgraded, self.done):
-            if fut is not None and not fut.done():
-                fut.set_exception(RuntimeError(why))
-
-    def send(self, frame: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(frame)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def connect(host: str, port: int, path: str, api_key: str) -> LeanStream:
-    """A connection upgraded on ``path`` (``?api_key=``)."""
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(LeanStream, host, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path}?api_key={api_key} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    proto.send(request.encode())
-    await proto.upgraded
-    return proto
-
-
-#: Sends due within this of now go now: one wake-up per tick rather than per token, at a
-#: pacing of 10-30 ms between tokens (the flush is timed when it is sent, so not skewed).
-_TICK_S = 0.002
-#: While connects are pending, the driver looks for new connections this often.
-_POLL_S = 0.01
-
-
 def _texts(tokens: list[str], voice_id: int) -> list[str]:
     """The turn's messages: the first token with ``voice_id``, the last with ``flush``."""
-    import json
-
     out = []
     for i, token in enumerate(tokens):
         msg: dict[str, object] = {"text": token}
@@ -157,111 +71,288 @@ def _texts(tokens: list[str], voice_id: int) -> list[str]:
     return out
 
 
-async def run_turns(
-    streams: Sequence[LeanStream | asyncio.Future[LeanStream]],
+class _Poller:
+    """``select.epoll`` where there is one, else ``select.poll`` (timeouts in seconds)."""
+
+    def __init__(self) -> None:
+        epoll = getattr(select, "epoll", None)
+        if epoll is not None:
+            self._p: object = epoll()
+            self.IN, self.OUT, self.ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
+            self._ms = False
+        else:
+            self._p = select.poll()
+            self.IN, self.OUT, self.ERR = select.POLLIN, select.POLLOUT, select.POLLERR
+            self._ms = True
+        self.register = self._p.register  # type: ignore[attr-defined]
+        self.modify = self._p.modify  # type: ignore[attr-defined]
+        self.unregister = self._p.unregister  # type: ignore[attr-defined]
+        self._poll = self._p.poll  # type: ignore[attr-defined]
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        result: list[tuple[int, int]] = self._poll(timeout * 1e3 if self._ms else timeout)
+        return result
+
+    def close(self) -> None:
+        close = getattr(self._p, "close", None)
+        if close is not None:
+            close()
+
+
+class _Conn:
+    __slots__ = (
+        "buf",
+        "first_audio",
+        "flushed_at",
+        "i",
+        "out",
+        "round",
+        "since",
+        "skip",
+        "sock",
+        "state",
+        "step",
+    )
+
+    def __init__(self, i: int, sock: socket.socket, since: float) -> None:
+        self.i = i
+        self.sock = sock
+        self.state = _CONNECTING
+        self.buf = b""  # an incomplete frame head (or the upgrade response so far)
+        self.skip = 0  # payload bytes still to come of a frame already classified
+        self.out = b""  # bytes the socket did not take yet
+        self.step = 0  # the next token to send
+        self.since = since  # when the connect (or upgrade) began, for its timeout
+        self.flushed_at = 0.0
+        self.first_audio: float | None = None
+        self.round = 0  # the turn being streamed: starts[round]
+
+
+def run(
+    host: str,
+    port: int,
+    path: str,
+    api_key: str,
     tokens: list[str],
-    starts: list[float],
+    starts: Sequence[Sequence[float]],
     pause: Callable[[], float],
+    *,
+    connects_at_once: int = 40,
+    connect_timeout: float = 60.0,
     timeout: float = 60.0,
     voice_id: int = 1,
-) -> list[float | BaseException]:
-    """Stream one turn of ``tokens`` on every stream, the i-th from ``starts[i]``
-    (``time.perf_counter()``), ``pause()`` seconds between its tokens, and wait (at most
-    ``timeout`` after the last send) for every ``session_closed``. A stream may be given as a
-    task that connects it: its turn starts at its start or when it is connected, whichever
-    is later, so one slow connect (a SYN retried after a full accept queue) delays only its own
-    turn. Returns, per stream, sentence-end (the flush) -> first audio frame in seconds, or the
-    error that ended it (its connect's included).
-
-    One driver sends every token from a heap of due sends, rather than a task with a sleep per
-    connection: at thousands of connections the per-connection tasks, timers and futures were
-    most of the load generator's CPU, which it takes from the server it measures."""
-    loop = asyncio.get_running_loop()
-    texts = _texts(tokens, voice_id)
-    last = len(texts) - 1
-    n = len(streams)
-    flushed_at = [0.0] * n
-    ready: list[LeanStream | None] = [None] * n
-    connect_error: list[BaseException | None] = [None] * n
-    due: list[tuple[float, int, int]] = []
-    unsent = n  # turns not yet flushed (or ended by an error)
-    pending = 0  # connects not yet done
-
-    def connected(i: int, stream: LeanStream) -> None:
-        stream.done, stream.first_audio = loop.create_future(), None
-        ready[i] = stream
-        heapq.heappush(due, (starts[i], i, 0))
-
-    def connect_ended(i: int, task: asyncio.Future[LeanStream]) -> None:
-        nonlocal unsent, pending
-        pending -= 1
-        if task.cancelled():
-            connect_error[i], unsent = asyncio.CancelledError(), unsent - 1
-        elif task.exception() is not None:
-            connect_error[i], unsent = task.exception(), unsent - 1
-        else:
-            connected(i, task.result())
-
-    connecting = []
-    for i, item in enumerate(streams):
-        if isinstance(item, LeanStream):
-            connected(i, item)
-        else:
-            pending += 1
-            item.add_done_callback(functools.partial(connect_ended, i))
-            connecting.append(item)
+) -> list[list[float | BaseException]]:
+    """Rounds of turns on ``len(starts[0])`` new connections to ``path`` (``?api_key=``): in
+    round r, one turn of ``tokens`` on each, the i-th from ``starts[r][i]``
+    (``time.perf_counter()``) or when it is connected / its turn of round r - 1 ended,
+    whichever is later, ``pause()`` seconds between its tokens. Returns, per round and
+    connection, sentence-end -> first audio in seconds or the error that ended the turn (a
+    refused upgrade, a lost connection, an ``error`` frame, a connect or turn timeout: at most
+    ``timeout`` after the last flush); a connection that failed has that error in its later
+    rounds too. Every connection stays open until every turn is done."""
+    rounds, n = len(starts), len(starts[0]) if starts else 0
+    frames = [_frame(t) for t in _texts(tokens, voice_id)]
+    last = len(frames) - 1
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (
+        f"GET {path}?api_key={api_key} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    poller = _Poller()
+    IN, OUT = poller.IN, poller.OUT
+    conns: dict[int, _Conn] = {}  # by fd
+    results: list[list[float | BaseException | None]] = [[None] * n for _ in range(rounds)]
+    due: list[tuple[float, int, int]] = []  # (when, i, fd): the connection's next send
     clock = time.perf_counter
+    to_connect = 0  # the next connection to make
+    inflight: dict[int, _Conn] = {}  # connects and upgrades, by fd
+    left = n if rounds else 0  # connections with turns still to end
+    last_flush = 0.0
+
+    def end(c: _Conn, result: float | BaseException) -> None:
+        """The connection's current turn ended: the next round's is due, or (an error, the
+        last round) the connection is done."""
+        nonlocal left
+        if c.state == _ENDED:
+            return
+        results[c.round][c.i] = result
+        if isinstance(result, float) and c.round + 1 < rounds:
+            c.round, c.step, c.first_audio = c.round + 1, 0, None
+            heapq.heappush(due, (max(starts[c.round][c.i], clock()), c.i, c.sock.fileno()))
+            return
+        for r in range(c.round + 1, rounds):
+            results[r][c.i] = result
+        if c.state != _OPEN:
+            del inflight[c.sock.fileno()]
+        c.state = _ENDED
+        left -= 1
+
+    def fail(c: _Conn, why: str) -> None:
+        end(c, RuntimeError(why))
+
+    def send(c: _Conn, data: bytes) -> None:
+        if c.out:
+            c.out += data
+            return
+        try:
+            sent = c.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            fail(c, f"connection lost: {exc!r}")
+            return
+        if sent < len(data):
+            c.out = data[sent:]
+            poller.modify(c.sock.fileno(), IN | OUT)
+
+    def received(c: _Conn, data: bytes, now: float) -> None:
+        if c.state == _UPGRADING:
+            data = c.buf + data
+            end_at = data.find(b"\r\n\r\n")
+            if end_at < 0:
+                c.buf = data
+                return
+            status = data[: data.find(b"\r\n")]
+            if b" 101 " not in status + b" ":
+                fail(c, f"upgrade refused: {status.decode(errors='replace')}")
+                return
+            del inflight[c.sock.fileno()]
+            c.state, c.buf = _OPEN, b""
+            heapq.heappush(due, (max(starts[0][c.i], now), c.i, c.sock.fileno()))
+            data = data[end_at + 4 :]
+        skip = c.skip
+        if skip:
+            if len(data) <= skip:
+                c.skip = skip - len(data)
+                return
+            data, c.skip = data[skip:], 0
+        if c.buf:
+            data = c.buf + data
+            c.buf = b""
+        at, size = 0, len(data)
+        while size - at >= 2:
+            length, hdr = data[at + 1] & 0x7F, 2
+            if length == 126:
+                if size - at < 4:
+                    break
+                length, hdr = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+            elif length == 127:
+                if size - at < 10:
+                    break
+                length, hdr = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+            start = at + hdr
+            opcode = data[at] & 0x0F
+            if opcode == 1:
+                if size - start < min(length, _HEAD):
+                    break  # not enough of the payload to tell what it is
+                head = data[start : start + _HEAD]
+                if head.startswith(_AUDIO):
+                    if c.first_audio is None:
+                        c.first_audio = clock()
+                elif head.startswith(_CLOSED):
+                    if c.first_audio is None:
+                        fail(c, "no audio before session_closed")
+                        return
+                    end(c, c.first_audio - c.flushed_at)
+                    if c.state == _ENDED:
+                        return
+                elif head.startswith(_ERROR):
+                    fail(c, "the server sent an error frame")
+                    return
+                # final (and anything else) needs nothing: session_closed ends the turn
+            elif opcode == 8:
+                fail(c, "the server closed the connection")
+                return
+            elif size - start < length:
+                break  # a ping or other control frame: wait for all of it (it is small)
+            at = start + length
+            if at > size:  # the rest of this payload is still to come: count it off
+                c.skip = at - size
+                return
+        if at < size:
+            c.buf = data[at:]
+
+    def start_connects(now: float) -> None:
+        nonlocal to_connect
+        while to_connect < n and len(inflight) < connects_at_once:
+            i, to_connect = to_connect, to_connect + 1
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = _Conn(i, sock, now)
+            conns[sock.fileno()] = inflight[sock.fileno()] = c
+            err = sock.connect_ex((host, port))
+            if err not in (0, errno.EINPROGRESS):
+                fail(c, f"connect failed: {os.strerror(err)}")
+                continue
+            poller.register(sock.fileno(), OUT)
+
     try:
-        while unsent:
+        while left:
             now = clock()
-            if not due or due[0][0] > now + _TICK_S:
-                # sleep to the next send; while connects are pending, _POLL_S at most
-                wait = due[0][0] - now if due else _POLL_S
-                await asyncio.sleep(min(wait, _POLL_S) if pending else wait)
-                continue
-            at, i, step = heapq.heappop(due)
-            stream = ready[i]
-            assert stream is not None and stream.done is not None
-            if stream.done.done():  # failed already: nothing more to send
-                unsent -= 1
-                continue
-            stream.send(_frame(texts[step]))
-            if step == last:
-                flushed_at[i] = clock()
-                unsent -= 1
-            else:
-                heapq.heappush(due, (max(at, now) + pause(), i, step + 1))
-        waits = [s.done for s in ready if s is not None and s.done is not None]
-        if waits:
-            await asyncio.wait(waits, timeout=timeout)
+            if to_connect < n and len(inflight) < connects_at_once:
+                start_connects(now)
+            while due and due[0][0] <= now + _TICK_S:
+                at, _, fd = heapq.heappop(due)
+                c = conns[fd]
+                if c.state != _OPEN:
+                    continue  # ended already: nothing more to send
+                send(c, frames[c.step])
+                if c.step == last:
+                    c.flushed_at = last_flush = clock()
+                else:
+                    c.step += 1
+                    heapq.heappush(due, (max(at, now) + pause(), c.i, fd))
+            if inflight:
+                for c in list(inflight.values()):
+                    if now - c.since > connect_timeout:
+                        fail(c, f"no connection in {connect_timeout:g} s")
+            elif not due and to_connect == n and last_flush and now - last_flush > timeout:
+                for c in conns.values():
+                    if c.state == _OPEN:
+                        end(c, TimeoutError("no session_closed in time"))
+                break
+            wait = due[0][0] - now if due else _POLL_S * 10
+            if inflight or to_connect < n:
+                wait = min(wait, _POLL_S)
+            for fd, ev in poller.poll(max(0.0, wait)):
+                c = conns[fd]
+                if c.state == _ENDED:
+                    poller.unregister(fd)
+                    continue
+                if c.state == _CONNECTING:
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        fail(c, f"connect failed: {os.strerror(err)}")
+                        poller.unregister(fd)
+                        continue
+                    c.state, c.since = _UPGRADING, clock()
+                    poller.modify(fd, IN)
+                    send(c, upgrade)
+                    continue
+                if ev & OUT and c.out:
+                    data, c.out = c.out, b""
+                    if ev & IN == 0:
+                        poller.modify(fd, IN)
+                    send(c, data)
+                    if ev & IN == 0:
+                        continue
+                try:
+                    data = c.sock.recv(_READ)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    data, why = b"", f"connection lost: {exc!r}"
+                else:
+                    why = "connection lost: the server closed the socket"
+                if not data:
+                    fail(c, why)
+                    poller.unregister(fd)
+                    continue
+                received(c, data, now)
     finally:
-        for task in connecting:
-            task.cancel()
-    result: list[float | BaseException] = []
-    for i in range(n):
-        stream, error = ready[i], connect_error[i]
-        if stream is None or stream.done is None:
-            result.append(error if error is not None else RuntimeError("not connected"))
-            continue
-        done = stream.done
-        if not done.done():
-            done.cancel()
-            result.append(TimeoutError("no session_closed in time"))
-        elif done.exception() is not None:
-            result.append(done.exception())  # type: ignore[arg-type]
-        elif stream.first_audio is None:
-            result.append(RuntimeError("no audio before session_closed"))
-        else:
-            result.append(stream.first_audio - flushed_at[i])
-    return result
-
-
-def streams_of(items: Sequence[LeanStream | asyncio.Future[LeanStream]]) -> list[LeanStream]:
-    """The connected streams among ``run_turns``' items after it returned (to close them)."""
-    out = []
-    for item in items:
-        if isinstance(item, LeanStream):
-            out.append(item)
-        elif item.done() and not item.cancelled() and item.exception() is None:
-            out.append(item.result())
-    return out
+        for c in conns.values():
+            c.sock.close()
+        poller.close()
+    return [[r if r is not None else RuntimeError("not run") for r in row] for row in results]

@@ -23,7 +23,6 @@ import asyncio
 import random
 import resource
 import time
-from typing import Any
 
 from benchmarks import _loadgen
 from benchmarks._common import figure, median, parse_args, percentile
@@ -140,15 +139,18 @@ def main() -> None:
 # The multi-process server, `kugelwire serve --workers 1` and `--workers 2`, at 1,000 and 2,000
 # connections and more, to find each one's sustainable connections: the most connections whose
 # sentence-end -> first-audio p99 stays <= 50 ms with no error, at that size and every smaller
-# one tried (a pass after a miss is luck, not capacity). Targets: p99 <= 50 ms at 1,000 with one
-# worker; 2 workers sustain >= 1.6x the connections of one.
+# one tried (a pass after a miss is luck, not capacity): sizes WORKER_SIZES up to the first
+# miss, then WORKER_STEP steps up from the last size that held. Targets: p99 <= 50 ms at 1,000
+# with one worker; 2 workers sustain >= 1.6x the connections of one.
 #
 # The load is the same per connection at every size: all N connect first, then each streams one
 # turn of LLM-paced tokens at a random moment of the same WORKER_WINDOW_S (at 1,000 connections
-# that is ~200 turns/s; at 2,000, ~400): more connections are more work, as they are for a real
-# server. The clients are the lean load generator of benchmarks/_loadgen.py (raw frames, no audio
-# decoding) in CLIENT_PROCESSES processes, so that the 2 cores go to the server under test
-# rather than to the clients; their CPU is printed beside the workers'. Run only this section with
+# that is ~200 turns/s; at 2,000, ~400), in each of WORKER_WINDOWS windows on the same
+# connections (the size's p99 is the median of the windows'): more connections are more work,
+# as they are for a real server. The clients are the lean load generator of
+# benchmarks/_loadgen.py (one epoll loop, raw frames, no audio decoding) in CLIENT_PROCESSES
+# processes, so that the 2 cores go to the server under test rather than to the clients; their
+# CPU is printed beside the workers'. Run only this section with
 #     python -c "from benchmarks.bench_scale import scale_workers; scale_workers()"
 
 #: Up to well past what 2 workers sustain here (about 5,000 on a quiet machine): a list that ends
@@ -156,8 +158,15 @@ def main() -> None:
 #: worker's 3,000).
 WORKER_SIZES = tuple(range(1000, 7001, 500))
 WORKER_P99_MS = 50.0
+#: The finer step tried between the last size that held and the first that missed.
+WORKER_STEP = 250
 #: Every connection's turn starts at a random moment of this window (1,000 / 200 turns/s).
 WORKER_WINDOW_S = 5.0
+#: Windows per size, on the same connections, WORKER_GAP_S apart: a size holds when the median
+#: of the windows' p99 does (one window's p99 is at the mercy of a few ms of a noisy neighbour:
+#: on one machine, 2 workers at 3,250 gave 110 ms, then 16.7, 10.5 and 6.8 ms in four runs).
+WORKER_WINDOWS = 3
+WORKER_GAP_S = 1.0
 
 
 def _bench_tone() -> object:
@@ -189,63 +198,45 @@ CLIENT_PROCESSES = 2
 CONNECTS_AT_ONCE = 40
 
 
-async def _part(url: str, n: int, ready_at: float, window: float, seed: int) -> list[Any]:
-    """``n`` lean connections: all connect, each streams one turn at a random moment of the
-    window (one driver sends every token: ``_loadgen.run_turns``), and all stay open until
-    every turn is done."""
-    rng = random.Random(seed)
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
-    starts = [ready_at + rng.random() * window for _ in range(n)]
-
-    gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
-
-    async def one() -> _loadgen.LeanStream:
-        async with gate:
-            return await asyncio.wait_for(
-                _loadgen.connect(host, int(port), "/ws/tts/stream", KEY), 60
-            )
-
-    # the turns start as their connections are made (run_turns drives both): a connect that
-    # is late (a SYN retried after a full accept queue) delays its own turn, not every turn
-    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-    try:
-        out: list[Any] = await _loadgen.run_turns(
-            tasks, TOKENS, starts, lambda: 0.01 + rng.random() * 0.02, timeout=60)
-    finally:
-        for stream in _loadgen.streams_of(tasks):
-            stream.close()
-    return out
-
-
-def _client_process(url: str, n: int, ready_at: float, window: float,
-                    seed: int) -> tuple[list[float], int, str, float]:
-    """One client process's share: (latencies, errors, first error, its CPU seconds)."""
+def _client_process(url: str, n: int, ready_at: float, seed: int
+                    ) -> tuple[list[list[float]], list[int], str, float]:
+    """One client process's share: ``n`` lean connections (at most CONNECTS_AT_ONCE connects in
+    flight), each streaming one turn at a random moment of each of WORKER_WINDOWS windows, all
+    open until every turn is done. Returns, per window, (latencies, errors), then the first
+    error and the process's CPU seconds."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     c0 = time.process_time()
-    results = asyncio.run(_part(url, n, ready_at, window, seed))
-    latencies = [r for r in results if isinstance(r, float)]
-    errors = [r for r in results if not isinstance(r, float)]
-    return latencies, len(errors), repr(errors[0]) if errors else "", time.process_time() - c0
+    rng = random.Random(seed)
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    starts = [[ready_at + w * (WORKER_WINDOW_S + WORKER_GAP_S) + rng.random() * WORKER_WINDOW_S
+               for _ in range(n)] for w in range(WORKER_WINDOWS)]
+    rounds = _loadgen.run(host, int(port), "/ws/tts/stream", KEY, TOKENS, starts,
+                          lambda: 0.01 + rng.random() * 0.02,
+                          connects_at_once=CONNECTS_AT_ONCE, timeout=60)
+    latencies = [[r for r in results if isinstance(r, float)] for results in rounds]
+    errors = [r for results in rounds for r in results if not isinstance(r, float)]
+    return (latencies, [sum(not isinstance(r, float) for r in results) for results in rounds],
+            repr(errors[0]) if errors else "", time.process_time() - c0)
 
 
-def _run_clients(url: str, n: int) -> tuple[list[float], int, float, float]:
-    """_run's load from CLIENT_PROCESSES processes: (latencies, errors, window, client CPU)."""
+def _run_clients(url: str, n: int) -> tuple[list[list[float]], list[int], float]:
+    """The load of n connections from CLIENT_PROCESSES processes: per window (latencies,
+    errors), then the clients' CPU seconds."""
     from concurrent.futures import ProcessPoolExecutor
 
-    window = WORKER_WINDOW_S
     parts = [n // CLIENT_PROCESSES + (i < n % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
     with ProcessPoolExecutor(CLIENT_PROCESSES) as pool:
         ready_at = time.perf_counter() + 7.0 + n / 150  # process start + all N connect first
-        futures = [pool.submit(_client_process, url, k, ready_at, window, n * 10 + i)
+        futures = [pool.submit(_client_process, url, k, ready_at, n * 10 + i)
                    for i, k in enumerate(parts)]
         done = [f.result() for f in futures]
-    latencies = [x for d in done for x in d[0]]
-    errors = sum(d[1] for d in done)
+    latencies = [[x for d in done for x in d[0][w]] for w in range(WORKER_WINDOWS)]
+    errors = [sum(d[1][w] for d in done) for w in range(WORKER_WINDOWS)]
     first = next((d[2] for d in done if d[2]), "")
     if first:
         print(f"    first error: {first}")
-    return latencies, errors, window, sum(d[3] for d in done)
+    return latencies, errors, sum(d[3] for d in done)
 
 
 class _Workers:
@@ -293,63 +284,87 @@ def scale_workers(sizes: tuple[int, ...] = WORKER_SIZES) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sustained: dict[int, int] = {}
-    p99_at: dict[tuple[int, int], float] = {}
-    per_conn: list[tuple[float, float]] = []  # (workers' CPU, clients' CPU) per connection
+    per_conn: list[tuple[float, float]] = []  # (workers' CPU, clients' CPU) per turn
+
+    def size(workers: int, n: int) -> bool:
+        """One run of n connections on ``workers`` workers; prints it, returns whether it
+        held (p99 <= WORKER_P99_MS, no error)."""
+        server = _Workers(workers)
+        try:
+            cpu0 = server.cpu()
+            t0 = time.perf_counter()
+            windows, errors_by_window, client_cpu = _run_clients(server.url, n)
+            wall = time.perf_counter() - t0
+            cpu = [b - a for a, b in zip(cpu0, server.cpu(), strict=True)]
+        finally:
+            status = server.stop()
+        errors = sum(errors_by_window)
+        turns = n * WORKER_WINDOWS
+        if errors == 0:
+            per_conn.append((sum(cpu) / turns, client_cpu / turns))
+        p50s = [median(w) * 1e3 if w else float("nan") for w in windows]
+        p99s = [percentile(w, 99) * 1e3 for w in windows]
+        p50, p99 = median(p50s), median(p99s)
+        tag = f"scale --workers {workers} {n}"
+        print(f"scale: --workers {workers}, {n} connections, {WORKER_WINDOWS} windows of "
+              f"{WORKER_WINDOW_S:.0f} s, run {wall:.1f} s, supervisor exit {status}, load "
+              f"average {os.getloadavg()[0]:.1f} (other processes compete for the 2 cores)")
+        figure(f"{tag}: sentence-end->first-audio p50", p50, "ms", "", None,
+               "(median of the windows' p50)")
+        first = workers == 1 and n == 1000
+        figure(f"{tag}: sentence-end->first-audio p99", p99, "ms",
+               "<= 50 ms" if first else "", p99 <= WORKER_P99_MS if first else None,
+               "(median of the windows' p99: " + ", ".join(f"{x:.1f}" for x in p99s) + ")")
+        figure(f"{tag}: errors", errors, "", "0" if first else "",
+               errors == 0 if first else None)
+        for i, c in enumerate(cpu):
+            figure(f"{tag}: worker {i} CPU", c, "s", "", None,
+                   f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
+        figure(f"{tag}: client processes CPU", client_cpu, "s", "", None,
+               f"({client_cpu / wall * 100:.0f}% of one core; {CLIENT_PROCESSES} lean "
+               "load-generator processes)")
+        return errors == 0 and p99 <= WORKER_P99_MS
+
+    tried: dict[int, list[int]] = {}
     for workers in (1, 2):
         sustained[workers] = 0
-        failed = False  # a smaller size missed: larger ones that pass do not count
+        tried[workers] = []
+        missed: int | None = None  # the smallest size that missed: larger passes do not count
         for n in sizes:
-            server = _Workers(workers)
-            try:
-                cpu0 = server.cpu()
-                t0 = time.perf_counter()
-                latencies, errors, window, client_cpu = _run_clients(server.url, n)
-                wall = time.perf_counter() - t0
-                cpu = [b - a for a, b in zip(cpu0, server.cpu(), strict=True)]
-            finally:
-                status = server.stop()
-            if errors == 0:
-                per_conn.append((sum(cpu) / n, client_cpu / n))
-            p50 = median(latencies) * 1e3 if latencies else float("nan")
-            p99 = percentile(latencies, 99) * 1e3
-            p99_at[workers, n] = p99
-            ok = errors == 0 and p99 <= WORKER_P99_MS
-            if ok and not failed and n > sustained[workers]:
-                sustained[workers] = n
-            failed = failed or not ok
-            tag = f"scale --workers {workers} {n}"
-            print(f"scale: --workers {workers}, {n} connections, turns over {window:.1f} s, "
-                  f"run {wall:.1f} s, supervisor exit {status}, load average "
-                  f"{os.getloadavg()[0]:.1f} (other processes compete for the 2 cores)")
-            figure(f"{tag}: sentence-end->first-audio p50", p50, "ms")
-            first = workers == 1 and n == 1000
-            figure(f"{tag}: sentence-end->first-audio p99", p99, "ms",
-                   "<= 50 ms" if first else "", p99 <= WORKER_P99_MS if first else None)
-            figure(f"{tag}: errors", errors, "", "0" if first else "",
-                   errors == 0 if first else None)
-            for i, c in enumerate(cpu):
-                figure(f"{tag}: worker {i} CPU", c, "s", "", None,
-                       f"({c / wall * 100:.0f}% of one core over {wall:.1f} s)")
-            figure(f"{tag}: client processes CPU", client_cpu, "s", "", None,
-                   f"({client_cpu / wall * 100:.0f}% of one core; {CLIENT_PROCESSES} lean "
-                   "load-generator processes)")
-            if not ok and n >= 2000:
+            tried[workers].append(n)
+            if size(workers, n):
+                if missed is None:
+                    sustained[workers] = n
+            elif missed is None:
+                missed = n
+            if missed is not None and n >= 2000:
                 break  # past this worker count's limit: larger runs only take longer
+        # then between the last size that held and the first that missed, in WORKER_STEP
+        # steps (upward, stopping at the first miss), so the ratio is not quantised by the
+        # coarse sizes (3,500 -> 5,500 is 1.57x, 3,500 -> 5,750 1.64x)
+        n = sustained[workers] + WORKER_STEP
+        while missed is not None and sustained[workers] and n < missed:
+            tried[workers].append(n)
+            if not size(workers, n):
+                break
+            sustained[workers], n = n, n + WORKER_STEP
     one, two = sustained[1], sustained[2]
     ratio = two / one if one else float("nan")
-    figure("scale workers: sustainable connections, 1 worker", one, "conns", "", None,
-           f"(p99 <= {WORKER_P99_MS:.0f} ms, no error; tried {', '.join(map(str, sizes))})")
-    figure("scale workers: sustainable connections, 2 workers", two, "conns")
+    for workers, n in sustained.items():
+        figure(f"scale workers: sustainable connections, {workers} worker"
+               + "s" * (workers > 1), n, "conns", "", None,
+               f"(p99 <= {WORKER_P99_MS:.0f} ms, no error, at every smaller size tried; "
+               f"tried {', '.join(map(str, tried[workers]))})")
     if per_conn:
         # The clients share the 2 cores: one worker is bound by its own core (the clients use
         # the other), two workers by both cores less the clients' share. With s the workers'
-        # and c the clients' CPU per connection, two workers can reach at most 2s / (s + c)
+        # and c the clients' CPU per turn, two workers can reach at most 2s / (s + c)
         # times one worker's connections on this machine, whatever the server does.
         s_conn = median([w for w, _ in per_conn])
         c_conn = median([c for _, c in per_conn])
-        figure("scale workers: workers' CPU per connection (one turn)", s_conn * 1e3, "ms",
-               "", None, "(median over the runs without error)")
-        figure("scale workers: clients' CPU per connection (one turn)", c_conn * 1e3, "ms")
+        figure("scale workers: workers' CPU per turn", s_conn * 1e3, "ms", "", None,
+               "(whole run / turns, median over the sizes without error)")
+        figure("scale workers: clients' CPU per turn", c_conn * 1e3, "ms")
         figure("scale workers: estimated ceiling of the ratio here, 2s / (s + c)",
                2 * s_conn / (s_conn + c_conn), "x", "", None,
                "(whole-run CPU, connects included; the clients' CPU comes out of the cores "
