@@ -188,7 +188,7 @@ def test_limits_as_a_dict_apply_and_anything_else_is_refused_at_once() -> None:
         frame_ms=200)
     with pytest.raises(TypeError, match="unexpected keyword argument 'frame_size'"):
         ServerOptions.from_kwargs(limits={"frame_size": 200})
-    with pytest.raises(TypeError, match="limits must be a ServerLimits .* not list"):
+    with pytest.raises(TypeError, match=r"limits must be a ServerLimits .* not list"):
         ServerOptions.from_kwargs(limits=[("frame_ms", 200)])
     words = " ".join(f"w{i}" for i in range(60))
 
