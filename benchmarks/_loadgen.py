@@ -9,10 +9,11 @@ text frames and reads the server's frames by their headers, looking only at the 
 each text payload to tell audio, ``final``, ``session_closed`` and ``error`` apart; the rest of
 an audio payload is counted off as it arrives, never copied or decoded.
 
-:func:`run` makes the connections (at most ``connects_at_once`` in flight), streams one turn on
-each from its start (or when it is connected, whichever is later), waits for every
-``session_closed``, closes them all and returns, per connection, sentence-end (the flush) ->
-first audio frame in seconds, or the error that ended it.
+:func:`run` makes the connections (at most ``connects_at_once`` in flight), then, in each of
+one or more rounds, streams one turn on each from its start in that round (or when it is
+connected / its previous turn ended, whichever is later), waits for every ``session_closed``,
+closes them all and returns, per round and connection, sentence-end (the flush) -> first audio
+frame in seconds, or the error that ended the turn.
 
 Up to 2026-12-02 this was an asyncio protocol with one driver task; at 5,000 connections its
 event-loop work per turn (a transport, a callback and a future per connection, a wake-up per
@@ -78,11 +79,11 @@ class _Poller:
         epoll = getattr(select, "epoll", None)
         if epoll is not None:
             self._p: object = epoll()
-            self.IN, self.OUT, self.ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
+            self.IN, self.OUT = select.EPOLLIN, select.EPOLLOUT
             self._ms = False
         else:
             self._p = select.poll()
-            self.IN, self.OUT, self.ERR = select.POLLIN, select.POLLOUT, select.POLLERR
+            self.IN, self.OUT = select.POLLIN, select.POLLOUT
             self._ms = True
         self.register = self._p.register  # type: ignore[attr-defined]
         self.modify = self._p.modify  # type: ignore[attr-defined]
@@ -171,6 +172,10 @@ def run(
     left = n if rounds else 0  # connections with turns still to end
     last_flush = 0.0
 
+    def schedule(c: _Conn, now: float) -> None:
+        """``c``'s turn of its round is due at its start, or now if that has passed."""
+        heapq.heappush(due, (max(starts[c.round][c.i], now), c.i, c.sock.fileno()))
+
     def end(c: _Conn, result: float | BaseException) -> None:
         """The connection's current turn ended: the next round's is due, or (an error, the
         last round) the connection is done."""
@@ -180,7 +185,7 @@ def run(
         results[c.round][c.i] = result
         if isinstance(result, float) and c.round + 1 < rounds:
             c.round, c.step, c.first_audio = c.round + 1, 0, None
-            heapq.heappush(due, (max(starts[c.round][c.i], clock()), c.i, c.sock.fileno()))
+            schedule(c, clock())
             return
         for r in range(c.round + 1, rounds):
             results[r][c.i] = result
@@ -223,7 +228,7 @@ def run(
                 return
             del inflight[c.sock.fileno()]
             c.state, c.buf = _OPEN, b""
-            heapq.heappush(due, (max(starts[0][c.i], now), c.i, c.sock.fileno()))
+            schedule(c, now)
             data, size = head[end_at + 4 :], len(head) - end_at - 4
         skip = c.skip
         if skip:
