@@ -751,14 +751,14 @@ class StreamClientSession(_ClientSession):
         if not text:
             return self.flush(now) if flush else None
         turn = self._open_turn()
-        msg: dict[str, Any] = {"text": text}
+        config: dict[str, Any] | None = None
         if turn is None:
             turn = _Turn(_Cycle(self._next_turn, first_text_at=now))
             self._next_turn += 1
             self._turns.append(turn)
             self._events.append(TurnStarted(turn.number))
             if self._send_config:
-                msg.update(self._config.to_dict())
+                config = self._config.to_dict()
                 self._send_config = False
         self._step(turn, TurnInput.SEND_TEXT)
         turn.cycle.parts.append(text)
@@ -766,10 +766,14 @@ class StreamClientSession(_ClientSession):
         self._spell_check(turn.cycle, text, self._config, None)
         if flush:
             self._step(turn, TurnInput.FLUSH, None, now)
-            msg["flush"] = True
-        if len(msg) == 1:  # a plain token (the hot path): dumps({"text": text}), by hand
-            self._send_json('{"text":' + _json_string(text) + "}")
+        if config is None:  # a token, or the flush of a turn (the hot path): dumps(), by hand
+            self._send_json(
+                '{"text":' + _json_string(text) + (',"flush":true}' if flush else "}")
+            )
         else:
+            msg: dict[str, Any] = {"text": text, **config}
+            if flush:
+                msg["flush"] = True
             self._send(msg)
         return turn.number
 
@@ -785,7 +789,7 @@ class StreamClientSession(_ClientSession):
                 )
             raise LocalProtocolError("no open turn to flush: send text first")
         self._step(turn, TurnInput.FLUSH, None, now)
-        self._send({"flush": True})
+        self._send_json('{"flush":true}')  # dumps({"flush": True})
         return turn.number
 
     def end_turn(self, now: float) -> int | None:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
-from typing import cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from ..errors import KugelwireError, SendBufferFull
 from . import _api
@@ -42,6 +43,8 @@ __all__ = ["AsyncContext", "AsyncMulti", "AsyncRequest", "AsyncStream", "AsyncTT
 
 
 _COALESCE = 16
+_R = TypeVar("_R")
+_H = TypeVar("_H")
 
 
 class _Pipe(asyncio.BufferedProtocol):
@@ -120,6 +123,23 @@ class _Driver(_api.SignalDriver):
             self._deferred = 0
             self._write()
 
+    async def call_handle(
+        self, make: Callable[[_R], _H], fn: Callable[..., _R], *args: Any,
+        urgent: bool = False, **kwargs: Any,
+    ) -> _H:
+        """As the shared one, but an urgent command's bytes are written before its handle is
+        made: here the write never yields to the loop, so nothing can be routed in between
+        (the flush reaches the server a few microseconds sooner)."""
+        if not (urgent or kwargs.get("flush", False)):
+            return await super().call_handle(make, fn, *args, **kwargs)
+        result = fn(*args, now=self.now(), **kwargs)
+        self._deferred += 1
+        self._write_now()
+        handle = make(result)
+        self.changed()
+        await self._writable()
+        return handle
+
     async def send(self, *, urgent: bool = False) -> None:
         if urgent:  # write now (with whatever earlier commands left for the coalesced write)
             self._deferred += 1
@@ -127,6 +147,10 @@ class _Driver(_api.SignalDriver):
             self.changed()
         else:
             self.kick()
+        await self._writable()
+
+    async def _writable(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark."""
         pipe = self._pipe
         if pipe is not None and not pipe.writable.is_set():
             # errors show up as EOF (connection_lost); a peer that takes nothing for
@@ -193,14 +217,18 @@ class _Driver(_api.SignalDriver):
             core.receive_data(data, self._loop.time())
         except KugelwireError:
             core.abort(self._loop.time())
+        if core.held:  # a first audio: wake its consumer now; writes, reading and the timer
+            _api.SignalDriver.changed(self)  # follow the core after it, with the held frames
+            self._loop.call_soon(self._receive_held, pipe)
+            return
         self._write()
         self.changed()
-        if core.held:  # after the consumer the audio woke (its wake-up is queued already)
-            self._loop.call_soon(self._receive_held, pipe)
 
     def _receive_held(self, pipe: _Pipe) -> None:
         core = self.core
         if pipe is not self._pipe or not core.held:  # a later read went on with them
+            self._write()
+            self.changed()
             return
         try:
             core.receive_held(self._loop.time())

@@ -90,6 +90,15 @@ class _Driver(TaskDriver):
                 except (BlockingIOError, InterruptedError):
                     await trio.lowlevel.wait_writable(sock)
 
+    def send_nowait(self, stream: Any, data: bytes) -> int:
+        raw = self._raw
+        if raw is None or raw[0] is not stream:
+            return 0
+        try:
+            return raw[1].send(data)
+        except OSError:  # full (or failed: send_all meets the error again and reports it)
+            return 0
+
     async def _close_stream(self) -> None:
         self._drop_raw()
         await super()._close_stream()

@@ -192,6 +192,9 @@ def test_a_plain_token_is_framed_like_dumps(token: str, flush: bool) -> None:
     assert json.loads(first)["voice_id"] == 1
     expected = {"text": token, "flush": True} if flush else {"text": token}
     assert second == dumps(expected)
+    if not flush:
+        session.flush(0.0)
+        assert session.messages_to_send() == [dumps({"flush": True})]
 
 
 @given(st.integers(0, 2**53), st.floats(0, 1e6), st.none() | st.text(max_size=4))

@@ -424,13 +424,14 @@ def test_the_loss_example_fails_without_the_fix(
 ) -> None:
     """The regression example catches the loss: with the old order (handle made after the
     write) the turn's start is discarded on every adapter."""
-    from kugelwire.transports import _api
+    from kugelwire.transports import _api, _tasks
 
     async def late_handle(self: Any, make: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result = await self.call(fn, *args, **kwargs)
         return make(result)
 
     monkeypatch.setattr(_api.SignalDriver, "call_handle", late_handle)
+    monkeypatch.setattr(_tasks.TaskDriver, "call_handle", late_handle)  # trio's own
     api = Async("trio", portals["trio"], tone_server.url)
     try:
         with pytest.raises(AssertionError, match="lost its start"):
