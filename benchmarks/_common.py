@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import contextlib
 import json
 import statistics
-import sys
 from collections.abc import Callable, Iterator
 
 # internal on purpose: stdlib_base64() swaps the codec functions the audio parser calls
@@ -33,12 +31,8 @@ def stdlib_base64() -> Iterator[None]:
     saved = _messages._b64encode, _messages._b64decode, _messages._b64decode_checked
     saved_check = _messages._b64check
     _messages._b64check = _messages._check_alphabet
-    _messages._b64encode = base64.b64encode
-    _messages._b64decode_checked = binascii.a2b_base64
-    if sys.version_info >= (3, 11):  # what kugelwire uses without the extra
-        _messages._b64decode = lambda text: binascii.a2b_base64(text, strict_mode=True)
-    else:
-        _messages._b64decode = lambda text: base64.b64decode(text, validate=True)
+    codec = _messages._stdlib_base64_codec()  # what kugelwire uses without the extra
+    _messages._b64encode, _messages._b64decode, _messages._b64decode_checked = codec
     try:
         yield
     finally:

@@ -101,7 +101,7 @@ def test_audio_frame_without_samples_never_negative() -> None:
     duration, and a frame whose own JSON no longer parsed."""
     from kugelwire.protocol import AudioFrame, RemoteProtocolError, parse_server_message
 
-    # "=" is not base64: refused when parsed (the payload is checked, not decoded)
+    # "=" is not base64: refused when parsed (the payload is decoded strictly)
     with pytest.raises(RemoteProtocolError):
         parse_server_message('{"audio": "=", "sr": 2}')
     frame = parse_server_message('{"audio": "", "sr": 2}')

@@ -160,7 +160,7 @@ class AudioChunk(_Event):
 
     @property
     def data(self) -> bytes:
-        """Raw bytes in :attr:`encoding` (base64-decoded lazily)."""
+        """Raw bytes in :attr:`encoding` (decoded when the frame was parsed)."""
         return self.frame.data
 
     def pcm16(self) -> bytes:

@@ -230,6 +230,23 @@ class Usage:
         return out
 
 
+def _stdlib_base64_codec() -> tuple[
+    Callable[[bytes], bytes], Callable[[str], bytes], Callable[[str], bytes]
+]:
+    """:func:`_base64_codec` without the ``fast`` extra: the standard library's."""
+
+    def decode_std(text: str) -> bytes:
+        # The stdlib's strict mode still takes padding past a complete quad ("AAAA=",
+        # "AAAA===="); pybase64 and RFC 4648 do not.
+        if text.endswith("=") and (len(text) % 4 or text.endswith("===")):
+            raise binascii.Error("Excess padding")
+        if sys.version_info >= (3, 11):
+            return binascii.a2b_base64(text, strict_mode=True)
+        return b64decode(text, validate=True)
+
+    return b64encode, decode_std, binascii.a2b_base64
+
+
 def _base64_codec() -> tuple[
     Callable[[bytes], bytes], Callable[[str], bytes], Callable[[str], bytes]
 ]:
@@ -239,17 +256,7 @@ def _base64_codec() -> tuple[
     try:
         fast = importlib.import_module("pybase64")
     except ImportError:
-
-        def decode_std(text: str) -> bytes:
-            # The stdlib's strict mode still takes padding past a complete quad ("AAAA=",
-            # "AAAA===="); pybase64 and RFC 4648 do not.
-            if text.endswith("=") and (len(text) % 4 or text.endswith("===")):
-                raise binascii.Error("Excess padding")
-            if sys.version_info >= (3, 11):
-                return binascii.a2b_base64(text, strict_mode=True)
-            return b64decode(text, validate=True)
-
-        return b64encode, decode_std, binascii.a2b_base64
+        return _stdlib_base64_codec()
     encode, decode = fast.b64encode, fast.b64decode
     return encode, lambda text: decode(text, validate=True), decode
 
@@ -304,9 +311,10 @@ def _b64(data: bytes) -> str:
 class AudioFrame(_JsonMessage):
     """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.
 
-    ``audio`` is kept as the base64 text; :attr:`data` decodes it on first access (and caches).
-    :meth:`pcm16` returns PCM16LE whatever ``enc`` is (G.711 is expanded). A parsed frame was
-    checked when it was parsed: ``audio`` is valid base64 and ``samples`` matches its length.
+    ``audio`` is kept as the base64 text and :attr:`data` holds its bytes: a parsed frame's
+    audio was decoded when it was parsed (the decode is the check that it is strict base64 and
+    that ``samples`` matches its length); a frame built from fields decodes on first access
+    (and caches). :meth:`pcm16` returns PCM16LE whatever ``enc`` is (G.711 is expanded).
     """
 
     audio: str
@@ -343,7 +351,7 @@ class AudioFrame(_JsonMessage):
 
     @property
     def data(self) -> bytes:
-        """The raw audio bytes in :attr:`enc` (decoded lazily from base64)."""
+        """The raw audio bytes in :attr:`enc` (decoded when parsed, else on first access)."""
         cache = self._data
         if not cache:
             if self._checked:
@@ -403,11 +411,28 @@ if TYPE_CHECKING:  # the signature the generated function has
         context_id: str | None,
     ) -> AudioFrame: ...
 
+    def _decoded_audio_frame(
+        audio: str,
+        enc: str,
+        idx: int,
+        sr: int,
+        samples: int,
+        chunk_id: int | None,
+        context_id: str | None,
+        _data: list[bytes],
+    ) -> AudioFrame: ...
+
 else:
     _audio_frame = _fast.frozen_constructor(
         AudioFrame,
         ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id"),
         fixed={"_data": "[]", "_has_idx": "True", "_checked": "True"},
+    )
+    #: the same, with the audio decoded already (``_data``: ``[the bytes]``)
+    _decoded_audio_frame = _fast.frozen_constructor(
+        AudioFrame,
+        ("audio", "enc", "idx", "sr", "samples", "chunk_id", "context_id", "_data"),
+        fixed={"_has_idx": "True", "_checked": "True"},
     )
 _set_checked = getattr(AudioFrame, "_checked").__set__  # noqa: B009 (a slot descriptor)
 
@@ -724,12 +749,13 @@ def _audio_hot(audio: str, obj: dict[str, Any]) -> AudioFrame | None:
         and (ctx is None or (type(ctx) is str and 0 < len(ctx) <= 256))
     ):
         return None
-    if not _b64check(audio) or (  # _b64_size, inline: the length matches samples
-        (len(audio) >> 2) * 3 - (audio[-2:] == "==") - (audio[-1:] == "=")
-        != (samples * 2 if enc == "pcm_s16le" else samples)
-    ):
+    try:  # decoded now, once (a separate check scanned it first and data decoded it again)
+        data = _b64decode(audio)
+    except (binascii.Error, ValueError):
         return None
-    return _audio_frame(audio, enc, idx, sr, samples, chunk_id, ctx)
+    if len(data) != (samples * 2 if enc == "pcm_s16le" else samples):
+        return None
+    return _decoded_audio_frame(audio, enc, idx, sr, samples, chunk_id, ctx, [data])
 
 
 def _parse_audio(obj: dict[str, Any]) -> AudioFrame:

@@ -135,15 +135,15 @@ class TestServerFrames:
         assert exc_info.value.field == "audio"
 
     @given(st.binary(max_size=300), st.sampled_from(["pcm_s16le", "mulaw", "alaw"]))
-    def test_audio_samples_checked_without_decoding(self, payload: bytes, enc: str) -> None:
+    def test_audio_is_checked_and_decoded_once_when_parsed(self, payload: bytes, enc: str) -> None:
         width = 2 if enc == "pcm_s16le" else 1
         payload = payload[: len(payload) // width * width]
         audio = base64.b64encode(payload).decode()
         samples = len(payload) // width
         msg = srv({"audio": audio, "enc": enc, "idx": 0, "sr": 8000, "samples": samples})
         assert isinstance(msg, AudioFrame)
-        assert msg._data == []  # validated, not decoded
-        assert msg.data == payload
+        assert msg._data == [payload]  # checked by decoding it, once
+        assert msg.data is msg._data[0]
 
     def test_audio_from_bytes_caches(self) -> None:
         frame = AudioFrame.from_bytes(b"\x00\x01" * 10, idx=0, sr=16000, chunk_id=0)
