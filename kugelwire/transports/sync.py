@@ -63,6 +63,11 @@ __all__ = [
 _R = TypeVar("_R")
 #: Unwritten bytes above which a command waits for the I/O thread to write (see _drain).
 _HIGH_WATER = 8 * 2**20
+#: The longest a caller waits in select on the socket before it looks at the core again
+#: (it is woken for every change; this only bounds a wake-up that could be lost).
+_READER_WAIT: float | None = 1.0
+#: How soon the I/O thread watches the socket again after a caller stopped waiting on it.
+_TAKE_BACK = 0.02
 _H = TypeVar("_H")
 
 
@@ -96,6 +101,16 @@ class _Driver:
         self._pending = bytearray()  # written by the I/O thread as the socket takes it
         self._stalled_since: float | None = None  # when a write last could not progress
         self._thread = threading.Thread(target=self._run, name="kugelwire-client", daemon=True)
+        #: a caller waits in select on the socket itself (see _wait); the I/O thread leaves the
+        #: socket to it meanwhile, and wakes it through its own socket pair
+        self._reader: int | None = None  # that caller's thread
+        self._reader_r, self._reader_w = socket.socketpair()
+        self._reader_r.setblocking(False)
+        self._reader_w.setblocking(False)
+        self._waiting = 0  # callers waiting on the condition
+        # a read by a caller stops after a turn's first audio: the caller has it before the
+        # rest is parsed (which it does at its next call, or the I/O thread does; see _run)
+        core.yield_after_audio()
 
     def call(self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any) -> _R:
         """Run a core command under the lock, then wake the I/O thread to write (``urgent``,
@@ -121,6 +136,8 @@ class _Driver:
             if make is not None:
                 result = make(result)
             wake = self._write_direct() if urgent else True
+            if self._reader is not None:  # it may have changed what a waiting caller waits for
+                self._notify()
         if wake:
             self.kick()
         self._drain()
@@ -201,17 +218,102 @@ class _Driver:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def _notify(self) -> None:
+        """(Lock held.) Wake the callers waiting for a change: on the condition, and the one
+        waiting in select on the socket (unless that is this thread)."""
+        self.cond.notify_all()
+        reader = self._reader
+        if reader is not None and reader != threading.get_ident():
+            with contextlib.suppress(OSError):
+                self._reader_w.send(b"x")
+
     def next_event(self, buf: EventBuffer) -> ClientEvent | None:
         with self.cond:
-            while not buf.exhausted:
-                event = self.core.pop(buf)
-                if self.core.take_resumed():
-                    self.kick()  # the I/O thread may read again
-                if event is not None:
-                    return event
-                if not buf.exhausted and not self._read_inline():
-                    self.cond.wait()
+            handed_back = False
+            try:
+                while not buf.exhausted:
+                    event = self.core.pop(buf)
+                    if self.core.take_resumed():
+                        self.kick()  # the I/O thread may read again
+                    if event is not None:
+                        return event
+                    if not buf.exhausted and not self._read_inline():
+                        handed_back = self._wait(handed_back)
+            finally:
+                if self._reader == threading.get_ident():
+                    # No kick: the caller most likely waits again soon (the next event), and a
+                    # wake-up now would compete with it; the I/O thread takes the socket back
+                    # within _TAKE_BACK (or sooner, for anything else it is woken for).
+                    self._reader = None
         return None
+
+    def _wait(self, handed_back: bool) -> bool:
+        """(Lock held; released while waiting.) Wait for a change. A caller that may read the
+        socket itself (see :meth:`_read_inline`), when no other caller does, waits in select
+        on it: the bytes that bring its event are read the moment they come, by this thread,
+        with no hand-off from the I/O thread (a thread wake-up costs tens of microseconds).
+        The I/O thread leaves the socket alone meanwhile (the first wait kicks it, so it looks
+        again) and goes on with timers and writes; whatever else changes wakes this caller
+        through its socket pair (:meth:`_notify`). Any other caller waits on the condition,
+        and so does this one after it ``handed_back`` the socket (it was readable but not for
+        it: EOF, an error, the I/O thread's turn). Returns whether it handed it back."""
+        me = threading.get_ident()
+        sock = self._sock
+        if (
+            handed_back
+            or (self._reader is not None and self._reader != me)
+            or not self._may_read(sock)
+            or self.core.held  # the rest of a read first (the I/O thread had the lock)
+        ):
+            self._leave_socket()
+            if self.core.held:
+                self.kick()  # the I/O thread parses the rest of the read (see _run)
+            self._waiting += 1
+            try:
+                self.cond.wait()
+            finally:
+                self._waiting -= 1
+            return False
+        assert sock is not None
+        if self._reader is None:
+            self._reader = me
+            self.kick()  # the I/O thread stops watching the socket
+        self.cond.release()  # held once: next_event is never entered with the lock held
+        try:
+            ready = select.select([sock, self._reader_r], [], [], _READER_WAIT)[0]
+        except (OSError, ValueError):  # closed meanwhile: the core says what happened
+            ready = [sock]
+        finally:
+            self.cond.acquire()
+        if self._reader_r in ready:
+            with contextlib.suppress(OSError):
+                while self._reader_r.recv(4096):
+                    pass
+        if sock in ready and not self._read_inline():
+            self._leave_socket()  # the I/O thread reads it; the caller looks, then waits
+            return True
+        return False
+
+    def _leave_socket(self) -> None:
+        """(Lock held.) If this thread waits on the socket, hand it back to the I/O thread."""
+        if self._reader == threading.get_ident():
+            self._reader = None
+            self.kick()
+
+    def _may_read(self, sock: socket.socket | None) -> bool:
+        """(Lock held.) Whether a caller may read the socket itself (see :meth:`_read_inline`)."""
+        core = self.core
+        return not (
+            sock is None
+            or self._pending  # bytes wait to be written: the I/O thread writes (and caps) them
+            or isinstance(sock, _ssl.SSLSocket)
+            or self._generation != core.generation
+            or core.finished
+            or core.wants_socket
+            or core.connecting
+            or core.reading_paused
+            or self._stop
+        )
 
     def _read_inline(self) -> bool:
         """(Lock held, a caller waiting for an event.) Read what the socket holds already from
@@ -221,18 +323,13 @@ class _Driver:
         waits for it."""
         core = self.core
         sock = self._sock
-        if (
-            sock is None
-            or self._io_wants  # the I/O thread asked for the lock: it goes first
-            or self._pending  # bytes wait to be written: the I/O thread writes (and caps) them
-            or isinstance(sock, _ssl.SSLSocket)
-            or self._generation != core.generation
-            or core.finished
-            or core.wants_socket
-            or core.connecting
-            or core.reading_paused
-        ):
+        if self._io_wants or not self._may_read(sock):  # the I/O thread asked for the lock
             return False
+        assert sock is not None
+        if core.held:  # the rest of this caller's last read
+            core.receive_held(time.monotonic())
+            self._notify()
+            return True
         try:
             data = sock.recv(READ_SIZE)
         except OSError:  # would block, or an error the I/O thread's read sees
@@ -243,9 +340,9 @@ class _Driver:
             core.receive_data(data, time.monotonic())
         except Exception:  # as on the I/O thread: never leave the connection half-fed
             core.abort(time.monotonic())
-        self.cond.notify_all()
-        if self._write_direct():
-            self.kick()
+        self._notify()
+        if self._write_direct() or (core.held and self._waiting):
+            self.kick()  # (held: the I/O thread parses the rest for the other waiting callers)
         return True
 
     def close(self, *, abort: bool = False) -> None:
@@ -257,12 +354,12 @@ class _Driver:
                 self.cond.wait_for(lambda: core.finished, self._close_timeout)
             core.abort(time.monotonic(), "closed")
             self._stop = True
-            self.cond.notify_all()
+            self._notify()
         self.kick()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(self._close_timeout)
         self._close_sock()
-        for s in (self._wake_r, self._wake_w):
+        for s in (self._wake_r, self._wake_w, self._reader_r, self._reader_w):
             s.close()
 
     # -- I/O thread ----------------------------------------------------------------------------
@@ -287,7 +384,7 @@ class _Driver:
         except (OSError, ValueError) as exc:
             with self._io_lock():
                 self.core.connect_failed(exc, time.monotonic())
-                self.cond.notify_all()
+                self._notify()
             return
         with self._io_lock():
             self._sock, self._generation = sock, self.core.generation
@@ -303,7 +400,7 @@ class _Driver:
     def _fail_write(self, message: str) -> None:
         with self._io_lock():
             self.core.fail(time.monotonic(), SendBufferFull(message))
-            self.cond.notify_all()
+            self._notify()
 
     def _write_some(self, sock: socket.socket) -> None:
         """Write what the socket takes now; the rest waits in ``_pending`` (under the lock:
@@ -319,7 +416,7 @@ class _Driver:
                 del self._pending[:sent]
                 self._stalled_since = None
                 if self._draining:
-                    self.cond.notify_all()
+                    self._notify()
         if sent < 0:
             self._feed(b"")
 
@@ -334,8 +431,15 @@ class _Driver:
             except OSError:
                 data = b""
             self.core.receive_data(data, time.monotonic())
-            self.cond.notify_all()
+            self._receive_held()
+            self._notify()
         return True
+
+    def _receive_held(self) -> None:
+        """(Lock held.) Parse the rest of a read that stopped after a turn's first audio."""
+        core = self.core
+        while core.held and not core.finished:
+            core.receive_held(time.monotonic())
 
     def _feed(self, data: bytes | None) -> None:
         with self._io_lock():
@@ -343,7 +447,8 @@ class _Driver:
                 self.core.handle_timeout(time.monotonic())
             else:
                 self.core.receive_data(data, time.monotonic())
-            self.cond.notify_all()
+                self._receive_held()
+            self._notify()
 
     def start(self) -> None:
         core = self.core
@@ -369,6 +474,9 @@ class _Driver:
                 with self._io_lock():  # one look at the core per round
                     if core.finished:
                         break
+                    if core.held:  # the rest of a caller's read (it did not come back)
+                        self._receive_held()
+                        self._notify()
                     reconnect_at = core.reconnect_at if core.wants_socket else None
                     sock = self._sock
                     current = sock is not None and self._generation == core.generation
@@ -376,6 +484,7 @@ class _Driver:
                         pending += core.data_to_send()
                     paused, deadline = core.reading_paused, core.next_deadline()
                     self._armed, self._armed_paused = deadline, paused
+                    given = self._reader is not None  # a caller waits on the socket itself
                 if reconnect_at is not None:
                     with self._io_lock():
                         stale = bytes(pending) + core.take_stale_data()
@@ -403,10 +512,12 @@ class _Driver:
                             )
                             continue
                 watch: list[Any] = [self._wake_r]
-                if not paused and sock is not None:
+                if not paused and sock is not None and not given:
                     watch.append(sock)
                 wants_write = [sock] if pending and sock is not None else []
                 timeout = None if deadline is None else max(0.0, deadline - now)
+                if given:  # look again soon: the caller may stop waiting without a kick
+                    timeout = _TAKE_BACK if timeout is None else min(timeout, _TAKE_BACK)
                 if wants_write and self._stalled_since is not None:
                     left = max(0.0, self._stalled_since + self._write_timeout - now)
                     timeout = left if timeout is None else min(timeout, left)
@@ -437,7 +548,7 @@ class _Driver:
             self._last_write(sock, last)
             self._close_sock()
             with self.cond:
-                self.cond.notify_all()
+                self._notify()
 
 
 def _open(kind: Kind, url: str, options: ConnectOptions) -> Any:

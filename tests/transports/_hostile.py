@@ -3,7 +3,9 @@
 * ``flood_audio``: a real protocol peer (the sans-IO server core) that, once a turn is flushed,
   streams audio for it at ~``rate`` bytes/s and never finishes the turn;
 * ``stall``: upgrades, then never reads (nor sends) again;
-* ``ping_flood``: upgrades, then sends pings as fast as the client takes them and never reads.
+* ``ping_flood``: upgrades, then sends pings as fast as the client takes them and never reads;
+* ``hang_up``: upgrades, reads the client's first message, then closes the connection
+  ``hang_up_after`` seconds later (no close frame: a drop).
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def _accept_upgrade(sock: socket.socket) -> None:
 
 
 class HostileServer:
-    def __init__(self, mode: str, *, rate: int = 20 * 2**20) -> None:
+    def __init__(self, mode: str, *, rate: int = 20 * 2**20, hang_up_after: float = 0.3) -> None:
         self.mode = mode
         self.rate = rate
+        self.hang_up_after = hang_up_after
         self.sent = 0  # bytes sent (flood modes)
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -104,6 +107,12 @@ class HostileServer:
     def _stall(self, sock: socket.socket) -> None:
         _accept_upgrade(sock)
         self._stop.wait()
+
+    def _hang_up(self, sock: socket.socket) -> None:
+        _accept_upgrade(sock)
+        if sock.recv(65536):
+            self._stop.wait(self.hang_up_after)
+        sock.close()
 
     def _ping_flood(self, sock: socket.socket) -> None:
         _accept_upgrade(sock)
