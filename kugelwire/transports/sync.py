@@ -11,6 +11,10 @@ pair, so sends go out at once and never wait for audio. A flush, a cancel or a o
 is written by the calling thread itself when nothing else waits to be written (no hand-off on
 the way to the server); a caller with more than the high-water mark unwritten waits, and the
 I/O thread always gets the lock when it asks (a loop of commands cannot starve its timers).
+On the way back, a caller waiting for an event reads the socket itself: what is there already,
+and otherwise it waits in ``select`` on the socket (one caller at a time; the I/O thread leaves
+the socket to it meanwhile), so a turn's first audio reaches it without a hand-off between
+threads; anything else that changes (a cancel or close from another thread, a timer) wakes it.
 
 Backpressure policy (as in every adapter): events wait in bounded per-turn / per-request /
 per-context buffers; above ``max_buffered_bytes`` of audio the I/O thread stops reading, so TCP
