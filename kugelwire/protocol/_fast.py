@@ -38,9 +38,10 @@ the token shortcut        ``parse_client_message``'s general   a ``{"text"[, "fl
                           scan of the whole payload)           (``_checked``): nothing to escape;
                                                                the small fields as ``dumps``.
                                                                test_fast_switch.py
-``frozen_constructor``    the frozen dataclass ``__init__``   sets the same slots, ``object.
-(``_audio_frame``,        (``object.__setattr__`` per field)   __setattr__``-free. test_hot_paths.
-``_audio_chunk``)                                              py, test_fast_switch.py
+``frozen_constructor``    the frozen dataclass ``__init__``   sets the same slots on a twin of
+(``_audio_frame``,        (``object.__setattr__`` per field)   the class's layout, then assigns
+``_audio_chunk``)                                              ``__class__``. test_hot_paths.py,
+                                                               test_fast_switch.py
 ========================  ===================================  ===================================
 
 The rows of ``_messages`` stay beside the frames they parse (they are built from its validators
@@ -153,14 +154,22 @@ def frozen_constructor(
 ) -> Callable[..., _T]:
     """A function ``(*params) -> cls`` that fills the slots of a frozen, slotted dataclass
     directly (the dataclass ``__init__`` goes through ``object.__setattr__`` per field: about
-    twice as slow). ``defaults``: default values of trailing ``params``; ``fixed``: the other
-    slots, as Python expressions evaluated per call (``"[]"`` makes a fresh list). With the
-    fast paths off it calls ``cls(*params)`` (fields not in ``params`` then take the
-    dataclass's own defaults)."""
+    three times as slow). ``defaults``: default values of trailing ``params``; ``fixed``: the
+    other slots, as Python expressions evaluated per call (``"[]"`` makes a fresh list). With
+    the fast paths off it calls ``cls(*params)`` (fields not in ``params`` then take the
+    dataclass's own defaults).
+
+    The object is made as an instance of a twin of ``cls`` (same bases, same slots, nothing
+    else: the same memory layout, and plain attribute stores), filled, then given its class:
+    ``cls``. Where the twin's layout is not accepted for that, each slot's descriptor sets it
+    instead (about twice as slow)."""
     defaults = dict(defaults or {})
     fixed = dict(fixed or {})
     names = (*params, *fixed)
-    namespace: dict[str, Any] = {"_cls": cls, "_new": object.__new__, "_fast": _module()}
+    twin = _layout_twin(cls)
+    namespace: dict[str, Any] = {
+        "_cls": cls, "_twin": twin, "_new": object.__new__, "_fast": _module()
+    }
     for i, name in enumerate(names):
         namespace[f"_s{i}"] = getattr(cls, name).__set__
     signature = []
@@ -174,16 +183,37 @@ def frozen_constructor(
     lines = [
         f"def make({', '.join(signature)}):",
         f"    if not _fast.ENABLED: return _cls({args})",
-        "    obj = _new(_cls)",
     ]
-    lines += [f"    _s{i}(obj, {name})" for i, name in enumerate(params)]
-    lines += [f"    _s{len(params) + i}(obj, {expr})" for i, expr in enumerate(fixed.values())]
+    values = [*params, *fixed.values()]
+    if twin is not None:
+        lines.append("    obj = _new(_twin)")
+        lines += [f"    obj.{name} = {value}" for name, value in zip(names, values, strict=True)]
+        lines.append("    obj.__class__ = _cls")
+    else:
+        lines.append("    obj = _new(_cls)")
+        lines += [f"    _s{i}(obj, {value})" for i, value in enumerate(values)]
     lines.append("    return obj")
     exec("\n".join(lines), namespace)  # generated from the names above only
     make: Callable[..., _T] = namespace["make"]
     make.__qualname__ = make.__name__ = f"new_{cls.__name__}"
     make.__doc__ = f"``{cls.__name__}({args})``, filling its slots directly."
     return make
+
+
+def _layout_twin(cls: type[Any]) -> type[Any] | None:
+    """A class with ``cls``'s bases and slots and nothing else, whose instances may become
+    ``cls`` instances by ``__class__`` assignment (Python allows it between classes of the same
+    layout); None where that is refused."""
+    slots = cls.__dict__.get("__slots__")
+    if slots is None or "__dict__" in cls.__dict__:
+        return None
+    twin = type(f"_{cls.__name__}Twin", cls.__bases__, {"__slots__": tuple(slots)})
+    try:
+        probe: Any = object.__new__(twin)
+        probe.__class__ = cls
+    except TypeError:
+        return None
+    return twin
 
 
 def _module() -> Any:
@@ -240,6 +270,7 @@ def text_frames(
     frames, fragments, masked or non-minimal frames, too big: wsproto parses, and may reject,
     them)."""
     out: list[tuple[int, int]] = []
+    append = out.append
     end = len(rx)
     pos = 0
     while pos < end:
@@ -247,27 +278,31 @@ def text_frames(
             return out, False
         if pos + 2 > end:
             break
-        size, start = rx[pos + 1], pos + 2
-        if size == 126:
-            if start + 2 > end:
+        size = rx[pos + 1]
+        if size < 126:
+            start = pos + 2
+        elif size == 126:  # a 16-bit length (the usual audio frame)
+            start = pos + 4
+            if start > end:
                 break
-            size, start = int.from_bytes(view[start : start + 2], "big"), start + 2
+            size = rx[pos + 2] << 8 | rx[pos + 3]
             if size < 126:
                 return out, False
         elif size == 127:
-            if start + 8 > end:
+            start = pos + 10
+            if start > end:
                 break
-            size, start = int.from_bytes(view[start : start + 8], "big"), start + 8
+            size = int.from_bytes(view[pos + 2 : start], "big")
             if size < 65536:
                 return out, False
-        elif size > 125:  # masked: wsproto fails the connection
+        else:  # masked: wsproto fails the connection
             return out, False
         if size > max_size:
             return out, False
         pos = start + size
         if pos > end:
             break
-        out.append((start, pos))
+        append((start, pos))
     return out, True
 
 

@@ -177,11 +177,15 @@ def test_frozen_constructors_match_the_dataclass_constructors(
             assert frame._has_idx and frame._checked is on
             # every field but _checked
             assert dataclasses.astuple(frame)[:-1] == dataclasses.astuple(plain)[:-1]
+            assert type(frame) is AudioFrame  # the twin became the class itself
             chunk = _audio_chunk(turn, frame, offset)
             assert chunk == AudioChunk(turn, frame, offset) and chunk.context_id is None
+            assert type(chunk) is AudioChunk
             assert _audio_chunk(turn, frame, offset, ctx) == AudioChunk(turn, frame, offset, ctx)
             with pytest.raises(dataclasses.FrozenInstanceError):
                 chunk.turn = 1  # type: ignore[misc]
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                frame.idx = 1  # type: ignore[misc]
         finally:
             fast_paths(previous)
 
@@ -348,3 +352,25 @@ def test_with_the_switch_off_the_client_frames_through_wsproto(switch: None) -> 
         session.send_text("Hi ", 0.0)
         conn.data_to_send()
         assert bool(framed) is not on  # off: wsproto framed the message
+
+
+def test_the_constructors_fill_a_layout_twin_where_python_allows_it() -> None:
+    from kugelwire.protocol import _fast
+
+    assert _fast._layout_twin(AudioFrame) is not None  # the fast way is the one taken
+    assert _fast._layout_twin(AudioChunk) is not None
+
+    @dataclasses.dataclass(frozen=True)
+    class WithDict:  # no slots: no twin, the slot-descriptor way would not apply either
+        x: int
+
+    assert _fast._layout_twin(WithDict) is None
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Slotted:
+        x: int
+        y: list[int]
+
+    make = _fast.frozen_constructor(Slotted, ("x",), fixed={"y": "[]"})
+    a, b = make(1), make(2)
+    assert type(a) is Slotted and a == Slotted(1, []) and a.y is not b.y
