@@ -28,15 +28,18 @@ FAST_BASE64 = _messages._b64encode is not base64.b64encode
 def stdlib_base64() -> Iterator[None]:
     """Make kugelwire use the standard library's base64 codec (as without the ``fast`` extra)
     for the block."""
-    saved = _messages._b64encode, _messages._b64decode, _messages._b64decode_checked
+    saved = (_messages._b64encode, _messages._b64decode, _messages._b64decode_checked,
+             _messages._b64decode_exact)
     saved_check = _messages._b64check
     _messages._b64check = _messages._check_alphabet
     codec = _messages._stdlib_base64_codec()  # what kugelwire uses without the extra
-    _messages._b64encode, _messages._b64decode, _messages._b64decode_checked = codec
+    (_messages._b64encode, _messages._b64decode, _messages._b64decode_checked,
+     _messages._b64decode_exact) = codec
     try:
         yield
     finally:
-        _messages._b64encode, _messages._b64decode, _messages._b64decode_checked = saved
+        (_messages._b64encode, _messages._b64decode, _messages._b64decode_checked,
+         _messages._b64decode_exact) = saved
         _messages._b64check = saved_check
 
 def parse_args(doc: str | None) -> argparse.Namespace:

@@ -28,9 +28,10 @@ fast path                 replaces (the plain path)            why equivalent; t
 ``_split_audio``)                                              goes to ``json.loads``.
                                                                tests/protocol/test_hot_paths.py
 audio split, checked      the JSON scan of an audio frame's    declines on anything unusual (see
-audio fields, first-key   base64, the general field checks,    ``_messages._split_audio``,
-dispatch, the checked     the precedence ladder, the strict    ``_audio_hot``, ``_parse_object``).
-base64 decode             decode (``_messages``)               test_hot_paths.py
+audio fields, their       base64, the general field checks     ``_messages._split_audio``,
+templates, first-key      (once per template: the fields but   ``_template``, ``_audio_hot``,
+dispatch, the checked     ``idx``), the precedence ladder,     ``_parse_object``).
+base64 decode             the strict decode (``_messages``)    test_hot_paths.py
 the token shortcut        ``parse_client_message``'s general   a ``{"text"[, "flush"]}`` object
 (``_messages``)           field checks (server role)           only. test_fast_switch.py
 :func:`audio_json`        ``dumps(AudioFrame.to_dict())`` for  only for frames whose audio is

@@ -230,10 +230,18 @@ class Usage:
         return out
 
 
-def _stdlib_base64_codec() -> tuple[
-    Callable[[bytes], bytes], Callable[[str], bytes], Callable[[str], bytes]
-]:
+#: (encode, strict decode, decode of text already checked as strict base64, decode of text
+#: whose length is the exact base64 length of the bytes it must give, checked by the caller:
+#: strict, and only excess padding, which that length rules out, is not looked for)
+Codec: TypeAlias = tuple[
+    Callable[[bytes], bytes], Callable[[str], bytes], Callable[[str], bytes],
+    Callable[[str], bytes],
+]
+
+
+def _stdlib_base64_codec() -> Codec:
     """:func:`_base64_codec` without the ``fast`` extra: the standard library's."""
+    a2b = binascii.a2b_base64
 
     def decode_std(text: str) -> bytes:
         # The stdlib's strict mode still takes padding past a complete quad ("AAAA=",
@@ -241,27 +249,33 @@ def _stdlib_base64_codec() -> tuple[
         if text.endswith("=") and (len(text) % 4 or text.endswith("===")):
             raise binascii.Error("Excess padding")
         if sys.version_info >= (3, 11):
-            return binascii.a2b_base64(text, strict_mode=True)
+            return a2b(text, strict_mode=True)
         return b64decode(text, validate=True)
 
-    return b64encode, decode_std, binascii.a2b_base64
+    if sys.version_info >= (3, 11):
+        def decode_exact(text: str) -> bytes:
+            return a2b(text, strict_mode=True)
+    else:
+        decode_exact = decode_std
+    return b64encode, decode_std, a2b, decode_exact
 
 
-def _base64_codec() -> tuple[
-    Callable[[bytes], bytes], Callable[[str], bytes], Callable[[str], bytes]
-]:
-    """(encode, strict decode, decode of text already checked as strict base64): pybase64's
-    SIMD codec when installed (the optional ``fast`` extra; same results and the same errors),
-    else the standard library's."""
+def _base64_codec() -> Codec:
+    """The codec (see :data:`Codec`): pybase64's SIMD codec when installed (the optional
+    ``fast`` extra; same results and the same errors), else the standard library's."""
     try:
         fast = importlib.import_module("pybase64")
     except ImportError:
         return _stdlib_base64_codec()
     encode, decode = fast.b64encode, fast.b64decode
-    return encode, lambda text: decode(text, validate=True), decode
+
+    def decode_strict(text: str) -> bytes:
+        return decode(text, validate=True)  # type: ignore[no-any-return]
+
+    return encode, decode_strict, decode, decode_strict
 
 
-_b64encode, _b64decode, _b64decode_checked = _base64_codec()
+_b64encode, _b64decode, _b64decode_checked, _b64decode_exact = _base64_codec()
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
@@ -728,34 +742,58 @@ def _nnfloat(obj: Mapping[str, Any], key: str) -> float | None:
     return opt_float(obj, key, _E, lo=0.0)
 
 
-def _audio_hot(audio: str, obj: dict[str, Any]) -> AudioFrame | None:
-    """The frame, when every field of ``obj`` (all but ``audio``) is present and a plain in-range
-    value and ``audio`` is strict base64 of exactly the length ``samples`` says; else None (the
-    general code of :func:`_parse_audio` then decides, and names what is wrong)."""
+#: What :func:`_hot_fields` gives: ``(enc, sr, samples, chunk_id, context_id, the base64
+#: length of the audio, its length in bytes)``.
+_Fields: TypeAlias = tuple[str, int, int, "int | None", "str | None", int, int]
+
+
+def _hot_fields(obj: dict[str, Any]) -> _Fields | None:
+    """An audio frame's fields but ``audio`` and ``idx``, when each is present (``chunk_id``,
+    ``context_id``: or absent) and a plain in-range value; else None (the general code of
+    :func:`_parse_audio` then decides, and names what is wrong)."""
     get = obj.get
-    enc, idx, sr, samples, chunk_id, ctx = (
-        get("enc"), get("idx"), get("sr"), get("samples"), get("chunk_id"), get("context_id")
+    enc, sr, samples, chunk_id, ctx = (
+        get("enc"), get("sr"), get("samples"), get("chunk_id"), get("context_id")
     )
     if not (
-        type(idx) is int
-        and type(sr) is int
+        type(sr) is int
         and type(samples) is int
         and (type(chunk_id) is int or chunk_id is None)
         and (enc == "pcm_s16le" or (type(enc) is str and enc in ENCODINGS))
-        and 0 <= idx <= _MAX_INT
         and 0 < sr <= _MAX_INT
         and 0 <= samples <= _MAX_INT
         and (chunk_id is None or 0 <= chunk_id <= _MAX_INT)
         and (ctx is None or (type(ctx) is str and 0 < len(ctx) <= 256))
     ):
         return None
-    try:  # decoded now, once (a separate check scanned it first and data decoded it again)
-        data = _b64decode(audio)
+    size = samples * 2 if enc == "pcm_s16le" else samples
+    return enc, sr, samples, chunk_id, ctx, (size + 2) // 3 * 4, size
+
+
+def _hot_frame(audio: str, idx: int, fields: _Fields) -> AudioFrame | None:
+    """The frame, when ``audio`` is strict base64 of exactly the length ``fields`` say (its
+    bytes are decoded now, once: the decode is the check); else None."""
+    enc, sr, samples, chunk_id, ctx, length, size = fields
+    if len(audio) != length:
+        return None
+    try:
+        data = _b64decode_exact(audio)
     except (binascii.Error, ValueError):
         return None
-    if len(data) != (samples * 2 if enc == "pcm_s16le" else samples):
+    if len(data) != size:
         return None
     return _decoded_audio_frame(audio, enc, idx, sr, samples, chunk_id, ctx, [data])
+
+
+def _audio_hot(audio: str, obj: dict[str, Any]) -> AudioFrame | None:
+    """The frame, when every field of ``obj`` (all but ``audio``) is present and a plain in-range
+    value and ``audio`` is strict base64 of exactly the length ``samples`` says; else None (the
+    general code of :func:`_parse_audio` then decides, and names what is wrong)."""
+    idx = obj.get("idx")
+    if type(idx) is not int or not 0 <= idx <= _MAX_INT:
+        return None
+    fields = _hot_fields(obj)
+    return None if fields is None else _hot_frame(audio, idx, fields)
 
 
 def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
@@ -908,40 +946,81 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
     if not _fast.ENABLED:
         return _parse_ladder(loads_object(text))
     obj: Any = None
-    if type(text) is str and text.startswith(_AUDIO_HEAD):
-        frame = _split_audio(text)
-        if frame is not None:
-            return frame
-    if type(text) is str and text[:1] == "{":
-        try:
-            obj, end = _scan_object(text, 0)
-        except (StopIteration, ValueError, RecursionError):
-            obj = None
-        else:
-            if end != len(text):
-                obj = None  # trailing whitespace or garbage: json.loads decides
+    if type(text) is str:
+        if text.startswith(_AUDIO_HEAD):
+            frame = _split_audio(text, _AUDIO_START)
+            if frame is not None:
+                return frame
+        elif text.startswith(_AUDIO_HEAD_SPACED):
+            frame = _split_audio(text, _AUDIO_START_SPACED)
+            if frame is not None:
+                return frame
+        if text[:1] == "{":
+            try:
+                obj, end = _scan_object(text, 0)
+            except (StopIteration, ValueError, RecursionError):
+                obj = None
+            else:
+                if end != len(text):
+                    obj = None  # trailing whitespace or garbage: json.loads decides
     if obj is None:
         obj = loads_object(text)
     return _parse_object(obj)
 
 
-#: How every audio frame of the server starts: its base64 string first.
+#: How every audio frame of the server starts: its base64 string first (compact, or as
+#: ``json.dumps`` writes it by default).
 _AUDIO_HEAD = '{"audio":"'
 _AUDIO_START = len(_AUDIO_HEAD)
+_AUDIO_HEAD_SPACED = '{"audio": "'
+_AUDIO_START_SPACED = len(_AUDIO_HEAD_SPACED)
+_IDX_KEY = '"idx":'
+
+#: The other fields of the server's audio frames, by template: the text after a frame's base64
+#: with the digits of its ``idx`` cut out (within a chunk the server's frames differ only in
+#: their base64 and ``idx``). A template is parsed and checked once (:func:`_template`): its
+#: :func:`_hot_fields`, or None for one the general path must read.
+_TEMPLATES: dict[str, _Fields | None] = {}
+_MAX_TEMPLATES = 256  # then the memo starts again (a new chunk or context: a new template)
+_MAX_TEMPLATE_SIZE = 512  # longer ones are not kept (the scanner reads them each time)
 
 
-def _split_audio(text: str) -> AudioFrame | None:
+def _split_audio(text: str, start: int) -> AudioFrame | None:
     """The frame ``{"audio":"<base64>",<the other fields>}`` without running the JSON scanner
     over its base64 (about 1,300 characters at 20 ms of 24 kHz, most of a frame's parse time):
     the string ends at the first quote (base64 has no backslash, so no escaped quote can come
-    first: any backslash, like anything else that is not base64, fails the strict decode), and
-    the scanner parses only the rest as an object. None, for the general path to decide, when
-    anything is unusual: no comma after the string, another ``"audio"`` key or an ``"error"`` key
-    in the rest (a duplicate would change the meaning; the scanner has decoded any escaped key),
-    text after the object, or anything :func:`_audio_hot` declines."""
-    end = text.find('"', _AUDIO_START)
+    first: any backslash, like anything else that is not base64, fails the strict decode).
+    The other fields come from their template (see :data:`_TEMPLATES`) when ``idx`` is a plain
+    integer, else the scanner parses them as an object. None, for the general path to decide,
+    when anything is unusual: no comma after the string, another ``"audio"`` key or an
+    ``"error"`` key in the rest (a duplicate would change the meaning; the scanner has decoded
+    any escaped key), text after the object, or anything :func:`_hot_fields` declines."""
+    end = text.find('"', start)
     if end < 0 or text[end + 1 : end + 2] != ",":
         return None
+    at = text.find(_IDX_KEY, end) + 6
+    if at > 5:
+        if text[at : at + 1] == " ":
+            at += 1
+        stop = text.find(",", at)
+        if stop < 0:
+            stop = len(text) - 1
+        digits = text[at:stop]
+        if (
+            digits.isdigit()
+            and digits.isascii()
+            and len(digits) < 16  # below 2**53
+            and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
+        ):
+            key = text[end:at] + text[stop:]
+            try:
+                fields = _TEMPLATES[key]
+            except KeyError:
+                fields = _template(key, at - end)
+            if fields is not None:
+                return _hot_frame(text[start:end], int(digits), fields)
+            if len(key) <= _MAX_TEMPLATE_SIZE:
+                return None  # a template the general path reads
     rest = "{" + text[end + 2 :]
     try:
         obj, stop = _scan_object(rest, 0)
@@ -949,7 +1028,35 @@ def _split_audio(text: str) -> AudioFrame | None:
         return None
     if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
         return None
-    return _audio_hot(text[_AUDIO_START:end], obj)
+    return _audio_hot(text[start:end], obj)
+
+
+def _template(key: str, at: int) -> _Fields | None:
+    """The fields of the template ``key`` (``idx``'s digits were at ``at``), parsed as the
+    object it is with ``idx`` 0, and with 1: when the two differ in ``idx`` as the digits do,
+    the digits are ``idx``'s value (its last occurrence, not part of a string or another key)
+    and nothing else depends on them. None when either is not a whole object without ``audio``
+    and ``error`` keys, or when :func:`_hot_fields` declines. Kept when short enough."""
+    objects = []
+    for digit in "01":
+        rest = "{" + key[2:at] + digit + key[at:]
+        try:
+            obj, stop = _scan_object(rest, 0)
+        except (StopIteration, ValueError, RecursionError):
+            break
+        if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
+            break
+        objects.append(obj)
+    fields = None
+    if len(objects) == 2:
+        zero, one = (obj.get("idx") for obj in objects)
+        if type(zero) is int and type(one) is int and zero == 0 and one == 1:
+            fields = _hot_fields(objects[0])
+    if len(key) <= _MAX_TEMPLATE_SIZE:
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = fields
+    return fields
 
 
 def _parse_object(obj: dict[str, Any]) -> ServerMessage:

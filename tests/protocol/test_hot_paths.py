@@ -64,17 +64,12 @@ def _texts() -> st.SearchStrategy[str]:
 
 
 def _plain(text: str) -> Any:
-    """parse_server_message through json.loads only (the scanner always declines)."""
-    real = _messages._scan_object
-
-    def decline(text: str, idx: int) -> Any:
-        raise StopIteration(idx)
-
-    _messages._scan_object = decline
+    """parse_server_message with the fast paths off (json.loads, the general field checks)."""
+    previous = _fast.fast_paths(False)
     try:
         return _outcome(text)
     finally:
-        _messages._scan_object = real
+        _fast.fast_paths(previous)
 
 
 def _outcome(text: str) -> Any:
@@ -124,20 +119,51 @@ def test_the_first_key_dispatch_is_taken(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) -> None:
     # A failing test is the only way to see that the hot path is used at all.
     monkeypatch.setattr(_fast, "ENABLED", True)  # whatever KUGELWIRE_FAST_PATHS says
+    monkeypatch.setattr(_messages, "_TEMPLATES", {})
     calls = []
     real = _messages._scan_object
     monkeypatch.setattr(_messages, "_scan_object", lambda t, i: calls.append(t) or real(t, i))
-    frame = AudioFrame.from_bytes(b"\x01\x02" * 40, idx=0, sr=24000, chunk_id=0)
+    frame = AudioFrame.from_bytes(b"\x01\x02" * 40, idx=5, sr=24000, chunk_id=0)
     text = frame.to_json()
     assert parse_server_message(text) == frame
-    # the audio is split off: the scanner reads only the other fields, never the base64
-    assert calls == ['{"enc":"pcm_s16le","idx":0,"sr":24000,"samples":40,"chunk_id":0}']
-    assert frame.audio not in calls[0]
+    # the audio is split off: the scanner reads only the other fields, never the base64, and
+    # reads them with idx 0 and 1 (the template: what the digits of idx are)
+    rest = '{"enc":"pcm_s16le","idx":%d,"sr":24000,"samples":40,"chunk_id":0}'
+    assert calls == [rest % 0, rest % 1]
+    # the next frames of the template need no scanner at all, in either layout of json.dumps
+    calls.clear()
+    for idx in (6, 10, 123456789):
+        later = AudioFrame.from_bytes(b"\x03\x04" * 40, idx=idx, sr=24000, chunk_id=0)
+        assert parse_server_message(later.to_json()) == later
+    assert calls == []
+    spaced = json.dumps(frame.to_dict())
+    assert spaced.startswith('{"audio": "')
+    assert parse_server_message(spaced) == frame
+    assert len(calls) == 2 and frame.audio not in calls[0]
+    assert parse_server_message(spaced.replace('"idx": 5', '"idx": 7')).idx == 7
+    assert len(calls) == 2
+
+
+def test_the_template_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fast, "ENABLED", True)
+    monkeypatch.setattr(_messages, "_TEMPLATES", {})
+    for chunk in range(_messages._MAX_TEMPLATES + 10):  # a template per chunk
+        frame = AudioFrame.from_bytes(b"\x01\x02", idx=1, sr=24000, chunk_id=chunk)
+        assert parse_server_message(frame.to_json()) == frame
+        assert len(_messages._TEMPLATES) <= _messages._MAX_TEMPLATES
+    # a long template (a long unknown field) is read by the scanner each time, never kept
+    frame = AudioFrame.from_bytes(b"\x01\x02", idx=1, sr=24000, chunk_id=0)
+    long = frame.to_json()[:-1] + ',"extra":"' + "x" * _messages._MAX_TEMPLATE_SIZE + '"}'
+    _messages._TEMPLATES.clear()
+    assert parse_server_message(long) == frame
+    assert parse_server_message(long) == frame
+    assert _messages._TEMPLATES == {}
 
 
 @st.composite
 def _split_texts(draw: st.DrawFn) -> str:
-    """Texts that start as the server's audio frames do (``{"audio":"``), then anything: valid
+    """Texts that start as the server's audio frames do (``{"audio":"``, or with json.dumps's
+    default separators), then anything: valid
     and invalid base64 (backslashes, escaped quotes, non-ASCII, control characters), then the
     other fields (often all present and matching, so the split path would take them) with an
     extra that may repeat ``audio``, carry ``error``, escape a key, or text after the object."""
@@ -150,27 +176,39 @@ def _split_texts(draw: st.DrawFn) -> str:
                                                        "=", "A"])),
         st.text(alphabet='AQgw+/=\\"\u00e9\n ', max_size=12),
     ))
-    fields = ['"enc":"pcm_s16le"', f'"idx":{draw(st.integers(0, 3))}', '"sr":24000',
-              f'"samples":{len(pcm) // 2 + draw(st.sampled_from([0, 0, 0, 1]))}',
-              '"chunk_id":0']
+    # idx as the server writes it (any value), and tokens only a general parser reads right
+    idx = draw(st.one_of(
+        st.integers(0, 3).map(str), st.integers(0, 2**53 + 2).map(str),
+        st.sampled_from(["07", "00", "-1", "-0", "1.5", "1e2", " 3", "3 ", "\t3", "+3", "0x1",
+                         "9007199254740993", "99999999999999999", "\u0661", "true", '"3"']),
+    ))
+    colon = draw(st.sampled_from([":", ":", ": "]))
+    fields = [f'"enc"{colon}"pcm_s16le"', f'"idx"{colon}{idx}', f'"sr"{colon}24000',
+              f'"samples"{colon}{len(pcm) // 2 + draw(st.sampled_from([0, 0, 0, 1]))}',
+              f'"chunk_id"{colon}{draw(st.sampled_from([0, 0, 1, 2]))}']
+    if draw(st.booleans()):
+        fields.append(fields.pop(1))  # idx last: no comma after its digits
     extra = draw(st.sampled_from(['', '', '"error":"x"', '"audio":"AA=="', '"\\u0061udio":"AA=="',
                                   '"\\u0065rror":"x"', '"idx":-1', '"idx":1', '"samples":0',
-                                  '"enc":"mulaw"', '"final":true', '"context_id":"c"']))
+                                  '"enc":"mulaw"', '"final":true', '"context_id":"c"',
+                                  '"\\u0069dx":9', '"\\"idx":5', '"x":"\\"idx\\":4"',
+                                  '"context_id":"\\"idx\\":"']))
     if extra:
         fields.insert(draw(st.integers(0, len(fields))), extra)
     after = draw(st.sampled_from(["", "", "", "", "", " ", "}", "x"]))
+    comma = draw(st.sampled_from([",", ",", ", "]))
     tail = draw(st.one_of(
-        st.just("," + ",".join(fields) + "}" + after),
-        st.just("," + ",".join(fields) + "}" + after),
-        st.just("," + ",".join(fields) + "}" + after),
+        st.just(comma + comma.join(fields) + "}" + after),
+        st.just(comma + comma.join(fields) + "}" + after),
+        st.just(comma + comma.join(fields) + "}" + after),
         st.builds(lambda o: "," + json.dumps(o, separators=(",", ":"))[1:], _OBJECTS),
         st.sampled_from(["}", ",}", "," + ",".join(fields), ""]),
         st.text(max_size=12),
     ))
-    return '{"audio":"' + audio + '"' + tail
+    return draw(st.sampled_from(['{"audio":"', '{"audio":"', '{"audio": "'])) + audio + '"' + tail
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(_split_texts())
 def test_the_audio_split_parses_like_json_loads(text: str) -> None:
     fast, plain = _outcome(text), _plain(text)
