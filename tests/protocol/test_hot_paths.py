@@ -303,3 +303,33 @@ def test_the_client_connection_deadline_is_the_earliest_of_its_timers(
             core.handle_timeout(now)
         core.data_to_send()
         assert conn.next_deadline() == _reference_deadline(conn), (op, conn.state)
+
+
+def _exact_length_texts() -> st.SearchStrategy[tuple[int, str]]:
+    """``(size, text)``: text of the base64 length of ``size`` bytes, made of base64 characters,
+    padding and a few that are not base64."""
+    def texts(size: int) -> st.SearchStrategy[tuple[int, str]]:
+        length = (size + 2) // 3 * 4
+        return st.tuples(st.just(size), st.text(alphabet="AQgw+/=\\ \n-_", min_size=length,
+                                                max_size=length))
+
+    return st.integers(0, 12).flatmap(texts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_exact_length_texts())
+def test_the_exact_length_decode_accepts_what_the_strict_decode_accepts(
+    case: tuple[int, str],
+) -> None:
+    size, text = case
+
+    def outcome(decode: Any) -> Any:
+        try:
+            data = decode(text)
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            return None
+        return data if len(data) == size else None
+
+    for codec in (_messages._stdlib_base64_codec(), _messages._base64_codec()):
+        _, strict, _, exact = codec
+        assert outcome(exact) == outcome(strict)
