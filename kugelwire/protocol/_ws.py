@@ -969,24 +969,27 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
         hold = self.yield_after_audio
         other = False  # a message other than audio came first in this batch
         pos = 0
+        now = self._now
         with memoryview(rx) as view:
             frames, fast = _fast.text_frames(rx, view, self._max_message_size)
+            if frames and self._state is not ConnectionState.OPEN:
+                frames, fast = [], False
             for start, stop in frames:
-                if self._state is not ConnectionState.OPEN:
-                    fast = False
-                    break
                 try:
-                    text = str(view[start:stop], "utf-8")
+                    text = rx[start:stop].decode()
                 except UnicodeDecodeError:
                     fast = False  # wsproto closes with 1007
                     break
                 pos = stop
-                self._completed = True  # _deliver without its per-message flush, inline
                 try:
-                    receive(text, self._now)
+                    receive(text, now)
                 except RemoteProtocolError as exc:
+                    self._completed = True
                     self._flush_session()
                     self._on_session_error(exc)  # no longer OPEN: the loop stops
+                    if stop != frames[-1][1]:
+                        fast = False
+                    break
                 if hold:
                     if not text.startswith('{"audio"'):
                         other = True
@@ -997,6 +1000,7 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
             if fast and not self._held and pos < len(rx) and not self._open():
                 fast = False  # the start of a frame, no longer OPEN: wsproto's
         if pos:
+            self._completed = True  # as _deliver says, once per batch
             self._flush_session()  # once per batch (a client session never closes by itself)
         return pos, fast
 
