@@ -983,6 +983,10 @@ _IDX_KEY = '"idx":'
 _TEMPLATES: dict[str, _Fields | None] = {}
 _MAX_TEMPLATES = 256  # then the memo starts again (a new chunk or context: a new template)
 _MAX_TEMPLATE_SIZE = 512  # longer ones are not kept (the scanner reads them each time)
+#: The template of the last frame read through :data:`_TEMPLATES`: (its text before idx's
+#: digits, after them, its fields). A frame that starts and ends as it does is checked against
+#: it, with no key to build (the usual case: the frames of a chunk in a row).
+_last_template: tuple[str, str, _Fields] = ("\0", "\0", ("", 0, 0, None, None, 0, 0))
 
 
 def _split_audio(text: str, start: int) -> AudioFrame | None:
@@ -996,31 +1000,23 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
     ``"error"`` key in the rest (a duplicate would change the meaning; the scanner has decoded
     any escaped key), text after the object, or anything :func:`_hot_fields` declines."""
     end = text.find('"', start)
-    if end < 0 or text[end + 1 : end + 2] != ",":
+    if end < 0:
         return None
-    at = text.find(_IDX_KEY, end) + 6
-    if at > 5:
-        if text[at : at + 1] == " ":
-            at += 1
-        stop = text.find(",", at)
-        if stop < 0:
-            stop = len(text) - 1
-        digits = text[at:stop]
-        if (
-            digits.isdigit()
-            and digits.isascii()
-            and len(digits) < 16  # below 2**53
-            and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
-        ):
-            key = text[end:at] + text[stop:]
-            try:
-                fields = _TEMPLATES[key]
-            except KeyError:
-                fields = _template(key, at - end)
-            if fields is not None:
-                return _hot_frame(text[start:end], int(digits), fields)
-            if len(key) <= _MAX_TEMPLATE_SIZE:
-                return None  # a template the general path reads
+    prefix, suffix, fields = _last_template
+    if text.startswith(prefix, end) and text.endswith(suffix):  # as the last frame (usual)
+        digits = text[end + len(prefix) : len(text) - len(suffix)]
+    else:
+        digits, fields = _find_template(text, end)
+    if (
+        fields is not None
+        and len(digits) < 16  # below 2**53
+        and digits.isdigit()
+        and digits.isascii()
+        and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
+    ):
+        return _hot_frame(text[start:end], int(digits), fields)
+    if digits or text[end + 1 : end + 2] != ",":
+        return None  # idx is there, unusual (or its template is): the general path reads it
     rest = "{" + text[end + 2 :]
     try:
         obj, stop = _scan_object(rest, 0)
@@ -1031,14 +1027,40 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
     return _audio_hot(text[start:end], obj)
 
 
+def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
+    """The digits of the frame's ``idx`` and the fields of its template (``end``: where its
+    base64 ends); ``("", None)`` when it has no ``"idx":`` or its template is too long to keep
+    (the scanner then reads the other fields)."""
+    at = text.find(_IDX_KEY, end) + 6
+    if at < 6:
+        return "", None
+    if text[at : at + 1] == " ":
+        at += 1
+    stop = text.find(",", at)
+    if stop < 0:
+        stop = len(text) - 1
+    key = text[end:at] + text[stop:]
+    if len(key) > _MAX_TEMPLATE_SIZE:
+        return "", None
+    global _last_template
+    try:
+        fields = _TEMPLATES[key]
+    except KeyError:
+        fields = _template(key, at - end)
+    if fields is not None:
+        _last_template = (text[end:at], text[stop:], fields)
+    return text[at:stop] or " ", fields
+
+
 def _template(key: str, at: int) -> _Fields | None:
     """The fields of the template ``key`` (``idx``'s digits were at ``at``), parsed as the
     object it is with ``idx`` 0, and with 1: when the two differ in ``idx`` as the digits do,
     the digits are ``idx``'s value (its last occurrence, not part of a string or another key)
-    and nothing else depends on them. None when either is not a whole object without ``audio``
-    and ``error`` keys, or when :func:`_hot_fields` declines. Kept when short enough."""
+    and nothing else depends on them. None when there is no comma after the base64, when either
+    is not a whole object without ``audio`` and ``error`` keys, or when :func:`_hot_fields`
+    declines. Kept in :data:`_TEMPLATES` either way."""
     objects = []
-    for digit in "01":
+    for digit in "01" if key[1:2] == "," else "":
         rest = "{" + key[2:at] + digit + key[at:]
         try:
             obj, stop = _scan_object(rest, 0)
@@ -1052,10 +1074,9 @@ def _template(key: str, at: int) -> _Fields | None:
         zero, one = (obj.get("idx") for obj in objects)
         if type(zero) is int and type(one) is int and zero == 0 and one == 1:
             fields = _hot_fields(objects[0])
-    if len(key) <= _MAX_TEMPLATE_SIZE:
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = fields
+    if len(_TEMPLATES) >= _MAX_TEMPLATES:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = fields
     return fields
 
 

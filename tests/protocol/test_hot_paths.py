@@ -220,6 +220,32 @@ def test_the_audio_split_parses_like_json_loads(text: str) -> None:
         assert fast[1].data == plain[1].data == base64.b64decode(fast[1].audio, validate=True)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_split_texts(), min_size=2, max_size=5), st.booleans())
+def test_frames_in_a_row_parse_like_json_loads(texts: list[str], fresh: bool) -> None:
+    """A frame is checked against the template of the frame before it first: one that starts
+    and ends as that one but differs between (not idx's digits) is still read right."""
+    if fresh:
+        _messages._TEMPLATES.clear()
+    for text in texts:
+        fast, plain = _outcome(text), _plain(text)
+        assert fast == plain
+        if fast[0] == "ok" and isinstance(fast[1], AudioFrame):
+            assert fast[1]._has_idx == plain[1]._has_idx
+            assert fast[1].data == plain[1].data
+
+
+def test_a_frame_like_the_last_but_between_is_read_by_the_general_path() -> None:
+    frame = AudioFrame.from_bytes(b"\x01\x02", idx=3, sr=24000, chunk_id=0)
+    text = frame.to_json()
+    # idx last, so the template's text after the digits is "}"
+    last = text.replace(',"idx":3', "")[:-1] + ',"idx":3}'
+    assert parse_server_message(last) == frame
+    for between in ('3,"idx":4', '3,"samples":2', "3 ", "03", "3.0", ""):
+        odd = last.replace('"idx":3}', f'"idx":{between}}}')
+        assert _outcome(odd) == _plain(odd), between
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(min_size=1, max_size=40), st.booleans())
 def test_a_plain_token_is_framed_like_dumps(token: str, flush: bool) -> None:
