@@ -1002,6 +1002,7 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
     end = text.find('"', start)
     if end < 0:
         return None
+    fields: _Fields | None
     prefix, suffix, fields = _last_template
     if text.startswith(prefix, end) and text.endswith(suffix):  # as the last frame (usual)
         digits = text[end + len(prefix) : len(text) - len(suffix)]
