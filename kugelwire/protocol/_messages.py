@@ -975,6 +975,7 @@ _AUDIO_START = len(_AUDIO_HEAD)
 _AUDIO_HEAD_SPACED = '{"audio": "'
 _AUDIO_START_SPACED = len(_AUDIO_HEAD_SPACED)
 _IDX_KEY = '"idx":'
+_IDX_QUOTED = '"idx"'
 
 #: The other fields of the server's audio frames, by template: the text after a frame's base64
 #: with the digits of its ``idx`` cut out (within a chunk the server's frames differ only in
@@ -1054,31 +1055,41 @@ def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
 
 
 def _template(key: str, at: int) -> _Fields | None:
-    """The fields of the template ``key`` (``idx``'s digits were at ``at``), parsed as the
-    object it is with ``idx`` 0, and with 1: when the two differ in ``idx`` as the digits do,
-    the digits are ``idx``'s value (its last occurrence, not part of a string or another key)
-    and nothing else depends on them. None when there is no comma after the base64, when either
-    is not a whole object without ``audio`` and ``error`` keys, or when :func:`_hot_fields`
-    declines. Kept in :data:`_TEMPLATES` either way."""
-    objects = []
-    for digit in "01" if key[1:2] == "," else "":
-        rest = "{" + key[2:at] + digit + key[at:]
-        try:
-            obj, stop = _scan_object(rest, 0)
-        except (StopIteration, ValueError, RecursionError):
-            break
-        if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
-            break
-        objects.append(obj)
+    """The fields of the template ``key`` (``idx``'s digits were at ``at``), when the digits
+    are ``idx``'s value (its last occurrence, not part of a string or another key) and nothing
+    else depends on them. Without a backslash in it, every quote of the template delimits a
+    string, so its only ``"idx":`` is that key (one parse, with idx 0, tells the rest); else it
+    is parsed with idx 0 and with 1, and the two must differ in ``idx`` as the digits do. None
+    when there is no comma after the base64, when a parse is not a whole object without
+    ``audio`` and ``error`` keys, or when :func:`_hot_fields` declines. Kept in
+    :data:`_TEMPLATES` either way."""
     fields = None
-    if len(objects) == 2:
-        zero, one = (obj.get("idx") for obj in objects)
-        if type(zero) is int and type(one) is int and zero == 0 and one == 1:
-            fields = _hot_fields(objects[0])
+    if key[1:2] == ",":
+        plain = "\\" not in key and key.count(_IDX_QUOTED) == 1
+        zero = _template_object(key, at, "0")
+        one = _template_object(key, at, "1") if zero is not None and not plain else zero
+        if zero is not None and one is not None:
+            idx0, idx1 = zero.get("idx"), one.get("idx")
+            expected = 0 if plain else 1
+            if type(idx0) is int and type(idx1) is int and idx0 == 0 and idx1 == expected:
+                fields = _hot_fields(zero)
     if len(_TEMPLATES) >= _MAX_TEMPLATES:
         _TEMPLATES.clear()
     _TEMPLATES[key] = fields
     return fields
+
+
+def _template_object(key: str, at: int, digit: str) -> dict[str, Any] | None:
+    """The template ``key`` as the object it is with ``digit`` as idx's value; None when it is
+    not a whole object, or has an ``audio`` or ``error`` key."""
+    rest = "{" + key[2:at] + digit + key[at:]
+    try:
+        obj, stop = _scan_object(rest, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
+        return None
+    return obj
 
 
 def _parse_object(obj: dict[str, Any]) -> ServerMessage:
