@@ -40,7 +40,9 @@ worth a retry? which exception?), :class:`~kugelwire.transports._ending.Backoff`
 how long to wait) and :class:`~kugelwire.transports._logging.ClientLog` (the log lines).
 
 Adapters call :meth:`receive_data`, :meth:`handle_timeout`, :meth:`data_to_send`,
-:meth:`next_deadline` and the command methods, always with a monotonic ``now``.
+:meth:`next_deadline` and the command methods, always with a monotonic ``now``; an adapter that
+can write without waiting sets :attr:`ClientCore.write_urgent`, and a flush is then on its way
+to the server before the command's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -193,6 +195,12 @@ class ClientCore(WorkBuffers):
         self._user_closing = False
         self._hold_until = -math.inf
         self._settings_applied: dict[str, Any] = {}
+        #: Set by an adapter that can write without waiting: a command whose bytes the server
+        #: waits for (a flush, a request, a cancel) calls it as soon as the session has queued
+        #: them, before the command routes its events, and it writes :meth:`data_to_send` if
+        #: the socket takes it at once (else it leaves the bytes to the adapter's usual write
+        #: after the command). It must not call back into the core's commands.
+        self.write_urgent: Callable[[], object] | None = None
         self._ending = Ending()  # how the current connection ended (so far)
         #: Bumped for every new connection: bytes of :meth:`data_to_send` belong to the socket
         #: opened for this generation (adapters must not write them to an older socket).
@@ -367,11 +375,15 @@ class ClientCore(WorkBuffers):
     def stream_send_text(self, text: str, now: float, *, flush: bool = False) -> EventBuffer | None:
         session = self._session(StreamClientSession)
         number = session.send_text(text, now, flush=flush)
+        if flush:
+            self._urgent()
         return self._stream_buffer(number, flush, now)
 
     def stream_flush(self, now: float) -> EventBuffer:
         session = self._session(StreamClientSession)
-        buf = self._stream_buffer(session.flush(now), True, now)
+        number = session.flush(now)
+        self._urgent()
+        buf = self._stream_buffer(number, True, now)
         assert buf is not None
         return buf
 
@@ -393,10 +405,13 @@ class ClientCore(WorkBuffers):
         self, buf: EventBuffer, text: str, now: float, *, flush: bool = False
     ) -> None:
         self._session(MultiClientSession).send_text(self._cid(buf), text, now, flush=flush)
+        if flush:
+            self._urgent()
         self._process(now)
 
     def multi_flush(self, buf: EventBuffer, now: float) -> None:
         self._session(MultiClientSession).flush(self._cid(buf), now)
+        self._urgent()
         self._process(now)
 
     def multi_close(self, buf: EventBuffer, now: float, *, immediate: bool = False) -> None:
@@ -408,6 +423,7 @@ class ClientCore(WorkBuffers):
 
     def tts_request(self, text: str, now: float, **params: Any) -> EventBuffer:
         buf = EventBuffer(self._session(TTSClientSession).request(text, now, **params))
+        self._urgent()
         buf.flushed = True
         return self._open(buf, now)
 
@@ -421,6 +437,7 @@ class ClientCore(WorkBuffers):
             keys = session.cancel(now)
         else:
             keys = self._session(MultiClientSession).cancel(now, self._cid(buf))
+        self._urgent()
         for key in keys:
             target = self._by_key.get(key)
             if target is not None:
@@ -453,6 +470,13 @@ class ClientCore(WorkBuffers):
         self._process(now)
 
     # -- internals -----------------------------------------------------------------------------
+    def _urgent(self) -> None:
+        """A command queued bytes the server is waiting for (a flush, a request, a cancel):
+        let the adapter write them now, before the command routes its events."""
+        write = self.write_urgent
+        if write is not None:
+            write()
+
     def _session(self, *types: type[Any]) -> Any:
         self.check_usable()
         if not isinstance(self.session, types):

@@ -58,6 +58,7 @@ class TaskDriver(_api.SignalDriver):
         self._kicked = False  # bytes queued without a write: the writer task writes them
         self._pending = bytearray()  # taken from the core for the current stream, unwritten
         core.yield_after_audio()  # a turn's first audio wakes its consumer before the rest
+        core.write_urgent = self._write_urgent  # a flush is written before its bookkeeping
 
     # -- what an adapter provides --------------------------------------------------------------
     async def connect(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> Any:
@@ -127,6 +128,27 @@ class TaskDriver(_api.SignalDriver):
         await self._flush()
         self.changed()
         return handle
+
+    def _write_urgent(self) -> None:
+        """(Inside a core command: :attr:`ClientCore.write_urgent`.) Write what the core
+        queued if nothing else waits to be written and the socket takes it at once; what it
+        does not take waits in :attr:`_pending` (the write after the command checks its
+        bound and writes it)."""
+        core = self.core
+        stream = self._stream
+        if (
+            stream is None
+            or self._pending
+            or self._send_lock.locked()
+            or self._generation != core.generation
+            or core.finished
+        ):
+            return
+        data = core.data_to_send()
+        if data:
+            sent = self.send_nowait(stream, data)
+            if sent < len(data):
+                self._pending += data[sent:]
 
     def _write_nowait(self) -> bool:
         """Write what the core queued now if the socket takes all of it at once (no write in

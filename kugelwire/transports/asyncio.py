@@ -104,6 +104,7 @@ class _Driver(_api.SignalDriver):
         self._reconnect: asyncio.Task[None] | None = None
         self._deferred = 0  # commands whose bytes wait for the coalesced write
         core.yield_after_audio()  # a turn's first audio wakes its consumer before the rest
+        core.write_urgent = self._write_urgent  # a flush is written before its bookkeeping
 
     def now(self) -> float:
         return self._loop.time()
@@ -269,21 +270,36 @@ class _Driver(_api.SignalDriver):
         else:
             self._rearm()
 
+    def _write_urgent(self) -> None:
+        """(Inside a core command: :attr:`ClientCore.write_urgent`.) Write what the core
+        queued, with whatever earlier commands left for the coalesced write; the write after
+        the command checks the send buffer's bound."""
+        pipe = self._pipe
+        if pipe is None or pipe.transport is None or self._generation != self.core.generation:
+            return
+        transport = pipe.transport
+        if not transport.is_closing():
+            data = self.core.data_to_send()
+            if data:
+                transport.write(data)
+
     def _write(self) -> None:
         pipe = self._pipe
         if pipe is None or pipe.transport is None or self._generation != self.core.generation:
             return
         data = self.core.data_to_send()
         transport = pipe.transport
-        if data and not transport.is_closing():
+        if transport.is_closing():
+            return
+        if data:
             transport.write(data)
-            cap = self._options.max_send_buffer
-            if transport.get_write_buffer_size() > cap and not self.core.finished:
-                self.core.fail(self.now(), SendBufferFull(
-                    f"more than {cap} bytes wait to be written (max_send_buffer): "
-                    "the server stopped reading"
-                ))
-                self.changed()
+        cap = self._options.max_send_buffer
+        if transport.get_write_buffer_size() > cap and not self.core.finished:
+            self.core.fail(self.now(), SendBufferFull(
+                f"more than {cap} bytes wait to be written (max_send_buffer): "
+                "the server stopped reading"
+            ))
+            self.changed()
 
     def _close_socket(self) -> None:
         pipe, self._pipe = self._pipe, None

@@ -115,6 +115,8 @@ class _Driver:
         # a read by a caller stops after a turn's first audio: the caller has it before the
         # rest is parsed (which it does at its next call, or the I/O thread does; see _run)
         core.yield_after_audio()
+        # a flush is written before its bookkeeping (commands run under the lock, as this does)
+        core.write_urgent = self._write_direct
 
     def call(self, fn: Callable[..., _R], *args: Any, urgent: bool = False, **kwargs: Any) -> _R:
         """Run a core command under the lock, then wake the I/O thread to write (``urgent``,
