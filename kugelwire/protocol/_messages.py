@@ -976,6 +976,8 @@ _AUDIO_HEAD_SPACED = '{"audio": "'
 _AUDIO_START_SPACED = len(_AUDIO_HEAD_SPACED)
 _IDX_KEY = '"idx":'
 _IDX_QUOTED = '"idx"'
+_CHUNK_KEY = '"chunk_id":'
+_CHUNK_QUOTED = '"chunk_id"'
 
 #: The other fields of the server's audio frames, by template: the text after a frame's base64
 #: with the digits of its ``idx`` cut out (within a chunk the server's frames differ only in
@@ -988,6 +990,11 @@ _MAX_TEMPLATE_SIZE = 512  # longer ones are not kept (the scanner reads them eac
 #: digits, after them, its fields). A frame that starts and ends as it does is checked against
 #: it, with no key to build (the usual case: the frames of a chunk in a row).
 _last_template: tuple[str, str, _Fields] = ("\0", "\0", ("", 0, 0, None, None, 0, 0))
+#: Templates with the digits of ``chunk_id`` cut out too (``(that text, where idx's digits
+#: were, where chunk_id's were)``): the fields of a new chunk's template come from here without
+#: a parse (the first audio of a turn is the first of a new chunk). Only for templates with no
+#: backslash and one ``"chunk_id"``; their ``chunk_id`` is a placeholder.
+_LAYOUTS: dict[tuple[str, int, int], _Fields | None] = {}
 
 
 def _split_audio(text: str, start: int) -> AudioFrame | None:
@@ -1009,13 +1016,7 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
         digits = text[end + len(prefix) : len(text) - len(suffix)]
     else:
         digits, fields = _find_template(text, end)
-    if (
-        fields is not None
-        and len(digits) < 16  # below 2**53
-        and digits.isdigit()
-        and digits.isascii()
-        and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
-    ):
+    if fields is not None and _plain_uint(digits):
         return _hot_frame(text[start:end], int(digits), fields)
     if digits or text[end + 1 : end + 2] != ",":
         return None  # idx is there, unusual (or its template is): the general path reads it
@@ -1065,24 +1066,86 @@ def _template(key: str, at: int) -> _Fields | None:
     :data:`_TEMPLATES` either way."""
     fields = None
     if key[1:2] == ",":
-        plain = "\\" not in key and key.count(_IDX_QUOTED) == 1
-        zero = _template_object(key, at, "0")
-        one = _template_object(key, at, "1") if zero is not None and not plain else zero
-        if zero is not None and one is not None:
-            idx0, idx1 = zero.get("idx"), one.get("idx")
-            expected = 0 if plain else 1
-            if type(idx0) is int and type(idx1) is int and idx0 == 0 and idx1 == expected:
-                fields = _hot_fields(zero)
+        if "\\" not in key and key.count(_IDX_QUOTED) == 1:
+            fields = _plain_template(key, at)
+        else:
+            zero = _template_object(key, ((at, "0"),))
+            one = _template_object(key, ((at, "1"),)) if zero is not None else None
+            if zero is not None and one is not None:
+                idx0, idx1 = zero.get("idx"), one.get("idx")
+                if type(idx0) is int and type(idx1) is int and idx0 == 0 and idx1 == 1:
+                    fields = _hot_fields(zero)
     if len(_TEMPLATES) >= _MAX_TEMPLATES:
         _TEMPLATES.clear()
+        _LAYOUTS.clear()
     _TEMPLATES[key] = fields
     return fields
 
 
-def _template_object(key: str, at: int, digit: str) -> dict[str, Any] | None:
-    """The template ``key`` as the object it is with ``digit`` as idx's value; None when it is
-    not a whole object, or has an ``audio`` or ``error`` key."""
-    rest = "{" + key[2:at] + digit + key[at:]
+def _plain_template(key: str, at: int) -> _Fields | None:
+    """:func:`_template` of a template with no backslash and one ``"idx"``: from its layout
+    (see :data:`_LAYOUTS`) when it has one ``"chunk_id"`` with a plain integer value, else by
+    one parse with idx 0."""
+    c = key.find(_CHUNK_KEY) + len(_CHUNK_KEY)
+    if c >= len(_CHUNK_KEY) and key.count(_CHUNK_QUOTED) == 1:
+        if key[c : c + 1] == " ":
+            c += 1
+        stop = key.find(",", c)
+        if stop < 0:
+            stop = len(key) - 1
+        digits = key[c:stop]
+        if (stop <= at - 6 or c >= at) and _plain_uint(digits):
+            layout = (key[:c] + key[stop:], at - len(digits) if stop <= at else at, c)
+            try:
+                base = _LAYOUTS[layout]
+            except KeyError:
+                base = _LAYOUTS[layout] = _layout_fields(*layout)
+            if base is None:
+                return None
+            enc, sr, samples, _, ctx, length, size = base
+            return enc, sr, samples, int(digits), ctx, length, size
+    obj = _template_object(key, ((at, "0"),))
+    if obj is None:
+        return None
+    idx = obj.get("idx")
+    return _hot_fields(obj) if type(idx) is int and idx == 0 else None
+
+
+def _layout_fields(layout: str, idx_at: int, chunk_at: int) -> _Fields | None:
+    """The fields of a layout (a template with no backslash, one ``"idx"`` and one
+    ``"chunk_id"``: each is that key, and its value is what is at its place), parsed with 0 at
+    both places; ``chunk_id`` is then a placeholder."""
+    obj = _template_object(layout, ((idx_at, "0"), (chunk_at, "0")))
+    if obj is None:
+        return None
+    idx, chunk = obj.get("idx"), obj.get("chunk_id")
+    if type(idx) is not int or idx != 0 or type(chunk) is not int or chunk != 0:
+        return None
+    return _hot_fields(obj)
+
+
+def _plain_uint(digits: str) -> bool:
+    """Whether ``digits`` is a JSON integer from 0 to below 2**53 as written plainly: ASCII
+    digits, no leading zero, at most 15 of them."""
+    return (
+        len(digits) < 16
+        and digits.isdigit()
+        and digits.isascii()
+        and (digits[0] != "0" or len(digits) == 1)
+    )
+
+
+def _template_object(key: str, values: tuple[tuple[int, str], ...]) -> dict[str, Any] | None:
+    """The template ``key`` as the object it is with each ``(place, digits)`` of ``values`` at
+    its place (in ascending order); None when it is not a whole object, or has an ``audio`` or
+    ``error`` key."""
+    parts, last = ["{"], 2  # key[:2]: the quote that ends the base64, and its comma
+    for place, digits in values if len(values) < 2 or values[0][0] < values[1][0] else \
+            values[::-1]:
+        parts += (key[last:place], digits)
+        last = place
+    parts.append(key[last:])
+    rest = "".join(parts)
     try:
         obj, stop = _scan_object(rest, 0)
     except (StopIteration, ValueError, RecursionError):

@@ -89,12 +89,42 @@ class _Pipe(asyncio.BufferedProtocol):
         self.writable.set()
 
 
+class _Signal:
+    """A one-shot ``asyncio.Event`` for one loop (the driver's signal: set once, then
+    replaced): each waiter awaits a future of its own, so a cancelled waiter cancels only that
+    one. Cheaper than ``asyncio.Event``, whose ``wait`` finds its loop under a lock."""
+
+    __slots__ = ("_loop", "_waiters", "_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: list[asyncio.Future[None]] = []
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
+
+    def wait(self) -> asyncio.Future[None]:
+        waiter = self._loop.create_future()
+        if self._set:
+            waiter.set_result(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+
 class _Driver(_api.SignalDriver):
     """One socket (at a time) and one loop timer for a :class:`ClientCore`."""
 
     def __init__(self, core: ClientCore, options: _api.ConnectOptions) -> None:
-        super().__init__(core, asyncio.Event)
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        super().__init__(core, lambda: _Signal(loop))
+        self._loop = loop
         self._options = options
         self._pipe: _Pipe | None = None
         self._paused = False
