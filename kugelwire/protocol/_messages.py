@@ -978,6 +978,7 @@ _IDX_KEY = '"idx":'
 _IDX_QUOTED = '"idx"'
 _CHUNK_KEY = '"chunk_id":'
 _CHUNK_QUOTED = '"chunk_id"'
+_UNKNOWN: Any = object()  # not in a memo yet
 
 #: The other fields of the server's audio frames, by template: the text after a frame's base64
 #: with the digits of its ``idx`` cut out (within a chunk the server's frames differ only in
@@ -995,6 +996,10 @@ _last_template: tuple[str, str, _Fields] = ("\0", "\0", ("", 0, 0, None, None, 0
 #: a parse (the first audio of a turn is the first of a new chunk). Only for templates with no
 #: backslash and one ``"chunk_id"``; their ``chunk_id`` is a placeholder.
 _LAYOUTS: dict[tuple[str, int, int], _Fields | None] = {}
+#: The last layout with idx before chunk_id, in three pieces (before idx's digits, between,
+#: after chunk_id's) and its fields: a frame of a new chunk laid out as it is, is checked
+#: against it without a key to build (the first audio of the next turn, usually).
+_last_layout: tuple[str, str, str, _Fields] = ("\0", "\0", "\0", ("", 0, 0, None, None, 0, 0))
 
 
 def _split_audio(text: str, start: int) -> AudioFrame | None:
@@ -1034,6 +1039,18 @@ def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
     """The digits of the frame's ``idx`` and the fields of its template (``end``: where its
     base64 ends); ``("", None)`` when it has no ``"idx":`` or its template is too long to keep
     (the scanner then reads the other fields)."""
+    global _last_template
+    before, between, after, base = _last_layout
+    if text.startswith(before, end):  # laid out as the last layout (a new chunk, usually)
+        at = end + len(before)
+        stop = text.find(",", at)
+        if stop > 0 and text.startswith(between, stop) and text.endswith(after):
+            chunk = text[stop + len(between) : len(text) - len(after)]
+            if _plain_uint(chunk):
+                enc, sr, samples, _, ctx, length, size = base
+                found: _Fields = (enc, sr, samples, int(chunk), ctx, length, size)
+                _last_template = (text[end:at], text[stop:], found)
+                return text[at:stop] or " ", found
     at = text.find(_IDX_KEY, end) + 6
     if at < 6:
         return "", None
@@ -1045,10 +1062,8 @@ def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
     key = text[end:at] + text[stop:]
     if len(key) > _MAX_TEMPLATE_SIZE:
         return "", None
-    global _last_template
-    try:
-        fields = _TEMPLATES[key]
-    except KeyError:
+    fields = _TEMPLATES.get(key, _UNKNOWN)
+    if fields is _UNKNOWN:
         fields = _template(key, at - end)
     if fields is not None:
         _last_template = (text[end:at], text[stop:], fields)
@@ -1096,12 +1111,15 @@ def _plain_template(key: str, at: int) -> _Fields | None:
         digits = key[c:stop]
         if (stop <= at - 6 or c >= at) and _plain_uint(digits):
             layout = (key[:c] + key[stop:], at - len(digits) if stop <= at else at, c)
-            try:
-                base = _LAYOUTS[layout]
-            except KeyError:
+            base = _LAYOUTS.get(layout, _UNKNOWN)
+            if base is _UNKNOWN:
                 base = _LAYOUTS[layout] = _layout_fields(*layout)
             if base is None:
                 return None
+            text, idx_at, chunk_at = layout
+            if idx_at < chunk_at:
+                global _last_layout
+                _last_layout = (text[:idx_at], text[idx_at:chunk_at], text[chunk_at:], base)
             enc, sr, samples, _, ctx, length, size = base
             return enc, sr, samples, int(digits), ctx, length, size
     obj = _template_object(key, ((at, "0"),))

@@ -94,7 +94,7 @@ class _Signal:
     replaced): each waiter awaits a future of its own, so a cancelled waiter cancels only that
     one. Cheaper than ``asyncio.Event``, whose ``wait`` finds its loop under a lock."""
 
-    __slots__ = ("_loop", "_waiters", "_set")
+    __slots__ = ("_loop", "_set", "_waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

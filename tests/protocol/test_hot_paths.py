@@ -135,6 +135,10 @@ def test_the_scanner_path_is_taken_for_audio(monkeypatch: pytest.MonkeyPatch) ->
     for idx in (6, 10, 123456789):
         later = AudioFrame.from_bytes(b"\x03\x04" * 40, idx=idx, sr=24000, chunk_id=0)
         assert parse_server_message(later.to_json()) == later
+    # nor do the frames of later chunks (the layout: idx and chunk_id cut out)
+    for chunk, idx in ((1, 0), (1, 1), (2, 0), (17, 3), (10**15 - 1, 0)):
+        later = AudioFrame.from_bytes(b"\x03\x04" * 40, idx=idx, sr=24000, chunk_id=chunk)
+        assert parse_server_message(later.to_json()) == later
     assert calls == []
     spaced = json.dumps(frame.to_dict())
     assert spaced.startswith('{"audio": "')
@@ -183,15 +187,20 @@ def _split_texts(draw: st.DrawFn) -> str:
         st.text(alphabet='AQgw+/=\\"\u00e9\n ', max_size=12),
     ))
     # idx as the server writes it (any value), and tokens only a general parser reads right
-    idx = draw(st.one_of(
-        st.integers(0, 3).map(str), st.integers(0, 2**53 + 2).map(str),
-        st.sampled_from(["07", "00", "-1", "-0", "1.5", "1e2", " 3", "3 ", "\t3", "+3", "0x1",
-                         "9007199254740993", "99999999999999999", "\u0661", "true", '"3"']),
-    ))
+    def number(plain: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        return st.one_of(
+            plain, st.integers(0, 2**53 + 2).map(str),
+            st.sampled_from(["07", "00", "-1", "-0", "1.5", "1e2", " 3", "3 ", "\t3", "+3",
+                             "0x1", "9007199254740993", "99999999999999999", "\u0661", "true",
+                             '"3"', "null"]),
+        )
+
+    idx = draw(number(st.integers(0, 3).map(str)))
+    chunk = draw(number(st.sampled_from(["0", "0", "1", "2"])))
     colon = draw(st.sampled_from([":", ":", ": "]))
     fields = [f'"enc"{colon}"pcm_s16le"', f'"idx"{colon}{idx}', f'"sr"{colon}24000',
               f'"samples"{colon}{len(pcm) // 2 + draw(st.sampled_from([0, 0, 0, 1]))}',
-              f'"chunk_id"{colon}{draw(st.sampled_from([0, 0, 1, 2]))}']
+              f'"chunk_id"{colon}{chunk}']
     if draw(st.booleans()):
         fields.append(fields.pop(1))  # idx last: no comma after its digits
     extra = draw(st.sampled_from(['', '', '"error":"x"', '"audio":"AA=="', '"\\u0061udio":"AA=="',
