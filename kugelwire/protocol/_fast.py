@@ -30,8 +30,10 @@ fast path                 replaces (the plain path)            why equivalent; t
 audio split, checked      the JSON scan of an audio frame's    declines on anything unusual (see
 audio fields, their       base64, the general field checks     ``_messages._split_audio``,
 templates, first-key      (once per template: the fields but   ``_template``, ``_audio_hot``,
-dispatch, the checked     ``idx``), the precedence ladder,     ``_parse_object``).
-base64 decode             the strict decode (``_messages``)    test_hot_paths.py
+dispatch, the checked     ``idx``), the precedence ladder,     ``_parse_object``,
+base64 decode, the        the strict decode, the scan and      ``_split_generation_started``).
+in-place                  checks of ``generation_started``     test_hot_paths.py
+``generation_started``    (``_messages``)
 the token shortcut        ``parse_client_message``'s general   a ``{"text"[, "flush"]}`` object
 (``_messages``)           field checks (server role)           only. test_fast_switch.py
 :func:`audio_json`        ``dumps(AudioFrame.to_dict())`` for  only for frames whose audio is

@@ -514,6 +514,18 @@ class GenerationStartedFrame(_JsonMessage):
         )
 
 
+if TYPE_CHECKING:
+
+    def _generation_started_frame(
+        chunk_id: int, text: str, context_id: str | None
+    ) -> GenerationStartedFrame: ...
+
+else:
+    _generation_started_frame = _fast.frozen_constructor(
+        GenerationStartedFrame, ("chunk_id", "text", "context_id")
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkCompleteFrame(_JsonMessage):
     chunk_id: int
@@ -955,6 +967,10 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
             frame = _split_audio(text, _AUDIO_START_SPACED)
             if frame is not None:
                 return frame
+        elif text.startswith(_GENERATION_HEAD):
+            started = _split_generation_started(text)
+            if started is not None:
+                return started
         if text[:1] == "{":
             try:
                 obj, end = _scan_object(text, 0)
@@ -1033,6 +1049,32 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
     if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
         return None
     return _audio_hot(text[start:end], obj)
+
+
+#: How the server writes ``generation_started`` on /ws/tts/stream (a turn's first message):
+#: ``{"generation_started":true,"chunk_id":<n>,"text":<string>}``.
+_GENERATION_HEAD = '{"generation_started":true,"chunk_id":'
+_GENERATION_START = len(_GENERATION_HEAD)
+_GENERATION_TEXT = ',"text":"'
+_scan_string: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _split_generation_started(text: str) -> GenerationStartedFrame | None:
+    """The frame ``{"generation_started":true,"chunk_id":<n>,"text":<string>}`` read in place:
+    ``chunk_id`` a plain integer, then ``text`` decoded by json's C string scanner, then the end
+    of the object. None, for the general path to decide, for anything else (other keys, another
+    order, spaces, a text that is not a valid JSON string)."""
+    stop = text.find(",", _GENERATION_START)
+    digits = text[_GENERATION_START:stop]
+    if stop < 0 or not _plain_uint(digits) or not text.startswith(_GENERATION_TEXT, stop):
+        return None
+    try:
+        value, end = _scan_string(text, stop + len(_GENERATION_TEXT))
+    except ValueError:
+        return None
+    if end != len(text) - 1 or text[end] != "}":
+        return None
+    return _generation_started_frame(int(digits), value, None)
 
 
 def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:

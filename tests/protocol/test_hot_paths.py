@@ -374,3 +374,39 @@ def test_the_exact_length_decode_accepts_what_the_strict_decode_accepts(
     for codec in (_messages._stdlib_base64_codec(), _messages._base64_codec()):
         _, strict, _, exact = codec
         assert outcome(exact) == outcome(strict)
+
+
+@st.composite
+def _generation_texts(draw: st.DrawFn) -> str:
+    """``generation_started`` as the server writes it, and near misses: any chunk_id token, any
+    text (escaped by json.dumps, or raw with quotes, backslashes and control characters), other
+    keys after it, spaces, text after the object."""
+    chunk = draw(st.one_of(st.integers(0, 2**53 + 2).map(str),
+                           st.sampled_from(["0", "07", "-1", "1.5", " 3", "null", '"3"', ""])))
+    value = draw(st.one_of(
+        st.text(max_size=12).map(json.dumps),
+        st.text(alphabet='ab"\\\n\t\u00e9', max_size=8).map(lambda t: '"' + t + '"'),
+        st.sampled_from(['"x', '"\\u00', '"\\ud800"', "1", "null", '"a"b"']),
+    ))
+    tail = draw(st.sampled_from(["}", "}", "}", ',"context_id":"c"}', "} ", "}x", ',"x":1}', ""]))
+    head = draw(st.sampled_from(['{"generation_started":true,"chunk_id":',
+                                 '{"generation_started":true,"chunk_id":',
+                                 '{"generation_started": true, "chunk_id": ',
+                                 '{"generation_started":false,"chunk_id":']))
+    text_key = draw(st.sampled_from([',"text":', ',"text":', ', "text": ', ',"text" :']))
+    return head + chunk + text_key + value + tail
+
+
+@settings(max_examples=800, deadline=None)
+@given(_generation_texts())
+def test_generation_started_in_place_parses_like_json_loads(text: str) -> None:
+    assert _outcome(text) == _plain(text)
+
+
+def test_generation_started_in_place_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fast, "ENABLED", True)
+    monkeypatch.setattr(_messages, "_scan_object", lambda t, i: pytest.fail("scanner used"))
+    text = '{"generation_started":true,"chunk_id":12,"text":"Gr\\u00fc\\u00dfe, \\"you\\"."}'
+    frame = parse_server_message(text)
+    assert frame == _messages.GenerationStartedFrame(12, 'Grüße, "you".')
+    assert type(frame) is _messages.GenerationStartedFrame
