@@ -829,6 +829,9 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
         self._reject_body = bytearray()
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._rx = bytearray()  # fast path: bytes of an incomplete text frame (see _fast_text)
+        #: wsproto was seen holding no part of a frame or message and got no bytes since (its
+        #: decoder changes only when fed: no need to look inside it again)
+        self._ws_idle = False
         self._send(
             Request(
                 host=host_header,
@@ -905,6 +908,7 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
         super().receive_data(data, now)
 
     def _receive_handshake(self, data: bytes, now: float) -> None:
+        self._ws_idle = False
         try:
             self._ws.receive_data(data if data else None)
             self._process_events()
@@ -943,19 +947,25 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
                 rx += data[pos:]  # the start of a text frame (usually nothing)
                 return
             data = data[pos:]
+        if data:
+            self._ws_idle = False
         super()._receive_frames(data)
 
     def _busy(self) -> bool:
-        return bool(self._rx) or super()._busy()
+        if self._rx or self._parts or self._message_size:
+            return True
+        return not self._ws_idle and super()._busy()
 
     def _open(self) -> bool:
         return self._state is ConnectionState.OPEN
 
     def _wsproto_idle(self) -> bool:
         """OPEN, no message being assembled, and wsproto holds no bytes of a frame."""
-        return self._state is ConnectionState.OPEN and not self._parts and _fast.wsproto_idle(
-            self._ws
-        )
+        if self._state is not ConnectionState.OPEN or self._parts:
+            return False
+        if not self._ws_idle:
+            self._ws_idle = _fast.wsproto_idle(self._ws)
+        return self._ws_idle
 
     def _fast_text(self, rx: bytes | bytearray) -> tuple[int, bool]:
         """Deliver the complete unmasked ``FIN`` text frames at the head of ``rx``; return how
