@@ -341,7 +341,8 @@ class TaskDriver(_api.SignalDriver):
                 await self.lib.sleep(0)
                 core.receive_held(self.now())
                 self.changed()
-            await self._flush()
+            if self._pending or core.unsent_size:  # a reply to write (a pong, a close frame)
+                await self._flush()
 
     async def _write_loop(self) -> None:
         """Writes what commands queued without writing themselves (never the timer's job: a

@@ -252,7 +252,8 @@ class _Driver(_api.SignalDriver):
             _api.SignalDriver.changed(self)  # follow the core after it, with the held frames
             self._loop.call_soon(self._receive_held, pipe)
             return
-        self._write()
+        if core.unsent_size:  # a reply to write (a pong, a close frame)
+            self._write()
         self.changed()
 
     def _receive_held(self, pipe: _Pipe) -> None:
