@@ -36,7 +36,6 @@ from ._events import (
     ContextTimeout,
     Diagnostic,
     ErrorCode,
-    GenerationStarted,
     Interrupted,
     RequestFinal,
     ServerError,
@@ -48,10 +47,11 @@ from ._events import (
     TurnFinal,
     TurnMetrics,
     TurnReplay,
-    TurnStarted,
     WordTimestamps,
     _audio_chunk,
 )
+from ._events import _generation_started as _new_generation_started
+from ._events import _turn_started as _new_turn_started
 from ._messages import (
     AudioFrame,
     ChunkCompleteFrame,
@@ -578,7 +578,9 @@ class _ClientSession:
         self, cycle: _Cycle, msg: GenerationStartedFrame, now: float, context_id: str | None
     ) -> None:
         cycle.on_generation_started(msg)
-        self._events.append(GenerationStarted(cycle.number, msg.chunk_id, msg.text, context_id))
+        self._events.append(
+            _new_generation_started(cycle.number, msg.chunk_id, msg.text, context_id)
+        )
 
     def _word_timestamps(
         self, cycle: _Cycle, msg: WordTimestampsFrame, now: float, context_id: str | None
@@ -756,7 +758,7 @@ class StreamClientSession(_ClientSession):
             turn = _Turn(_Cycle(self._next_turn, first_text_at=now))
             self._next_turn += 1
             self._turns.append(turn)
-            self._events.append(TurnStarted(turn.number))
+            self._events.append(_new_turn_started(turn.number))
             if self._send_config:
                 config = self._config.to_dict()
                 self._send_config = False
@@ -1170,7 +1172,7 @@ class MultiClientSession(_ClientSession):
             "max_new_tokens": max_new_tokens, "text": text,
         }
         self._contexts[context_id] = ctx
-        self._events.append(TurnStarted(0, context_id))
+        self._events.append(_new_turn_started(0, context_id))
         self._send(msg)
 
     def send_text(self, context_id: str, text: str, now: float, *, flush: bool = False) -> int:
@@ -1391,7 +1393,7 @@ class MultiClientSession(_ClientSession):
     def _announce(self, ctx: _Context) -> None:
         if not ctx.announced:
             ctx.announced = True
-            self._events.append(TurnStarted(ctx.number, ctx.context_id))
+            self._events.append(_new_turn_started(ctx.number, ctx.context_id))
 
     def _new_cycle(self, ctx: _Context) -> None:
         """A ``final`` ended the oldest flush: text sent after that flush carries over."""
@@ -1526,7 +1528,7 @@ class TTSClientSession(_ClientSession):
         self._next += 1
         req.cycle.parts.append(text)
         self._requests.append(req)
-        self._events.append(TurnStarted(req.number))
+        self._events.append(_new_turn_started(req.number))
         self._spell_check(req.cycle, text, config, None)
         self._send({"text": text, **config.to_dict()})
         return req.number

@@ -193,16 +193,30 @@ class AudioChunk(_Event):
 
 
 #: ``AudioChunk(turn, frame, offset_s, context_id)``, its slots filled directly (the client's
-#: hot path: one per audio message; see :mod:`._fast`).
+#: hot path: one per audio message; see :mod:`._fast`), and the same for ``TurnStarted`` and
+#: ``GenerationStarted``.
 if TYPE_CHECKING:  # the signature the generated function has
 
     def _audio_chunk(
         turn: int, frame: AudioFrame, offset_s: float, context_id: str | None = None
     ) -> AudioChunk: ...
 
+    def _turn_started(turn: int, context_id: str | None = None) -> TurnStarted: ...
+
+    def _generation_started(
+        turn: int, chunk_id: int, text: str, context_id: str | None = None
+    ) -> GenerationStarted: ...
+
 else:
     _audio_chunk = _fast.frozen_constructor(
         AudioChunk, ("turn", "frame", "offset_s", "context_id"), {"context_id": None}
+    )
+    #: the first events of every turn (on the way to its flush and to its first audio)
+    _turn_started = _fast.frozen_constructor(
+        TurnStarted, ("turn", "context_id"), {"context_id": None}
+    )
+    _generation_started = _fast.frozen_constructor(
+        GenerationStarted, ("turn", "chunk_id", "text", "context_id"), {"context_id": None}
     )
 
 

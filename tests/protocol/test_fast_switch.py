@@ -29,10 +29,19 @@ from kugelwire.protocol import (
     _fast,
     fast_paths,
 )
-from kugelwire.protocol._events import AudioChunk, _audio_chunk
+from kugelwire.protocol._events import (
+    AudioChunk,
+    GenerationStarted,
+    TurnStarted,
+    _audio_chunk,
+    _generation_started,
+    _turn_started,
+)
 from kugelwire.protocol._messages import (
     AudioFrame,
+    GenerationStartedFrame,
     _audio_frame,
+    _generation_started_frame,
     _set_checked,
     dumps,
     parse_client_message,
@@ -186,6 +195,16 @@ def test_frozen_constructors_match_the_dataclass_constructors(
                 chunk.turn = 1  # type: ignore[misc]
             with pytest.raises(dataclasses.FrozenInstanceError):
                 frame.idx = 1  # type: ignore[misc]
+            started = _turn_started(turn, ctx)
+            assert started == TurnStarted(turn, ctx) and type(started) is TurnStarted
+            assert _turn_started(turn) == TurnStarted(turn)
+            generation = _generation_started(turn, idx, enc, ctx)
+            assert generation == GenerationStarted(turn, idx, enc, ctx)
+            assert type(generation) is GenerationStarted
+            assert _generation_started(turn, idx, enc) == GenerationStarted(turn, idx, enc)
+            head = _generation_started_frame(idx, enc, ctx)
+            assert head == GenerationStartedFrame(idx, enc, ctx)
+            assert type(head) is GenerationStartedFrame
         finally:
             fast_paths(previous)
 
