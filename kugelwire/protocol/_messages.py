@@ -243,20 +243,23 @@ def _stdlib_base64_codec() -> Codec:
     """:func:`_base64_codec` without the ``fast`` extra: the standard library's."""
     a2b = binascii.a2b_base64
 
+    if sys.version_info >= (3, 11):
+
+        def decode_exact(text: str) -> bytes:
+            return a2b(text, strict_mode=True)
+
+    else:
+
+        def decode_exact(text: str) -> bytes:
+            return b64decode(text, validate=True)
+
     def decode_std(text: str) -> bytes:
         # The stdlib's strict mode still takes padding past a complete quad ("AAAA=",
         # "AAAA===="); pybase64 and RFC 4648 do not.
         if text.endswith("=") and (len(text) % 4 or text.endswith("===")):
             raise binascii.Error("Excess padding")
-        if sys.version_info >= (3, 11):
-            return a2b(text, strict_mode=True)
-        return b64decode(text, validate=True)
+        return decode_exact(text)
 
-    if sys.version_info >= (3, 11):
-        def decode_exact(text: str) -> bytes:
-            return a2b(text, strict_mode=True)
-    else:
-        decode_exact = decode_std
     return b64encode, decode_std, a2b, decode_exact
 
 
@@ -1032,23 +1035,31 @@ def _split_audio(text: str, start: int) -> AudioFrame | None:
     if end < 0:
         return None
     fields: _Fields | None
+    digits: str | None
     prefix, suffix, fields = _last_template
     if text.startswith(prefix, end) and text.endswith(suffix):  # as the last frame (usual)
         digits = text[end + len(prefix) : len(text) - len(suffix)]
     else:
         digits, fields = _find_template(text, end)
-    if fields is not None and _plain_uint(digits):
+    if fields is not None and digits is not None and _plain_uint(digits):
         return _hot_frame(text[start:end], int(digits), fields)
-    if digits or text[end + 1 : end + 2] != ",":
+    if digits is not None or text[end + 1 : end + 2] != ",":
         return None  # idx is there, unusual (or its template is): the general path reads it
-    rest = "{" + text[end + 2 :]
+    obj = _rest_object("{" + text[end + 2 :])
+    return None if obj is None else _audio_hot(text[start:end], obj)
+
+
+def _rest_object(rest: str) -> dict[str, Any] | None:
+    """``rest`` (the fields after an audio frame's base64, as an object) parsed by the
+    scanner; None when it is not a whole object, or has an ``audio`` or ``error`` key (a
+    duplicate would change the meaning; the scanner has decoded any escaped key)."""
     try:
         obj, stop = _scan_object(rest, 0)
     except (StopIteration, ValueError, RecursionError):
         return None
     if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
         return None
-    return _audio_hot(text[start:end], obj)
+    return obj
 
 
 #: How the server writes ``generation_started`` on /ws/tts/stream (a turn's first message):
@@ -1077,10 +1088,10 @@ def _split_generation_started(text: str) -> GenerationStartedFrame | None:
     return _generation_started_frame(int(digits), value, None)
 
 
-def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
-    """The digits of the frame's ``idx`` and the fields of its template (``end``: where its
-    base64 ends); ``("", None)`` when it has no ``"idx":`` or its template is too long to keep
-    (the scanner then reads the other fields)."""
+def _find_template(text: str, end: int) -> tuple[str | None, _Fields | None]:
+    """The text of the frame's ``idx`` value (up to the next comma) and the fields of its
+    template (``end``: where its base64 ends); ``(None, None)`` when it has no ``"idx":`` or
+    its template is too long to keep (the scanner then reads the other fields)."""
     global _last_template
     before, between, after, base = _last_layout
     if text.startswith(before, end):  # laid out as the last layout (a new chunk, usually)
@@ -1092,10 +1103,10 @@ def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
                 enc, sr, samples, _, ctx, length, size = base
                 found: _Fields = (enc, sr, samples, int(chunk), ctx, length, size)
                 _last_template = (text[end:at], text[stop:], found)
-                return text[at:stop] or " ", found
+                return text[at:stop], found
     at = text.find(_IDX_KEY, end) + 6
     if at < 6:
-        return "", None
+        return None, None
     if text[at : at + 1] == " ":
         at += 1
     stop = text.find(",", at)
@@ -1103,13 +1114,13 @@ def _find_template(text: str, end: int) -> tuple[str, _Fields | None]:
         stop = len(text) - 1
     key = text[end:at] + text[stop:]
     if len(key) > _MAX_TEMPLATE_SIZE:
-        return "", None
+        return None, None
     fields = _TEMPLATES.get(key, _UNKNOWN)
     if fields is _UNKNOWN:
         fields = _template(key, at - end)
     if fields is not None:
         _last_template = (text[end:at], text[stop:], fields)
-    return text[at:stop] or " ", fields
+    return text[at:stop], fields
 
 
 def _template(key: str, at: int) -> _Fields | None:
@@ -1197,22 +1208,13 @@ def _plain_uint(digits: str) -> bool:
 
 def _template_object(key: str, values: tuple[tuple[int, str], ...]) -> dict[str, Any] | None:
     """The template ``key`` as the object it is with each ``(place, digits)`` of ``values`` at
-    its place (in ascending order); None when it is not a whole object, or has an ``audio`` or
-    ``error`` key."""
+    its place (see :func:`_rest_object`)."""
     parts, last = ["{"], 2  # key[:2]: the quote that ends the base64, and its comma
-    for place, digits in values if len(values) < 2 or values[0][0] < values[1][0] else \
-            values[::-1]:
+    for place, digits in sorted(values):
         parts += (key[last:place], digits)
         last = place
     parts.append(key[last:])
-    rest = "".join(parts)
-    try:
-        obj, stop = _scan_object(rest, 0)
-    except (StopIteration, ValueError, RecursionError):
-        return None
-    if stop != len(rest) or type(obj) is not dict or "audio" in obj or "error" in obj:
-        return None
-    return obj
+    return _rest_object("".join(parts))
 
 
 def _parse_object(obj: dict[str, Any]) -> ServerMessage:
