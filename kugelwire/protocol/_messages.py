@@ -366,6 +366,27 @@ class AudioFrame(_JsonMessage):
         _set_checked(frame, True)  # base64 by construction
         return frame
 
+    @staticmethod
+    def text_from_bytes(
+        data: bytes,
+        *,
+        enc: str = "pcm_s16le",
+        idx: int,
+        sr: int,
+        chunk_id: int | None = None,
+        context_id: str | None = None,
+    ) -> str:
+        """``from_bytes(...).to_json()`` without building the frame (how a server sends its
+        audio: the text is all it needs)."""
+        samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
+        if _fast.ENABLED:
+            text = _fast.audio_text(_b64(data), enc, idx, sr, samples, chunk_id, context_id)
+            if text is not None:
+                return text
+        return AudioFrame.from_bytes(
+            data, enc=enc, idx=idx, sr=sr, chunk_id=chunk_id, context_id=context_id
+        ).to_json()
+
     @property
     def data(self) -> bytes:
         """The raw audio bytes in :attr:`enc` (decoded when parsed, else on first access)."""

@@ -572,21 +572,20 @@ class _ServerSession:
 
             data = ulaw_encode(pcm) if enc == "mulaw" else alaw_encode(pcm)
         samples = len(pcm) // 2
-        frame = AudioFrame.from_bytes(
+        self._outbox.append(AudioFrame.text_from_bytes(
             data,
             enc=enc,
             idx=work.idx,
             sr=work.params.sample_rate,
             chunk_id=job.ref.chunk_id,
             context_id=work.context_id,
-        )
+        ))
         work.idx += 1
         job.samples += samples
         work.total_samples += samples
         work.audio_frames += 1
         if work.first_audio_at is None:
             work.first_audio_at = now
-        self._send(frame)
 
     def _chunk_done(self, job: _Job, gen_ms: float, now: float) -> None:
         work = job.work
