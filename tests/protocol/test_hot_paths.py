@@ -422,7 +422,7 @@ def test_a_servers_audio_text_is_its_frames_json(
     fields: dict[str, Any] = dict(enc=enc, idx=idx, sr=sr, chunk_id=chunk_id, context_id=ctx)
     previous = _fast.fast_paths(on)
     try:
-        text = AudioFrame.text_from_bytes(data, **fields)
+        text = _messages.audio_frame_text(data, enc, idx, sr, chunk_id, ctx)
     finally:
         _fast.fast_paths(previous)
     assert text == AudioFrame.from_bytes(data, **fields).to_json() == dumps(
