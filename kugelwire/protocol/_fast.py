@@ -75,6 +75,8 @@ import h11
 
 __all__ = [
     "Masks",
+    "audio_json",
+    "audio_text",
     "enabled",
     "fast_paths",
     "frozen_constructor",
@@ -82,6 +84,7 @@ __all__ = [
     "http_response",
     "masked_text_frame",
     "scan_object",
+    "text_frame_head",
     "text_frames",
     "wsproto_idle",
 ]
@@ -127,14 +130,21 @@ def audio_json(frame: Any) -> str | None:
     """The text ``dumps(frame.to_dict())`` writes, for an ``AudioFrame`` whose ``audio`` is
     known to be base64 (nothing in it to escape), built without scanning the payload again;
     None for anything unusual (a field that is not an ``int`` / ``str``): ``dumps`` writes it."""
-    idx, sr, samples, enc = frame.idx, frame.sr, frame.samples, frame.enc
-    chunk_id, context_id = frame.chunk_id, frame.context_id
+    return audio_text(frame.audio, frame.enc, frame.idx, frame.sr, frame.samples,
+                      frame.chunk_id, frame.context_id)
+
+
+def audio_text(
+    audio: str, enc: Any, idx: Any, sr: Any, samples: Any, chunk_id: Any, context_id: Any
+) -> str | None:
+    """:func:`audio_json` of the frame with these fields (``audio``: base64), with no frame
+    built (the server's audio frames go out as this text)."""
     if type(idx) is not int or type(sr) is not int or type(samples) is not int:
         return None
     if type(enc) is not str:
         return None
     text = (
-        f'{{"audio":"{frame.audio}","enc":{_json_string(enc)},"idx":{idx},"sr":{sr},'
+        f'{{"audio":"{audio}","enc":{_json_string(enc)},"idx":{idx},"sr":{sr},'
         f'"samples":{samples}'
     )
     if chunk_id is not None:
@@ -244,6 +254,17 @@ class Masks:
 
 
 _mask = Masks()
+
+
+def text_frame_head(size: int) -> bytes:
+    """The head of one final, unmasked text frame (RFC 6455 section 5.2) of ``size`` payload
+    bytes: what ``WSConnection(SERVER).send(TextMessage(...))`` writes before the payload of
+    an OPEN connection (the server adds the payload after it, with no copy of the two)."""
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big")
+    return bytes((0x81, 127)) + size.to_bytes(8, "big")
 
 
 def masked_text_frame(payload: bytes) -> bytes:

@@ -324,6 +324,21 @@ def _b64(data: bytes) -> str:
     return _b64encode(data).decode("ascii")
 
 
+def audio_frame_text(
+    data: bytes, enc: str, idx: int, sr: int, chunk_id: int | None, context_id: str | None
+) -> str:
+    """``AudioFrame.from_bytes(data, enc=enc, idx=idx, ...).to_json()`` without building the
+    frame (how a server sends its audio: the text is all it needs)."""
+    samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
+    if _fast.ENABLED:
+        text = _fast.audio_text(_b64(data), enc, idx, sr, samples, chunk_id, context_id)
+        if text is not None:
+            return text
+    return AudioFrame.from_bytes(
+        data, enc=enc, idx=idx, sr=sr, chunk_id=chunk_id, context_id=context_id
+    ).to_json()
+
+
 @dataclass(frozen=True, slots=True)
 class AudioFrame(_JsonMessage):
     """``{"audio": ..., "enc", "idx", "sr", "samples", "chunk_id"[, "context_id"]}``.

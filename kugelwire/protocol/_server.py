@@ -28,7 +28,6 @@ from ._constants import MULTI_ENDPOINT, SERVICE_RESTART, STREAM_ENDPOINT, TTS_EN
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._markup import MarkupError
 from ._messages import (
-    AudioFrame,
     ClientMessage,
     ErrorFrame,
     FinalFrame,
@@ -572,21 +571,15 @@ class _ServerSession:
 
             data = ulaw_encode(pcm) if enc == "mulaw" else alaw_encode(pcm)
         samples = len(pcm) // 2
-        frame = AudioFrame.from_bytes(
-            data,
-            enc=enc,
-            idx=work.idx,
-            sr=work.params.sample_rate,
-            chunk_id=job.ref.chunk_id,
-            context_id=work.context_id,
-        )
+        self._outbox.append(_messages.audio_frame_text(
+            data, enc, work.idx, work.params.sample_rate, job.ref.chunk_id, work.context_id
+        ))
         work.idx += 1
         job.samples += samples
         work.total_samples += samples
         work.audio_frames += 1
         if work.first_audio_at is None:
             work.first_audio_at = now
-        self._send(frame)
 
     def _chunk_done(self, job: _Job, gen_ms: float, now: float) -> None:
         work = job.work

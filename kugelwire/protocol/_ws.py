@@ -375,6 +375,8 @@ class _Connection(Generic[_E]):
     _ws: WSConnection
     #: The events only the other role has (never queued by this one).
     _OTHER_ROLE: ClassVar[tuple[type, ...]] = ()
+    #: This role masks its frames (RFC 6455 section 5.3: the client does, the server not).
+    _masked: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -613,12 +615,28 @@ class _Connection(Generic[_E]):
         self._out += self._ws.send(event)
 
     def _flush_session(self) -> None:
-        """Frame the session's outbox; start closing when the session asks for it."""
+        """Frame the session's outbox; start closing when the session asks for it. Fast
+        path: what wsproto writes for a complete data frame (it keeps no state for one),
+        built here: a client's masked frame in one step; a server's frame head, then the
+        message's UTF-8 bytes, appended with no copy of the two."""
         session = self._session
         if session is None or self._state is not ConnectionState.OPEN:
             return
-        for text in session.messages_to_send():
-            self._send(TextMessage(data=text))
+        texts = session.messages_to_send()
+        if texts and self._ws.state is _WSState.OPEN and _fast.ENABLED:
+            out = self._out
+            if self._masked:
+                for text in texts:
+                    out += _fast.masked_text_frame(text.encode())
+            else:
+                head = _fast.text_frame_head
+                for text in texts:
+                    data = text.encode()
+                    out += head(len(data))
+                    out += data
+        else:
+            for text in texts:
+                self._send(TextMessage(data=text))
         code = session.close_code
         if code is not None:
             self._start_close(code, "")
@@ -762,6 +780,7 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
     handshake completes and sent right after it.
     """
 
+    _masked = True
     _OTHER_ROLE = (Accepted, Rejected)
 
     def __init__(
@@ -855,24 +874,6 @@ class ClientConnection(_Connection[ClientConnectionEvent]):
     def address(self) -> tuple[str, int]:
         """``(host, port)`` to open the TCP connection to."""
         return self._address
-
-    def _flush_session(self) -> None:
-        """Frame the session's outbox (fast path: one masked text frame per message, built
-        here in one step; wsproto keeps no state for a complete data frame)."""
-        session = self._session
-        if session is None or self._state is not ConnectionState.OPEN:
-            return
-        texts = session.messages_to_send()
-        if texts and self._ws.state is _WSState.OPEN and _fast.ENABLED:
-            out = self._out
-            for text in texts:
-                out += _fast.masked_text_frame(text.encode())
-        else:
-            for text in texts:
-                self._send(TextMessage(data=text))
-        code = session.close_code
-        if code is not None:
-            self._start_close(code, "")
 
     @property
     def secure(self) -> bool:

@@ -335,8 +335,8 @@ class EngineJob:
     reach :meth:`ServerCore.job_done` together, in order, so a fast engine costs few thread
     hops per chunk."""
 
-    __slots__ = ("_engine", "_gen", "_later", "batch_bytes", "busy", "closing", "done", "gen_s",
-                 "peer", "request", "token")
+    __slots__ = ("_engine", "_gen", "_later", "batch_bytes", "busy", "closing", "done",
+                 "frame_bytes", "gen_s", "peer", "request", "rest", "sent_audio", "token")
 
     def __init__(self, peer: _Peer, request: SynthesisRequested) -> None:
         self.peer = peer
@@ -353,8 +353,20 @@ class EngineJob:
         #: worth on the first call (the chunk's first audio goes out as soon as it is made),
         #: then an eighth of ``write_buffer_limit`` (flow control overshoots by little)
         frame_ms = (options.limits or _LIMITS).frame_ms
-        self.batch_bytes = max(1, request.params.sample_rate * frame_ms // 1000) * 2
+        self.frame_bytes = max(1, request.params.sample_rate * frame_ms // 1000) * 2
+        self.batch_bytes = self.frame_bytes
         self._later = max(self.batch_bytes, options.write_buffer_limit // 8)
+        #: what a worker call handed over and is not sent yet (see ServerCore._emit): the
+        #: items left (the first one from ``rest[0]``'s offset), the engine's error, whether
+        #: the generator is exhausted
+        self.rest: tuple[deque[SynthesisItem], int, BaseException | None, bool] | None = None
+        self.sent_audio = False  # a frame of this chunk has gone out
+
+    @property
+    def step_bytes(self) -> int:
+        """The longest piece sent in one step (see ServerCore._emit): whole frames up to an
+        eighth of ``write_buffer_limit``."""
+        return max(self.frame_bytes, self._later - self._later % self.frame_bytes)
 
     def advance(self) -> SynthesisItem | None:
         """The next item; None when exhausted. Once cancelled it closes the generator instead
@@ -519,13 +531,50 @@ class ServerCore:
         if job.token.cancelled or peer.lost or session is None:
             self._retire(job)
             return
+        self._emit(job, deque(items), 0, error, done, now)
+
+    def _emit(
+        self,
+        job: EngineJob,
+        items: deque[SynthesisItem],
+        offset: int,
+        error: BaseException | None,
+        done: bool,
+        now: float,
+    ) -> None:
+        """Send ``items`` (the first from ``offset``) to the session. A piece longer than
+        :attr:`EngineJob.step_bytes` goes out in steps, cut at frame boundaries (the frames are
+        the ones it makes whole): the chunk's first frame alone, then ``step_bytes`` at a
+        time; the rest waits for the connection's next step (its deadline is now), so the
+        adapter writes what one step made before the next is framed (a long piece's first
+        frames are on their way at once) and serves other connections in between. Then the
+        chunk's end, or back to the engine."""
+        peer = job.peer
+        session = peer.session
+        assert session is not None
         ref = job.request.ref
+        step = job.step_bytes
         keep = True
-        for item in items:
+        while items:
+            item = items[0]
             if isinstance(item, WordTimestamp):
+                items.popleft()
                 keep = session.send_word_timestamps(ref, (item,), now)
+            elif len(item) - offset > step and not len(item) % 2:
+                cut = step if job.sent_audio else job.frame_bytes
+                job.sent_audio = True
+                if session.send_audio(ref, item[offset : offset + cut], now):
+                    job.rest = (items, offset + cut, error, done)
+                    peer._emitting.append(job)
+                    peer._emit_at = now
+                    peer._pump(now)
+                    return
+                keep = False
             else:
-                keep = session.send_audio(ref, item, now)
+                items.popleft()
+                job.sent_audio = True
+                keep = session.send_audio(ref, item[offset:] if offset else item, now)
+                offset = 0
             if not keep:
                 break
         if keep and error is not None:
@@ -540,6 +589,21 @@ class ServerCore:
         else:
             peer._forget(job)
         peer._pump(now)
+
+    def _resume(self, peer: _Peer, now: float) -> None:
+        """The next step of the pieces ``peer`` has not sent in full (see :meth:`_emit`)."""
+        emitting, peer._emitting = peer._emitting, deque()
+        peer._emit_at = None
+        for job in emitting:
+            rest, job.rest = job.rest, None
+            if rest is None:
+                continue
+            if job.token.cancelled or peer.lost or peer.session is None:
+                self._retire(job)
+                continue
+            self._emit(job, *rest, now)
+        if emitting and not peer.lost:
+            peer._offer()
 
     def _cancel(self, job: EngineJob) -> None:
         self._jobs -= 1
@@ -573,6 +637,9 @@ class _Peer:
         self._now = now
         self._jobs: dict[int, EngineJob] = {}
         self._ready: deque[EngineJob] = deque()
+        #: jobs with a piece partly sent (see ServerCore._emit) and when the next step is due
+        self._emitting: deque[EngineJob] = deque()
+        self._emit_at: float | None = None
         server.connections.add(self)
         #: the peer's address for log lines (the adapter may set it; the core never reads it)
         self.peer = "?"
@@ -681,6 +748,8 @@ class _Peer:
         self.lost = True
         server = self.server
         self._ready.clear()
+        self._emitting.clear()
+        self._emit_at = None
         for job in self._jobs.values():
             server._cancel(job)
         self._jobs.clear()
@@ -775,9 +844,9 @@ class ConnectionCore(_Peer):
     def next_deadline(self) -> float | None:
         conn = self.conn
         deadline = None if conn is None or self.lost else conn.next_deadline()
-        resume = self._resume_at
-        if resume is not None and not self.lost and (deadline is None or resume < deadline):
-            deadline = resume
+        for resume in (self._resume_at, self._emit_at):
+            if resume is not None and not self.lost and (deadline is None or resume < deadline):
+                deadline = resume
         if self._reap_at is not None and (deadline is None or self._reap_at < deadline):
             return self._reap_at
         return deadline
@@ -788,7 +857,9 @@ class ConnectionCore(_Peer):
             # a peer that stopped reading (half-open) would hold the socket forever
             self.abort()
         elif self.conn is not None and not self.lost:
-            if self._resume_at is not None and now >= self._resume_at:
+            if self._emit_at is not None and now >= self._emit_at:
+                self.server._resume(self, now)
+            if self._resume_at is not None and now >= self._resume_at and not self.lost:
                 self._feed(now)
             if not self.lost:
                 self.conn.handle_timeout(now)
@@ -1040,11 +1111,16 @@ class MessageConnectionCore(_Peer):
 
     def next_deadline(self) -> float | None:
         session = self.session
-        return None if session is None or self.lost else session.next_deadline()
+        if session is None or self.lost:
+            return None
+        deadline, emit = session.next_deadline(), self._emit_at
+        return emit if emit is not None and (deadline is None or emit < deadline) else deadline
 
     def handle_timeout(self, now: float) -> None:
         self._now = now
         session = self.session
+        if self._emit_at is not None and now >= self._emit_at and not self.lost:
+            self.server._resume(self, now)
         if session is not None and not self.lost:
             deadline = session.next_deadline()
             if deadline is not None and now >= deadline:

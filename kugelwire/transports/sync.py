@@ -335,6 +335,8 @@ class _Driver:
         if core.held:  # the rest of this caller's last read
             core.receive_held(time.monotonic())
             self._notify()
+            if self._write_direct() or (core.held and self._waiting):
+                self.kick()
             return True
         try:
             data = sock.recv(READ_SIZE)
@@ -347,8 +349,12 @@ class _Driver:
         except Exception:  # as on the I/O thread: never leave the connection half-fed
             core.abort(time.monotonic())
         self._notify()
-        if self._write_direct() or (core.held and self._waiting):
-            self.kick()  # (held: the I/O thread parses the rest for the other waiting callers)
+        if core.held:  # a turn's first audio: to this caller first, the rest at its next call
+            if self._waiting:
+                self.kick()  # other callers wait: the I/O thread parses the rest for them
+            return True  # (what it queued is written after the rest, see above)
+        if self._write_direct():
+            self.kick()
         return True
 
     def close(self, *, abort: bool = False) -> None:

@@ -356,12 +356,54 @@ def test_masked_text_frames_are_the_bytes_wsproto_writes(text: str, pad: int, ke
         assert _fast.masked_text_frame(text.encode()) == client.send(TextMessage(data=text))
 
 
-def test_with_the_switch_off_the_client_frames_through_wsproto(switch: None) -> None:
+@given(st.text(max_size=200), st.sampled_from([0, 125, 126, 65535, 65536, 70000]))
+def test_server_text_frames_are_the_bytes_wsproto_writes(text: str, pad: int) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    text += "x" * pad  # across the 7-bit, 16-bit and 64-bit length forms
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="x", target="/")))
+    list(server.events())
+    server.send(AcceptConnection())
+    data = text.encode()
+    assert _fast.text_frame_head(len(data)) + data == server.send(TextMessage(data=text))
+
+
+def _open_pair() -> tuple[StreamClientSession, ClientConnection, ServerConnection]:
+    """A stream client and a server connection, upgraded, in memory."""
     session = StreamClientSession(voice_id=1)
     conn = ClientConnection(session, _UPGRADE_URL, now=0.0, keepalive_interval=None)
     server = ServerConnection(lambda path: StreamServerSession(), now=0.0)
     server.receive_data(conn.data_to_send(), 0.0)
     conn.receive_data(server.data_to_send(), 0.0)
+    return session, conn, server
+
+
+def test_with_the_switch_off_the_server_frames_through_wsproto(switch: None) -> None:
+    session, conn, server = _open_pair()
+    session.send_text("Hi.", 0.0, flush=True)
+    server.receive_data(conn.data_to_send(), 0.0)
+    (accepted,) = server.events()
+    served = accepted.session  # type: ignore[attr-defined]
+    (request,) = served.events()
+    server.data_to_send()  # generation_started
+    framed: list[Any] = []
+    real = server._ws.send
+    server._ws.send = lambda event: framed.append(event) or real(event)  # type: ignore[method-assign]
+    outputs = []
+    for on in (True, False):
+        fast_paths(on)
+        framed.clear()
+        served.send_audio(request.ref, bytes(range(256)) * 4, 0.0)  # one frame
+        outputs.append(server.data_to_send())
+        assert outputs[-1] and bool(framed) is not on  # off: wsproto framed the message
+    assert outputs[0].replace(b'"idx":0', b'"idx":1') == outputs[1]  # the same bytes either way
+
+
+def test_with_the_switch_off_the_client_frames_through_wsproto(switch: None) -> None:
+    session, conn, _ = _open_pair()
     framed: list[Any] = []
     real = conn._ws.send
     conn._ws.send = lambda event: framed.append(event) or real(event)  # type: ignore[method-assign]

@@ -410,3 +410,20 @@ def test_generation_started_in_place_is_taken(monkeypatch: pytest.MonkeyPatch) -
     frame = parse_server_message(text)
     assert frame == _messages.GenerationStartedFrame(12, 'Grüße, "you".')
     assert type(frame) is _messages.GenerationStartedFrame
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64), st.sampled_from(["pcm_s16le", "mulaw", "alaw"]),
+       st.integers(0, 2**53), st.integers(1, 96000), st.none() | st.integers(0, 2**53),
+       st.none() | st.text(max_size=8), st.booleans())
+def test_a_servers_audio_text_is_its_frames_json(
+    data: bytes, enc: str, idx: int, sr: int, chunk_id: int | None, ctx: str | None, on: bool
+) -> None:
+    fields: dict[str, Any] = dict(enc=enc, idx=idx, sr=sr, chunk_id=chunk_id, context_id=ctx)
+    previous = _fast.fast_paths(on)
+    try:
+        text = _messages.audio_frame_text(data, enc, idx, sr, chunk_id, ctx)
+    finally:
+        _fast.fast_paths(previous)
+    assert text == AudioFrame.from_bytes(data, **fields).to_json() == dumps(
+        AudioFrame.from_bytes(data, **fields).to_dict())

@@ -214,3 +214,78 @@ def test_the_tone_engine_is_inline_unless_paced_to_real_time() -> None:
     assert ToneEngine().inline and ServerOptions(engine=ToneEngine()).inline
     assert not ToneEngine(realtime_factor=0.5).inline
     assert not ServerOptions(engine=_Slow()).inline  # no attribute: worker threads
+
+
+_FRAME = 24000 * ServerLimits().frame_ms // 1000  # samples per frame
+_STEP_LIMIT = 8 * 4 * _FRAME * 2  # write_buffer_limit for steps of 4 frames (an eighth of it)
+
+
+class _OnePiece:
+    """Speaks every chunk as one long piece of PCM16 (like an engine that returns a sentence's
+    audio at once): ``frames`` frames of the server's length at 24 kHz and a short tail."""
+
+    max_concurrency = 4
+
+    def __init__(self, frames: int) -> None:
+        self.size = frames * _FRAME + 100  # samples
+
+    def synthesize(self, chunk: Any, params: Any, cancel: Any) -> Iterator[bytes]:
+        yield bytes((i * 7919 + (i >> 9)) & 0xFF for i in range(self.size * 2))
+
+
+def _speak(pair: _Pair, stepped: list[int]) -> None:
+    """Run the turn to its end; ``stepped``: the audio frames each step of the connection
+    (a worker call's result, or a due deadline) sent."""
+    pair.session.send_text(TEXT, 0.0, flush=True)
+    pair.pump()
+    while not any(isinstance(e, TurnClosed) for e in pair.events):
+        before = len(_audio(pair.events))
+        deadline = pair.conn.next_deadline()
+        if deadline is not None and deadline <= 0.0:
+            pair.conn.handle_timeout(0.0)
+        else:
+            jobs = pair.take()
+            assert jobs, "nothing to run, but the turn is not over"
+            for job in jobs:
+                items, seconds, error = advance(job)
+                pair.core.batch_done(job, items, seconds, error, 0.0)
+        pair.pump()
+        stepped.append(len(_audio(pair.events)) - before)
+
+
+def test_a_long_piece_goes_out_in_steps_and_the_wire_is_unchanged() -> None:
+    """The first frame of a long piece leaves before the rest is framed, the rest in steps of
+    an eighth of ``write_buffer_limit``; the client gets the same frames as from one step."""
+    stepped, whole = _Pair(_OnePiece(30), write_buffer_limit=_STEP_LIMIT), _Pair(
+        _OnePiece(30), write_buffer_limit=2**24)
+    steps: list[int] = []
+    _speak(stepped, steps)
+    _speak(whole, [])
+    assert _audio(stepped.events) == _audio(whole.events)
+    assert len(_audio(whole.events)) == 31  # 30 frames and the tail
+    audio_steps = [n for n in steps if n]
+    assert audio_steps[0] == 1 and audio_steps[1:] == [4] * 7 + [2], steps
+    closed = [e for e in stepped.events if isinstance(e, TurnClosed)]
+    assert closed and closed[0].total_audio_seconds == pytest.approx((30 * _FRAME + 100) / 24000)
+
+
+def test_a_turn_cancelled_while_its_piece_goes_out_gets_no_more_of_it() -> None:
+    pair = _Pair(_OnePiece(30), write_buffer_limit=_STEP_LIMIT)
+    pair.session.send_text(TEXT, 0.0, flush=True)
+    pair.pump()
+    (job,) = pair.take()
+    items, seconds, error = advance(job)
+    pair.core.batch_done(job, items, seconds, error, 0.0)
+    pair.pump()
+    assert len(_audio(pair.events)) == 1 and pair.conn.next_deadline() == 0.0
+    pair.session.cancel(0.0)
+    pair.pump()
+    for _ in range(20):  # whatever is due runs; the cancelled piece sends nothing more
+        deadline = pair.conn.next_deadline()
+        if deadline is None or deadline > 0.0:
+            break
+        pair.conn.handle_timeout(0.0)
+        pair.pump()
+    assert len(_audio(pair.events)) == 1
+    assert pair.conn.next_deadline() is None or pair.conn.next_deadline() > 0.0
+    assert not pair.conn._emitting and pair.core.stats()["jobs"] == 0

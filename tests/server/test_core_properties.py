@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kugelwire.protocol._client import StreamClientSession
-from kugelwire.protocol._events import ConnectionTerminated, TurnClosed, TurnFinal
+from kugelwire.protocol._events import AudioChunk, ConnectionTerminated, TurnClosed, TurnFinal
 from kugelwire.protocol._ws import ClientConnection, ConnectionClosed, ConnectionState
 from kugelwire.server._core import EngineJob, ServerCore, ServerOptions, SocketAction
 
@@ -26,26 +27,29 @@ IDLE = {"connections": 0, "sessions": 0, "jobs": 0, "tasks": 0}
 
 
 class _Engine:
-    """Three pieces of audio per chunk, no I/O; counts generators left open."""
+    """Three pieces of audio per chunk, ``piece`` bytes each, no I/O; counts generators left
+    open. A piece longer than a step of the core (see ``ServerCore._emit``) goes out in
+    steps."""
 
     max_concurrency = 2
 
-    def __init__(self) -> None:
+    def __init__(self, piece: int = 960) -> None:
         self.open = 0
+        self.piece = piece
 
     def synthesize(self, chunk: Any, params: Any, cancel: Any) -> Iterator[bytes]:
         self.open += 1
         try:
             for _ in range(3):
-                yield b"\x01\x00" * 480
+                yield b"\x01\x00" * (self.piece // 2)
         finally:
             self.open -= 1
 
 
 class _World:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, piece: int = 960) -> None:
         self.now = 0.0
-        self.engine = _Engine()
+        self.engine = _Engine(piece)
         self.core = ServerCore(ServerOptions(engine=self.engine, api_key=KEY, ping_interval=None,
                                              write_buffer_limit=limit))
         self.conn = self.core.connect(self.now)
@@ -167,14 +171,20 @@ STEP = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(steps=st.lists(STEP, max_size=80), limit=st.sampled_from([512, 4096, 2**20]),
-       shutdown_at=st.none() | st.integers(0, 40), drop_at=st.none() | st.integers(0, 40))
+       shutdown_at=st.none() | st.integers(0, 40), drop_at=st.none() | st.integers(0, 40),
+       piece=st.sampled_from([960, 3 * 9600 + 200]))
 # a job paused by flow control (its generator started) when the client vanishes
 @example(steps=[("to_server", 300), ("to_client", 3000), ("turn", None), ("to_server", 300),
-                ("job", 0), ("tick", 0.0)], limit=512, shutdown_at=None, drop_at=5)
+                ("job", 0), ("tick", 0.0)], limit=512, shutdown_at=None, drop_at=5, piece=960)
+# long pieces, sent in steps, while the client reads in small pieces
+@example(steps=[("to_server", 300), ("to_client", 3000), ("turn", None), ("to_server", 300),
+                ("job", 0), ("to_client", 700), ("tick", 0.0), ("to_client", 700),
+                ("tick", 0.0)], limit=512, shutdown_at=None, drop_at=None, piece=3 * 9600 + 200)
 def test_every_turn_ends_and_no_job_outlives_its_connection(
-    steps: list[tuple[str, Any]], limit: int, shutdown_at: int | None, drop_at: int | None
+    steps: list[tuple[str, Any]], limit: int, shutdown_at: int | None, drop_at: int | None,
+    piece: int,
 ) -> None:
-    w = _World(limit)
+    w = _World(limit, piece)
     w.pump()
     for i, (name, arg) in enumerate(steps):
         if i == shutdown_at:
@@ -188,6 +198,13 @@ def test_every_turn_ends_and_no_job_outlives_its_connection(
     if not interrupted:  # nothing cut the connection short: every turn must have ended
         for turn in w.turns:
             assert any(isinstance(e, TurnClosed) and e.turn == turn for e in w.events), turn
+    for e in w.events:  # a turn that ended got all its audio (three pieces per chunk)
+        if isinstance(e, TurnClosed):
+            assert e.total_text_chunks and e.total_audio_seconds == pytest.approx(
+                3 * e.total_text_chunks * (piece // 2) / 24000), e
+            audio = sum(len(a.data) for a in w.events
+                        if isinstance(a, AudioChunk) and a.turn == e.turn)
+            assert audio == 3 * e.total_text_chunks * piece, (audio, e)
     closed = next((e for e in w.conn_events if isinstance(e, ConnectionClosed)), None)
     for turn in w.turns:
         done = {type(e) for e in w.events if getattr(e, "turn", None) == turn}
