@@ -156,9 +156,12 @@ class ServerOptions:
     backlog: int = field(default=100, metadata=_cli("the listening socket's accept backlog"))
     #: WebSocket frames of one connection handled per turn of the event loop: the rest of its
     #: input waits (and reading it pauses) for ``frame_burst_pause`` seconds, so a connection
-    #: flooding tiny frames yields to everyone else (32 frames / 2 ms: 16,000 frames a second
-    #: at most per connection; a large message is always one frame's worth).
-    frame_burst: int = field(default=32, metadata=_cli(
+    #: flooding tiny frames yields to everyone else (8 frames / 2 ms: 4,000 frames a second at
+    #: most per connection; a large message is always one frame's worth). The pause counts
+    #: from the start of the burst, so a burst must take well under the pause: then the loop
+    #: goes idle in every pause, which is when the engine's worker threads get the interpreter
+    #: lock (a loop that is never idle keeps them waiting for it, for seconds).
+    frame_burst: int = field(default=8, metadata=_cli(
         "WebSocket frames of one connection handled per event-loop turn (then it pauses)"))
     #: Characters of client text (buffered, queued or being spoken) plus unsent bytes one
     #: connection may hold; a text frame that would go over it is refused with RATE_LIMITED
