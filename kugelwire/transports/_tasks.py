@@ -23,19 +23,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..errors import SendBufferFull
-from ..protocol.events import ClientEvent
 from . import _api
-from ._core import ClientCore, EventBuffer
+from ._core import ClientCore
 
 __all__ = ["TaskDriver"]
 
 READ_SIZE = _api.READ_SIZE
 #: Unwritten bytes above which ``send()`` writes (and waits) itself instead of handing over.
 HIGH_WATER = 65536
-#: Seconds the reader task leaves the socket to consumers after one read it itself: it most
-#: likely waits again soon (the next event), and a reader that took the socket back in
-#: between would have to be cancelled out of its wait again.
-TAKE_BACK = 0.02
 _R = TypeVar("_R")
 _H = TypeVar("_H")
 
@@ -45,8 +40,6 @@ class TaskDriver(_api.SignalDriver):
 
     lib: Any  # the ``trio`` or ``anyio`` module
     io_errors: tuple[type[BaseException], ...] = (OSError, _ssl.SSLError)
-    #: What waiting on a socket another task waits on raises (with :meth:`direct_socket`).
-    busy_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, core: ClientCore, options: _api.ConnectOptions) -> None:
         lib = self.lib
@@ -64,11 +57,6 @@ class TaskDriver(_api.SignalDriver):
         self._armed = math.inf  # the deadline the timer task sleeps until
         self._kicked = False  # bytes queued without a write: the writer task writes them
         self._pending = bytearray()  # taken from the core for the current stream, unwritten
-        self._read_scope: Any = None  # the reader task's wait on the socket (None: not waiting)
-        self._holder: Any = None  # the cancel scope of a consumer that waits on the socket
-        self._lent_until = -math.inf  # the reader leaves the socket to consumers until then
-        self._reader_wake = lib.Event()  # wakes the reader task from that
-        self._lent_scope: Any = None  # the reader task's wait while the socket is lent
         core.yield_after_audio()  # a turn's first audio wakes its consumer before the rest
         core.write_urgent = self._write_urgent  # a flush is written before its bookkeeping
 
@@ -87,15 +75,6 @@ class TaskDriver(_api.SignalDriver):
         """Write what ``stream`` takes of ``data`` at once, without waiting or yielding; how
         many bytes that was (0: none, or this adapter cannot: :meth:`send_all` writes)."""
         return 0
-
-    def direct_socket(self, stream: Any) -> Any:
-        """The plain socket under ``stream`` if a consumer may wait on it and read it itself
-        (see :meth:`next_event`), else None (the default: the reader task reads)."""
-        return None
-
-    async def wait_readable(self, sock: Any) -> None:
-        """Wait until ``sock`` is readable (only with :meth:`direct_socket`)."""
-        raise NotImplementedError
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Start the connection's background task (it never raises)."""
@@ -201,9 +180,6 @@ class TaskDriver(_api.SignalDriver):
         """Wake waiters; wake the timer task only for an earlier deadline; once the core is
         finished, cancel the writes in progress and stop the tasks."""
         super().changed()
-        holder = self._holder
-        if holder is not None:
-            holder.cancel()  # a consumer waits on the socket: it looks at the core again
         core = self.core
         if core.finished:
             self._wake.set()
@@ -216,108 +192,8 @@ class TaskDriver(_api.SignalDriver):
         if deadline is not None and deadline < self._armed:
             self._wake.set()
 
-    async def next_event(self, buf: EventBuffer) -> ClientEvent | None:
-        """The next event of ``buf``, waiting for it. On a plain TCP socket the one consumer
-        that waits (when no other does) waits on the socket itself and reads and parses what
-        comes, as the reader task would: the bytes that bring its event need no hand-off from
-        the reader task (a wake-up and a scheduling round, about 25 us on trio). The reader
-        task leaves the socket to it meanwhile; anything else that changes wakes it."""
-        while not buf.exhausted:
-            signal = self._signal  # before looking: a change after the look wakes the wait
-            event = self.take(buf)
-            if event is not None:
-                return event
-            if not buf.exhausted and not await self._read_here():
-                await signal.wait()
-        return None
-
-    async def _read_here(self) -> bool:
-        """(A consumer with nothing to take.) Wait on the socket and read it from this task;
-        False when this consumer may not (another one does, TLS, paused, reconnecting,
-        connecting), then it waits for a change. True after a read or a change (the consumer
-        looks again). The rest of a read that stopped at a turn's first audio is parsed here
-        first."""
-        core = self.core
-        stream = self._stream
-        sock = None if stream is None else self.direct_socket(stream)
-        if (
-            sock is None
-            or self._holder is not None
-            or not self._started
-            or self._generation != core.generation
-            or core.finished
-            or core.connecting
-            or core.wants_socket
-            or core.reading_paused
-        ):
-            return False
-        if core.held:  # the rest of a read (this consumer's first audio went first)
-            core.receive_held(self.now())
-            self._after_read()
-            return True
-        holder = self._holder = self.lib.CancelScope()
-        self._lend(math.inf)
-        reader = self._read_scope
-        if reader is not None:
-            reader.cancel()  # the reader task leaves its wait (and waits while we hold it)
-        data: bytes | None = None
-        closed = False
-        try:
-            with holder:
-                await self.wait_readable(sock)
-                # from here to the end of the parse: no checkpoint, so the bytes reach the
-                # core in the order they were read, whoever reads next
-                try:
-                    data = sock.recv(READ_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    pass  # woken without data: look again
-                except OSError:
-                    data = b""  # as the reader task: the core sees the end of the socket
-        except self.io_errors:
-            closed = True  # closed meanwhile: the core says what happened, the reader reads
-        except BaseException:
-            self._give_back()  # the application cancelled its wait
-            raise
-        finally:
-            if self._holder is holder:
-                self._holder = None
-        if closed:
-            self._give_back()
-        else:
-            self._lend(self.now() + TAKE_BACK)  # (after a read, or woken for a change)
-        if data is not None:
-            try:
-                core.receive_data(data, self.now())
-            except Exception:  # as in the reader task: never leave the connection half-fed
-                core.abort(self.now())
-            self._after_read()
-        return True
-
-    def _after_read(self) -> None:
-        """(A consumer read the socket.) Wake the others; the writer task writes replies (a
-        pong, a close frame); the reader task reconnects if the socket is over."""
-        core = self.core
-        self.changed()
-        if self._pending or core.unsent_size:
-            self.kick()
-        if core.wants_socket:
-            self._give_back()
-
-    def _lend(self, until: float) -> None:
-        """Leave the socket to consumers until ``until`` (the reader task waits)."""
-        self._lent_until = until
-        scope = self._lent_scope
-        if scope is not None:
-            scope.deadline = until
-
-    def _give_back(self) -> None:
-        """The reader task reads the socket again, now."""
-        self._lent_until = -math.inf
-        self._reader_wake.set()
-
     async def close(self, *, abort: bool = False) -> None:
         core = self.core
-        self._give_back()  # the reader task reads the close handshake's answer
         if not abort and not core.finished:
             core.close_socket(self.now())
             await self.send()
@@ -410,7 +286,6 @@ class TaskDriver(_api.SignalDriver):
             return
         self._stream = stream
         self._generation = self.core.generation
-        self._lent_until = -math.inf  # a new socket: the reader task reads it (the upgrade)
         self.core.socket_opened(self.now())
         await self.send()
 
@@ -448,20 +323,16 @@ class TaskDriver(_api.SignalDriver):
             if stream is None or core.reading_paused:
                 await self._signal.wait()
                 continue
-            lent = self._lent_until
-            if lent != -math.inf and lent > self.now() and not (core.held or core.connecting):
-                await self._lent()  # a consumer reads the socket (see next_event)
-                continue
-            if not core.held:  # (else a consumer's read stopped at a first audio: go on)
-                data = await self._receive(stream)
-                if data is None:
-                    continue  # a consumer reads the socket itself now
-                core.receive_data(data, self.now())
-                if core.held and not core.finished:
-                    # a turn's first audio: wake its consumer now, follow the core after it
-                    _api.SignalDriver.changed(self)
-                else:
-                    self.changed()  # wake the consumers first, then write replies
+            try:
+                data = await self.receive(stream)
+            except self.io_errors:
+                data = b""
+            core.receive_data(data, self.now())
+            if core.held and not core.finished:
+                # a turn's first audio: wake its consumer now, follow the core after it
+                _api.SignalDriver.changed(self)
+            else:
+                self.changed()  # wake the consumers first, then write replies (pongs, close)
             while core.held and not core.finished:
                 # The read stopped after a turn's first audio: its consumer, woken above, runs
                 # before the rest is parsed (two checkpoints: a scheduler may run a batch's
@@ -472,37 +343,6 @@ class TaskDriver(_api.SignalDriver):
                 self.changed()
             if self._pending or core.unsent_size:  # a reply to write (a pong, a close frame)
                 await self._flush()
-
-    async def _lent(self) -> None:
-        """(The reader task.) Wait while consumers have the socket: until one gives it back,
-        or :data:`TAKE_BACK` after the last one read it."""
-        self._reader_wake = wake = self.lib.Event()
-        scope = self._lent_scope = self.lib.CancelScope(deadline=self._lent_until)
-        try:
-            with scope:
-                await wake.wait()
-        finally:
-            self._lent_scope = None
-
-    async def _receive(self, stream: Any) -> bytes | None:
-        """(The reader task.) Bytes from ``stream`` (``b""``: EOF or an error); None when a
-        consumer took the socket over (see :meth:`_read_here`)."""
-        if self.direct_socket(stream) is None:  # no consumer reads it: nothing to cancel
-            try:
-                return await self.receive(stream)
-            except self.io_errors:
-                return b""
-        scope = self._read_scope = self.lib.CancelScope()
-        try:
-            with scope:
-                return await self.receive(stream)
-        except self.busy_errors:
-            pass  # a consumer waits on it already (it read what woke this wait first)
-        except self.io_errors:
-            return b""
-        finally:
-            self._read_scope = None
-        return None  # a consumer took the socket over (it cancelled the scope, or waits)
 
     async def _write_loop(self) -> None:
         """Writes what commands queued without writing themselves (never the timer's job: a

@@ -38,14 +38,12 @@ class _Driver(TaskDriver):
 
     On a plain TCP connection the reads and writes use a duplicate of the stream's socket
     with trio's I/O waits directly: a read costs one scheduling round (``receive_some`` takes
-    two: the wait, then a checkpoint), and a write that the socket takes at once costs none;
-    a consumer waiting for an event waits on that socket itself (``direct_socket``). TLS
-    connections use the ``SSLStream``.
+    two: the wait, then a checkpoint), and a write that the socket takes at once costs none.
+    TLS connections use the ``SSLStream``.
     """
 
     lib = trio
     io_errors = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, _ssl.SSLError)
-    busy_errors = (trio.BusyResourceError,)
     _raw: tuple[Any, socket.socket] | None = None  # (the stream, its duplicated socket)
 
     async def connect(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> Any:
@@ -77,16 +75,6 @@ class _Driver(TaskDriver):
                 return sock.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 continue  # woken without data: wait again
-
-    def direct_socket(self, stream: Any) -> Any:
-        raw = self._raw
-        return raw[1] if raw is not None and raw[0] is stream else None
-
-    async def wait_readable(self, sock: Any) -> None:
-        try:
-            await trio.lowlevel.wait_readable(sock)
-        except trio.BusyResourceError:  # the reader task still waits on it: let it leave
-            await trio.sleep(0)
 
     async def send_all(self, stream: Any, data: bytes) -> None:
         raw = self._raw
