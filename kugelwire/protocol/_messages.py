@@ -324,12 +324,17 @@ def _b64(data: bytes) -> str:
     return _b64encode(data).decode("ascii")
 
 
+def _samples_in(data: bytes, enc: str) -> int:
+    """How many samples ``data`` holds in ``enc`` (PCM16: two bytes each; G.711: one)."""
+    return len(data) // 2 if enc == "pcm_s16le" else len(data)
+
+
 def audio_frame_text(
     data: bytes, enc: str, idx: int, sr: int, chunk_id: int | None, context_id: str | None
 ) -> str:
     """``AudioFrame.from_bytes(data, enc=enc, idx=idx, ...).to_json()`` without building the
     frame (how a server sends its audio: the text is all it needs)."""
-    samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
+    samples = _samples_in(data, enc)
     if _fast.ENABLED:
         text = _fast.audio_text(_b64(data), enc, idx, sr, samples, chunk_id, context_id)
         if text is not None:
@@ -376,8 +381,8 @@ class AudioFrame(_JsonMessage):
         chunk_id: int | None = None,
         context_id: str | None = None,
     ) -> AudioFrame:
-        samples = len(data) // 2 if enc == "pcm_s16le" else len(data)
-        frame = cls(_b64(data), enc, idx, sr, samples, chunk_id, context_id, [data])
+        frame = cls(_b64(data), enc, idx, sr, _samples_in(data, enc), chunk_id, context_id,
+                    [data])
         _set_checked(frame, True)  # base64 by construction
         return frame
 
