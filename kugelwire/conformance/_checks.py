@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.config import OUTPUT_FORMATS as _FORMATS
+from ..protocol.messages import SAMPLE_WIDTH as _WIDTHS
 from ..protocol.ws import MULTI_ENDPOINT, STREAM_ENDPOINT, TTS_ENDPOINT
 from ._client import Transcript
 
 __all__ = ["Violation", "check_transcript"]
 
-_ENCODINGS = {"pcm_s16le": 2, "mulaw": 1, "alaw": 1}
 _TOLERANCE_S = 0.002  # rounding of audio_seconds / dur_ms
 _WORD_SLACK_MS = 5.0
 
@@ -97,7 +97,7 @@ class _Checker:
     def audio(self, msg: Any, work: _Work) -> Any:
         """Validate one audio frame's fields; returns its samples."""
         enc, sr, samples = msg.get("enc"), msg.get("sr"), msg.get("samples")
-        if enc not in _ENCODINGS:
+        if enc not in _WIDTHS:
             self.bad("audio-format", f"unknown `enc` {enc!r}")
             return 0
         if enc != self.enc or sr != self.sr:
@@ -115,7 +115,7 @@ class _Checker:
         except (binascii.Error, ValueError):
             self.bad("audio-format", "`audio` is not valid base64")
             return samples
-        if len(data) != samples * _ENCODINGS[enc]:
+        if len(data) != samples * _WIDTHS[enc]:
             self.bad("audio-format",
                      f"{len(data)} bytes of {enc} but `samples` says {samples}")
         idx = msg.get("idx")

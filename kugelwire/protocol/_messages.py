@@ -24,6 +24,7 @@ from ._validate import ErrT, _type_name, bad, opt_bool, opt_float, opt_int, opt_
 
 __all__ = [
     "ENCODINGS",
+    "SAMPLE_WIDTH",
     "AudioFrame",
     "ChunkCompleteFrame",
     "ClientMessage",
@@ -50,7 +51,10 @@ __all__ = [
     "parse_server_message",
 ]
 
-ENCODINGS = frozenset({"pcm_s16le", "mulaw", "alaw"})
+#: Bytes per audio sample of each ``enc``: PCM16 takes two, G.711 (mu-law, A-law) one.
+SAMPLE_WIDTH: Mapping[str, int] = {"pcm_s16le": 2, "mulaw": 1, "alaw": 1}
+#: The audio encodings (``enc``) of the wire.
+ENCODINGS = frozenset(SAMPLE_WIDTH)
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -325,8 +329,9 @@ def _b64(data: bytes) -> str:
 
 
 def _samples_in(data: bytes, enc: str) -> int:
-    """How many samples ``data`` holds in ``enc`` (PCM16: two bytes each; G.711: one)."""
-    return len(data) // 2 if enc == "pcm_s16le" else len(data)
+    """How many samples ``data`` holds in ``enc`` (see :data:`SAMPLE_WIDTH`; a frame is not
+    validated when it is built, and an unknown ``enc`` counts a byte a sample)."""
+    return len(data) // SAMPLE_WIDTH.get(enc, 1)
 
 
 def audio_frame_text(
@@ -801,7 +806,7 @@ def _hot_fields(obj: dict[str, Any]) -> _Fields | None:
         and (ctx is None or (type(ctx) is str and 0 < len(ctx) <= 256))
     ):
         return None
-    size = samples * 2 if enc == "pcm_s16le" else samples
+    size = samples * SAMPLE_WIDTH[enc]
     return enc, sr, samples, chunk_id, ctx, (size + 2) // 3 * 4, size
 
 
@@ -855,7 +860,7 @@ def _parse_audio(obj: dict[str, Any]) -> AudioFrame:
     size = _b64_size(audio)  # the payload's length, known without decoding it
     if size is None:
         raise _E("audio: invalid base64", field="audio")
-    width = 2 if enc == "pcm_s16le" else 1
+    width = SAMPLE_WIDTH[enc]
     if size % width:
         raise _E(f"audio: {size} bytes is not a whole number of {enc} samples", field="audio")
     if samples is None:

@@ -153,6 +153,12 @@ class TestServerFrames:
         assert parsed == frame
         assert parsed.data == frame.data
 
+    @pytest.mark.parametrize(("enc", "samples"), [("pcm_s16le", 5), ("mulaw", 10), ("alaw", 10)])
+    def test_audio_from_bytes_counts_samples_by_encoding(self, enc: str, samples: int) -> None:
+        frame = AudioFrame.from_bytes(bytes(10), enc=enc, idx=0, sr=8000)
+        assert frame.samples == samples
+        assert srv(frame.to_json()) == frame  # the parser's rule is the same one
+
     def test_pcm16_passthrough(self) -> None:
         frame = AudioFrame.from_bytes(b"\x10\x00\x20\x00", idx=0, sr=24000)
         assert frame.pcm16() == b"\x10\x00\x20\x00"
