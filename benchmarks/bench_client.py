@@ -16,6 +16,12 @@ All of it twice: against the kugelwire server (FrameEngine: the server encodes e
 it often sets the pace), then against :mod:`benchmarks._replay` (each turn written at once as
 pre-encoded bytes: the clients set the pace). The same targets apply to both.
 
+Then, against each server again, the asyncio client and websockets alone on one event loop in
+the main thread, turn about (no portal threads, no other client in the process): flush -> first
+audio and each one's CPU time per latency turn. On a 2-core VM the scheduler's placement of the
+client threads next to the server's moves the side-by-side ratios by more than the clients
+differ (benchmarks/README.md); this pair meets the same placement, so its ratio is the clients'.
+
 Targets (ratios to websockets in the same run): first audio <= 1.0x (asyncio), <= 1.1x (trio,
 sync); wall per frame <= 0.8x (asyncio), <= 0.9x (trio, sync); send_text <= 1.0x.
 
@@ -394,6 +400,59 @@ def _measure(server_kind: str, label: str, rounds: int, turns: int, probes: int)
                "<= 1.0x", send <= 1.0, note(2))
 
 
+_Turns = dict[str, list[tuple[float, float]]]  # per client: (flush -> first audio, CPU) per turn
+
+
+async def _one_loop_turns(url: str, rounds: int, probes: int) -> _Turns:
+    import websockets
+
+    from kugelwire.transports.asyncio import connect_stream
+
+    ws = await websockets.connect(f"{url}/ws/tts/stream?api_key={KEY}", max_size=2**24,
+                                  compression=None)
+    stream = await connect_stream(url, api_key=KEY, voice_id=1)
+    probe_of = {"websockets": _Websockets(ws), "asyncio": _AsyncKugelwire(stream)}
+
+    async def timed(probe: _Probe) -> tuple[float, float]:
+        first = [0.0]
+        c0, t0 = time.thread_time(), time.perf_counter()
+        await probe.turn(LATENCY_TEXT, first)
+        return first[0] - t0, time.thread_time() - c0
+
+    out: _Turns = {name: [] for name in probe_of}
+    try:
+        for probe in probe_of.values():  # warm up
+            for _ in range(20):
+                await timed(probe)
+        names = list(probe_of)
+        for r in range(rounds * probes):
+            for name in names[r % 2:] + names[:r % 2]:
+                out[name].append(await timed(probe_of[name]))
+    finally:
+        await stream.close()
+        await ws.close()
+    return out
+
+
+def _one_loop(server_kind: str, label: str, rounds: int, probes: int) -> None:
+    """The asyncio client and the websockets client on one event loop in this thread, turn
+    about (no portal, no other client in the process): both meet the same thread placement,
+    the same allocator and the same loop, so the ratio holds only what the clients do."""
+    import asyncio
+
+    with stdlib_base64(), ServerProcess(server_kind, FRAME_MS) as server:
+        out = asyncio.run(_one_loop_turns(server.url, rounds, probes))
+    ws, ours = out["websockets"], out["asyncio"]
+    ws_lat = median([lat for lat, _ in ws])
+    figure(f"{label}: websockets flush->first-audio median", ws_lat * 1e3, "ms")
+    ratio = median([lat for lat, _ in ours]) / ws_lat
+    figure(f"{label}: asyncio flush->first-audio / websockets", ratio, "x", "<= 1.0x",
+           ratio <= 1.0)
+    for name, turns in out.items():
+        figure(f"{label}: {name} CPU per latency turn", sum(c for _, c in turns) / len(turns)
+               * 1e6, "us", note="this thread's CPU time, flush to the turn's end")
+
+
 def main() -> None:
     args = parse_args(__doc__)
     rounds, turns, probes = (3, 3, 40) if args.quick else (5, 8, 150)
@@ -404,6 +463,8 @@ def main() -> None:
           "(engine-paced), then against a replay server (client-bound)")
     _measure("frames", "client", rounds, turns, probes)
     _measure("replay", "client (replay server)", rounds, turns, probes)
+    _one_loop("frames", "client (one loop)", rounds, probes)
+    _one_loop("replay", "client (one loop, replay server)", rounds, probes)
 
 
 if __name__ == "__main__":
