@@ -30,6 +30,11 @@ SCRIPTS = {
     "lint": "benchmarks.bench_lint",
     "ab": "benchmarks.bench_ab",
 }
+#: How long a script may run (seconds) before it is stopped and reported as failed; its figures
+#: printed until then are kept. The workers' search of bench_scale grows with the machine's
+#: capacity (every size it holds adds 3 windows), so it gets longer.
+TIMEOUT = 600
+TIMEOUTS = {"scale": 2400}
 
 
 def machine() -> str:
@@ -45,13 +50,20 @@ def machine() -> str:
             f"nproc={os.cpu_count()}, load avg {load}, Python {platform.python_version()}")
 
 
-def run(module: str, quick: bool) -> tuple[list[dict[str, Any]], str]:
+def run(module: str, quick: bool, timeout: float = TIMEOUT) -> tuple[list[dict[str, Any]], str]:
+    """The figures ``module`` printed and, if it failed or ran out of time, why."""
     cmd = [sys.executable, "-m", module] + (["--quick"] if quick else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    figures = [json.loads(line[7:]) for line in proc.stdout.splitlines()
-               if line.startswith("FIGURE ")]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # its output so far comes as bytes
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return _figures(out), f"stopped after {timeout:g} s (timeout)"
     error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return figures, error
+    return _figures(proc.stdout), error
+
+
+def _figures(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("FIGURE ")]
 
 
 def _value(fig: dict[str, Any]) -> str:
@@ -74,7 +86,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in names:
         t1 = time.perf_counter()
-        figures, error = run(SCRIPTS[name], args.quick)
+        figures, error = run(SCRIPTS[name], args.quick, TIMEOUTS.get(name, TIMEOUT))
         rows += figures
         took = time.perf_counter() - t1
         failed = f", FAILED: {error}" if error else ""
