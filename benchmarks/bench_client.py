@@ -400,7 +400,8 @@ def _measure(server_kind: str, label: str, rounds: int, turns: int, probes: int)
                "<= 1.0x", send <= 1.0, note(2))
 
 
-_Turns = dict[str, list[tuple[float, float]]]  # per client: (flush -> first audio, CPU) per turn
+#: per client, per latency turn: (flush -> first audio, the thread's CPU to the turn's end)
+_Turns = dict[str, list[tuple[float, float]]]
 
 
 async def _one_loop_turns(url: str, rounds: int, probes: int) -> _Turns:
