@@ -43,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["BACKENDS", "WorkerSpec", "run_workers", "supervise"]
 
@@ -74,6 +74,17 @@ class WorkerSpec:
 
 
 # -- the worker side ----------------------------------------------------------------------------
+def _say(line: str, file: TextIO | None = None) -> None:
+    """Write ``line`` and its newline with one write, then flush. The supervisor and its workers
+    share stdout and stderr, and with unbuffered streams (``PYTHONUNBUFFERED=1``, common in
+    containers) ``print`` writes the text and the newline apart, so two processes' lines could
+    interleave mid-line (a reader looking for one line would miss it); one write of a line
+    shorter than the pipe buffer is atomic."""
+    out = sys.stdout if file is None else file
+    out.write(line + "\n")
+    out.flush()
+
+
 def _make_engine(spec: str) -> Any:
     if ":" in spec:
         module, _, attr = spec.partition(":")
@@ -143,8 +154,8 @@ class _Life:
         if kwargs.get("lint", True) is True:  # findings printed as they happen, as `serve` does
             from ..lint import Linter
 
-            kwargs["lint"] = Linter(on_finding=lambda f: print(f"kugelwire: lint: {f}",
-                                                               flush=True), on_summary=None)
+            kwargs["lint"] = Linter(on_finding=lambda f: _say(f"kugelwire: lint: {f}"),
+                                    on_summary=None)
         return ServerOptions.from_kwargs(
             engine=_make_engine(self.spec.engine), metrics=self.metrics or False, **kwargs)
 
@@ -158,10 +169,12 @@ class _Life:
                 _write_json(self._mine, self.metrics.snapshot())
 
     def ready(self) -> None:
+        """Say so, then leave the ready file (the supervisor's own announcement, which follows
+        the files, then comes after every worker's line)."""
         self.publish()
+        _say(f"kugelwire: worker {self.spec.index} pid {os.getpid()} ready")
         if self.spec.ready_dir is not None:
             (Path(self.spec.ready_dir) / f"{self.spec.index}-{os.getpid()}").touch()
-        print(f"kugelwire: worker {self.spec.index} pid {os.getpid()} ready", flush=True)
 
     def orphaned(self) -> bool:
         """True when the supervisor is gone (killed): the worker drains and exits."""
@@ -270,8 +283,8 @@ def worker_main() -> int:
     """Entry point of a worker process (``python -m kugelwire.server._workers``)."""
     raw = os.environ.pop(_ENV, None)
     if raw is None:
-        print(f"kugelwire: {_ENV} is not set (workers are started by `kugelwire serve "
-              "--workers N`)", file=sys.stderr)
+        _say(f"kugelwire: {_ENV} is not set (workers are started by `kugelwire serve "
+            "--workers N`)", sys.stderr)
         return 2
     from ..cli import _log_to_stderr
 
@@ -396,8 +409,8 @@ async def supervise(
                 break
             failed = [p for p in procs if p.poll() is not None]
             if failed:
-                print(f"kugelwire: a worker exited with {failed[0].returncode} before it "
-                      "was ready", file=sys.stderr, flush=True)
+                _say(f"kugelwire: a worker exited with {failed[0].returncode} before it "
+                    "was ready", sys.stderr)
                 stop.set()
                 status = 1
                 break
@@ -414,8 +427,8 @@ async def supervise(
                     continue  # a worker that dies at once is not restarted in a tight loop
                 log.warning("worker %d (pid %d) exited with %s: restarting", w.index,
                             w.proc.pid, w.proc.returncode)
-                print(f"kugelwire: worker {w.index} (pid {w.proc.pid}) exited with "
-                      f"{w.proc.returncode}; restarting", file=sys.stderr, flush=True)
+                _say(f"kugelwire: worker {w.index} (pid {w.proc.pid}) exited with "
+                    f"{w.proc.returncode}; restarting", sys.stderr)
                 if directory is not None:
                     _drop_gauges(_snapshot_path(directory, w.index))
                 w.restarts += 1

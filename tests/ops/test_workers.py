@@ -314,3 +314,47 @@ def test_a_backend_whose_package_is_missing_is_refused_up_front(
                         lambda name, *a: None if name == "trio" else real(name, *a))
     with pytest.raises(ValueError, match=r"--backend trio needs the trio package"):
         asyncio.run(_workers.supervise(2, "127.0.0.1", 0, backend="trio"))
+
+
+class _Writes:
+    """A stream that records every write call (unbuffered, as with PYTHONUNBUFFERED=1)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_a_line_of_the_supervisor_or_a_worker_goes_out_in_one_write() -> None:
+    # The supervisor and its workers share stdout/stderr; print() on an unbuffered stream
+    # writes the text and the newline apart, and two processes' lines then interleave mid-line
+    # (seen: a benchmark waiting for the supervisor's ready line hung on "...readyREADY ...").
+    from kugelwire.server._workers import _say
+
+    out = _Writes()
+    _say("kugelwire: worker 1 pid 42 ready", out)  # type: ignore[arg-type]
+    assert out.writes == ["kugelwire: worker 1 pid 42 ready\n"]
+    assert out.flushes == 1
+
+
+def test_a_worker_announces_itself_before_it_leaves_its_ready_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the supervisor announces readiness once every file exists: every worker's line is out
+    from kugelwire.server import _workers
+
+    seen: list[tuple[str, bool]] = []
+    mine = tmp_path / f"0-{os.getpid()}"
+    monkeypatch.setattr(_workers, "_say", lambda line, file=None: seen.append(
+        (line, mine.exists())))
+    life = _workers._Life(_workers.WorkerSpec(index=0, host="127.0.0.1", port=0,
+                                              ready_dir=str(tmp_path)))
+    life.ready()
+    assert seen == [(f"kugelwire: worker 0 pid {os.getpid()} ready", False)]
+    assert mine.exists()
