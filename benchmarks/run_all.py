@@ -10,10 +10,12 @@ reported and the others still run. ``--markdown`` also writes the table as Markd
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -53,13 +55,19 @@ def machine() -> str:
 def run(module: str, quick: bool, timeout: float = TIMEOUT) -> tuple[list[dict[str, Any]], str]:
     """The figures ``module`` printed and, if it failed or ran out of time, why."""
     cmd = [sys.executable, "-m", module] + (["--quick"] if quick else [])
+    # its own process group: a script stopped for its time takes its servers and load
+    # generators with it (killing the script alone left them running, holding their ports)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:  # its output so far comes as bytes
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        return _figures(out), f"stopped after {timeout:g} s (timeout)"
-    error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return _figures(proc.stdout), error
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        return _figures(stdout), f"stopped after {timeout:g} s (timeout)"
+    error = "" if proc.returncode == 0 else (stderr.strip().splitlines() or ["?"])[-1]
+    return _figures(stdout), error
 
 
 def _figures(stdout: str) -> list[dict[str, Any]]:
