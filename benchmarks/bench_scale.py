@@ -181,10 +181,9 @@ def _bench_tone() -> object:
 _SUPERVISOR = """
 import asyncio, sys
 # internal: the multi-worker supervisor has no public name (``kugelwire serve --workers``)
-from kugelwire.server._workers import supervise
+from kugelwire.server._workers import _say, supervise
 def ready(url, pids):  # one write per line: the workers' lines share this pipe
-    sys.stdout.write(" ".join(["READY", url, *map(str, pids)]) + "\\n")
-    sys.stdout.flush()
+    _say(" ".join(["READY", url, *map(str, pids)]))
 sys.exit(asyncio.run(supervise(
     int(sys.argv[1]), "127.0.0.1", 0, engine="benchmarks.bench_scale:_bench_tone",
     api_key=sys.argv[2], ready=ready, max_connections=100_000, ping_interval=None,

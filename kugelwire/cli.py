@@ -703,19 +703,18 @@ def _ops_serve_flags(serve: argparse.ArgumentParser) -> None:
 
 async def _serve_workers(args: argparse.Namespace) -> int:
     from .server import ServerOptions
-    from .server._workers import supervise
+    from .server._workers import _say, supervise
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
     _log_to_stderr()
     make_engine(args.engine, quiet=True)  # fail here, not in every worker
 
-    def ready(url: str, pids: list[int]) -> None:
-        print(f"kugelwire: serving {url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) with "
-              f"{len(pids)} workers (pids {' '.join(map(str, pids))}); Ctrl-C stops",
-              flush=True)
+    def ready(url: str, pids: list[int]) -> None:  # one write per line: the workers share stdout
+        _say(f"kugelwire: serving {url} (/ws/tts/stream, /ws/tts/multi, /ws/tts) with "
+             f"{len(pids)} workers (pids {' '.join(map(str, pids))}); Ctrl-C stops")
         if args.metrics:
-            print(f"kugelwire: metrics at http{url[2:]}/metrics", flush=True)
+            _say(f"kugelwire: metrics at http{url[2:]}/metrics")
         _print_serve_mode(args.lenient, faults)
 
     faults = _fault_plan(args.fault)  # a bad --fault fails here, before any worker starts
@@ -779,13 +778,15 @@ def _fault_plan(specs: list[str] | None) -> Any:
 
 
 def _print_serve_mode(lenient: bool, faults: Any) -> None:
+    from .server._workers import _say as say  # one write per line (workers may share stdout)
+
     if lenient:
-        print("kugelwire: lenient: requests without a voice, or with an unknown voice or model, "
-              "are spoken with defaults (the hosted service refuses them)", flush=True)
+        say("kugelwire: lenient: requests without a voice, or with an unknown voice or model, "
+            "are spoken with defaults (the hosted service refuses them)")
     if faults:
-        print(f"kugelwire: FAULT INJECTION ACTIVE ({len(faults.faults)} fault(s)):", flush=True)
+        say(f"kugelwire: FAULT INJECTION ACTIVE ({len(faults.faults)} fault(s)):")
         for line in faults.describe():
-            print(f"  {line}", flush=True)
+            say(f"  {line}")
 
 
 # -- voices ---------------------------------------------------------------------------------------
