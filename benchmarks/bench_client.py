@@ -250,16 +250,17 @@ class _Websockets(_Probe):
         await self._drain([0.0])
 
 
-def open_websockets(portals: dict[str, Any], url: str) -> Runner:
+async def _connect_websockets(url: str) -> Any:
+    """The anchor's connection (every measurement of it uses these settings)."""
     import websockets
 
+    return await websockets.connect(f"{url}/ws/tts/stream?api_key={KEY}", max_size=2**24,
+                                    compression=None)
+
+
+def open_websockets(portals: dict[str, Any], url: str) -> Runner:
     portal = portals["asyncio"]
-
-    async def open_() -> Any:
-        uri = f"{url}/ws/tts/stream?api_key={KEY}"
-        return await websockets.connect(uri, max_size=2**24, compression=None)
-
-    ws = portal.call(open_)
+    ws = portal.call(_connect_websockets, url)
     runner = Runner(portal, _Websockets(ws))
     runner.exit = lambda: portal.call(ws.close)
     return runner
@@ -405,12 +406,9 @@ _Turns = dict[str, list[tuple[float, float]]]
 
 
 async def _one_loop_turns(url: str, rounds: int, probes: int) -> _Turns:
-    import websockets
-
     from kugelwire.transports.asyncio import connect_stream
 
-    ws = await websockets.connect(f"{url}/ws/tts/stream?api_key={KEY}", max_size=2**24,
-                                  compression=None)
+    ws = await _connect_websockets(url)
     stream = await connect_stream(url, api_key=KEY, voice_id=1)
     probe_of = {"websockets": _Websockets(ws), "asyncio": _AsyncKugelwire(stream)}
 
